@@ -1,0 +1,77 @@
+"""Checks of a whole config that need the registries: combinations that cannot work.
+
+Field types and ranges are checked by the pydantic models in :mod:`cnnlab.config`;
+this module catches what only shows when fields meet: a model option the chosen
+builder does not take, an ``nll`` loss on a model that outputs raw logits,
+``finetune=layer3`` on a net without stages, a resize below what the network
+accepts, a validation split as large as the training set. The network is built
+on PyTorch's ``meta`` device, so these checks cost no memory and almost no time.
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import torch
+
+from cnnlab.config import Config, ConfigError
+from cnnlab.registry import LOSSES, MODELS
+
+
+def check_config(cfg: Config) -> None:
+    from cnnlab.data import dataset_info
+
+    info = dataset_info(cfg.data.name)
+    builder = MODELS.get(cfg.model.name)
+    options = cfg.model.builder_options()
+    accepted = inspect.signature(builder).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+    for key in options:
+        if key not in accepted and not takes_any:
+            allowed = [k for k in accepted if k not in ("num_classes", "in_channels")]
+            raise ConfigError(f"model.{key}: not an option of model {cfg.model.name!r}; "
+                              f"its options are: {', '.join(allowed) or 'none'}")
+
+    in_channels = cfg.data.channels or info.in_channels or 3
+    if cfg.data.channels == 1 and info.in_channels == 3:
+        raise ConfigError(f"data.channels: 1 is not possible for {cfg.data.name!r}, whose images have 3 channels; "
+                          "use 3 or leave it unset")
+    num_classes = info.num_classes or 10
+    try:
+        with torch.device("meta"):
+            model = builder(num_classes=num_classes, in_channels=in_channels, **options)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model: {cfg.model.name!r} cannot be built with {options}: {e}") from None
+
+    output_kind = getattr(model, "output_kind", "logits")
+    accepts = getattr(LOSSES.get(cfg.loss.name), "accepts", None)
+    if cfg.model.features_at is None and accepts and output_kind not in accepts:
+        raise ConfigError(
+            f"loss.name: {cfg.loss.name!r} expects a model that outputs {' or '.join(accepts)}, but "
+            f"{cfg.model.name!r} outputs {output_kind}; use {'nll' if output_kind == 'log_probs' else 'cross_entropy'}")
+
+    ft = cfg.train.finetune
+    stages = tuple(getattr(model, "stages", ()))
+    if isinstance(ft, str) and ft.startswith("layer") and ft not in stages:
+        raise ConfigError(f"train.finetune: {ft!r} needs a network with stages named layer1..; "
+                          f"{cfg.model.name!r} has {list(stages) or 'no stages'}; use all, head or a list of "
+                          "parameter-name prefixes")
+
+    size = cfg.data.resize or info.image_size
+    min_size = getattr(model, "min_input_size", 1)
+    if size is not None and size < min_size:
+        field = "data.resize" if cfg.data.resize else "data.name"
+        raise ConfigError(f"{field}: {cfg.model.name!r} needs inputs of at least {min_size}×{min_size} pixels, "
+                          f"but images would be {size}×{size}; set data.resize to {min_size} or more")
+
+    val_size = cfg.data.val_size if cfg.data.val_size is not None else info.default_val_size
+    if info.train_size is not None and val_size is not None and val_size >= info.train_size:
+        raise ConfigError(f"data.val_size: {val_size} leaves no training images ({cfg.data.name!r} has "
+                          f"{info.train_size:,} official training images); use fewer than {info.train_size}")
+
+    for field in ("weights_path", "init_from"):
+        path = getattr(cfg.model, field)
+        if path is not None and not Path(path).expanduser().exists():
+            raise ConfigError(f"model.{field}: {path} does not exist")

@@ -1,0 +1,222 @@
+"""The ``cnnlab`` command: parse the arguments, call one function, print, set the exit code.
+
+Exit codes: 0 success; 1 the work ran and failed (a crashed or diverged run, an
+interrupted one); 2 bad input (study file, override, paths), reported in one
+paragraph before any work starts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+# glibc returns freed memory to the OS eagerly; a training step frees and re-allocates the
+# same large buffers every iteration, and on CPU that churn cost ~20 % of step time
+# (ANCHORS.md). The tunable must be in the environment before the process starts, so the
+# CLI re-executes itself once with it set (CNNLAB_NO_REEXEC=1 turns this off).
+GLIBC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296"
+
+
+def _reexec_with_allocator_tuning() -> None:
+    if sys.platform != "linux" or os.environ.get("CNNLAB_NO_REEXEC") or "GLIBC_TUNABLES" in os.environ:
+        return
+    env = dict(os.environ, GLIBC_TUNABLES=GLIBC_TUNABLES, CNNLAB_NO_REEXEC="1")
+    try:
+        os.execve(sys.executable, [sys.executable, "-m", "cnnlab.cli", *sys.argv[1:]], env)
+    except OSError:
+        pass  # not fatal: run without the tuning
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from cnnlab.config import ConfigError
+    from cnnlab.registry import UnknownName
+
+    try:
+        return args.func(args)
+    except (ConfigError, UnknownName) as e:
+        print(f"cnnlab: error: {e}", file=sys.stderr)
+        return 2
+    except _input_errors() as e:
+        print(f"cnnlab: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    from cnnlab.data import DataError
+    from cnnlab.runs import CheckpointError
+    from cnnlab.transfer import TransferError
+
+    return (DataError, CheckpointError, TransferError)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_train(args) -> int:
+    from cnnlab import train
+    from cnnlab.config import load_config
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        cfg = load_config(run_dir / "config.yaml", args.overrides)
+        out = run_dir
+    else:
+        if not args.study:
+            raise _config_error("train needs a study file (cnnlab train STUDY.yaml) or --resume RUN_DIR")
+        cfg = load_config(args.study, args.overrides)
+        out = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
+    summary = train.run(cfg, out, resume=bool(args.resume), force=args.force)
+    return 0 if summary["status"] in ("completed", "early_stopped") else 1
+
+
+def cmd_eval(args) -> int:
+    from cnnlab.train import evaluate_run
+
+    result = evaluate_run(Path(args.run_dir), splits=args.split.split(","), checkpoint=args.checkpoint)
+    print(json.dumps(result, indent=2) if args.json else result["text"])
+    return 0
+
+
+def cmd_summary(args) -> int:
+    from cnnlab.config import load_config
+    from cnnlab.data import dataset_info
+    from cnnlab.summary import format_table, summarize
+    from cnnlab.transfer import build_model
+
+    overrides = [f"model.name={args.model}", f"data.name={args.dataset}", *args.overrides]
+    cfg = load_config(None, overrides)
+    info = dataset_info(cfg.data.name)
+    channels = cfg.data.channels or info.in_channels or 3
+    size = cfg.data.resize or info.image_size or 32
+    model, _ = build_model(cfg, info.num_classes or 10, channels)
+    result = summarize(model, (channels, size, size))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_table(result))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from cnnlab.sweep import run_sweep
+
+    rows = run_sweep(args.sweep, out_dir=args.out, workers=args.workers, executor=args.executor,
+                     address=args.address, dry_run=args.dry_run)
+    if args.dry_run:
+        return 0
+    return 0 if all(r.get("status") in ("completed", "early_stopped", "diverged") for r in rows) else 1
+
+
+def cmd_compare(args) -> int:
+    from cnnlab.compare import write_compare
+
+    text = write_compare(Path(args.dir), by=args.by.split(","), metric=args.metric)
+    print(text)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from cnnlab.report import build_report
+
+    t0 = time.perf_counter()
+    path = build_report(Path(args.dir))
+    print(f"wrote {path} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from cnnlab.data import describe_data, resolve_root
+
+    root = resolve_root(args.root)
+    entries = describe_data(root)
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    print(f"data root: {root}")
+    bad = False
+    for e in entries:
+        state = "present" if e.get("present") else "missing"
+        print(f"- {e['name']:<14} {state:<8} {e.get('path', '')}")
+        if args.action == "check":
+            for f in e.get("files", []):
+                ok = f.get("ok")
+                bad |= ok is False
+                mark = {True: "ok", False: "BAD", None: "-"}[ok]
+                print(f"    {mark:<4} {f['name']} {f.get('bytes', '')} {f.get('detail', '')}")
+    return 1 if bad else 0
+
+
+def _config_error(message: str):
+    from cnnlab.config import ConfigError
+
+    return ConfigError(message)
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cnnlab", description="Image-classification studies from one study file.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train one study file into a run folder")
+    t.add_argument("study", nargs="?", help="study YAML file")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.01")
+    t.add_argument("--out", help="run folder (default runs/<timestamp>-<study>)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    t.add_argument("--force", action="store_true", help="overwrite a run folder that already holds a run")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="re-evaluate a run's best checkpoint")
+    e.add_argument("run_dir")
+    e.add_argument("--split", default="test", help="comma-separated: train,val,test")
+    e.add_argument("--checkpoint", default="best.pt", help="best.pt or last.pt")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("summary", help="layer table, parameters and FLOPs of a model")
+    s.add_argument("model")
+    s.add_argument("overrides", nargs="*", help="key=value, e.g. model.activation=relu")
+    s.add_argument("--dataset", default="mnist")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_summary)
+
+    w = sub.add_parser("sweep", help="run a sweep file (settings × seeds)")
+    w.add_argument("sweep")
+    w.add_argument("--out")
+    w.add_argument("--workers", type=int, default=1)
+    w.add_argument("--executor", choices=["local", "ray"], default="local")
+    w.add_argument("--address", help="Ray cluster address (default: start a local instance)")
+    w.add_argument("--dry-run", action="store_true")
+    w.set_defaults(func=cmd_sweep)
+
+    c = sub.add_parser("compare", help="compare a sweep's runs: mean ± sd, CI, Welch's test")
+    c.add_argument("dir")
+    c.add_argument("--by", required=True, help="key1[,key2]: rows, then columns")
+    c.add_argument("--metric", default="test.accuracy")
+    c.set_defaults(func=cmd_compare)
+
+    r = sub.add_parser("report", help="write report.html for a run or a sweep folder")
+    r.add_argument("dir")
+    r.set_defaults(func=cmd_report)
+
+    d = sub.add_parser("data", help="which data sets are present, and their checksums")
+    d.add_argument("action", choices=["list", "check"])
+    d.add_argument("--root", help="data root (default $CNNLAB_DATA or ~/.cache/cnnlab)")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_data)
+    return p
+
+
+def entry_point() -> None:
+    _reexec_with_allocator_tuning()
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -1,0 +1,166 @@
+"""The run folder: every file a run leaves behind, written so a kill never corrupts one.
+
+Whole files (``summary.json``, ``config.yaml``, checkpoints, plots) are written to
+a temporary file in the same folder, flushed to disk and renamed over the target,
+so a reader sees either the old file or the new one, never half of either.
+``metrics.jsonl`` grows by appending one complete line per evaluation; a resumed
+run first drops the lines written after its last checkpoint. Checkpoints hold only
+tensors and plain Python values so they load with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "best.pt", "last.pt", "curves.png")
+FINAL_STATUSES = ("completed", "early_stopped", "diverged")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read safely (truncated, corrupted, or carrying code)."""
+
+
+def _atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic(path, lambda f: f.write(text), mode="w")
+
+
+def _json_safe(obj: Any) -> Any:
+    # NaN and infinities are not JSON; a diverged run records them as strings.
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(_json_safe(data), indent=2) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    """Append one line with a single write (O_APPEND), so concurrent appenders never interleave."""
+    line = (json.dumps(_json_safe(row)) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Rows of a JSON-lines file; a torn last line (a kill mid-write) is ignored."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    _atomic(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True``: a file that carries code is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for bad files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"cannot load checkpoint {path}: {first}. The file is truncated, corrupted, or holds objects other "
+            "than tensors and plain values (cnnlab never unpickles code); re-create it or point at another file."
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
+    return state
+
+
+def environment(device: torch.device | str) -> dict:
+    """Versions and machine facts recorded with every run (reproducibility)."""
+    import numpy
+    import torchvision
+
+    import cnnlab
+
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "device": str(device),
+        "cnnlab": cnnlab.__version__,
+        "git_commit": _git_commit(),
+        "argv": sys.argv,
+    }
+    try:
+        import matplotlib
+
+        env["matplotlib"] = matplotlib.__version__
+    except ImportError:
+        pass
+    if str(device).startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return env
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def is_finished(run_dir: Path) -> bool:
+    summary = Path(run_dir) / "summary.json"
+    if not summary.exists():
+        return False
+    try:
+        return read_json(summary).get("status") in FINAL_STATUSES
+    except (json.JSONDecodeError, OSError):
+        return False

@@ -1,0 +1,618 @@
+"""The training loop: ``run(config, out_dir) -> summary``, readable top to bottom.
+
+1. Prepare: seed, pick the device, load the data splits onto it (uint8), build
+   the model, optimizer, schedule and loss from the registries.
+2. Train: each iteration slices a per-epoch random permutation of the training
+   split, augments and normalises the batch on the device, and takes one step.
+   There is no DataLoader and no per-sample Python; the host waits on the device
+   only at evaluation points (and every ``DIVERGENCE_CHECK_EVERY`` steps).
+3. Evaluate every ``train.eval_every`` iterations and at each epoch end: append a
+   learning-curve point to ``metrics.jsonl``, keep ``best.pt`` by the validation
+   metric, write ``last.pt`` (everything needed to resume bit-identically on CPU),
+   and apply early stopping.
+4. Finish: reload the best weights, score train / validation / test, and write
+   ``summary.json``, ``curves.png`` and the report.
+
+A non-finite loss stops the run as ``diverged``; SIGINT/SIGTERM stop it at the
+next step boundary as ``interrupted`` after writing ``last.pt``; any other error
+leaves ``summary.json`` with status ``failed``. In every case the folder is complete.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cnnlab import data as datamod
+from cnnlab import metrics, runs, transfer
+from cnnlab.config import Config, ConfigError, dump_yaml
+from cnnlab.optim import build_loss, build_optimizer, build_scheduler, lr_of, nll_of
+
+DIVERGENCE_CHECK_EVERY = 50  # iterations between host syncs that look for a non-finite loss
+MISCLASSIFIED_KEPT = 32  # test images kept for the report's "most confident mistakes" grid
+
+
+class RunExistsError(ConfigError):
+    """The output folder already holds a run; resume it or pass --force."""
+
+
+class RunStopped(Exception):
+    """Raised inside the loop when a stop signal (SIGINT/SIGTERM) arrived."""
+
+
+# ----------------------------------------------------------------------------- set-up helpers
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: 'cuda' was asked for but no CUDA device is available; use auto or cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    torch.manual_seed(seed)
+    if deterministic:
+        # Needed for bit-reproducible GPU runs (CUBLAS needs this before its first call).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+
+
+def autocast_for(precision: str, device: torch.device):
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def has_conv(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def prepare_out_dir(out_dir: Path, resume: bool, force: bool) -> None:
+    """Refuse to overwrite a run unless asked; --force clears only cnnlab's own files."""
+    if resume:
+        if not (out_dir / "last.pt").exists():
+            raise RunExistsError(f"--resume: {out_dir} has no last.pt to resume from")
+        return
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not force:
+            state = "a finished run" if runs.is_finished(out_dir) else "an unfinished run"
+            raise RunExistsError(
+                f"{out_dir} already holds {state}; pass --resume to continue it, --force to overwrite it, "
+                "or choose another --out"
+            )
+        for name in (*runs.RUN_FILES, "report.html", "misclassified.pt", "train.log"):
+            (out_dir / name).unlink(missing_ok=True)
+
+
+@contextmanager
+def stop_on_signals(flag: dict):
+    """Turn SIGINT/SIGTERM into a flag the loop checks between steps (main thread only)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if flag.get("stop"):  # a second signal: stop at once
+            raise KeyboardInterrupt
+        flag["stop"] = signal.Signals(signum).name
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class Evaluator:
+    """Scores a model on a split in large batches, optionally with test-time augmentation."""
+
+    preprocess: object
+    batch_size: int
+    precision: str
+    device: torch.device
+    output_kind: str
+    num_classes: int
+    tta: str = "none"
+    channels_last: bool = False
+
+    def outputs(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        x = self.preprocess(x, None)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast_for(self.precision, self.device):
+            out = model(x).float()
+            if self.tta != "none":
+                out = self._to_probs(out) + self._to_probs(model(x.flip(3)).float())
+                n = 2
+                if self.tta == "flip_translate":
+                    for dx, dy in ((1, 1), (-1, -1)):
+                        shifted = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+                        out = out + self._to_probs(model(shifted).float())
+                        n += 1
+                out = (out / n).clamp_min(1e-12).log()  # averaged probabilities, as log-probs
+        return out
+
+    def _to_probs(self, out: torch.Tensor) -> torch.Tensor:
+        if self.output_kind == "probs":
+            return out
+        if self.output_kind == "log_probs":
+            return out.exp()
+        return out.softmax(1)
+
+    @torch.inference_mode()
+    def score(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, full: bool = False) -> dict:
+        """Mean loss and accuracy (and with ``full`` the confusion-matrix metrics and the worst mistakes)."""
+        was_training = model.training
+        model.eval()
+        kind = "log_probs" if self.tta != "none" else self.output_kind
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        preds, confs = [], []
+        for start in range(0, len(x), self.batch_size):
+            xb, yb = x[start:start + self.batch_size], y[start:start + self.batch_size]
+            out = self.outputs(model, xb)
+            loss_sum += nll_of(out, yb, kind).double().sum()
+            preds.append(out.argmax(1))
+            if full:
+                confs.append(out.float().softmax(1).amax(1) if kind == "logits" else
+                             (out.exp() if kind == "log_probs" else out).amax(1))
+        model.train(was_training)
+        pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long, device=self.device)
+        n = max(1, len(x))
+        result = {"loss": float(loss_sum) / n, "accuracy": float((pred == y).sum()) / n}
+        if full:
+            result = {**metrics.scores(metrics.confusion_matrix(y, pred, self.num_classes)), "loss": result["loss"]}
+            wrong = (pred != y).nonzero().squeeze(1)
+            conf = torch.cat(confs)[wrong]
+            top = wrong[conf.argsort(descending=True)[:MISCLASSIFIED_KEPT]]
+            result["_mistakes"] = {"images": x[top].cpu(), "true": y[top].cpu(), "pred": pred[top].cpu(),
+                                   "confidence": torch.cat(confs)[top].float().cpu()}
+        return result
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Progress:
+    """What a checkpoint must carry besides the weights to resume exactly."""
+
+    step: int = 0
+    best_value: float | None = None
+    best_step: int = 0
+    best_epoch: float = 0.0
+    best_val_accuracy: float | None = None
+    best_val_loss: float | None = None
+    evals_since_best: int = 0
+    train_seconds: float = 0.0
+    epoch_seconds: list = field(default_factory=list)
+
+
+def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool = False,
+        log=print) -> dict:
+    """Train one study config into ``out_dir`` and return its summary (also in summary.json)."""
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    prepare_out_dir(out_dir, resume, force)
+    tc = cfg.train
+
+    # --- 1. set-up: nothing is written until data and model are ready ---------------------
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    device = pick_device(tc.device)
+    seed_everything(cfg.seed, tc.deterministic)
+    t0 = time.perf_counter()
+    splits = datamod.load_splits(cfg.data, device)
+    data_seconds = time.perf_counter() - t0
+    model, model_log = transfer.build_model(cfg, splits.num_classes, splits.in_channels)
+    model.to(device)
+    transfer.apply_finetune(model, tc.finetune)
+    output_kind = getattr(model, "output_kind", "logits")
+    channels_last = tc.channels_last if tc.channels_last is not None else (tc.precision != "fp32" and has_conv(model))
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    model_info = describe_model(model, cfg, splits, device)
+    warnings = [*model_log, *config_warnings(cfg, output_kind, device)]
+
+    train_pre = datamod.Preprocess(splits, cfg.data, train=True)
+    eval_pre = datamod.Preprocess(splits, cfg.data, train=False)
+    if getattr(model, "needs_whitening_init", False) and not resume and cfg.model.init_from is None:
+        from cnnlab.models.airbench import init_whitening
+
+        init_whitening(model, eval_pre(splits.train_x[:5000], None))
+
+    step_model = torch.compile(model) if tc.compile else model
+    optimizer = build_optimizer(transfer.param_groups(model, cfg.optim), cfg.optim)
+    n_train = len(splits.train_y)
+    steps_per_epoch = max(1, math.ceil(n_train / tc.batch_size))
+    total_steps = round(tc.epochs * steps_per_epoch)
+    sched_steps = total_steps if cfg.sched.interval == "step" else math.ceil(tc.epochs)
+    scheduler = build_scheduler(optimizer, cfg.sched, sched_steps)
+    loss_fn = build_loss(cfg.loss, splits.num_classes)
+    scaler = torch.amp.GradScaler(device.type) if tc.precision == "fp16" and device.type == "cuda" else None
+    ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(tc.ema),
+                                               use_buffers=True) if tc.ema else None)
+    evaluator = Evaluator(eval_pre, tc.eval_batch_size, tc.precision, device, output_kind, splits.num_classes,
+                          tta=tc.tta, channels_last=channels_last)
+    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    progress = Progress()
+
+    # --- the run folder --------------------------------------------------------------
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        progress = restore(out_dir / "last.pt", model, optimizer, scheduler, ema, aug_gen, device)
+        kept = [r for r in runs.read_jsonl(out_dir / "metrics.jsonl") if r["step"] <= progress.step]
+        runs.write_text(out_dir / "metrics.jsonl", "".join(_jsonl_line(r) for r in kept))
+        log(f"resuming {out_dir} at step {progress.step}/{total_steps}")
+    else:
+        runs.write_text(out_dir / "config.yaml", dump_yaml(cfg))
+    log(f"── cnnlab run → {out_dir}\n{dump_yaml(cfg)}")
+    log(f"data: {splits.source}; train {n_train:,} / val {len(splits.val_y):,} / test {len(splits.test_y):,} "
+        f"images of {tuple(splits.train_x.shape[1:])} on {device} (loaded in {data_seconds:.1f} s)")
+    log(f"model: {cfg.model.name}, {model_info['params_total']:,} parameters "
+        f"({model_info['params_trainable']:,} trainable), {model_info['flops_per_image']:,} FLOPs per image")
+    for w in warnings:
+        log(f"warning: {w}")
+
+    status, error = "completed", None
+    stop = {}
+    history = runs.read_jsonl(out_dir / "metrics.jsonl")
+    try:
+        with stop_on_signals(stop):
+            status = train_loop(
+                cfg, splits, step_model, model, optimizer, scheduler, loss_fn, scaler, ema, evaluator,
+                train_pre, aug_gen, progress, total_steps, steps_per_epoch, channels_last, device, out_dir,
+                history, stop, log)
+    except RunStopped:
+        status, error = "interrupted", f"stopped by {stop.get('stop', 'a signal')} at step {progress.step}"
+    except KeyboardInterrupt:
+        status, error = "interrupted", f"interrupted at step {progress.step}"
+    except Exception as e:  # noqa: BLE001 - recorded in summary.json, then re-raised
+        status, error = "failed", f"{type(e).__name__}: {e}"
+        finish(cfg, out_dir, model, ema, evaluator, splits, progress, status, error, model_info, warnings,
+               history, t_start, data_seconds, output_kind, log, score=False)
+        raise
+    return finish(cfg, out_dir, model, ema, evaluator, splits, progress, status, error, model_info, warnings,
+                  history, t_start, data_seconds, output_kind, log, score=status != "interrupted")
+
+
+def train_loop(cfg, splits, step_model, model, optimizer, scheduler, loss_fn, scaler, ema, evaluator, train_pre,
+               aug_gen, progress, total_steps, steps_per_epoch, channels_last, device, out_dir, history, stop,
+               log) -> str:
+    """Iterate from ``progress.step`` to ``total_steps``; returns the final status."""
+    tc = cfg.train
+    bs = tc.batch_size
+    n_train = len(splits.train_y)
+    per_step_sched = scheduler is not None and cfg.sched.interval == "step" and cfg.sched.name != "plateau"
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    perm, perm_epoch = None, -1
+    bar = None
+    transfer.set_train_mode(model, True)
+    t_epoch = time.perf_counter()
+    t_mark = time.perf_counter()
+    while progress.step < total_steps:
+        epoch, i = divmod(progress.step, steps_per_epoch)
+        if epoch != perm_epoch:
+            # One permutation per epoch from (seed, epoch): resuming mid-epoch rebuilds it exactly.
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+            perm, perm_epoch = torch.randperm(n_train, generator=g).to(device), epoch
+            if tc.progress and sys.stderr.isatty():
+                from tqdm import tqdm
+
+                bar = tqdm(total=min(steps_per_epoch, total_steps - epoch * steps_per_epoch), initial=i,
+                           desc=f"epoch {epoch + 1}", unit="it", leave=False, dynamic_ncols=True)
+        idx = perm[i * bs:(i + 1) * bs]
+        x = train_pre(splits.train_x[idx], aug_gen)
+        y = splits.train_y[idx]
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+
+        with autocast_for(tc.precision, device):
+            out = step_model(x)
+            loss = loss_fn(out, y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        if per_step_sched:
+            scheduler.step()
+        progress.step += 1
+        loss_sum += loss.detach().float() * len(y)
+        correct += (out.detach().argmax(1) == y).sum()
+        seen += len(y)
+        if bar is not None:
+            bar.update(1)
+
+        epoch_end = progress.step % steps_per_epoch == 0 or progress.step == total_steps
+        eval_now = epoch_end or (tc.eval_every and progress.step % tc.eval_every == 0)
+        if progress.step % DIVERGENCE_CHECK_EVERY == 0 or eval_now:
+            if not torch.isfinite(loss_sum):
+                log(f"loss became non-finite at step {progress.step}: stopping (diverged)")
+                return "diverged"
+        if epoch_end:
+            progress.epoch_seconds.append(time.perf_counter() - t_epoch)
+            t_epoch = time.perf_counter()
+            if scheduler is not None and cfg.sched.interval == "epoch" and cfg.sched.name != "plateau":
+                scheduler.step()
+            if bar is not None:
+                bar.close()
+                bar = None
+        if eval_now:
+            progress.train_seconds += time.perf_counter() - t_mark
+            row = evaluation_point(cfg, model, ema, evaluator, splits, optimizer, scheduler, progress,
+                                   steps_per_epoch, float(loss_sum) / seen, float(correct) / seen)
+            history.append(row)
+            runs.append_jsonl(out_dir / "metrics.jsonl", row)
+            log(f"step {row['step']:>6} epoch {row['epoch']:6.2f}  lr {row['lr']:.3g}  train loss "
+                f"{row['train_loss']:.4f} acc {row['train_accuracy']:.4f}  val loss {row['val_loss']:.4f} "
+                f"acc {row['val_accuracy']:.4f}  ({progress.step * bs / max(progress.train_seconds, 1e-9):,.0f} img/s)")
+            loss_sum.zero_()
+            correct.zero_()
+            seen = 0
+            improved = track_best(cfg, row, progress)
+            save_state(out_dir / "last.pt", model, optimizer, scheduler, ema, aug_gen, progress, cfg)
+            if improved:
+                shutil.copyfile(out_dir / "last.pt", out_dir / ".best.pt.tmp")
+                os.replace(out_dir / ".best.pt.tmp", out_dir / "best.pt")
+            if not math.isfinite(row["val_loss"]):
+                return "diverged"
+            if tc.early_stopping.patience and progress.evals_since_best >= tc.early_stopping.patience:
+                log(f"early stopping: no improvement in {progress.evals_since_best} evaluations")
+                return "early_stopped"
+            t_mark = time.perf_counter()
+        if stop.get("stop"):
+            progress.train_seconds += time.perf_counter() - t_mark
+            save_state(out_dir / "last.pt", model, optimizer, scheduler, ema, aug_gen, progress, cfg)
+            raise RunStopped
+    if bar is not None:
+        bar.close()
+    return "completed"
+
+
+def evaluation_point(cfg, model, ema, evaluator, splits, optimizer, scheduler, progress, steps_per_epoch,
+                     train_loss, train_accuracy) -> dict:
+    val = evaluator.score(ema.module if ema is not None else model, splits.val_x, splits.val_y)
+    if scheduler is not None and cfg.sched.name == "plateau" and (
+            cfg.sched.interval == "step" or progress.step % steps_per_epoch == 0):
+        scheduler.step(val["loss"])
+    return {
+        "step": progress.step,
+        "epoch": round(progress.step / steps_per_epoch, 4),
+        "lr": lr_of(optimizer),
+        "train_loss": train_loss,
+        "train_accuracy": train_accuracy,
+        "val_loss": val["loss"],
+        "val_accuracy": val["accuracy"],
+        "elapsed_s": round(progress.train_seconds, 3),
+    }
+
+
+def track_best(cfg, row, progress) -> bool:
+    """Update the best-so-far from an evaluation row; True when it improved."""
+    monitor = cfg.train.monitor
+    value = row[monitor] if monitor == "val_accuracy" else -row[monitor]
+    delta = cfg.train.early_stopping.min_delta
+    if not math.isfinite(value):
+        progress.evals_since_best += 1
+        return False
+    if progress.best_value is None or value > progress.best_value + delta:
+        progress.best_value = value
+        progress.best_step, progress.best_epoch = row["step"], row["epoch"]
+        progress.best_val_accuracy, progress.best_val_loss = row["val_accuracy"], row["val_loss"]
+        progress.evals_since_best = 0
+        return True
+    progress.evals_since_best += 1
+    return False
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_state(path, model, optimizer, scheduler, ema, aug_gen, progress, cfg) -> None:
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else {},
+        "ema": ema.state_dict() if ema is not None else {},
+        "step": progress.step,
+        "progress": {k: v for k, v in vars(progress).items()},
+        "rng": {"torch": torch.get_rng_state(), "augment": aug_gen.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "config": cfg.to_dict(),
+    }
+    runs.save_checkpoint(path, state)
+
+
+def restore(path, model, optimizer, scheduler, ema, aug_gen, device) -> Progress:
+    state = runs.load_checkpoint(path, map_location=device)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"]:
+        scheduler.load_state_dict(state["scheduler"])
+    if ema is not None and state["ema"]:
+        ema.load_state_dict(state["ema"])
+    torch.set_rng_state(state["rng"]["torch"].cpu())
+    aug_gen.set_state(state["rng"]["augment"].cpu() if device.type == "cpu" else state["rng"]["augment"])
+    if state["rng"]["cuda"]:
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+    return Progress(**state["progress"])
+
+
+def _jsonl_line(row: dict) -> str:
+    import json
+
+    return json.dumps(row) + "\n"
+
+
+# ----------------------------------------------------------------------------- the end of a run
+
+
+def finish(cfg, out_dir, model, ema, evaluator, splits, progress, status, error, model_info, warnings, history,
+           t_start, data_seconds, output_kind, log, score=True) -> dict:
+    """Score the best weights on every split and write summary.json, curves.png and the report."""
+    t0 = time.perf_counter()
+    results = {}
+    mistakes = None
+    if score:
+        best = out_dir / "best.pt"
+        if best.exists():
+            state = runs.load_checkpoint(best, map_location=evaluator.device)
+            model.load_state_dict(state["model"])
+            if ema is not None and state["ema"]:
+                ema.load_state_dict(state["ema"])
+        scored = ema.module if ema is not None else model
+        for split in ("train", "val", "test"):
+            r = evaluator.score(scored, getattr(splits, f"{split}_x"), getattr(splits, f"{split}_y"), full=True)
+            m = r.pop("_mistakes")
+            if split == "test":
+                mistakes = m
+            results[split] = r
+        torch.save(mistakes, out_dir / ".misclassified.pt.tmp")
+        os.replace(out_dir / ".misclassified.pt.tmp", out_dir / "misclassified.pt")
+    eval_seconds = time.perf_counter() - t0
+    images = progress.step * cfg.train.batch_size
+    summary = {
+        "status": status,
+        "error": error,
+        "name": cfg.name,
+        "seed": cfg.seed,
+        "config": cfg.to_dict(),
+        "classes": list(splits.classes),
+        "data_source": splits.source,
+        "best": {"epoch": progress.best_epoch, "step": progress.best_step,
+                 "val_accuracy": progress.best_val_accuracy, "val_loss": progress.best_val_loss},
+        **results,
+        "final_train_loss": history[-1]["train_loss"] if history else None,
+        "model": model_info,
+        "time": {"train_s": round(progress.train_seconds, 3), "eval_s": round(eval_seconds, 3),
+                 "data_s": round(data_seconds, 3), "total_s": round(time.perf_counter() - t_start, 3),
+                 "train_images_per_s": round(images / progress.train_seconds, 1) if progress.train_seconds else None,
+                 "epoch_s": [round(s, 3) for s in progress.epoch_seconds], "steps": progress.step},
+        "warnings": warnings,
+        "env": runs.environment(evaluator.device),
+    }
+    summary["findings"] = run_doctor(history, summary, splits.num_classes, output_kind, cfg.loss.name)
+    runs.write_json(out_dir / "summary.json", summary)
+    write_plots_and_report(out_dir, history, log)
+    print_results(summary, log)
+    return summary
+
+
+def run_doctor(history, summary, num_classes, output_kind, loss_name) -> list:
+    from cnnlab.doctor import diagnose
+
+    return diagnose(history, summary, num_classes, output_kind, loss_name)
+
+
+def write_plots_and_report(out_dir, history, log) -> None:
+    from cnnlab import report
+
+    try:
+        report.plot_curves(history, out_dir / "curves.png")
+        report.write_run_report(out_dir)
+    except Exception as e:  # noqa: BLE001 - a plotting problem must not cost the trained run
+        log(f"warning: could not write the plots/report: {type(e).__name__}: {e}")
+
+
+def print_results(summary, log) -> None:
+    log(f"status: {summary['status']}" + (f" ({summary['error']})" if summary.get("error") else ""))
+    if "test" not in summary:
+        return
+    log(f"best: epoch {summary['best']['epoch']} (step {summary['best']['step']}), "
+        f"val accuracy {summary['best']['val_accuracy']}")
+    log(f"{'split':<6} {'accuracy':>9} {'loss':>8} {'precision':>10} {'recall':>8} {'f1':>8}")
+    for split in ("train", "val", "test"):
+        s = summary[split]
+        log(f"{split:<6} {s['accuracy']:9.4f} {s['loss']:8.4f} {s['precision_macro']:10.4f} "
+            f"{s['recall_macro']:8.4f} {s['f1_macro']:8.4f}")
+    log("test, per class:\n" + metrics.format_per_class(summary["test"], summary["classes"]))
+    t = summary["time"]
+    log(f"time: train {t['train_s']:.1f} s ({t['train_images_per_s'] or 0:,.0f} img/s), eval {t['eval_s']:.1f} s, "
+        f"data {t['data_s']:.1f} s, total {t['total_s']:.1f} s")
+    for f in summary.get("findings", []):
+        log(f"doctor [{f['severity']}] {f['code']}: {f['message']}")
+
+
+def describe_model(model, cfg, splits, device) -> dict:
+    from cnnlab.summary import summarize
+
+    info = summarize(model, (splits.in_channels, splits.image_size, splits.image_size), device=device)
+    return {"name": cfg.model.name, **info}
+
+
+def config_warnings(cfg, output_kind, device) -> list[str]:
+    out = []
+    if output_kind == "probs" and cfg.loss.name == "cross_entropy":
+        out.append("the model ends in a softmax and is trained with cross_entropy, which applies log-softmax "
+                   "again (a double softmax): gradients shrink and training slows; set model.softmax_output=false")
+    if cfg.train.precision == "fp16" and device.type == "cpu":
+        out.append("train.precision=fp16 on a CPU is emulated and very slow; use bf16")
+    return out
+
+
+# ----------------------------------------------------------------------------- re-evaluation
+
+
+def evaluate_run(run_dir: Path, splits: list[str] = ("test",), checkpoint: str = "best.pt") -> dict:
+    """Score a run's checkpoint again on the chosen splits (``cnnlab eval``)."""
+    from cnnlab.config import load_config
+
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    for s in splits:
+        if s not in ("train", "val", "test"):
+            raise ConfigError(f"--split: {s!r} is not a split; use train, val or test")
+    device = pick_device(cfg.train.device)
+    data = datamod.load_splits(cfg.data, device)
+    model, _ = transfer.build_model(cfg.model_copy(update={"model": cfg.model.model_copy(
+        update={"init_from": None, "pretrained": None, "weights_path": None})}), data.num_classes, data.in_channels)
+    model.to(device)
+    state = runs.load_checkpoint(run_dir / checkpoint, map_location=device)
+    if cfg.train.ema and state.get("ema"):
+        ema_model = torch.optim.swa_utils.AveragedModel(model, use_buffers=True)
+        ema_model.load_state_dict(state["ema"])
+        model = ema_model.module
+    else:
+        model.load_state_dict(state["model"])
+    evaluator = Evaluator(datamod.Preprocess(data, cfg.data, train=False), cfg.train.eval_batch_size,
+                          cfg.train.precision, device, getattr(model, "output_kind", "logits"), data.num_classes,
+                          tta=cfg.train.tta)
+    result = {"run_dir": str(run_dir), "checkpoint": checkpoint, "step": state.get("step")}
+    lines = [f"{run_dir} / {checkpoint} (step {state.get('step')})"]
+    for s in splits:
+        r = evaluator.score(model, getattr(data, f"{s}_x"), getattr(data, f"{s}_y"), full=True)
+        r.pop("_mistakes")
+        result[s] = r
+        lines.append(f"{s}: accuracy {r['accuracy']:.4f}, loss {r['loss']:.4f}, f1_macro {r['f1_macro']:.4f}")
+        lines.append(metrics.format_per_class(r, list(data.classes)))
+    result["text"] = "\n".join(lines)
+    return result

@@ -1,0 +1,38 @@
+"""Shared test set-up: where the real data sets are, and a tiny-run config factory."""
+import os
+from pathlib import Path
+
+import pytest
+
+# The shared offline copies sit beside the project (../shared/datasets); CI sets CNNLAB_DATA too.
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+os.environ.setdefault("CNNLAB_DATA", str(DEFAULT_DATA))
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = Path(os.environ["CNNLAB_DATA"])
+    if not (root / "MNIST" / "raw").is_dir():
+        pytest.fail(f"real data not found at {root}: set CNNLAB_DATA to the shared datasets folder")
+    return root
+
+
+def tiny_overrides(**extra) -> dict:
+    """A run of a few seconds on real MNIST: 1,000 training images, 500 for validation."""
+    base = {
+        "data.name": "mnist", "data.train_limit": 1000, "data.val_size": 500,
+        "model.name": "lenet5", "optim.name": "adam", "optim.lr": 0.003,
+        "train.epochs": 1, "train.batch_size": 100, "train.progress": False,
+    }
+    base.update(extra)
+    return base
+
+
+@pytest.fixture
+def tiny_config():
+    from cnnlab.config import load_config
+
+    def make(**extra):
+        return load_config(None, tiny_overrides(**extra))
+
+    return make
