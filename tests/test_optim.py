@@ -1,0 +1,76 @@
+import pytest
+import torch
+from torch import nn
+
+from cnnlab.config import load_config
+from cnnlab.optim import build_loss, build_optimizer, build_scheduler, nll_of
+from cnnlab.registry import LOSSES, OPTIMIZERS, SCHEDULERS
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS.names())
+def test_every_optimizer_takes_a_step(name):
+    model = nn.Linear(4, 2)
+    cfg = load_config(None, {"optim.name": name, "optim.lr": 0.1})
+    opt = build_optimizer(model.parameters(), cfg.optim)
+    before = model.weight.detach().clone()
+    model(torch.randn(8, 4)).pow(2).mean().backward()
+    opt.step()
+    assert not torch.equal(before, model.weight)
+
+
+@pytest.mark.parametrize("name", [n for n in SCHEDULERS.names() if n != "plateau"])
+def test_every_schedule_steps(name):
+    extra = {"sched.milestones": [2, 4]} if name == "multistep" else {}
+    cfg = load_config(None, {"sched.name": name, **extra})
+    opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    sched = build_scheduler(opt, cfg.sched, total_steps=10)
+    if sched is None:
+        assert name == "none"
+        return
+    lrs = []
+    for _ in range(9):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert all(lr >= 0 for lr in lrs) and len(set(lrs)) > 1
+
+
+def test_step_schedule_every_iteration_matches_study_e():
+    cfg = load_config(None, {"sched.name": "step", "sched.step_size": 100, "sched.gamma": 0.9, "sched.interval": "step"})
+    opt = torch.optim.Adam(nn.Linear(2, 2).parameters(), lr=0.001)
+    sched = build_scheduler(opt, cfg.sched, total_steps=1000)
+    for _ in range(250):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.001 * 0.9 ** 2)
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_every_loss_is_finite_and_differentiable(name):
+    out = torch.randn(16, 10, requires_grad=True)
+    y = torch.randint(0, 10, (16,))
+    loss_in = out.log_softmax(1) if name == "nll" else out
+    loss = build_loss(load_config(None, {"loss.name": "cross_entropy"}).loss.model_copy(update={"name": name}), 10)(loss_in, y)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(out.grad).all()
+
+
+def test_mse_uses_one_hot_targets():
+    loss = build_loss(load_config(None).loss.model_copy(update={"name": "mse"}), 3)
+    out = torch.tensor([[1.0, 0.0, 0.0]])
+    assert loss(out, torch.tensor([0])) == 0
+    assert loss(out, torch.tensor([1])) == pytest.approx(2 / 3)
+
+
+def test_label_smoothing_is_applied():
+    cfg = load_config(None, {"loss.label_smoothing": 0.1})
+    out, y = torch.tensor([[10.0, -10.0]]), torch.tensor([0])
+    assert build_loss(cfg.loss, 2)(out, y) > nn.CrossEntropyLoss()(out, y)
+
+
+@pytest.mark.parametrize("kind", ["logits", "log_probs", "probs"])
+def test_nll_of_agrees_across_output_kinds(kind):
+    logits = torch.randn(5, 4)
+    y = torch.randint(0, 4, (5,))
+    out = {"logits": logits, "log_probs": logits.log_softmax(1), "probs": logits.softmax(1)}[kind]
+    torch.testing.assert_close(nll_of(out, y, kind), nn.functional.cross_entropy(logits, y, reduction="none"))

@@ -1,0 +1,125 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnlab import runs, train
+from cnnlab.config import ConfigError
+
+
+def test_tiny_run_leaves_a_complete_folder(tmp_path, tiny_config, data_root):
+    out = tmp_path / "run"
+    summary = train.run(tiny_config(**{"train.eval_every": 5}), out, log=lambda *_: None)
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "best.pt", "last.pt", "curves.png", "misclassified.pt"):
+        assert (out / name).exists(), name
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["status"] == summary["status"] == "completed"
+    for split in ("train", "val", "test"):
+        s = on_disk[split]
+        assert 0.5 < s["accuracy"] <= 1 and len(s["per_class"]["f1"]) == 10 and len(s["confusion"]) == 10
+        assert sum(map(sum, s["confusion"])) == {"train": 1000, "val": 500, "test": 10000}[split]
+    assert on_disk["model"]["params_total"] == 61706
+    assert on_disk["env"]["torch"] == torch.__version__ and on_disk["time"]["train_images_per_s"] > 0
+    rows = runs.read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [5, 10]
+    assert set(rows[0]) >= {"step", "epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "elapsed_s"}
+    best = runs.load_checkpoint(out / "best.pt")
+    assert best["step"] == on_disk["best"]["step"]
+
+
+def test_same_seed_same_result(tmp_path, tiny_config, data_root):
+    cfg = tiny_config(**{"data.augment.flip": True, "data.augment.crop_padding": 2, "model.dropout": 0.2,
+                         "model.activation": "relu"})
+    a = train.run(cfg, tmp_path / "a", log=lambda *_: None)
+    b = train.run(cfg, tmp_path / "b", log=lambda *_: None)
+    assert a["test"]["accuracy"] == b["test"]["accuracy"] and a["test"]["loss"] == b["test"]["loss"]
+    wa, wb = (runs.load_checkpoint(tmp_path / d / "last.pt")["model"] for d in "ab")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_divergence_is_recorded(tmp_path, tiny_config, data_root):
+    cfg = tiny_config(**{"optim.name": "sgd", "optim.lr": 50.0, "model.activation": "relu", "train.epochs": 2})
+    summary = train.run(cfg, tmp_path / "d", log=lambda *_: None)
+    assert summary["status"] == "diverged"
+    assert (tmp_path / "d" / "summary.json").exists()
+    assert any(f["code"] == "diverged" for f in summary["findings"])
+
+
+def test_early_stopping(tmp_path, tiny_config, data_root):
+    # a learning rate of ~0 cannot improve the validation accuracy, so patience 2 stops the run
+    cfg = tiny_config(**{"optim.lr": 1e-12, "train.eval_every": 1, "train.early_stopping.patience": 2})
+    summary = train.run(cfg, tmp_path / "e", log=lambda *_: None)
+    assert summary["status"] == "early_stopped" and summary["time"]["steps"] == 3
+
+
+def test_existing_run_is_not_overwritten(tmp_path, tiny_config, data_root):
+    cfg = tiny_config(**{"train.epochs": 0.1})
+    train.run(cfg, tmp_path / "r", log=lambda *_: None)
+    before = (tmp_path / "r" / "summary.json").read_text()
+    with pytest.raises(ConfigError, match="--force"):
+        train.run(cfg, tmp_path / "r", log=lambda *_: None)
+    assert (tmp_path / "r" / "summary.json").read_text() == before
+    train.run(cfg, tmp_path / "r", force=True, log=lambda *_: None)
+
+
+def test_double_softmax_warns(tmp_path, tiny_config, data_root):
+    cfg = tiny_config(**{"model.softmax_output": True, "train.epochs": 0.2})
+    summary = train.run(cfg, tmp_path / "s", log=lambda *_: None)
+    assert any("double softmax" in w for w in summary["warnings"])
+
+
+def test_bf16_channels_last_runs(tmp_path, tiny_config, data_root):
+    summary = train.run(tiny_config(**{"train.precision": "bf16"}), tmp_path / "b", log=lambda *_: None)
+    assert summary["status"] == "completed" and summary["test"]["accuracy"] > 0.5
+
+
+def test_eval_run_reproduces_the_summary(tmp_path, tiny_config, data_root):
+    summary = train.run(tiny_config(), tmp_path / "r", log=lambda *_: None)
+    again = train.evaluate_run(tmp_path / "r", ["test", "val"])
+    assert again["test"]["accuracy"] == summary["test"]["accuracy"]
+    assert again["val"]["confusion"] == summary["val"]["confusion"]
+
+
+def _cli(*args, **kw):
+    env = dict(os.environ, CNNLAB_NO_REEXEC="1")
+    return subprocess.Popen([sys.executable, "-m", "cnnlab.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+TINY = ["data.train_limit=2000", "data.val_size=500", "train.epochs=2", "train.batch_size=50",
+        "train.eval_every=10", "train.progress=false", "optim.lr=0.003", "model.dropout=0.3",
+        "model.activation=relu", "data.augment.flip=true", "sched.name=cosine", "sched.interval=step"]
+
+
+def test_sigint_then_resume_matches_an_uninterrupted_run(tmp_path, data_root):
+    full = _cli("train", "recipes/quickstart_lenet5_mnist.yaml", *TINY, "--out", str(tmp_path / "full"))
+    assert full.wait(timeout=300) == 0, full.stdout.read()
+
+    part = _cli("train", "recipes/quickstart_lenet5_mnist.yaml", *TINY, "--out", str(tmp_path / "part"))
+    metrics = tmp_path / "part" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(runs.read_jsonl(metrics)) < 2:
+        time.sleep(0.05)
+    part.send_signal(signal.SIGINT)
+    assert part.wait(timeout=120) != 0
+    interrupted = json.loads((tmp_path / "part" / "summary.json").read_text())
+    assert interrupted["status"] == "interrupted"
+    assert runs.load_checkpoint(tmp_path / "part" / "last.pt")["step"] < 80
+
+    resumed = _cli("train", "--resume", str(tmp_path / "part"))
+    assert resumed.wait(timeout=300) == 0, resumed.stdout.read()
+    a = json.loads((tmp_path / "full" / "summary.json").read_text())
+    b = json.loads((tmp_path / "part" / "summary.json").read_text())
+    assert b["status"] == "completed"
+    assert a["test"] == b["test"] and a["best"] == b["best"]
+    wa = runs.load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    wb = runs.load_checkpoint(tmp_path / "part" / "last.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert [r["step"] for r in runs.read_jsonl(tmp_path / "part" / "metrics.jsonl")] == list(range(10, 81, 10))
