@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -207,6 +206,11 @@ class Progress:
     evals_since_best: int = 0
     train_seconds: float = 0.0
     epoch_seconds: list = field(default_factory=list)
+    # running training loss / accuracy since the last evaluation (kept so a stop between
+    # evaluations resumes with the same learning-curve point)
+    accum_loss: float = 0.0
+    accum_correct: int = 0
+    accum_seen: int = 0
 
 
 def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool = False,
@@ -305,9 +309,9 @@ def train_loop(cfg, splits, step_model, model, optimizer, scheduler, loss_fn, sc
     bs = tc.batch_size
     n_train = len(splits.train_y)
     per_step_sched = scheduler is not None and cfg.sched.interval == "step" and cfg.sched.name != "plateau"
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
+    loss_sum = torch.tensor(progress.accum_loss, device=device, dtype=torch.float32)
+    correct = torch.tensor(progress.accum_correct, device=device, dtype=torch.long)
+    seen = progress.accum_seen
     perm, perm_epoch = None, -1
     bar = None
     transfer.set_train_mode(model, True)
@@ -377,12 +381,14 @@ def train_loop(cfg, splits, step_model, model, optimizer, scheduler, loss_fn, sc
                 f"acc {row['val_accuracy']:.4f}  ({progress.step * bs / max(progress.train_seconds, 1e-9):,.0f} img/s)")
             loss_sum.zero_()
             correct.zero_()
-            seen = 0
+            seen = progress.accum_loss = progress.accum_correct = progress.accum_seen = 0
             improved = track_best(cfg, row, progress)
-            save_state(out_dir / "last.pt", model, optimizer, scheduler, ema, aug_gen, progress, cfg)
+            # best.pt before last.pt: a kill between the two resumes from the older last.pt and
+            # re-writes the same best.pt, never leaving a best.pt older than last.pt claims.
+            state = checkpoint_state(model, optimizer, scheduler, ema, aug_gen, progress, cfg)
             if improved:
-                shutil.copyfile(out_dir / "last.pt", out_dir / ".best.pt.tmp")
-                os.replace(out_dir / ".best.pt.tmp", out_dir / "best.pt")
+                runs.save_checkpoint(out_dir / "best.pt", state)
+            runs.save_checkpoint(out_dir / "last.pt", state)
             if not math.isfinite(row["val_loss"]):
                 return "diverged"
             if tc.early_stopping.patience and progress.evals_since_best >= tc.early_stopping.patience:
@@ -391,7 +397,9 @@ def train_loop(cfg, splits, step_model, model, optimizer, scheduler, loss_fn, sc
             t_mark = time.perf_counter()
         if stop.get("stop"):
             progress.train_seconds += time.perf_counter() - t_mark
-            save_state(out_dir / "last.pt", model, optimizer, scheduler, ema, aug_gen, progress, cfg)
+            progress.accum_loss, progress.accum_correct, progress.accum_seen = float(loss_sum), int(correct), seen
+            runs.save_checkpoint(out_dir / "last.pt",
+                                 checkpoint_state(model, optimizer, scheduler, ema, aug_gen, progress, cfg))
             raise RunStopped
     if bar is not None:
         bar.close()
@@ -437,8 +445,8 @@ def track_best(cfg, row, progress) -> bool:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def save_state(path, model, optimizer, scheduler, ema, aug_gen, progress, cfg) -> None:
-    state = {
+def checkpoint_state(model, optimizer, scheduler, ema, aug_gen, progress, cfg) -> dict:
+    return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else {},
@@ -449,7 +457,6 @@ def save_state(path, model, optimizer, scheduler, ema, aug_gen, progress, cfg) -
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         "config": cfg.to_dict(),
     }
-    runs.save_checkpoint(path, state)
 
 
 def restore(path, model, optimizer, scheduler, ema, aug_gen, device) -> Progress:
