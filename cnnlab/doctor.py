@@ -1,0 +1,276 @@
+"""Run doctor: read a finished (or stopped) run's learning curves and name what went wrong.
+
+``diagnose`` looks only at the evaluation history (the rows of ``metrics.jsonl``),
+the run summary, the number of classes and how the model's output meets the loss.
+Each rule turns one recognisable pattern (a loss that blew up, accuracy stuck at
+chance, a train/validation gap that keeps widening, a curve still climbing when
+training stopped...) into a finding ``{code, severity, message}`` whose message
+says what was seen, with numbers, and what to try. Every threshold sits in the
+block of named constants below, so a rule's sensitivity is changed in one place.
+The rules are heuristics: a finding is a prompt to look at the curves, not a verdict.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+# ----------------------------------------------------------------------------- thresholds
+
+# stuck_at_chance: the best validation accuracy after the first epoch lies within this of 1/classes.
+CHANCE_MARGIN = 0.05
+# Evaluations at or after this many epochs count for stuck_at_chance (earlier ones may still be warming up).
+CHANCE_AFTER_EPOCHS = 1.0
+
+# overfitting: at the last evaluation, train accuracy exceeds validation accuracy by more than this...
+OVERFIT_ACC_GAP = 0.05
+# ...and the validation loss has risen this fraction above its lowest value.
+OVERFIT_VAL_LOSS_RISE = 0.10
+
+# under_trained: the validation accuracy gained at least this much over the last evaluations...
+UNDER_TRAINED_MIN_GAIN = 0.005
+# ...looking back this many evaluations (the last row against the one this many before it).
+UNDER_TRAINED_WINDOW = 2
+
+# early_best: early stopping with this patience (evaluations without improvement) is what we compare to...
+EARLY_STOP_PATIENCE = 2
+# ...and the finding is raised when it would have saved at least this fraction of the training time.
+EARLY_BEST_MIN_SAVING = 0.25
+
+# lr_too_high: within the first evaluations, the train loss rises above the first one by this fraction.
+LR_HIGH_FIRST_EVALS = 4
+LR_HIGH_RISE = 0.10
+
+# lr_too_low: over the whole run the train loss fell by less than this fraction of its first value...
+LR_LOW_MIN_DROP = 0.05
+# ...while the model still fits less than this share of its training data (a converged model is flat too).
+LR_LOW_MAX_TRAIN_ACC = 0.95
+# Rules that look at a trend need at least this many evaluations.
+MIN_EVALS_FOR_TREND = 3
+
+SEVERITIES = ("info", "warning", "error")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _num(value: Any) -> Optional[float]:
+    """A metric as a float; NaN/inf written as strings in JSON ('nan', 'inf') come back as floats too."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _finite(value: Any) -> bool:
+    v = _num(value)
+    return v is not None and math.isfinite(v)
+
+
+def _series(history: list[dict], key: str) -> list[float]:
+    """The finite values of one metric, in evaluation order (missing or non-finite values dropped)."""
+    return [float(_num(r.get(key))) for r in history if _finite(r.get(key))]
+
+
+def _finding(code: str, severity: str, message: str) -> dict:
+    assert severity in SEVERITIES, severity
+    return {"code": code, "severity": severity, "message": message}
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+# ----------------------------------------------------------------------------- the rules
+
+
+def _diverged(history: list[dict], summary: dict) -> list[dict]:
+    bad = [r for r in history
+           if any(r.get(k) is not None and not _finite(r.get(k)) for k in ("train_loss", "val_loss"))]
+    if not bad and summary.get("status") != "diverged":
+        return []
+    where = f" at step {bad[0].get('step')} (epoch {bad[0].get('epoch')})" if bad else ""
+    return [_finding(
+        "diverged", "error",
+        f"the loss became non-finite (NaN or infinite){where}; training cannot recover from that. "
+        "Lower optim.lr (by 3-10x), add a warm-up (sched.warmup_steps), use batch normalisation, "
+        "or train in fp32 if you used fp16.")]
+
+
+def _stuck_at_chance(history: list[dict], num_classes: int) -> list[dict]:
+    if num_classes < 2:
+        return []
+    later = [r for r in history
+             if _finite(r.get("val_accuracy")) and (_num(r.get("epoch")) or 0.0) >= CHANCE_AFTER_EPOCHS - 1e-9]
+    if not later:
+        return []
+    best = max(float(_num(r["val_accuracy"])) for r in later)
+    chance = 1.0 / num_classes
+    if abs(best - chance) > CHANCE_MARGIN:
+        return []
+    return [_finding(
+        "stuck_at_chance", "error",
+        f"validation accuracy stayed at {_pct(best)} after the first epoch, about chance for {num_classes} "
+        f"classes ({_pct(chance)}): the network is not learning. Typical causes: a learning rate far too high "
+        "(dead units) or far too low, a saturating activation with a poor initialisation, or labels that do not "
+        "match the images.")]
+
+
+def _double_softmax(output_kind: Optional[str], loss_name: Optional[str]) -> list[dict]:
+    if output_kind != "probs" or loss_name != "cross_entropy":
+        return []
+    return [_finding(
+        "double_softmax", "warning",
+        "the model ends in a softmax and is trained with cross-entropy, which applies log-softmax itself: "
+        "the probabilities are squashed a second time, gradients shrink and training slows. Let the model output "
+        "logits (model.softmax_output=false), or output log-probabilities and use loss.name=nll.")]
+
+
+def _overfitting(history: list[dict]) -> list[dict]:
+    rows = [r for r in history if all(_finite(r.get(k)) for k in ("train_accuracy", "val_accuracy", "val_loss"))]
+    if len(rows) < MIN_EVALS_FOR_TREND:
+        return []
+    last = rows[-1]
+    gap = float(_num(last["train_accuracy"])) - float(_num(last["val_accuracy"]))
+    val_losses = [float(_num(r["val_loss"])) for r in rows]
+    low = min(val_losses)
+    rise = (val_losses[-1] - low) / low if low > 0 else 0.0
+    if gap <= OVERFIT_ACC_GAP or rise <= OVERFIT_VAL_LOSS_RISE:
+        return []
+    low_at = rows[val_losses.index(low)]
+    return [_finding(
+        "overfitting", "warning",
+        f"train accuracy is {_pct(gap)} above validation accuracy at the end, and the validation loss has risen "
+        f"{_pct(rise)} above its lowest value (step {low_at.get('step')}, epoch {low_at.get('epoch')}): the model "
+        "memorises the training set. Try data augmentation, dropout, weight decay, a smaller model, or fewer "
+        "epochs / early stopping (train.early_stopping.patience).")]
+
+
+def _under_trained(history: list[dict]) -> list[dict]:
+    acc = _series(history, "val_accuracy")
+    if len(acc) < MIN_EVALS_FOR_TREND:
+        return []
+    window = min(UNDER_TRAINED_WINDOW, len(acc) - 1)
+    gain = acc[-1] - acc[-1 - window]
+    if acc[-1] < max(acc) or gain < UNDER_TRAINED_MIN_GAIN:
+        return []
+    return [_finding(
+        "under_trained", "info",
+        f"validation accuracy was still improving when training stopped (+{_pct(gain)} over the last "
+        f"{window} evaluations, best at the last one): more epochs would probably help.")]
+
+
+def _best_position(history: list[dict]) -> tuple[Optional[int], list[dict]]:
+    rows = [r for r in history if _finite(r.get("val_accuracy"))]
+    if not rows:
+        return None, rows
+    acc = [float(_num(r["val_accuracy"])) for r in rows]
+    return acc.index(max(acc)), rows  # the first maximum is the checkpoint the trainer keeps
+
+
+def _early_or_late_best(history: list[dict], already: set[str]) -> list[dict]:
+    best, rows = _best_position(history)
+    if best is None or len(rows) < MIN_EVALS_FOR_TREND:
+        return []
+    if best == len(rows) - 1:
+        # The run ended on its best evaluation; under_trained already says so when the gain is clear.
+        if "under_trained" in already:
+            return []
+        return [_finding(
+            "late_best", "info",
+            f"the best validation accuracy came at the last evaluation (epoch {rows[-1].get('epoch')}), but it "
+            "had levelled off: the run is near the end of what this setting can reach.")]
+    stop = min(best + EARLY_STOP_PATIENCE, len(rows) - 1)
+
+    def clock(r: dict) -> float:
+        # Prefer wall time; a history without elapsed_s falls back to iterations.
+        return _num(r.get("elapsed_s")) if _finite(r.get("elapsed_s")) else float(_num(r.get("step")) or 0)
+
+    total = clock(rows[-1])
+    if total <= 0:
+        return []
+    saving = 1.0 - clock(rows[stop]) / total
+    if saving < EARLY_BEST_MIN_SAVING:
+        return []
+    return [_finding(
+        "early_best", "info",
+        f"the best validation accuracy came at epoch {rows[best].get('epoch')} (step {rows[best].get('step')}), "
+        f"long before the end (epoch {rows[-1].get('epoch')}): early stopping with a patience of "
+        f"{EARLY_STOP_PATIENCE} evaluations would have saved about {100 * saving:.0f} % of the training time "
+        "(train.early_stopping.patience).")]
+
+
+def _lr_too_high(history: list[dict]) -> list[dict]:
+    loss = _series(history[:LR_HIGH_FIRST_EVALS], "train_loss")
+    if len(loss) < 2 or loss[0] <= 0:
+        return []
+    peak = max(loss[1:])
+    rise = (peak - loss[0]) / loss[0]
+    if rise <= LR_HIGH_RISE:
+        return []
+    return [_finding(
+        "lr_too_high", "warning",
+        f"the train loss rose by {_pct(rise)} within the first {len(loss)} evaluations "
+        f"({loss[0]:.4g} -> {peak:.4g}): the learning rate is probably too high. Lower optim.lr or add a warm-up.")]
+
+
+def _lr_too_low(history: list[dict]) -> list[dict]:
+    loss = _series(history, "train_loss")
+    if len(loss) < MIN_EVALS_FOR_TREND or loss[0] <= 0:
+        return []
+    drop = (loss[0] - min(loss)) / loss[0]
+    train_acc = _series(history, "train_accuracy")
+    if drop >= LR_LOW_MIN_DROP or (train_acc and train_acc[-1] >= LR_LOW_MAX_TRAIN_ACC):
+        return []
+    return [_finding(
+        "lr_too_low", "warning",
+        f"the train loss is nearly flat ({loss[0]:.4g} -> {loss[-1]:.4g}, {_pct(drop)} lower at best over "
+        f"{len(loss)} evaluations) while the model fits only {_pct(train_acc[-1]) if train_acc else 'an unknown share'} "
+        "of the training set: the learning rate is probably too low. Raise optim.lr (try 3-10x).")]
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def diagnose(history: list[dict], summary: dict, num_classes: int, model_output_kind: Optional[str],
+             loss_name: Optional[str]) -> list[dict]:
+    """Findings for one run, most severe first: a list of ``{code, severity, message}``.
+
+    ``history`` is the list of metrics.jsonl rows, ``summary`` the run summary (only ``status`` is read),
+    ``model_output_kind`` one of logits / log_probs / probs (None if unknown), ``loss_name`` the loss registry name.
+    """
+    history = list(history or [])
+    summary = summary or {}
+    findings: list[dict] = []
+    findings += _diverged(history, summary)
+    findings += _double_softmax(model_output_kind, loss_name)
+    diverged = bool(findings and findings[0]["code"] == "diverged")
+    # After a divergence the trend rules would only describe the blow-up again; keep the message focused.
+    if not diverged:
+        findings += _stuck_at_chance(history, int(num_classes or 0))
+        findings += _lr_too_high(history)
+        findings += _lr_too_low(history)
+        findings += _overfitting(history)
+        findings += _under_trained(history)
+        findings += _early_or_late_best(history, {f["code"] for f in findings})
+    rank = {s: i for i, s in enumerate(reversed(SEVERITIES))}
+    return sorted(findings, key=lambda f: rank[f["severity"]])  # stable: rule order within a severity
+
+
+def diagnose_run(run_dir) -> list[dict]:
+    """Findings for a run folder from its files (for runs whose summary.json has none stored).
+
+    The model's output kind is not in the folder; a config with ``model.softmax_output: true`` is taken as "probs".
+    """
+    from pathlib import Path
+
+    from cnnlab import runs
+
+    run_dir = Path(run_dir)
+    history = runs.read_jsonl(run_dir / "metrics.jsonl")
+    summary = runs.read_json(run_dir / "summary.json") if (run_dir / "summary.json").exists() else {}
+    config = summary.get("config") or {}
+    classes = summary.get("classes") or []
+    output_kind = "probs" if (config.get("model") or {}).get("softmax_output") else None
+    return diagnose(history, summary, len(classes), output_kind, (config.get("loss") or {}).get("name"))

@@ -1,0 +1,465 @@
+"""HTML reports for a run folder or a sweep folder: one self-contained file that opens from disk.
+
+``build_report(path)`` looks at what the folder holds: a ``results.jsonl`` makes it
+a sweep folder, a ``summary.json`` or ``metrics.jsonl`` a run folder. It reads only
+the files of the run-folder and sweep contracts (docs/CONTRACTS.md), draws the
+figures with matplotlib (see cnnlab.plots), embeds them as base64 PNG, and renders
+a Jinja2 template with inline CSS: no script, stylesheet, font or image is loaded
+from anywhere else, so the page works offline and can be mailed as one file. A run
+report shows the configuration, environment, model, learning curves, metrics per
+split and per class, the confusion matrix, the test images the model got most
+confidently wrong, timings and the run doctor's findings. A sweep report shows the
+comparison tables, the metric against each swept factor, the mean learning curves
+of each setting, and links to every run's own report (built when missing).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import math
+import statistics
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Optional
+
+from cnnlab import plots, runs
+from cnnlab.config import ConfigError
+from cnnlab.plots import plot_curves  # noqa: F401 - the trainer calls report.plot_curves
+
+REPORT_NAME = "report.html"
+DEFAULT_SWEEP_METRIC = "test.accuracy"
+# Factors whose values span orders of magnitude: plotted on a log x axis.
+LOG_FACTORS = {"lr", "head_lr", "max_lr", "min_lr", "batch_size", "weight_decay", "eps", "train_limit"}
+LOG_RANGE = 50  # any positive numeric factor whose max/min reaches this is also drawn on a log axis
+MAX_SERIES = 6  # more combinations of the other factors than this: one pooled line instead
+LAYER_COLUMNS = ("name", "type", "output_shape", "params")
+FINISHED = ("completed", "early_stopped")  # runs whose metrics enter a sweep's statistics
+
+
+class ReportError(ConfigError):
+    """A folder that is neither a run folder nor a sweep folder (the CLI exits with code 2)."""
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _b64(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _num(v: Any) -> Optional[float]:
+    if v is None or isinstance(v, bool):
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    """Numbers for tables: floats to ``digits`` decimals, ints with thousands separators, '–' when missing."""
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int):
+        return f"{v:,}"
+    x = _num(v)
+    if x is None:
+        return str(v)
+    if not math.isfinite(x):
+        return str(x)
+    return f"{x:.{digits}f}"
+
+
+def _seconds(v: Any) -> str:
+    x = _num(v)
+    if x is None:
+        return "–"
+    if x >= 120:
+        return f"{x / 60:.1f} min ({x:,.0f} s)"
+    return f"{x:.2f} s"
+
+
+def _dig(d: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(d, dict):
+            return None
+        d = d.get(part)
+    return d
+
+
+def _environment():
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    env = Environment(loader=FileSystemLoader(str(Path(__file__).parent / "templates")),
+                      autoescape=select_autoescape(["html", "j2"]),
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters["fmt"] = _fmt
+    env.filters["seconds"] = _seconds
+    return env
+
+
+def _render(template: str, out: Path, **context) -> Path:
+    html = _environment().get_template(template).render(**context)
+    runs.write_text(out, html)
+    return out
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def build_report(path) -> Path:
+    """Write report.html into a run folder or a sweep folder (detected from its files); return its path."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ReportError(f"report: {path} is not a folder; give a run folder or a sweep folder")
+    if (path / "results.jsonl").exists():
+        return write_sweep_report(path)
+    if (path / "summary.json").exists() or (path / "metrics.jsonl").exists():
+        return write_run_report(path)
+    raise ReportError(
+        f"report: {path} is neither a run folder (summary.json, metrics.jsonl) nor a sweep folder "
+        "(results.jsonl); point at the folder that `cnnlab train --out` or `cnnlab sweep --out` wrote")
+
+
+# ----------------------------------------------------------------------------- run report
+
+
+def _load_misclassified(run_dir: Path) -> Optional[dict]:
+    path = run_dir / "misclassified.pt"
+    if not path.exists():
+        return None
+    import torch
+
+    try:
+        m = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a damaged optional file must not cost the whole report
+        return None
+    if not isinstance(m, dict) or not all(k in m for k in ("images", "true", "pred", "confidence")):
+        return None
+    if len(m["images"]) == 0:
+        return {"count": 0}
+    return {"count": len(m["images"]), "images": m["images"].numpy(), "true": m["true"].tolist(),
+            "pred": m["pred"].tolist(), "confidence": m["confidence"].float().tolist()}
+
+
+def _layers(model: dict) -> tuple[list[str], list[list[str]]]:
+    layers = model.get("layers") or []
+    if not layers or not isinstance(layers[0], dict):
+        return [], []
+    cols = [c for c in LAYER_COLUMNS if any(c in r for r in layers)]
+    cols += [c for c in layers[0] if c not in cols]
+    return cols, [[_fmt(r.get(c)) if c == "params" else str(r.get(c, "")) for c in cols] for r in layers]
+
+
+def run_context(run_dir: Path) -> dict:
+    """Everything the run template shows, read from the run folder."""
+    run_dir = Path(run_dir)
+    summary = runs.read_json(run_dir / "summary.json") if (run_dir / "summary.json").exists() else {}
+    history = runs.read_jsonl(run_dir / "metrics.jsonl")
+    classes = [str(c) for c in summary.get("classes") or []]
+    splits = [s for s in ("train", "val", "test") if isinstance(summary.get(s), dict)]
+
+    metric_rows = [{"split": s, **{k: summary[s].get(k) for k in
+                                   ("accuracy", "loss", "precision_macro", "recall_macro", "f1_macro")}}
+                   for s in splits]
+    per_class = {}
+    for s in splits:
+        pc = summary[s].get("per_class") or {}
+        n = len(pc.get("support") or [])
+        per_class[s] = [{"cls": classes[i] if i < len(classes) else str(i),
+                         "precision": pc["precision"][i], "recall": pc["recall"][i], "f1": pc["f1"][i],
+                         "support": pc["support"][i]} for i in range(n)]
+
+    best = summary.get("best") or {}
+    images: dict[str, str] = {}
+    if history:
+        images["curves"] = _b64(plots.png_bytes(plots.curves_figure(history, best.get("step"))))
+    confusion_split = next((s for s in ("test", "val") if summary.get(s, {}).get("confusion")), None)
+    if confusion_split:
+        images["confusion"] = _b64(plots.png_bytes(plots.confusion_figure(
+            summary[confusion_split]["confusion"], classes, f"{confusion_split} split")))
+    mis = _load_misclassified(run_dir)
+    if mis and mis["count"]:
+        images["misclassified"] = _b64(plots.png_bytes(plots.misclassified_figure(
+            mis["images"], mis["true"], mis["pred"], mis["confidence"], classes)))
+
+    findings = summary.get("findings")
+    findings_source = "stored by the trainer"
+    if findings is None:
+        from cnnlab.doctor import diagnose_run
+
+        findings, findings_source = diagnose_run(run_dir), "computed now from the run folder"
+
+    model = summary.get("model") or {}
+    layer_cols, layer_rows = _layers(model)
+    t = summary.get("time") or {}
+    epoch_s = [x for x in (t.get("epoch_s") or []) if _num(x) is not None]
+    config_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else None
+    if config_text is None and summary.get("config"):
+        import yaml
+
+        config_text = yaml.safe_dump(summary["config"], sort_keys=False)
+    env = summary.get("env") or {}
+    return {
+        "title": summary.get("name") or run_dir.name,
+        "run_dir": str(run_dir.resolve()),
+        "status": summary.get("status", "unknown (no summary.json)"),
+        "error": summary.get("error"),
+        "seed": summary.get("seed"),
+        "data_source": summary.get("data_source"),
+        "warnings": summary.get("warnings") or [],
+        "findings": findings,
+        "findings_source": findings_source,
+        "best": best,
+        "metric_rows": metric_rows,
+        "per_class": per_class,
+        "confusion_split": confusion_split,
+        "images": images,
+        "misclassified_count": (mis or {}).get("count"),
+        "model": {k: model.get(k) for k in ("name", "params_total", "params_trainable", "flops_per_image")},
+        "layer_cols": layer_cols,
+        "layer_rows": layer_rows,
+        "time": {
+            "total_s": t.get("total_s"), "train_s": t.get("train_s"), "eval_s": t.get("eval_s"),
+            "data_s": t.get("data_s"), "images_per_s": t.get("train_images_per_s"),
+            "epoch_mean_s": statistics.fmean(epoch_s) if epoch_s else None, "epoch_s": epoch_s,
+        },
+        "n_evaluations": len(history),
+        "last_eval": history[-1] if history else {},
+        "config_text": config_text,
+        "env": [(k, v if isinstance(v, str) else ("" if v is None else str(v))) for k, v in env.items()],
+    }
+
+
+def write_run_report(run_dir) -> Path:
+    """Write ``report.html`` into a run folder; return its path."""
+    run_dir = Path(run_dir)
+    return _render("run.html.j2", run_dir / REPORT_NAME, **run_context(run_dir))
+
+
+# ----------------------------------------------------------------------------- sweep report
+
+
+def _swept_keys(rows: list[dict]) -> list[str]:
+    """Settings keys that take more than one value across the runs (all keys if none varies)."""
+    keys: list[str] = []
+    for r in rows:
+        for k in (r.get("settings") or {}):
+            if k not in keys and k != "seed":
+                keys.append(k)
+    varying = [k for k in keys if len({repr((r.get("settings") or {}).get(k)) for r in rows}) > 1]
+    return varying or keys
+
+
+def _label(settings: dict, keys: list[str]) -> str:
+    return ", ".join(f"{k.split('.')[-1]}={settings.get(k)}" for k in keys) or "all runs"
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
+
+
+def _is_numeric(values: list[Any]) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def _log_axis(key: str, values: list[float]) -> bool:
+    if key.split(".")[-1] in LOG_FACTORS:
+        return all(v > 0 for v in values)
+    return all(v > 0 for v in values) and max(values) / min(values) >= LOG_RANGE
+
+
+def _value_label(v: Any) -> str:
+    # As cnnlab.compare shows settings: null is the builder's default, lists as JSON.
+    if v is None:
+        return "default"
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def _factor_plots(rows: list[dict], keys: list[str], metric: str, plan: Optional[dict] = None) -> list[dict]:
+    """One figure per swept factor: a line (numeric) or bars (categorical) of the metric, mean ± sd over seeds.
+
+    The other factors split the runs into series (one line or bar colour each) while there are at most
+    MAX_SERIES of them, else they are pooled. In a one-factor-at-a-time sweep only the runs whose other
+    factors sit at the base case belong to a factor's plot.
+    """
+    plan = plan or {}
+    figures = []
+    for key in keys:
+        others = [k for k in keys if k != key]
+        members_all = rows
+        if plan.get("ofat"):
+            base = plan.get("base_settings") or {}
+            members_all = [r for r in rows if all((r.get("settings") or {}).get(k) == base.get(k) for k in others)]
+            others = []
+        values = [(r.get("settings") or {}).get(key) for r in members_all]
+        series_of: dict[str, list[dict]] = {}
+        for r in members_all:
+            series_of.setdefault(_label(r.get("settings") or {}, others) if others else "all runs", []).append(r)
+        if len(series_of) > MAX_SERIES:
+            series_of = {"all runs (other factors pooled)": members_all}
+        numeric = bool(values) and _is_numeric(values)
+        series = {}
+        for label, members in series_of.items():
+            by_value: dict[Any, list[float]] = OrderedDict()
+            for r in members:
+                if r.get("status") not in FINISHED:
+                    continue  # a diverged or failed run has no result to average (compare does the same)
+                v, m = (r.get("settings") or {}).get(key), _num(_dig(r, metric))
+                if m is not None and math.isfinite(m):
+                    by_value.setdefault(v if numeric else _value_label(v), []).append(m)
+            series[label] = [(v, *_mean_sd(ms)) for v, ms in by_value.items()]
+        series = {k: v for k, v in series.items() if v}
+        if not series:
+            continue
+        if numeric:
+            log_x = _log_axis(key, [float(v) for v in values])
+            fig = plots.factor_figure(series, key, metric, log_x)
+            kind = "log x axis" if log_x else "linear x axis"
+        else:
+            fig = plots.bars_figure(series, key, metric)
+            kind = "categorical"
+        figures.append({"key": key, "kind": kind, "src": _b64(plots.png_bytes(fig))})
+    return figures
+
+
+def _mean_curves(sweep_dir: Path, groups: "OrderedDict[str, list[dict]]") -> dict:
+    """Per setting, the validation curves averaged over its seeds at each recorded step."""
+    import numpy as np
+
+    curves = {}
+    for label, members in groups.items():
+        at_step: dict[float, dict[str, list[float]]] = {}
+        for r in members:
+            if not r.get("run_dir"):
+                continue
+            for row in runs.read_jsonl(sweep_dir / r["run_dir"] / "metrics.jsonl"):
+                step = _num(row.get("step"))
+                if step is None:
+                    continue
+                slot = at_step.setdefault(step, {"val_loss": [], "val_accuracy": []})
+                for k in slot:
+                    v = _num(row.get(k))
+                    if v is not None and math.isfinite(v):
+                        slot[k].append(v)
+        if not at_step:
+            continue
+        steps = sorted(at_step)
+        curves[label] = {"step": np.array(steps)}
+        for k in ("val_loss", "val_accuracy"):
+            # A run stopped early simply contributes fewer points; each step averages the seeds it has.
+            curves[label][k] = np.array([statistics.fmean(at_step[s][k]) if at_step[s][k] else math.nan
+                                         for s in steps])
+    return curves
+
+
+def _compare_tables(sweep_dir: Path, keys: list[str], metric: str) -> list[dict]:
+    """The comparison table(s) of cnnlab.compare as HTML-ready rows; an explanation when one cannot be made.
+
+    The main table is by every swept key (rows: the first key, columns: the others); with several keys, one
+    table per key follows, pooling the others. compare() is called rather than write_compare() so that a
+    report never overwrites a compare.md the user wrote with other --by keys.
+    """
+    if not keys:
+        return [{"title": "comparison", "error": "the sweep varies no setting (only seeds)"}]
+    try:
+        from cnnlab import compare
+    except ImportError as e:
+        return [{"title": "comparison", "error": f"cnnlab.compare is not available ({e})"}]
+    wanted = [keys] + ([[k] for k in keys] if len(keys) > 1 else [])
+    tables = []
+    for by in wanted:
+        title = f"{metric} by {' × '.join(by)}"
+        try:
+            result = compare.compare(sweep_dir, by=by, metric=metric)
+        except Exception as e:  # noqa: BLE001 - one table failing must not lose the rest of the report
+            tables.append({"title": title, "error": f"{type(e).__name__}: {e}"})
+            continue
+        unit = " (%)" if result.percent else ""
+        head = [" \\ ".join([", ".join(result.row_keys) or "—", " × ".join(result.col_keys) or metric + unit])]
+        head += [" / ".join(c) or metric + unit for c in result.cols]
+        body = []
+        for r in result.rows:
+            cells = []
+            for c in result.cols:
+                cell = result.cells.get((r, c))
+                # cell_text marks the best cell with Markdown bold; the HTML shows that with a class instead.
+                cells.append({"text": result.cell_text(cell).replace("**", ""),
+                              "best": bool(cell and cell.is_best)})
+            body.append({"label": " / ".join(r) or "all", "cells": cells})
+        tables.append({"title": title, "head": head, "rows": body, "notes": list(result.notes)})
+    return tables
+
+
+def sweep_context(sweep_dir: Path, metric: str = DEFAULT_SWEEP_METRIC, build_run_reports: bool = True) -> dict:
+    from cnnlab.sweep import load_plan, load_results
+
+    sweep_dir = Path(sweep_dir)
+    rows = load_results(sweep_dir)
+    plan = load_plan(sweep_dir) or {}
+    keys = [k for k in plan.get("keys") or [] if k != "seed"] or _swept_keys(rows)
+    groups: "OrderedDict[str, list[dict]]" = OrderedDict()
+    for r in rows:
+        groups.setdefault(_label(r.get("settings") or {}, keys), []).append(r)
+
+    settings_table = []
+    for label, members in groups.items():
+        vals = [m for m in (_num(_dig(r, metric)) for r in members if r.get("status") in FINISHED)
+                if m is not None and math.isfinite(m)]
+        mean, sd = _mean_sd(vals)
+        times = [t for t in (_num(r.get("time_s")) for r in members) if t is not None]
+        settings_table.append({"label": label, "n": len(members), "n_ok": len(vals), "mean": mean, "sd": sd,
+                               "min": min(vals) if vals else None, "max": max(vals) if vals else None,
+                               "time_s": statistics.fmean(times) if times else None})
+    # Best first; settings with no finished run (mean NaN) go last.
+    settings_table.sort(key=lambda s: -s["mean"] if s["n_ok"] else math.inf)
+    best_label = settings_table[0]["label"] if settings_table and settings_table[0]["n_ok"] else None
+
+    run_rows = []
+    for r in rows:
+        link = None
+        if r.get("run_dir"):
+            run_dir = sweep_dir / r["run_dir"]
+            if build_run_reports and not (run_dir / REPORT_NAME).exists() and (
+                    (run_dir / "summary.json").exists() or (run_dir / "metrics.jsonl").exists()):
+                try:
+                    write_run_report(run_dir)
+                except Exception:  # noqa: BLE001 - a broken run keeps its row, just without a link
+                    pass
+            if (run_dir / REPORT_NAME).exists():
+                link = Path(r["run_dir"]).as_posix().rstrip("/") + "/" + REPORT_NAME
+        run_rows.append({"run_id": r.get("run_id"), "label": _label(r.get("settings") or {}, keys),
+                         "seed": r.get("seed"), "status": r.get("status"), "metric": _dig(r, metric),
+                         "best_val": _dig(r, "best.val_accuracy"), "best_epoch": _dig(r, "best.epoch"),
+                         "time_s": r.get("time_s"), "link": link})
+    curves = _mean_curves(sweep_dir, groups)
+    images = {}
+    if curves:
+        images["curves"] = _b64(plots.png_bytes(plots.sweep_curves_figure(curves)))
+    statuses: dict[str, int] = {}
+    for r in rows:
+        statuses[str(r.get("status"))] = statuses.get(str(r.get("status")), 0) + 1
+    return {
+        "title": sweep_dir.resolve().name,
+        "sweep_dir": str(sweep_dir.resolve()),
+        "metric": metric,
+        "keys": keys,
+        "n_runs": len(rows),
+        "statuses": statuses,
+        "settings_table": settings_table,
+        "best_label": best_label,
+        "compare_tables": _compare_tables(sweep_dir, keys, metric) if rows else [],
+        "factor_plots": _factor_plots(rows, keys, metric, plan),
+        "images": images,
+        "run_rows": run_rows,
+    }
+
+
+def write_sweep_report(sweep_dir, metric: str = DEFAULT_SWEEP_METRIC) -> Path:
+    """Write ``report.html`` into a sweep folder (and each run's report that is missing); return its path."""
+    sweep_dir = Path(sweep_dir)
+    return _render("sweep.html.j2", sweep_dir / REPORT_NAME, **sweep_context(sweep_dir, metric))
