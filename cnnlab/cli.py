@@ -132,8 +132,9 @@ def cmd_report(args) -> int:
 def cmd_data(args) -> int:
     from cnnlab.data import describe_data, resolve_root
 
-    root = resolve_root(args.root)
-    entries = describe_data(root)
+    root = resolve_root({"root": args.root})
+    check = args.action == "check"
+    entries = describe_data(root, check=check)
     if args.json:
         print(json.dumps(entries, indent=2))
         return 0
@@ -141,13 +142,12 @@ def cmd_data(args) -> int:
     bad = False
     for e in entries:
         state = "present" if e.get("present") else "missing"
-        print(f"- {e['name']:<14} {state:<8} {e.get('path', '')}")
-        if args.action == "check":
-            for f in e.get("files", []):
-                ok = f.get("ok")
-                bad |= ok is False
-                mark = {True: "ok", False: "BAD", None: "-"}[ok]
-                print(f"    {mark:<4} {f['name']} {f.get('bytes', '')} {f.get('detail', '')}")
+        print(f"- {e['name']:<14} {state:<8} {e.get('location', '')}  {e.get('message', '')}")
+        for f in e.get("files", []) if check else []:
+            ok = f.get("md5_ok")
+            bad |= ok is False
+            mark = {True: "ok", False: "BAD", None: "-"}[ok]
+            print(f"    {mark:<4} {f['path']} ({f.get('bytes', '?')} bytes)")
     return 1 if bad else 0
 
 

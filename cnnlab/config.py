@@ -55,8 +55,7 @@ class DataConfig(_Section):
     @classmethod
     def _known_dataset(cls, v: str) -> str:
         _ensure_registries()
-        DATASETS.get(v)
-        return v
+        return _known(DATASETS, v)
 
 
 Activation = Literal["tanh", "relu", "leaky_relu", "gelu", "sigmoid", "elu"]
@@ -90,8 +89,7 @@ class ModelConfig(_Section):
     @classmethod
     def _known_model(cls, v: str) -> str:
         _ensure_registries()
-        MODELS.get(v)
-        return v
+        return _known(MODELS, v)
 
     def builder_options(self) -> dict[str, Any]:
         """The architecture options the study set explicitly (passed to the builder)."""
@@ -114,8 +112,7 @@ class OptimConfig(_Section):
     @classmethod
     def _known_optimizer(cls, v: str) -> str:
         _ensure_registries()
-        OPTIMIZERS.get(v)
-        return v
+        return _known(OPTIMIZERS, v)
 
     @field_validator("betas")
     @classmethod
@@ -141,8 +138,7 @@ class SchedConfig(_Section):
     @classmethod
     def _known_scheduler(cls, v: str) -> str:
         _ensure_registries()
-        SCHEDULERS.get(v)
-        return v
+        return _known(SCHEDULERS, v)
 
     @field_validator("milestones")
     @classmethod
@@ -160,8 +156,7 @@ class LossConfig(_Section):
     @classmethod
     def _known_loss(cls, v: str) -> str:
         _ensure_registries()
-        LOSSES.get(v)
-        return v
+        return _known(LOSSES, v)
 
 
 class EarlyStoppingConfig(_Section):
@@ -222,6 +217,14 @@ class Config(_Section):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def _known(registry, name: str) -> str:
+    """A registry name, or a ValueError (pydantic reports it under the field) listing the choices."""
+    _ensure_registries()
+    if name not in registry:
+        raise ValueError(f"unknown {registry.kind} {name!r}; known: {', '.join(registry.names())}")
+    return name
 
 
 # --------------------------------------------------------------------------- loading
