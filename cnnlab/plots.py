@@ -55,11 +55,19 @@ def _write_atomic(path: Path, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        _readable(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _readable(path: Path) -> None:
+    # mkstemp creates 0600 files; a plot or report is meant to be shared, so use the usual umask mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def steps_per_epoch(rows: Sequence[dict]) -> Optional[float]:
@@ -119,6 +127,8 @@ def curves_figure(rows: Sequence[dict], best_step: Optional[float] = None) -> Fi
     lr_ok = lr[np.isfinite(lr) & (lr > 0)]
     if lr_ok.size and lr_ok.max() / lr_ok.min() > 10:
         ax_lr.set_yscale("log")
+    elif lr_ok.size and lr_ok.max() == lr_ok.min():
+        ax_lr.set_ylim(0, 1.5 * lr_ok.max())  # a constant rate: show it against zero, not a magnified flat line
     if best is not None:
         ax_lr.axvline(step[best], color="#555", linestyle="--", linewidth=1)
     ax_lr.set_title("learning rate (at each evaluation)")
@@ -213,13 +223,13 @@ def factor_figure(series: dict[str, list[tuple[float, float, float]]], factor: s
 
     ``series`` maps a label (the other factors' values, or "all") to points ``(x, mean, sd)``.
     """
-    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
     for i, (label, points) in enumerate(series.items()):
         pts = sorted(points)
         x = np.array([p[0] for p in pts], dtype=float)
         mean = np.array([p[1] for p in pts], dtype=float)
-        sd = np.nan_to_num(np.array([p[2] for p in pts], dtype=float))
+        sd = np.array([0.0 if p[2] is None else p[2] for p in pts], dtype=float)
         color = COLORS[i % len(COLORS)]
         ax.plot(x, mean, marker="o", color=color, label=label if i < MAX_LEGEND_ENTRIES else None)
         ax.fill_between(x, mean - sd, mean + sd, color=color, alpha=0.18, linewidth=0)
@@ -235,7 +245,7 @@ def factor_figure(series: dict[str, list[tuple[float, float, float]]], factor: s
 
 def bars_figure(groups: dict[str, list[tuple[str, float, float]]], factor: str, metric: str) -> Figure:
     """Bars of the metric for each value of a categorical factor (mean, sd error bar), grouped by series."""
-    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
     categories: list[str] = []
     for points in groups.values():
@@ -247,7 +257,7 @@ def bars_figure(groups: dict[str, list[tuple[str, float, float]]], factor: str, 
         by_cat = {c: (m, s) for c, m, s in points}
         xs = [j + (i - (len(groups) - 1) / 2) * width for j, c in enumerate(categories) if c in by_cat]
         means = [by_cat[c][0] for c in categories if c in by_cat]
-        sds = [0.0 if not np.isfinite(by_cat[c][1]) else by_cat[c][1] for c in categories if c in by_cat]
+        sds = [by_cat[c][1] or 0.0 for c in categories if c in by_cat]
         ax.bar(xs, means, width=width, yerr=sds, capsize=3, color=COLORS[i % len(COLORS)],
                label=label if i < MAX_LEGEND_ENTRIES else None)
     ax.set_xticks(range(len(categories)), categories, rotation=20 if len(categories) > 4 else 0)

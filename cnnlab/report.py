@@ -27,6 +27,7 @@ from cnnlab.config import ConfigError
 from cnnlab.plots import plot_curves  # noqa: F401 - the trainer calls report.plot_curves
 
 REPORT_NAME = "report.html"
+RUN_MARKERS = ("summary.json", "metrics.jsonl", "config.yaml")  # any of them makes a folder a run folder
 DEFAULT_SWEEP_METRIC = "test.accuracy"
 # Factors whose values span orders of magnitude: plotted on a log x axis.
 LOG_FACTORS = {"lr", "head_lr", "max_lr", "min_lr", "batch_size", "weight_decay", "eps", "train_limit"}
@@ -103,6 +104,7 @@ def _environment():
 def _render(template: str, out: Path, **context) -> Path:
     html = _environment().get_template(template).render(**context)
     runs.write_text(out, html)
+    plots._readable(out)
     return out
 
 
@@ -116,10 +118,10 @@ def build_report(path) -> Path:
         raise ReportError(f"report: {path} is not a folder; give a run folder or a sweep folder")
     if (path / "results.jsonl").exists():
         return write_sweep_report(path)
-    if (path / "summary.json").exists() or (path / "metrics.jsonl").exists():
+    if any((path / name).exists() for name in RUN_MARKERS):
         return write_run_report(path)
     raise ReportError(
-        f"report: {path} is neither a run folder (summary.json, metrics.jsonl) nor a sweep folder "
+        f"report: {path} is neither a run folder ({', '.join(RUN_MARKERS)}) nor a sweep folder "
         "(results.jsonl); point at the folder that `cnnlab train --out` or `cnnlab sweep --out` wrote")
 
 
@@ -254,13 +256,14 @@ def _swept_keys(rows: list[dict]) -> list[str]:
 
 
 def _label(settings: dict, keys: list[str]) -> str:
-    return ", ".join(f"{k.split('.')[-1]}={settings.get(k)}" for k in keys) or "all runs"
+    return ", ".join(f"{k.split('.')[-1]}={_value_label(settings.get(k))}" for k in keys) or "all runs"
 
 
-def _mean_sd(values: list[float]) -> tuple[float, float]:
+def _mean_sd(values: list[float]) -> tuple[Optional[float], Optional[float]]:
+    # No spread from a single run: None (shown as "–"), never a made-up 0.
     if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
 def _is_numeric(values: list[Any]) -> bool:
