@@ -529,7 +529,7 @@ def finish(cfg, out_dir, model, ema, evaluator, splits, progress, status, error,
     }
     summary["findings"] = run_doctor(history, summary, splits.num_classes, output_kind, cfg.loss.name)
     runs.write_json(out_dir / "summary.json", summary)
-    write_plots_and_report(out_dir, history, log)
+    write_plots_and_report(out_dir, history, progress.best_step or None, log)
     print_results(summary, log)
     return summary
 
@@ -540,11 +540,11 @@ def run_doctor(history, summary, num_classes, output_kind, loss_name) -> list:
     return diagnose(history, summary, num_classes, output_kind, loss_name)
 
 
-def write_plots_and_report(out_dir, history, log) -> None:
-    from cnnlab import report
+def write_plots_and_report(out_dir, history, best_step, log) -> None:
+    from cnnlab import plots, report
 
     try:
-        report.plot_curves(history, out_dir / "curves.png")
+        plots.plot_curves(history, out_dir / "curves.png", best_step=best_step)
         report.write_run_report(out_dir)
     except Exception as e:  # noqa: BLE001 - a plotting problem must not cost the trained run
         log(f"warning: could not write the plots/report: {type(e).__name__}: {e}")

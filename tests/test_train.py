@@ -45,7 +45,9 @@ def test_same_seed_same_result(tmp_path, tiny_config, data_root):
 
 
 def test_divergence_is_recorded(tmp_path, tiny_config, data_root):
-    cfg = tiny_config(**{"optim.name": "sgd", "optim.lr": 50.0, "model.activation": "relu", "train.epochs": 2})
+    # MSE on unbounded ReLU outputs with a huge step grows geometrically until it overflows
+    cfg = tiny_config(**{"optim.name": "sgd", "optim.lr": 50.0, "loss.name": "mse", "model.activation": "relu",
+                         "train.epochs": 2})
     summary = train.run(cfg, tmp_path / "d", log=lambda *_: None)
     assert summary["status"] == "diverged"
     assert (tmp_path / "d" / "summary.json").exists()
