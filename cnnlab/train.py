@@ -77,6 +77,35 @@ def autocast_for(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def augmenting(aug) -> bool:
+    return bool(aug.crop_padding or aug.flip or aug.brightness or aug.contrast or aug.saturation or aug.hue)
+
+
+def identity(x: torch.Tensor, generator=None) -> torch.Tensor:
+    return x
+
+
+@torch.inference_mode()
+def cached_features(backbone: nn.Module, splits, evaluator: "Evaluator"):
+    """Run a frozen backbone once over every split; returns splits of features (same labels)."""
+    from types import SimpleNamespace
+
+    backbone.eval()
+    out = {}
+    for split in ("train", "val", "test"):
+        x = getattr(splits, f"{split}_x")
+        chunks = []
+        for start in range(0, len(x), evaluator.batch_size):
+            xb = evaluator.preprocess(x[start:start + evaluator.batch_size], None)
+            if evaluator.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with autocast_for(evaluator.precision, evaluator.device):
+                chunks.append(backbone(xb).float())
+        out[f"{split}_x"] = torch.cat(chunks).clone()  # clone: usable outside inference mode
+        out[f"{split}_y"] = getattr(splits, f"{split}_y")
+    return SimpleNamespace(**out, num_classes=splits.num_classes, classes=splits.classes)
+
+
 def has_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
@@ -185,7 +214,7 @@ class Evaluator:
             wrong = (pred != y).nonzero().squeeze(1)
             conf = torch.cat(confs)[wrong]
             top = wrong[conf.argsort(descending=True)[:MISCLASSIFIED_KEPT]]
-            result["_mistakes"] = {"images": x[top].cpu(), "true": y[top].cpu(), "pred": pred[top].cpu(),
+            result["_mistakes"] = {"index": top, "true": y[top].cpu(), "pred": pred[top].cpu(),
                                    "confidence": torch.cat(confs)[top].float().cpu()}
         return result
 
@@ -262,6 +291,20 @@ def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool =
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     progress = Progress()
 
+    # A frozen backbone gives every image the same features every epoch (no augmentation, no
+    # dropout, frozen batch norm): compute them once and train only the head on them.
+    net, inputs = model, splits  # net maps the loop's inputs to outputs
+    if ema is None and not augmenting(cfg.data.augment) and tc.finetune != "all":
+        backbone, rest = transfer.split_frozen(model, example=eval_pre(splits.train_x[:8], None))
+        if backbone is not None:
+            t0 = time.perf_counter()
+            inputs = cached_features(backbone, splits, evaluator)
+            net = step_model = rest
+            train_pre = evaluator.preprocess = identity
+            evaluator.channels_last = channels_last = False
+            warnings.append(f"frozen backbone: features of all {len(splits.train_y) + len(splits.val_y) + len(splits.test_y):,} "
+                            f"images computed once ({time.perf_counter() - t0:.1f} s); only the head trains")
+
     # --- the run folder --------------------------------------------------------------
     out_dir.mkdir(parents=True, exist_ok=True)
     if resume:
@@ -285,7 +328,7 @@ def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool =
     try:
         with stop_on_signals(stop):
             status = train_loop(
-                cfg, splits, step_model, model, optimizer, scheduler, loss_fn, scaler, ema, evaluator,
+                cfg, inputs, step_model, net, model, optimizer, scheduler, loss_fn, scaler, ema, evaluator,
                 train_pre, aug_gen, progress, total_steps, steps_per_epoch, channels_last, device, out_dir,
                 history, stop, log)
     except RunStopped:
@@ -294,17 +337,20 @@ def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool =
         status, error = "interrupted", f"interrupted at step {progress.step}"
     except Exception as e:  # noqa: BLE001 - recorded in summary.json, then re-raised
         status, error = "failed", f"{type(e).__name__}: {e}"
-        finish(cfg, out_dir, model, ema, evaluator, splits, progress, status, error, model_info, warnings,
-               history, t_start, data_seconds, output_kind, log, score=False)
+        finish(cfg, out_dir, model, net, ema, evaluator, splits, inputs, progress, status, error, model_info,
+               warnings, history, t_start, data_seconds, output_kind, log, score=False)
         raise
-    return finish(cfg, out_dir, model, ema, evaluator, splits, progress, status, error, model_info, warnings,
-                  history, t_start, data_seconds, output_kind, log, score=status != "interrupted")
+    return finish(cfg, out_dir, model, net, ema, evaluator, splits, inputs, progress, status, error, model_info,
+                  warnings, history, t_start, data_seconds, output_kind, log, score=status != "interrupted")
 
 
-def train_loop(cfg, splits, step_model, model, optimizer, scheduler, loss_fn, scaler, ema, evaluator, train_pre,
+def train_loop(cfg, splits, step_model, net, model, optimizer, scheduler, loss_fn, scaler, ema, evaluator, train_pre,
                aug_gen, progress, total_steps, steps_per_epoch, channels_last, device, out_dir, history, stop,
                log) -> str:
-    """Iterate from ``progress.step`` to ``total_steps``; returns the final status."""
+    """Iterate from ``progress.step`` to ``total_steps``; returns the final status.
+
+    ``splits`` holds the loop's inputs (images, or cached features), ``net`` maps them to outputs,
+    ``model`` is the whole network whose state goes into the checkpoints."""
     tc = cfg.train
     bs = tc.batch_size
     n_train = len(splits.train_y)
@@ -372,7 +418,7 @@ def train_loop(cfg, splits, step_model, model, optimizer, scheduler, loss_fn, sc
                 bar = None
         if eval_now:
             progress.train_seconds += time.perf_counter() - t_mark
-            row = evaluation_point(cfg, model, ema, evaluator, splits, optimizer, scheduler, progress,
+            row = evaluation_point(cfg, net, ema, evaluator, splits, optimizer, scheduler, progress,
                                    steps_per_epoch, float(loss_sum) / seen, float(correct) / seen)
             history.append(row)
             runs.append_jsonl(out_dir / "metrics.jsonl", row)
@@ -483,7 +529,7 @@ def _jsonl_line(row: dict) -> str:
 # ----------------------------------------------------------------------------- the end of a run
 
 
-def finish(cfg, out_dir, model, ema, evaluator, splits, progress, status, error, model_info, warnings, history,
+def finish(cfg, out_dir, model, net, ema, evaluator, splits, inputs, progress, status, error, model_info, warnings, history,
            t_start, data_seconds, output_kind, log, score=True) -> dict:
     """Score the best weights on every split and write summary.json, curves.png and the report."""
     t0 = time.perf_counter()
@@ -496,12 +542,12 @@ def finish(cfg, out_dir, model, ema, evaluator, splits, progress, status, error,
             model.load_state_dict(state["model"])
             if ema is not None and state["ema"]:
                 ema.load_state_dict(state["ema"])
-        scored = ema.module if ema is not None else model
+        scored = ema.module if ema is not None else net
         for split in ("train", "val", "test"):
-            r = evaluator.score(scored, getattr(splits, f"{split}_x"), getattr(splits, f"{split}_y"), full=True)
+            r = evaluator.score(scored, getattr(inputs, f"{split}_x"), getattr(inputs, f"{split}_y"), full=True)
             m = r.pop("_mistakes")
             if split == "test":
-                mistakes = m
+                mistakes = {"images": splits.test_x[m.pop("index")].cpu(), **m}
             results[split] = r
         torch.save(mistakes, out_dir / ".misclassified.pt.tmp")
         os.replace(out_dir / ".misclassified.pt.tmp", out_dir / "misclassified.pt")

@@ -125,3 +125,19 @@ def test_sigint_then_resume_matches_an_uninterrupted_run(tmp_path, data_root):
     wb = runs.load_checkpoint(tmp_path / "part" / "last.pt")["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert [r["step"] for r in runs.read_jsonl(tmp_path / "part" / "metrics.jsonl")] == list(range(10, 81, 10))
+
+
+def test_frozen_backbone_trains_the_head_on_cached_features(tmp_path, tiny_config, data_root):
+    from cnnlab.config import load_config
+
+    first = train.run(tiny_config(), tmp_path / "pre", log=lambda *_: None)
+    cfg = tiny_config(**{"model.init_from": str(tmp_path / "pre"), "train.finetune": "head", "optim.lr": 0.01})
+    summary = train.run(cfg, tmp_path / "head", log=lambda *_: None)
+    assert any("features of all" in w for w in summary["warnings"])
+    before = runs.load_checkpoint(tmp_path / "pre" / "best.pt")["model"]
+    after = runs.load_checkpoint(tmp_path / "head" / "last.pt")["model"]
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("fc."))
+    assert not torch.equal(before["fc.weight"], after["fc.weight"])
+    # the head-only model scores the same through the full network (cnnlab eval re-runs the backbone)
+    again = train.evaluate_run(tmp_path / "head", ["test"])
+    assert again["test"]["accuracy"] == pytest.approx(summary["test"]["accuracy"], abs=1e-3)
