@@ -178,7 +178,7 @@ def run_context(run_dir: Path) -> dict:
     images: dict[str, str] = {}
     if history:
         images["curves"] = _b64(plots.png_bytes(plots.curves_figure(history, best.get("step"))))
-    confusion_split = next((s for s in ("test", "val") if summary.get(s, {}).get("confusion")), None)
+    confusion_split = next((s for s in ("test", "val") if (summary.get(s) or {}).get("confusion")), None)
     if confusion_split:
         images["confusion"] = _b64(plots.png_bytes(plots.confusion_figure(
             summary[confusion_split]["confusion"], classes, f"{confusion_split} split")))
