@@ -1,0 +1,274 @@
+"""Comparison tables of a sweep: one cell per setting, mean ± sd over seeds, tested against the best.
+
+:func:`compare` reads a sweep folder's ``results.jsonl`` (one row per run, see
+:mod:`cnnlab.sweep`) and lays a metric out the way the studies report it: rows are
+the values of the first ``by`` key, columns the combinations of the others (e.g.
+rows = models, columns = optimizer × learning rate). A cell shows mean ± sample sd
+(n) and a 95 % Student-t interval; the best cell is starred, and cells that Welch's
+t-test cannot tell apart from it (p ≥ 0.05) are marked, so a 0.4-point gap between
+two seeds' worth of runs is not read as a finding. Runs that diverged are counted
+and left out of the numbers, and a cell whose accuracy sits at chance level says
+"chance" instead of printing a number that only looks like a result.
+:func:`write_compare` writes the table as ``compare.md`` and ``compare.csv``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cnnlab import runs, stats
+from cnnlab.config import ConfigError
+from cnnlab.sweep import load_plan, load_results
+
+FINISHED = ("completed", "early_stopped")  # statuses whose metrics count
+CHANCE_MARGIN = 0.02  # accuracy ≤ 1/classes + this is "chance": the network learned nothing
+KNOWN_METRICS = ("test.accuracy", "test.loss", "test.f1_macro", "best.val_accuracy", "best.epoch",
+                 "final_train_loss", "time_s")
+
+
+@dataclass
+class Cell:
+    values: list[float]  # the metric of each finished, non-diverged run
+    total: int  # runs in the cell, whatever their status
+    diverged: int
+    failed: int  # failed, interrupted or not run yet
+    summary: stats.Described | None = None
+    p: float | None = None  # Welch's p-value against the best cell
+    same_as_best: bool | None = None
+    is_best: bool = False
+    chance: bool = False
+
+
+@dataclass
+class CompareResult:
+    sweep_dir: Path
+    metric: str
+    row_keys: list[str]
+    col_keys: list[str]
+    rows: list[tuple]  # display labels of each row's values
+    cols: list[tuple]
+    cells: dict[tuple[tuple, tuple], Cell]
+    best: tuple[tuple, tuple] | None
+    higher_is_better: bool
+    percent: bool  # accuracies are shown in %
+    notes: list[str] = field(default_factory=list)
+
+    def cell_text(self, cell: Cell | None) -> str:
+        if cell is None or cell.total == 0:
+            return "—"
+        extra = []
+        if cell.diverged and cell.values:
+            extra.append(f"diverged {cell.diverged}/{cell.total}")
+        if cell.failed:
+            extra.append(f"failed {cell.failed}/{cell.total}")
+        if not cell.values:
+            if cell.diverged:
+                return f"diverged ({cell.diverged}/{cell.total})" + (f", failed {cell.failed}/{cell.total}"
+                                                                      if cell.failed else "")
+            return f"failed ({cell.failed}/{cell.total})"
+        s = cell.summary
+        if cell.chance:
+            text = f"chance (n={s.n})"
+        else:
+            text = f"{self._num(s.mean)} ± {self._num(s.sd)} ({s.n})" if s.n > 1 else f"{self._num(s.mean)} (1)"
+            if s.ci_low is not None:
+                text += f" [{self._num(s.ci_low)}, {self._num(s.ci_high)}]"
+            if cell.is_best:
+                text = f"**{text}** ★"
+            elif cell.same_as_best:
+                text += " ≈"
+        return text + "".join(f"; {e}" for e in extra)
+
+    def _num(self, x: float | None) -> str:
+        if x is None:
+            return "—"
+        return f"{100 * x:.2f}" if self.percent else f"{x:.4g}"
+
+    def markdown(self) -> str:
+        unit = " (%)" if self.percent else ""
+        corner = " \\ ".join([", ".join(self.row_keys) or "—", " × ".join(self.col_keys) or self.metric])
+        head = [corner, *(" / ".join(c) or self.metric for c in self.cols)]
+        lines = [f"## {self.metric}{unit} by {', '.join(self.row_keys + self.col_keys)} — {self.sweep_dir.name}", "",
+                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in self.rows:
+            cells = [self.cell_text(self.cells.get((r, c))) for c in self.cols]
+            lines.append("| " + " | ".join([" / ".join(r) or "all", *cells]) + " |")
+        return "\n".join(lines + [""] + [f"- {n}" for n in self.notes]) + "\n"
+
+    def csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow([*self.row_keys, *self.col_keys, "metric", "n", "mean", "sd", "ci95_low", "ci95_high",
+                    "p_vs_best", "best", "same_as_best", "chance", "diverged", "failed", "total"])
+        for r in self.rows:
+            for c in self.cols:
+                cell = self.cells.get((r, c))
+                if cell is None:
+                    continue
+                s = cell.summary
+                w.writerow([*r, *c, self.metric, len(cell.values),
+                            *(("" if v is None else v) for v in
+                              ((s.mean, s.sd, s.ci_low, s.ci_high) if s else (None,) * 4)),
+                            "" if cell.p is None else cell.p, int(cell.is_best),
+                            "" if cell.same_as_best is None else int(cell.same_as_best),
+                            int(cell.chance), cell.diverged, cell.failed, cell.total])
+        return buf.getvalue()
+
+
+def label(value: Any) -> str:
+    """How a setting value is shown: null is the builder's default."""
+    if value is None:
+        return "default"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def metric_value(row: dict, metric: str) -> float | None:
+    node: Any = row
+    for part in metric.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return float(node) if isinstance(node, (int, float)) and not isinstance(node, bool) else None
+
+
+def compare(sweep_dir: str | Path, by: list[str], metric: str = "test.accuracy",
+            columns: list[str] | None = None) -> CompareResult:
+    """Group a sweep's runs by the ``by`` keys and test every cell against the best.
+
+    Rows are the ``by`` keys not in ``columns``; ``columns`` defaults to ``by[1:]``.
+    Keys are dotted config keys of the rows' ``settings`` (or ``seed``); ``metric`` is a
+    dotted path into a row (test.accuracy, best.val_accuracy, final_train_loss, time_s...).
+    """
+    sweep_dir = Path(sweep_dir)
+    by = [k.strip() for k in by if k.strip()]
+    if not by:
+        raise ConfigError("compare: --by needs at least one key, e.g. --by model.name,optim.lr")
+    columns = by[1:] if columns is None else list(columns)
+    if set(columns) - set(by):
+        raise ConfigError(f"compare: columns {sorted(set(columns) - set(by))} must be among the --by keys {by}")
+    row_keys = [k for k in by if k not in columns]
+    rows = load_results(sweep_dir)
+    if not rows:
+        raise ConfigError(f"{sweep_dir}: no results.jsonl rows; run the sweep first (cnnlab sweep FILE --out DIR)")
+    notes: list[str] = []
+    plan = load_plan(sweep_dir)
+    if plan:
+        planned = {r["run_id"] for r in plan["runs"]}
+        stale = [r for r in rows if r["run_id"] not in planned]
+        if stale:
+            rows = [r for r in rows if r["run_id"] in planned]
+            notes.append(f"{len(stale)} rows of runs no longer in the sweep's plan are left out.")
+
+    available = sorted({k for r in rows for k in r.get("settings", {})} | {"seed"})
+    for k in by:
+        if k not in available:
+            raise ConfigError(f"compare: --by {k} is not a setting of this sweep; choose from {', '.join(available)}")
+    if not any(metric_value(r, metric) is not None for r in rows) and metric not in KNOWN_METRICS:
+        raise ConfigError(f"compare: --metric {metric} is not in the results rows; use one of {', '.join(KNOWN_METRICS)}")
+
+    def value(row: dict, key: str) -> Any:
+        return row["seed"] if key == "seed" else row.get("settings", {}).get(key)
+
+    others = [k for k in available if k not in by and k != "seed"]
+    if plan and plan.get("ofat"):
+        base = plan.get("base_settings", {})
+        rows = [r for r in rows if all(value(r, k) == base.get(k) for k in others)]
+        notes.append("One factor at a time: each cell holds the runs whose other factors are at the base case.")
+    else:
+        pooled = [k for k in others if len({json.dumps(value(r, k), sort_keys=True) for r in rows}) > 1]
+        if pooled:
+            notes.append(f"Pooled over {', '.join(pooled)}: add them to --by to separate them.")
+
+    # Numbers are sorted; other values keep the order the sweep file gives them (its plan).
+    order_source = [{"settings": r["settings"], "seed": r["seed"]} for r in plan["runs"]] if plan else rows
+    order: dict[str, dict[str, Any]] = {}
+    for k in by:
+        values = [value(r, k) for r in [*order_source, *rows]]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            values = sorted(values)
+        order[k] = {}
+        for v in values:
+            order[k].setdefault(label(v), len(order[k]))
+
+    def key_of(row: dict, keys: list[str]) -> tuple:
+        return tuple(label(value(row, k)) for k in keys)
+
+    def sort(keys: list[str], items: set[tuple]) -> list[tuple]:
+        return sorted(items, key=lambda t: [order[k][v] for k, v in zip(keys, t)])
+
+    grouped: dict[tuple[tuple, tuple], list[dict]] = {}
+    for r in rows:
+        grouped.setdefault((key_of(r, row_keys), key_of(r, columns)), []).append(r)
+    row_labels = sort(row_keys, {k[0] for k in grouped})
+    col_labels = sort(columns, {k[1] for k in grouped})
+
+    percent = metric.endswith("accuracy")
+    higher_is_better = not ("loss" in metric or metric.startswith("time"))
+    chance_level = 1 / _num_classes(sweep_dir, rows) + CHANCE_MARGIN
+    cells: dict[tuple[tuple, tuple], Cell] = {}
+    for key, members in grouped.items():
+        values = [metric_value(r, metric) for r in members if r.get("status") in FINISHED]
+        values = [v for v in values if v is not None]
+        diverged = sum(r.get("status") == "diverged" for r in members)
+        cell = Cell(values, len(members), diverged, len(members) - diverged - len(values))
+        if values:
+            cell.summary = stats.describe(values)
+            cell.chance = percent and cell.summary.mean <= chance_level
+        cells[key] = cell
+
+    candidates = {k: c.values for k, c in cells.items() if c.values and not c.chance}
+    best = stats.best_key(candidates, higher_is_better)
+    if best is not None:
+        cells[best].is_best = True
+        for k, versus in stats.against_best(candidates, best).items():
+            cells[k].p, cells[k].same_as_best = versus.p, versus.same_as_best
+
+    ns = [c.summary.n for c in cells.values() if c.summary]
+    what = "test accuracy" if metric == "test.accuracy" else metric
+    notes.insert(0, f"Cells: mean ± sample sd (number of runs) [95 % CI of the mean, Student t] of {what}"
+                 + (" in %" if percent else "") + ".")
+    if best is not None:
+        notes.insert(1, f"★ best cell ({'highest' if higher_is_better else 'lowest'} mean).")
+    if any(c.p is not None for c in cells.values()):
+        notes.insert(2, f"≈ not significantly different from the best: Welch's t-test (two-sided, unequal "
+                     f"variances), p ≥ {stats.ALPHA}; unmarked cells with 2 or more runs differ from the best at "
+                     f"p < {stats.ALPHA}.")
+    if ns and max(ns) < 2:
+        notes.append("One run per cell (a single seed): no confidence intervals, and the differences between cells "
+                     "are untested; run the sweep with seeds: 3 or more before reading a difference as real.")
+    elif ns and min(ns) < 2:
+        notes.append("Cells with a single run have no interval and are not tested against the best.")
+    if any(c.diverged for c in cells.values()):
+        notes.append("diverged k/n: k of the cell's n runs diverged (the loss became non-finite); they are left out "
+                     "of the numbers.")
+    if any(c.chance for c in cells.values()):
+        notes.append(f"chance: mean accuracy ≤ 1/classes + {CHANCE_MARGIN} ({100 * chance_level:.0f} %): "
+                     "the network did not learn.")
+    if any(c.failed for c in cells.values()):
+        notes.append("failed k/n: runs that crashed, were interrupted or have not run yet (re-run the sweep).")
+    return CompareResult(sweep_dir, metric, row_keys, columns, row_labels, col_labels, cells, best,
+                         higher_is_better, percent, notes)
+
+
+def _num_classes(sweep_dir: Path, rows: list[dict]) -> int:
+    """The class count from a run's summary.json (10 when no run left one)."""
+    for r in rows:
+        try:
+            classes = runs.read_json(sweep_dir / r["run_dir"] / "summary.json").get("classes")
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if classes:
+            return len(classes)
+    return 10
+
+
+def write_compare(sweep_dir: str | Path, by: list[str], metric: str = "test.accuracy",
+                  columns: list[str] | None = None) -> str:
+    """Write compare.md and compare.csv into the sweep folder; returns the Markdown to print."""
+    result = compare(sweep_dir, by, metric, columns)
+    text = result.markdown()
+    runs.write_text(Path(sweep_dir) / "compare.md", text)
+    runs.write_text(Path(sweep_dir) / "compare.csv", result.csv())
+    return text

@@ -1,0 +1,712 @@
+"""Sweeps: one YAML file → many study configs × seeds → run folders and ``results.jsonl``.
+
+A sweep file names a ``base`` study (a path relative to the sweep file, an inline
+mapping, or a list of either to compare whole studies), the ``axes`` to vary (each a
+dotted config key with a list of values), ``zip`` groups of keys whose values change
+together, an optional ``random`` search space, and ``seeds`` (a count or a list).
+Axes form a grid by default; ``ofat: true`` varies one factor at a time from the base
+case instead. Every config is built and validated before anything runs, so a typo
+costs seconds, not the hours of the runs before it. Each run gets an id that is a
+hash of its resolved config and seed, so re-running a sweep skips finished runs,
+resumes interrupted ones from ``last.pt`` and re-runs failed ones. Runs execute one
+after another in this process, in ``workers`` spawned processes, or as Ray Tune
+trials; each writes its own row to ``results.jsonl``.
+
+The results file is append-only: a re-run of a failed run appends a new row, and
+readers (:func:`load_results`) keep the last row per ``run_id``. Appends take an
+exclusive ``flock`` and write the whole line with one ``os.write`` on an
+``O_APPEND`` descriptor, so concurrent writers (workers, Ray trials) never
+interleave or lose lines.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import random
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+try:
+    import fcntl
+except ImportError:  # Windows: appends stay single-write O_APPEND, without the lock
+    fcntl = None
+
+from cnnlab import runs
+from cnnlab.config import Config, ConfigError, apply_overrides, build_config, read_yaml
+
+SWEEP_KEYS = ("description", "base", "axes", "zip", "ofat", "random", "seeds")
+RESULTS = "results.jsonl"
+PLAN = "plan.json"
+ID_LENGTH = 10  # hex digits of the run id: collisions stay negligible for millions of runs
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class PlannedRun:
+    run_id: str
+    settings: dict[str, Any]  # the swept keys' values in this run ("base" names the base study)
+    seed: int
+    config: Config
+
+    @property
+    def run_dir(self) -> str:
+        return f"runs/{self.run_id}"
+
+
+@dataclass
+class Sweep:
+    name: str  # the sweep file's stem; the default output folder is sweeps/<name>
+    source: str
+    keys: list[str]  # swept keys, in the file's order
+    ofat: bool
+    base_settings: dict[str, Any]  # the base case's values of the swept keys
+    runs: list[PlannedRun]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "source": self.source, "keys": self.keys, "ofat": self.ofat,
+                "base_settings": self.base_settings,
+                "runs": [_run_info(r) for r in self.runs]}
+
+
+@dataclass
+class _Factor:
+    """One thing that varies: an axis, a zip group, the random samples, or the base study."""
+
+    label: str  # how errors and the plan name it: "optim.lr", "zip(optim.name, optim.momentum)"
+    keys: list[str]
+    choices: list[dict[str, Any]]  # each a {dotted key: value} override
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read and validate a sweep file into its full list of runs (nothing is run or written)."""
+    path = Path(path)
+    return plan_sweep(read_yaml(path), base_dir=path.parent, name=path.stem, source=str(path))
+
+
+def plan_sweep(spec: dict, base_dir: str | Path = ".", name: str = "sweep", source: str = "sweep") -> Sweep:
+    """Expand a sweep mapping into validated runs; raises ConfigError naming the axis and value."""
+    unknown = [k for k in spec if k not in SWEEP_KEYS]
+    if unknown:
+        raise ConfigError(f"{source}: unknown sweep key(s) {', '.join(map(str, unknown))}; "
+                          f"a sweep file has: {', '.join(SWEEP_KEYS)}")
+    if "base" not in spec:
+        raise ConfigError(f"{source}: 'base' is missing: a study file path (relative to the sweep file) "
+                          "or an inline study mapping")
+    bases = _read_bases(spec["base"], Path(base_dir), name, source)
+    factors = _factors(spec, source)
+    if len(bases) > 1:
+        factors.insert(0, _Factor("base", ["base"], [{"base": label} for label in bases]))
+    keys = list(dict.fromkeys(k for f in factors for k in f.keys))
+    ofat = spec.get("ofat", False)
+    if not isinstance(ofat, bool):
+        raise ConfigError(f"{source}: ofat must be true or false, got {ofat!r}")
+    first_label = next(iter(bases))
+    seeds = _seeds(spec.get("seeds"), bases[first_label].get("seed", 0), source)
+
+    if ofat:  # the base case once, then each factor's values alone
+        combos = [()] + [(c,) for f in factors for c in f.choices]
+    else:
+        combos = list(itertools.product(*(f.choices for f in factors)))
+
+    settings_runs: list[tuple[dict, Config]] = []
+    for combo in combos:
+        overrides = {k: v for choice in combo for k, v in choice.items()}
+        cfg = _build(bases, overrides, combo, factors, source)
+        settings_runs.append((_settings_of(cfg, keys, overrides.get("base", first_label)), cfg))
+
+    planned, seen = [], set()
+    for seed in seeds:  # seeds outermost: a partial sweep already covers every cell once
+        for settings, cfg in settings_runs:
+            run_cfg = cfg.model_copy(update={"seed": seed})
+            rid = run_id(run_cfg)
+            if rid not in seen:  # e.g. an OFAT value equal to the base case's
+                seen.add(rid)
+                planned.append(PlannedRun(rid, settings, seed, run_cfg))
+    base_cfg = _build(bases, {}, (), factors, source)
+    return Sweep(name, source, keys, ofat, _settings_of(base_cfg, keys, first_label), planned)
+
+
+def _read_bases(base: Any, base_dir: Path, sweep_name: str, source: str) -> dict[str, dict]:
+    """{label: raw study mapping}; a path's label is its stem, an inline study's its name."""
+    items = base if isinstance(base, list) else [base]
+    if not items:
+        raise ConfigError(f"{source}: base is an empty list")
+    out: dict[str, dict] = {}
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            path = Path(item) if Path(item).is_absolute() else base_dir / item
+            raw = read_yaml(path)
+            label = path.stem
+        elif isinstance(item, dict):
+            raw = dict(item)
+            label = str(raw.get("name") or (sweep_name if len(items) == 1 else f"base{i}"))
+        else:
+            raise ConfigError(f"{source}: base must be a study file path or a mapping, got {item!r}")
+        raw.setdefault("name", label)
+        if label in out:
+            raise ConfigError(f"{source}: two bases are both called {label!r}; give inline bases distinct names")
+        out[label] = raw
+    return out
+
+
+def _factors(spec: dict, source: str) -> list[_Factor]:
+    axes = spec.get("axes") or {}
+    if not isinstance(axes, dict):
+        raise ConfigError(f"{source}: axes must be a mapping of dotted keys to lists of values")
+    # zip groups may sit inside axes (axes: {zip: [...]}, keeping their place in the order) or at the top level
+    factors = []
+    for key, values in list(axes.items()) + [("zip", spec.get("zip") or [])]:
+        if key == "zip":
+            if not isinstance(values, list):
+                raise ConfigError(f"{source}: zip must be a list of groups, each {{key: [values], key: [values]}}")
+            factors += [_zip_factor(group, source) for group in values]
+            continue
+        _check_key(key, source)
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{source}: axis {key} needs a non-empty list of values, got {values!r}")
+        factors.append(_Factor(key, [key], [{key: v} for v in values]))
+    if spec.get("random") is not None:
+        factors.append(_random_factor(spec["random"], source))
+    taken: dict[str, str] = {}
+    for f in factors:
+        for k in f.keys:
+            if k in taken:
+                raise ConfigError(f"{source}: {k} is varied twice ({taken[k]} and {f.label})")
+            taken[k] = f.label
+    return factors
+
+
+def _zip_factor(group: Any, source: str) -> _Factor:
+    if not isinstance(group, dict) or not group:
+        raise ConfigError(f"{source}: each zip group is a mapping {{key: [values], key: [values]}}, got {group!r}")
+    for key, values in group.items():
+        _check_key(key, source)
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{source}: zip key {key} needs a non-empty list of values, got {values!r}")
+    lengths = {len(v) for v in group.values()}
+    if len(lengths) > 1:
+        raise ConfigError(f"{source}: the lists of a zip group must have the same length; got "
+                          + ", ".join(f"{k}: {len(v)}" for k, v in group.items()))
+    keys = list(group)
+    choices = [{k: group[k][i] for k in keys} for i in range(lengths.pop())]
+    return _Factor(f"zip({', '.join(keys)})", keys, choices)
+
+
+def _check_key(key: Any, source: str) -> None:
+    if not isinstance(key, str) or not key:
+        raise ConfigError(f"{source}: axis keys are dotted config keys such as optim.lr, got {key!r}")
+    if key == "seed":
+        raise ConfigError(f"{source}: vary seeds with 'seeds: N' (or a list), not an axis")
+
+
+def _random_factor(block: Any, source: str) -> _Factor:
+    if not isinstance(block, dict) or set(block) - {"samples", "seed", "space"}:
+        raise ConfigError(f"{source}: random must be {{samples: N, seed: S, space: {{key: spec}}}}, got {block!r}")
+    samples, seed, space = block.get("samples"), block.get("seed", 0), block.get("space")
+    if not isinstance(samples, int) or samples < 1:
+        raise ConfigError(f"{source}: random.samples must be a positive integer, got {samples!r}")
+    if not isinstance(seed, int):
+        raise ConfigError(f"{source}: random.seed must be an integer, got {seed!r}")
+    if not isinstance(space, dict) or not space:
+        raise ConfigError(f"{source}: random.space must map config keys to a distribution")
+    for key, dist in space.items():
+        _check_key(key, source)
+        _check_distribution(key, dist, source)
+    rng = random.Random(seed)
+    choices = [{key: _draw(rng, dist) for key, dist in space.items()} for _ in range(samples)]
+    return _Factor("random", list(space), choices)
+
+
+def _check_distribution(key: str, dist: Any, source: str) -> None:
+    kinds = ("log_uniform", "uniform", "choice")
+    if not isinstance(dist, dict) or len(dist) != 1 or next(iter(dist)) not in kinds:
+        raise ConfigError(f"{source}: random.space.{key} must be one of {{log_uniform: [lo, hi]}}, "
+                          f"{{uniform: [lo, hi]}}, {{choice: [values]}}; got {dist!r}")
+    kind, arg = next(iter(dist.items()))
+    if kind == "choice":
+        if not isinstance(arg, list) or not arg:
+            raise ConfigError(f"{source}: random.space.{key}.choice needs a non-empty list")
+        return
+    ok = (isinstance(arg, list) and len(arg) == 2 and all(isinstance(v, (int, float)) for v in arg)
+          and arg[0] < arg[1] and (kind == "uniform" or arg[0] > 0))
+    if not ok:
+        need = "0 < lo < hi" if kind == "log_uniform" else "lo < hi"
+        raise ConfigError(f"{source}: random.space.{key}.{kind} needs [lo, hi] with {need}, got {arg!r}")
+
+
+def _draw(rng: random.Random, dist: dict) -> Any:
+    kind, arg = next(iter(dist.items()))
+    if kind == "choice":
+        return rng.choice(arg)
+    lo, hi = arg
+    x = math.exp(rng.uniform(math.log(lo), math.log(hi))) if kind == "log_uniform" else rng.uniform(lo, hi)
+    return float(f"{x:.4g}")  # 4 significant digits: readable in tables, and more is noise for a search
+
+
+def _seeds(value: Any, default: int, source: str) -> list[int]:
+    if value is None:
+        return [default]
+    if isinstance(value, bool) or not isinstance(value, (int, list)):
+        raise ConfigError(f"{source}: seeds must be a count (3 → seeds 0, 1, 2) or a list of integers, got {value!r}")
+    if isinstance(value, int):
+        if value < 1:
+            raise ConfigError(f"{source}: seeds must be at least 1, got {value}")
+        return list(range(value))
+    if not value or not all(isinstance(s, int) and not isinstance(s, bool) for s in value) \
+            or len(set(value)) != len(value):
+        raise ConfigError(f"{source}: seeds must be a non-empty list of distinct integers, got {value!r}")
+    return list(value)
+
+
+def _build(bases: dict[str, dict], overrides: dict, combo: tuple, factors: list[_Factor], source: str) -> Config:
+    """Build one combination; on error, name the axis value to blame (or the combination)."""
+    label = overrides.get("base", next(iter(bases)))
+    dotted = {k: v for k, v in overrides.items() if k != "base"}
+    try:
+        return build_config(apply_overrides(bases[label], dotted), f"{source} [{_describe(overrides)}]")
+    except ConfigError as e:
+        error = e
+    # Find the single value that fails on its own against the base, so the message points at it.
+    for choice in combo:
+        if "base" in choice:
+            continue
+        try:
+            build_config(apply_overrides(bases[label], choice))
+        except ConfigError as e:
+            factor = next(f for f in factors if set(choice) <= set(f.keys))
+            what = (f"axis {factor.label} value {json.dumps(choice[factor.label])}" if len(choice) == 1
+                    else f"{factor.label} values {_describe(choice)}")
+            raise ConfigError(f"{source}: {what} is invalid: {e}") from None
+    raise ConfigError(f"{source}: the combination {_describe(overrides)} is invalid: {error}") from None
+
+
+def _describe(settings: dict) -> str:
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in settings.items()) or "(base case)"
+
+
+def _settings_of(cfg: Config, keys: list[str], base_label: str) -> dict[str, Any]:
+    """The swept keys' values in a built config, so every row names its full setting."""
+    d = cfg.to_dict()
+    out = {}
+    for k in keys:
+        if k == "base":
+            out[k] = base_label
+            continue
+        node: Any = d
+        for part in k.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        out[k] = node
+    return out
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+@lru_cache(maxsize=1)
+def _defaults() -> dict[str, Any]:
+    return _flatten(Config().to_dict())
+
+
+def run_id(cfg: Config) -> str:
+    """A short hash of the config's non-default values and seed: equal configs share an id.
+
+    Only values that differ from the defaults enter the hash, so a default spelled out
+    (``optim.name: adam``) and the same default left implicit give the same run, and a new
+    config field added later with a default does not change the ids of existing runs.
+    """
+    defaults = _defaults()
+    resolved = {k: v for k, v in _flatten(cfg.to_dict()).items() if k != "seed" and defaults.get(k, object()) != v}
+    text = json.dumps({"config": resolved, "seed": cfg.seed}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:ID_LENGTH]
+
+
+# ----------------------------------------------------------------------------- results.jsonl
+
+
+def append_row(path: str | Path, row: dict) -> None:
+    """Append one JSON line: exclusive flock, then the whole line in one O_APPEND write."""
+    data = (json.dumps(_finite(row), allow_nan=False) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        view = memoryview(data)
+        while view:  # a regular file takes it in one write; loop only for a short write (disk nearly full)
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def load_results(out_dir: str | Path) -> list[dict]:
+    """One row per run_id (the last one written wins), in order of each run's first row."""
+    rows: dict[str, dict] = {}
+    for row in runs.read_jsonl(Path(out_dir) / RESULTS):
+        if isinstance(row, dict) and "run_id" in row:
+            rows[row["run_id"]] = row
+    return list(rows.values())
+
+
+def load_plan(out_dir: str | Path) -> dict | None:
+    path = Path(out_dir) / PLAN
+    return runs.read_json(path) if path.exists() else None
+
+
+def _finite(obj: Any) -> Any:
+    # JSON has no NaN: a diverged run's losses become null.
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def row_from_summary(run: dict, summary: dict, error: str | None = None, time_s: float | None = None) -> dict:
+    """The results.jsonl row of a run (``run`` has run_id, settings, seed, run_dir)."""
+    test = summary.get("test") or {}
+    best = summary.get("best") or {}
+    return {
+        "run_id": run["run_id"],
+        "settings": run["settings"],
+        "seed": run["seed"],
+        "status": summary.get("status", "failed"),
+        "test": {k: _number(test.get(k)) for k in ("accuracy", "loss", "f1_macro")},
+        "best": {"val_accuracy": _number(best.get("val_accuracy")), "epoch": _number(best.get("epoch"))},
+        "final_train_loss": _number(summary.get("final_train_loss")),
+        "time_s": _number((summary.get("time") or {}).get("total_s")) if time_s is None else round(time_s, 3),
+        "run_dir": run["run_dir"],
+        "error": error or summary.get("error"),
+    }
+
+
+# ----------------------------------------------------------------------------- running one run
+
+
+def _read_summary(run_dir: Path) -> dict | None:
+    try:
+        return runs.read_json(run_dir / "summary.json")
+    except (OSError, ValueError):
+        return None
+
+
+def _state(out: Path, run: PlannedRun, rows: dict[str, dict]) -> str:
+    """done | recover (finished, row missing) | resume (last.pt) | rerun (leftovers) | new."""
+    run_dir = out / run.run_dir
+    summary = _read_summary(run_dir)
+    if summary and summary.get("status") in runs.FINAL_STATUSES and summary.get("seed") == run.seed:
+        row = rows.get(run.run_id)
+        return "done" if row and row.get("status") == summary["status"] else "recover"
+    if (run_dir / "last.pt").exists():
+        return "resume"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        return "rerun"
+    return "new"
+
+
+class _FileLog:
+    """train.run's log, appended to the run folder's train.log (opened on first use, after
+    train.run has prepared the folder, so the file does not count as a leftover)."""
+
+    def __init__(self, path: Path):
+        self.path, self.f = path, None
+
+    def __call__(self, message: str) -> None:
+        if self.f is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.f = open(self.path, "a")
+        self.f.write(f"{message}\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+
+
+def execute_task(task: dict) -> dict:
+    """Run one planned run to an end state, append its row to results.jsonl, return the row.
+
+    ``task`` is plain data (so it crosses process boundaries): out_dir, run_id, run_dir,
+    settings, seed, config (dict), resume, force. A crash is recorded as ``failed`` with its
+    message rather than raised, so the sweep goes on; KeyboardInterrupt is not caught.
+    """
+    from cnnlab import train
+
+    run_dir = Path(task["out_dir"]) / task["run_dir"]
+    log = _FileLog(run_dir / "train.log")
+    t0 = time.perf_counter()
+    try:
+        cfg = build_config(task["config"])
+        summary = train.run(cfg, run_dir, resume=task["resume"], force=task["force"], log=log)
+        row = row_from_summary(task, summary)
+    except Exception as e:  # noqa: BLE001 - recorded in the row; one bad run must not end the sweep
+        # train.run leaves summary.json (status failed) when it got far enough to write one.
+        summary = _read_summary(run_dir) or {}
+        summary["status"] = "failed"
+        row = row_from_summary(task, summary, error=f"{type(e).__name__}: {e}", time_s=time.perf_counter() - t0)
+    finally:
+        log.close()
+    append_row(Path(task["out_dir"]) / RESULTS, row)
+    return row
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    # Workers share the machine's cores: N workers × (cores // N) threads, never oversubscribed.
+    torch.set_num_threads(threads)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+# ----------------------------------------------------------------------------- executors
+
+
+def _run_local(tasks: list[dict], on_row: Callable[[dict], None], on_start: Callable[[dict], None]) -> None:
+    for task in tasks:
+        on_start(task)
+        row = execute_task(task)
+        on_row(row)
+        if row["status"] == "interrupted":  # Ctrl-C inside a run: stop the sweep too
+            raise KeyboardInterrupt
+
+
+def _run_processes(tasks: list[dict], workers: int, on_row: Callable[[dict], None]) -> None:
+    import multiprocessing
+
+    # 'spawn': a fresh interpreter per worker; forking a process that already ran torch threads can hang.
+    ctx = multiprocessing.get_context("spawn")
+    threads = max(1, _cores() // workers)
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,))
+    try:
+        futures = {pool.submit(execute_task, t): t for t in tasks}
+        for fut in as_completed(futures):
+            task = futures[fut]
+            try:
+                on_row(fut.result())
+            except BrokenProcessPool as e:
+                # A worker died (killed, out of memory): its runs never wrote a row; record them.
+                row = row_from_summary(task, {"status": "failed"}, error=f"worker process died: {e}")
+                append_row(Path(task["out_dir"]) / RESULTS, row)
+                on_row(row)
+    except KeyboardInterrupt:
+        # The workers got the same SIGINT: their runs stop at the next step as 'interrupted'.
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _ray_trial(config: dict, tasks: list[dict], threads: int) -> None:
+    import torch
+    from ray import tune
+
+    torch.set_num_threads(threads)
+    row = execute_task(tasks[config["index"]])  # writes the row to results.jsonl itself
+    tune.report({"status": row["status"], "test_accuracy": row["test"]["accuracy"], "row": json.dumps(row)})
+
+
+def _run_ray(tasks: list[dict], out: Path, workers: int, address: str | None, resources: dict,
+             on_row: Callable[[dict], None]) -> None:
+    ray, tune = _import_ray()
+    res = {"cpu": float(resources.get("cpu", 1)), "gpu": float(resources.get("gpu", 0))}
+    reported: set[str] = set()
+
+    class Progress(tune.Callback):
+        # Called in this (driver) process as each trial reports, so progress shows while the sweep runs.
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            row = json.loads(result["row"])
+            reported.add(row["run_id"])
+            on_row(row)
+
+    started = not ray.is_initialized()
+    if started:
+        env = {k: os.environ[k] for k in ("CNNLAB_DATA", "GLIBC_TUNABLES") if k in os.environ}
+        ray.init(address=address, include_dashboard=False, runtime_env={"env_vars": env} if env else None)
+    try:
+        trainable = tune.with_resources(
+            tune.with_parameters(_ray_trial, tasks=tasks, threads=max(1, int(res["cpu"]))), res)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"index": tune.grid_search(list(range(len(tasks))))},
+            tune_config=tune.TuneConfig(max_concurrent_trials=workers if workers > 1 else None),
+            run_config=tune.RunConfig(name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
+                                      storage_path=str((out / "ray_results").resolve()), verbose=0,
+                                      callbacks=[Progress()], failure_config=tune.FailureConfig(max_failures=0)),
+        )
+        results = tuner.fit()
+        errors = {r.config.get("index"): r.error for r in results if r.error}
+        for i, task in enumerate(tasks):
+            if task["run_id"] not in reported:  # the trial died before reporting (e.g. its worker was killed)
+                row = row_from_summary(task, {"status": "failed"}, error=f"Ray trial failed: {errors.get(i)}")
+                append_row(out / RESULTS, row)
+                on_row(row)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _import_ray():
+    try:
+        import ray
+        from ray import tune
+    except ImportError:
+        raise ConfigError("the ray executor needs Ray Tune, which is not installed: pip install cnnlab[ray]") from None
+    return ray, tune
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def run_sweep(sweep_path: str | Path, out_dir: str | Path | None = None, workers: int = 1,
+              executor: str = "local", address: str | None = None, dry_run: bool = False,
+              resources: dict | None = None) -> list[dict]:
+    """Run (or with ``dry_run`` only plan) a sweep file; returns one row per planned run.
+
+    Output goes to ``out_dir`` (default ``sweeps/<sweep file stem>``): ``runs/<run_id>/``,
+    ``results.jsonl``, ``plan.json`` and a copy of the sweep file. Runs already finished are
+    skipped; interrupted ones resume from ``last.pt``; failed ones run again. A dry run
+    returns the plan (each row's ``state`` says what a real run would do) and writes nothing.
+    """
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"executor must be 'local' or 'ray', got {executor!r}")
+    if not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+    if executor == "local" and (address or resources):
+        raise ConfigError("--address and resources apply to the ray executor only")
+    resources = dict(resources or {})
+    if set(resources) - {"cpu", "gpu"} or not all(isinstance(v, (int, float)) and v >= 0 for v in resources.values()):
+        raise ConfigError(f"resources must be {{cpu: N, gpu: M}} with numbers ≥ 0, got {resources!r}")
+    sweep = load_sweep(sweep_path)  # validates every config before anything is written
+    out = Path(out_dir) if out_dir is not None else Path("sweeps") / sweep.name
+    rows = {r["run_id"]: r for r in load_results(out)}
+    states = {r.run_id: _state(out, r, rows) for r in sweep.runs}
+
+    if dry_run:
+        print(format_plan(sweep, states, out), flush=True)
+        return [{"run_id": r.run_id, "settings": r.settings, "seed": r.seed, "run_dir": r.run_dir,
+                 "state": states[r.run_id],
+                 "status": rows[r.run_id]["status"] if states[r.run_id] == "done" else "planned"}
+                for r in sweep.runs]
+    if executor == "ray":
+        _import_ray()  # fail before writing anything when Ray is missing
+
+    out.mkdir(parents=True, exist_ok=True)
+    runs.write_text(out / "sweep.yaml", Path(sweep_path).read_text())
+    runs.write_json(out / PLAN, sweep.to_dict())
+    for r in sweep.runs:
+        if states[r.run_id] == "recover":  # finished, but its row was lost: rebuild it from summary.json
+            append_row(out / RESULTS, row_from_summary(_run_info(r), _read_summary(out / r.run_dir)))
+
+    todo = [r for r in sweep.runs if states[r.run_id] in ("new", "resume", "rerun")]
+    print(f"sweep {sweep.name}: {len(sweep.runs)} runs ({len(sweep.runs) - len(todo)} already done, "
+          f"{len(todo)} to run) → {out}" + (f" [{executor}, {workers} workers]" if workers > 1 else ""), flush=True)
+    quiet = workers > 1 or executor == "ray"  # progress bars of parallel runs would garble the terminal
+    tasks = [_task(r, out, states[r.run_id], quiet) for r in todo]
+    done = [0]
+
+    def on_start(task: dict) -> None:
+        print(f"[{done[0] + 1}/{len(tasks)}] {task['run_id']} {_describe(task['settings'])} seed={task['seed']}"
+              + (" (resuming)" if task["resume"] else ""), flush=True)
+
+    def on_row(row: dict) -> None:
+        done[0] += 1
+        print(f"[{done[0]}/{len(tasks)}] {format_row(row)}", flush=True)
+
+    t0 = time.perf_counter()
+    try:
+        if not tasks:
+            pass
+        elif executor == "ray":
+            _run_ray(tasks, out, workers, address, resources, on_row)
+        elif workers > 1:
+            _run_processes(tasks, workers, on_row)
+        else:
+            _run_local(tasks, on_row, on_start)
+    except KeyboardInterrupt:
+        print(f"sweep interrupted: run the same command again to resume ({out})", flush=True)
+    result = planned_rows(sweep, out)
+    counts: dict[str, int] = {}
+    for r in result:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    print(f"sweep {sweep.name} done in {time.perf_counter() - t0:.1f} s: "
+          + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+          + f"\nresults: {out / RESULTS}; table: cnnlab compare {out} --by {','.join(sweep.keys) or 'seed'}", flush=True)
+    return result
+
+
+def planned_rows(sweep: Sweep, out: Path) -> list[dict]:
+    """The results row of every planned run, in plan order (status 'pending' where none exists)."""
+    rows = {r["run_id"]: r for r in load_results(out)}
+    return [rows.get(r.run_id) or {**_run_info(r), "status": "pending"} for r in sweep.runs]
+
+
+def _run_info(r: PlannedRun) -> dict:
+    return {"run_id": r.run_id, "settings": r.settings, "seed": r.seed, "run_dir": r.run_dir}
+
+
+def _task(r: PlannedRun, out: Path, state: str, quiet: bool) -> dict:
+    config = r.config.to_dict()
+    if quiet:
+        config["train"]["progress"] = False  # display only: the run id (hash) was taken before
+    return {**_run_info(r), "out_dir": str(out.resolve()), "config": config,
+            "resume": state == "resume", "force": state == "rerun"}
+
+
+def format_row(row: dict) -> str:
+    acc = row.get("test", {}).get("accuracy")
+    text = f"{row['run_id']} {row['status']}"
+    if acc is not None:
+        text += f" test accuracy {acc:.4f}"
+    if row.get("time_s") is not None:
+        text += f" ({row['time_s']:.1f} s)"
+    if row.get("error") and row["status"] != "completed":
+        text += f": {row['error']}"
+    return text
+
+
+def format_plan(sweep: Sweep, states: dict[str, str], out: Path) -> str:
+    """The planned runs as a text table (what --dry-run prints)."""
+    n_settings = len({json.dumps(r.settings, sort_keys=True) for r in sweep.runs})
+    n_seeds = len({r.seed for r in sweep.runs})
+    mode = "one factor at a time" if sweep.ofat else "grid"
+    head = ["#", "run_id", "state", "seed", *sweep.keys]
+    body = [[str(i + 1), r.run_id, states.get(r.run_id, "new"), str(r.seed),
+             *(json.dumps(r.settings[k]) if not isinstance(r.settings[k], str) else r.settings[k]
+               for k in sweep.keys)]
+            for i, r in enumerate(sweep.runs)]
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+    lines = [f"sweep {sweep.name} ({mode}): {n_settings} settings × {n_seeds} seeds → {len(sweep.runs)} runs "
+             f"in {out}"]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *body]]
+    by_state: dict[str, int] = {}
+    for s in states.values():
+        by_state[s] = by_state.get(s, 0) + 1
+    lines.append("states: " + ", ".join(f"{n} {s}" for s, n in sorted(by_state.items())))
+    return "\n".join(lines)

@@ -1,0 +1,176 @@
+"""Compare tables built from crafted results rows: cells, best mark, Welch marks, diverged/chance, notes."""
+import csv
+import io
+
+import pytest
+
+from cnnlab import stats
+from cnnlab.compare import compare, write_compare
+from cnnlab.config import ConfigError
+from cnnlab.runs import write_json
+from cnnlab.sweep import append_row
+
+
+def row(run_id, settings, seed, status="completed", acc=None, loss=None):
+    return {"run_id": run_id, "settings": settings, "seed": seed, "status": status,
+            "test": {"accuracy": acc, "loss": loss, "f1_macro": acc},
+            "best": {"val_accuracy": acc, "epoch": 1.0}, "final_train_loss": loss, "time_s": 1.0,
+            "run_dir": f"runs/{run_id}", "error": None}
+
+
+def write_rows(folder, rows, plan=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        append_row(folder / "results.jsonl", r)
+    if plan is not None:
+        write_json(folder / "plan.json", plan)
+    return folder
+
+
+GRID = {
+    ("lenet", 0.01): [0.990, 0.991, 0.989],  # best
+    ("lenet", 0.001): [0.989, 0.991, 0.990],  # indistinguishable from the best
+    ("mlp", 0.01): [0.950, 0.951, 0.949],  # clearly worse
+    ("mlp", 0.001): [0.960, 0.962, 0.961],
+}
+
+
+def grid_rows():
+    out = []
+    for (model, lr), accs in GRID.items():
+        for seed, acc in enumerate(accs):
+            out.append(row(f"{model}-{lr}-{seed}", {"model.name": model, "optim.lr": lr}, seed, acc=acc, loss=1 - acc))
+    return out
+
+
+def test_grid_table_cells_best_and_welch_marks(tmp_path):
+    d = write_rows(tmp_path / "sw", grid_rows())
+    res = compare(d, by=["model.name", "optim.lr"])
+    assert res.row_keys == ["model.name"] and res.col_keys == ["optim.lr"]
+    assert res.rows == [("lenet",), ("mlp",)] and res.cols == [("0.001",), ("0.01",)]  # numbers sorted
+    best = res.cells[(("lenet",), ("0.01",))]
+    assert best.is_best and res.best == (("lenet",), ("0.01",))
+    expected = stats.describe(GRID[("lenet", 0.01)])
+    assert (best.summary.mean, best.summary.sd, best.summary.ci_low) == (expected.mean, expected.sd, expected.ci_low)
+    close = res.cells[(("lenet",), ("0.001",))]
+    far = res.cells[(("mlp",), ("0.01",))]
+    assert close.same_as_best is True and close.p >= 0.05
+    assert far.same_as_best is False and far.p < 0.05
+
+    md = res.markdown()
+    lines = md.splitlines()
+    lenet_line = next(line for line in lines if line.startswith("| lenet"))
+    mlp_line = next(line for line in lines if line.startswith("| mlp"))
+    assert "**99.00 ± 0.10 (3) [" in lenet_line and "★" in lenet_line
+    assert res.cell_text(close).endswith(" ≈") and res.cell_text(close) in lenet_line
+    assert "≈" not in mlp_line and "★" not in mlp_line
+    assert "Welch's t-test" in md and "p ≥ 0.05" in md
+    assert "untested" not in md
+
+    table = list(csv.DictReader(io.StringIO(res.csv())))
+    assert len(table) == 4
+    first = table[0]
+    assert first["model.name"] == "lenet" and first["optim.lr"] == "0.001" and first["best"] == "0"
+    best_row = table[1]
+    assert best_row["optim.lr"] == "0.01" and best_row["best"] == "1" and best_row["n"] == "3"
+    assert float(best_row["mean"]) == pytest.approx(0.990) and float(first["p_vs_best"]) >= 0.05
+
+
+def test_lower_is_better_for_losses(tmp_path):
+    d = write_rows(tmp_path / "sw", grid_rows())
+    res = compare(d, by=["model.name", "optim.lr"], metric="test.loss")
+    assert res.best == (("lenet",), ("0.01",)) and not res.percent
+    assert "lowest mean" in res.markdown()
+
+
+def test_diverged_and_chance_cells_are_not_numbers(tmp_path):
+    rows = [row(f"ok{s}", {"optim.name": "adam"}, s, acc=0.98 + s / 1000) for s in range(3)]
+    rows += [row(f"div{s}", {"optim.name": "sgd"}, s, status="diverged", acc=0.098) for s in range(3)]
+    rows += [row(f"chance{s}", {"optim.name": "adamw"}, s, acc=0.1135) for s in range(3)]
+    rows += [row("mix0", {"optim.name": "rmsprop"}, 0, acc=0.97), row("mix1", {"optim.name": "rmsprop"}, 1, acc=0.971),
+             row("mix2", {"optim.name": "rmsprop"}, 2, status="diverged")]
+    d = write_rows(tmp_path / "sw", rows)
+    res = compare(d, by=["optim.name"])
+    text = {r[0]: res.cell_text(res.cells[(r, ())]) for r in res.rows}
+    assert text["sgd"] == "diverged (3/3)"
+    assert text["adamw"].startswith("chance") and "11.35" not in text["adamw"]
+    assert text["rmsprop"].startswith("97.05 ± ") and text["rmsprop"].endswith("diverged 1/3")
+    assert res.best == (("adam",), ())  # chance and diverged cells cannot be the best
+    md = res.markdown()
+    assert "diverged k/n" in md and "chance:" in md
+
+
+def test_chance_level_uses_the_class_count_from_a_summary(tmp_path):
+    rows = [row(f"a{s}", {"model.name": "a"}, s, acc=0.51 + s / 1000) for s in range(2)]
+    rows += [row(f"b{s}", {"model.name": "b"}, s, acc=0.90 + s / 1000) for s in range(2)]
+    d = write_rows(tmp_path / "sw", rows)
+    assert not compare(d, by=["model.name"]).cells[(("a",), ())].chance  # 10 classes: 0.51 is far above chance
+    (d / "runs" / "a0").mkdir(parents=True)
+    write_json(d / "runs" / "a0" / "summary.json", {"classes": ["cat", "dog"]})
+    assert compare(d, by=["model.name"]).cells[(("a",), ())].chance  # 2 classes: 0.51 is a coin toss
+
+
+def test_one_seed_has_no_interval_and_says_untested(tmp_path):
+    rows = [row("a", {"optim.lr": 0.1}, 0, acc=0.97), row("b", {"optim.lr": 0.01}, 0, acc=0.98)]
+    d = write_rows(tmp_path / "sw", rows)
+    res = compare(d, by=["optim.lr"])
+    assert res.cell_text(res.cells[(("0.01",), ())]) == "**98.00 (1)** ★"
+    assert res.cell_text(res.cells[(("0.1",), ())]) == "97.00 (1)"
+    assert "untested" in res.markdown() and "Welch" not in res.markdown()
+
+
+def test_last_row_per_run_wins_and_stale_rows_are_left_out(tmp_path):
+    rows = [row("r1", {"optim.lr": 0.1}, 0, status="failed"), row("r2", {"optim.lr": 0.1}, 1, acc=0.96),
+            row("r1", {"optim.lr": 0.1}, 0, acc=0.95), row("old", {"optim.lr": 0.1}, 2, acc=0.10)]
+    plan = {"ofat": False, "keys": ["optim.lr"], "base_settings": {"optim.lr": 0.1},
+            "runs": [{"run_id": "r1", "settings": {"optim.lr": 0.1}, "seed": 0, "run_dir": "runs/r1"},
+                     {"run_id": "r2", "settings": {"optim.lr": 0.1}, "seed": 1, "run_dir": "runs/r2"}]}
+    d = write_rows(tmp_path / "sw", rows, plan)
+    cell = compare(d, by=["optim.lr"]).cells[(("0.1",), ())]
+    assert sorted(cell.values) == [0.95, 0.96] and cell.total == 2 and cell.failed == 0
+
+
+def test_ofat_cells_keep_other_factors_at_the_base(tmp_path):
+    base = {"optim.lr": 0.001, "train.batch_size": 100}
+    settings = [base, {"optim.lr": 0.01, "train.batch_size": 100}, {"optim.lr": 0.001, "train.batch_size": 10}]
+    rows = [row(f"r{i}", s, 0, acc=0.9 + i / 100) for i, s in enumerate(settings)]
+    plan = {"ofat": True, "keys": list(base), "base_settings": base,
+            "runs": [{"run_id": r["run_id"], "settings": r["settings"], "seed": 0, "run_dir": r["run_dir"]}
+                     for r in rows]}
+    d = write_rows(tmp_path / "sw", rows, plan)
+    res = compare(d, by=["optim.lr"])
+    assert res.rows == [("0.001",), ("0.01",)]
+    assert res.cells[(("0.001",), ())].values == [0.9]  # the batch-size-10 run is not pooled in
+    assert "base case" in res.markdown()
+    grid = write_rows(tmp_path / "grid", rows, {**plan, "ofat": False})
+    assert "Pooled over train.batch_size" in compare(grid, by=["optim.lr"]).markdown()
+
+
+def test_values_follow_the_plan_order_and_null_reads_default(tmp_path):
+    rows = [row("b", {"model.variant": "dropout"}, 0, acc=0.9), row("a", {"model.variant": None}, 0, acc=0.9)]
+    plan = {"ofat": False, "keys": ["model.variant"], "base_settings": {"model.variant": None},
+            "runs": [{"run_id": "a", "settings": {"model.variant": None}, "seed": 0, "run_dir": "runs/a"},
+                     {"run_id": "b", "settings": {"model.variant": "dropout"}, "seed": 0, "run_dir": "runs/b"}]}
+    d = write_rows(tmp_path / "sw", rows, plan)
+    assert compare(d, by=["model.variant"]).rows == [("default",), ("dropout",)]
+
+
+def test_bad_keys_and_empty_folders_are_config_errors(tmp_path):
+    d = write_rows(tmp_path / "sw", grid_rows())
+    with pytest.raises(ConfigError, match="optim.momentum is not a setting.*model.name"):
+        compare(d, by=["optim.momentum"])
+    with pytest.raises(ConfigError, match="--metric"):
+        compare(d, by=["model.name"], metric="test.nonsense")
+    with pytest.raises(ConfigError, match="no results"):
+        compare(tmp_path / "empty", by=["model.name"])
+
+
+def test_write_compare_writes_md_and_csv(tmp_path):
+    d = write_rows(tmp_path / "sw", grid_rows())
+    text = write_compare(d, by=["model.name", "optim.lr"], metric="best.val_accuracy")
+    assert (d / "compare.md").read_text() == text
+    assert "best.val_accuracy (%)" in text
+    assert (d / "compare.csv").read_text().splitlines()[0].startswith("model.name,optim.lr,metric,n,mean")
+    # columns can be chosen: optimizer-major rows instead
+    res = compare(d, by=["model.name", "optim.lr"], columns=["model.name"])
+    assert res.row_keys == ["optim.lr"] and res.cols == [("lenet",), ("mlp",)]

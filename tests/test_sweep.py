@@ -1,0 +1,288 @@
+"""Sweeps: plan expansion (grid, zip, OFAT, random), stable ids, validation before any run,
+atomic concurrent appends, and real tiny sweeps on MNIST (local, workers, Ray)."""
+import json
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cnnlab.config import ConfigError
+from cnnlab.sweep import (RESULTS, append_row, load_results, load_sweep, plan_sweep, run_id, run_sweep)
+
+TINY = {"data": {"name": "mnist", "train_limit": 1000, "val_size": 500},
+        "model": {"name": "lenet5"}, "optim": {"name": "adam", "lr": 0.003},
+        "train": {"epochs": 1, "batch_size": 100, "progress": False}}
+
+
+def sweep_file(folder: Path, spec: dict, name: str = "sw") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def test_grid_with_zip_group_and_seed_count():
+    s = plan_sweep({"base": TINY, "axes": {"optim.lr": [0.01, 0.001], "model.activation": ["tanh", "relu"]},
+                    "zip": [{"optim.name": ["sgd", "sgd"], "optim.momentum": [0.0, 0.9]}], "seeds": 2})
+    assert s.keys == ["optim.lr", "model.activation", "optim.name", "optim.momentum"]
+    assert len(s.runs) == 2 * 2 * 2 * 2
+    combos = {(r.settings["optim.lr"], r.settings["model.activation"], r.settings["optim.momentum"])
+              for r in s.runs}
+    assert len(combos) == 8
+    assert all(r.settings["optim.name"] == "sgd" for r in s.runs)
+    assert [r.seed for r in s.runs] == [0] * 8 + [1] * 8  # seeds outermost
+    for r in s.runs:  # each run's config carries its settings and seed
+        assert r.config.optim.lr == r.settings["optim.lr"] and r.config.optim.momentum == r.settings["optim.momentum"]
+        assert r.config.seed == r.seed
+    assert len({r.run_id for r in s.runs}) == 16
+
+
+def test_zip_lists_must_have_equal_lengths():
+    with pytest.raises(ConfigError, match="same length"):
+        plan_sweep({"base": TINY, "zip": [{"optim.name": ["sgd", "adam"], "optim.lr": [0.1]}]})
+
+
+def test_ofat_varies_each_factor_alone_and_runs_the_base_once():
+    s = plan_sweep({"base": TINY, "ofat": True, "seeds": [3],
+                    "axes": {"optim.name": ["adam", "sgd", "rmsprop"], "train.batch_size": [10, 1000]},
+                    "zip": [{"loss.name": ["mse"], "model.softmax_output": [True]}]})
+    base = {"optim.name": "adam", "train.batch_size": 100, "loss.name": "cross_entropy",
+            "model.softmax_output": None}
+    assert s.ofat and s.base_settings == base
+    # the base case, sgd, rmsprop, two batch sizes, mse: "adam" is the base case itself
+    assert len(s.runs) == 6
+    assert s.runs[0].settings == base
+    for r in s.runs[1:]:
+        changed = {k for k in base if r.settings[k] != base[k]}
+        assert changed in ({"optim.name"}, {"train.batch_size"}, {"loss.name", "model.softmax_output"})
+    assert {r.seed for r in s.runs} == {3}
+
+
+def test_random_search_is_reproducible_from_its_seed():
+    spec = {"base": TINY, "random": {"samples": 5, "seed": 7, "space": {
+        "optim.lr": {"log_uniform": [1e-4, 1e-1]}, "optim.momentum": {"uniform": [0.5, 0.9]},
+        "model.activation": {"choice": ["tanh", "relu"]}}}}
+    a, b = plan_sweep(spec), plan_sweep(spec)
+    assert [r.settings for r in a.runs] == [r.settings for r in b.runs]
+    assert [r.run_id for r in a.runs] == [r.run_id for r in b.runs]
+    assert len(a.runs) == 5
+    for r in a.runs:
+        assert 1e-4 <= r.settings["optim.lr"] <= 1e-1 and 0.5 <= r.settings["optim.momentum"] <= 0.9
+        assert r.settings["model.activation"] in ("tanh", "relu")
+    other = plan_sweep({**spec, "random": {**spec["random"], "seed": 8}})
+    assert [r.settings for r in other.runs] != [r.settings for r in a.runs]
+    with pytest.raises(ConfigError, match="0 < lo < hi"):
+        plan_sweep({"base": TINY, "random": {"samples": 2, "space": {"optim.lr": {"log_uniform": [0, 1]}}}})
+
+
+def test_run_ids_are_stable_and_depend_on_config_and_seed(tmp_path):
+    path = sweep_file(tmp_path, {"base": TINY, "axes": {"optim.lr": [0.01, 0.001]}, "seeds": 2})
+    ids = [r.run_id for r in load_sweep(path).runs]
+    assert ids == [r.run_id for r in load_sweep(path).runs]
+    assert len(set(ids)) == 4 and all(len(i) == 10 and int(i, 16) >= 0 for i in ids)
+    # a default spelled out is the same run as the default left implicit
+    implicit = plan_sweep({"base": {k: v for k, v in TINY.items() if k != "loss"}})
+    explicit = plan_sweep({"base": {**TINY, "loss": {"name": "cross_entropy"}}})
+    assert implicit.runs[0].run_id == explicit.runs[0].run_id
+    # ...but any real change to the base is a different run
+    changed = plan_sweep({"base": {**TINY, "train": {**TINY["train"], "epochs": 2}}})
+    assert changed.runs[0].run_id != implicit.runs[0].run_id
+    assert run_id(implicit.runs[0].config.model_copy(update={"seed": 5})) != implicit.runs[0].run_id
+
+
+def test_base_files_relative_to_the_sweep_and_a_list_of_bases(tmp_path):
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "small.yaml").write_text(yaml.safe_dump(TINY))
+    (tmp_path / "studies" / "mlp.yaml").write_text(yaml.safe_dump({**TINY, "model": {"name": "mlp"}}))
+    one = load_sweep(sweep_file(tmp_path / "sweeps", {"base": "../studies/small.yaml", "seeds": 2}))
+    assert len(one.runs) == 2 and one.runs[0].config.name == "small"
+    two = load_sweep(sweep_file(tmp_path / "sweeps", {"base": ["../studies/small.yaml", "../studies/mlp.yaml"],
+                                                      "axes": {"optim.lr": [0.1, 0.01]}}))
+    assert two.keys == ["base", "optim.lr"]
+    assert [(r.settings["base"], r.config.model.name) for r in two.runs[::2]] == [("small", "lenet5"), ("mlp", "mlp")]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"base": TINY, "axis": {"optim.lr": [0.1]}}, "unknown sweep key.*axis"),
+    ({"axes": {"optim.lr": [0.1]}}, "'base' is missing"),
+    ({"base": TINY, "axes": {"optim.lr": [0.01, -1]}}, r"axis optim\.lr value -1 is invalid.*optim\.lr"),
+    ({"base": TINY, "axes": {"optim.lrr": [0.01]}}, r"axis optim\.lrr value .*unknown key"),
+    ({"base": TINY, "axes": {"model.name": ["lenet5", "no_such_net"]}}, r"model\.name.*no_such_net"),
+    ({"base": TINY, "axes": {"optim.lr": 0.1}}, "non-empty list"),
+    ({"base": TINY, "axes": {"seed": [1, 2]}}, "seeds"),
+    ({"base": TINY, "seeds": 0}, "at least 1"),
+    ({"base": TINY, "axes": {"optim.lr": [0.1]}, "zip": [{"optim.lr": [0.2]}]}, "varied twice"),
+    # each value is fine alone, the combination is not: the message names the combination
+    ({"base": TINY, "axes": {"data.name": ["cifar10"], "data.val_size": [55000]}}, "combination.*val_size"),
+])
+def test_bad_sweeps_fail_before_anything_runs(tmp_path, spec, message):
+    path = sweep_file(tmp_path, spec)
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match=message):
+        run_sweep(path, out_dir=out)
+    assert not out.exists()
+
+
+def test_dry_run_plans_without_writing(tmp_path, capsys):
+    path = sweep_file(tmp_path, {"base": TINY, "axes": {"optim.lr": [0.01, 0.001]}, "seeds": 2})
+    out = tmp_path / "out"
+    rows = run_sweep(path, out_dir=out, dry_run=True)
+    assert [(r["state"], r["status"]) for r in rows] == [("new", "planned")] * 4
+    assert {r["run_dir"] for r in rows} == {f"runs/{r['run_id']}" for r in rows}
+    assert not out.exists()
+    printed = capsys.readouterr().out
+    assert "2 settings × 2 seeds → 4 runs" in printed and all(r["run_id"] in printed for r in rows)
+
+
+def test_default_out_dir_is_sweeps_slash_the_file_stem(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    path = sweep_file(tmp_path / "recipes", {"base": TINY}, name="my_grid")
+    run_sweep(path, dry_run=True)
+    assert "in sweeps/my_grid" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- results.jsonl
+
+
+def _append_many(path: str, writer: int, count: int) -> None:
+    pad = "x" * 3000  # long lines: a torn or interleaved write would show
+    for i in range(count):
+        append_row(path, {"run_id": f"{writer}-{i}", "writer": writer, "i": i, "pad": pad})
+
+
+def test_concurrent_appends_keep_every_line_whole(tmp_path):
+    path = tmp_path / RESULTS
+    ctx = multiprocessing.get_context("fork")  # the children only append: nothing of torch runs in them
+    procs = [ctx.Process(target=_append_many, args=(str(path), w, 200)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    lines = path.read_text().splitlines()
+    assert len(lines) == 800
+    rows = [json.loads(line) for line in lines]  # every line parses: none torn or interleaved
+    assert {(r["writer"], r["i"]) for r in rows} == {(w, i) for w in range(4) for i in range(200)}
+    assert len(load_results(tmp_path)) == 800
+
+
+def test_rows_are_plain_json_and_the_last_row_per_run_wins(tmp_path):
+    path = tmp_path / RESULTS
+    append_row(path, {"run_id": "a", "status": "failed", "test": {"loss": float("nan")}})
+    append_row(path, {"run_id": "b", "status": "completed"})
+    append_row(path, {"run_id": "a", "status": "completed", "test": {"loss": 0.1}})
+    assert "NaN" not in path.read_text()
+    rows = load_results(tmp_path)
+    assert [(r["run_id"], r["status"]) for r in rows] == [("a", "completed"), ("b", "completed")]
+
+
+# ----------------------------------------------------------------------------- real runs on MNIST
+
+# A linear model on 1,000 MNIST images for one epoch: a run takes seconds, and still learns.
+FAST = {"data": {"name": "mnist", "train_limit": 1000, "val_size": 500}, "model": {"name": "linear"},
+        "optim": {"name": "adam", "lr": 0.01}, "train": {"epochs": 1, "batch_size": 100, "progress": False}}
+GRID_2X2 = {"base": FAST, "axes": {"optim.name": ["adam", "sgd"], "optim.lr": [0.01, 0.003]}}
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def mtimes(out: Path) -> dict[str, int]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in out.glob("runs/*/summary.json")}
+
+
+def test_local_sweep_runs_skips_and_repairs(tmp_path, data_root, capsys):
+    path = sweep_file(tmp_path, GRID_2X2)
+    out = tmp_path / "out"
+    rows = run_sweep(path, out_dir=out)
+    assert [r["status"] for r in rows] == ["completed"] * 4
+    assert len(lines(out / RESULTS)) == 4 and (out / "plan.json").exists() and (out / "sweep.yaml").exists()
+    for r in rows:
+        summary = json.loads((out / r["run_dir"] / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["seed"] == r["seed"] == 0
+        assert summary["config"]["optim"]["name"] == r["settings"]["optim.name"]
+        assert summary["config"]["optim"]["lr"] == r["settings"]["optim.lr"]
+        assert r["test"]["accuracy"] == summary["test"]["accuracy"]
+        assert r["best"]["val_accuracy"] == summary["best"]["val_accuracy"]
+        assert r["final_train_loss"] == summary["final_train_loss"] and r["time_s"] > 0
+    adam = next(r for r in rows if r["settings"] == {"optim.name": "adam", "optim.lr": 0.01})
+    assert adam["test"]["accuracy"] > 0.6  # it really trained (chance is 0.1)
+
+    # the same sweep again: nothing runs, nothing is appended
+    before = mtimes(out)
+    capsys.readouterr()
+    assert run_sweep(path, out_dir=out) == rows
+    assert "4 already done, 0 to run" in capsys.readouterr().out
+    assert mtimes(out) == before and len(lines(out / RESULTS)) == 4
+
+    # A failed after its last checkpoint (resumes), B crashed and left only leftovers (runs again
+    # from scratch), C finished but its row was lost (row rebuilt from summary.json, no training)
+    a, b, c, d = (r["run_id"] for r in rows)
+    for run, keep_last in ((a, True), (b, False)):
+        summary_path = out / "runs" / run / "summary.json"
+        summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), "status": "failed"}))
+        if not keep_last:
+            (out / "runs" / run / "last.pt").unlink()
+        append_row(out / RESULTS, {**next(r for r in rows if r["run_id"] == run), "status": "failed", "error": "x"})
+    kept = [line for line in (out / RESULTS).read_text().splitlines() if json.loads(line)["run_id"] != c]
+    (out / RESULTS).write_text("\n".join(kept) + "\n")
+    before = mtimes(out)
+
+    again = run_sweep(path, out_dir=out)
+    assert [r["status"] for r in again] == ["completed"] * 4
+    assert [r["run_id"] for r in again] == [a, b, c, d]
+    after = mtimes(out)
+    assert after[a] != before[a] and after[b] != before[b]  # trained (resumed / from scratch)
+    assert after[c] == before[c] and after[d] == before[d]  # not trained
+    written = lines(out / RESULTS)
+    assert [r["run_id"] for r in written[-3:]] == [c, a, b]  # recovered first, then the runs in plan order
+    assert len(load_results(out)) == 4 and {r["run_id"] for r in load_results(out)} == {a, b, c, d}
+    assert "resuming" in (out / "runs" / a / "train.log").read_text()
+
+
+def test_workers_record_a_divergence_and_a_crash_and_go_on(tmp_path, data_root):
+    empty = tmp_path / "no_data"
+    empty.mkdir()
+    spec = {"base": {**FAST, "data": {**FAST["data"], "download": False}},
+            "zip": [{"loss.name": ["cross_entropy", "mse", "cross_entropy"],
+                     "optim.name": ["adam", "sgd", "adam"],
+                     "optim.lr": [0.01, 100, 0.01],  # SGD at lr 100 on an MSE loss overflows within a few steps
+                     "data.root": [str(data_root), str(data_root), str(empty)]}]}  # the last finds no files
+    out = tmp_path / "out"
+    rows = run_sweep(sweep_file(tmp_path, spec), out_dir=out, workers=2)
+    assert [r["status"] for r in rows] == ["completed", "diverged", "failed"]
+    assert "DataError" in rows[2]["error"]
+    assert len(lines(out / RESULTS)) == 3
+    summaries = [json.loads((out / r["run_dir"] / "summary.json").read_text()) for r in rows[:2]]
+    assert summaries[1]["status"] == "diverged"
+    # each of the 2 workers gets its share of the cores
+    assert summaries[0]["env"]["cpu_threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
+
+
+@pytest.mark.slow
+def test_ray_executor_runs_the_same_sweep_as_tune_trials(tmp_path, data_root):
+    ray = pytest.importorskip("ray")
+    path = sweep_file(tmp_path, GRID_2X2)
+    out = tmp_path / "out"
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        t0 = time.perf_counter()
+        rows = run_sweep(path, out_dir=out, executor="ray", resources={"cpu": 1})
+        print(f"ray sweep of 4 runs: {time.perf_counter() - t0:.1f} s")
+        assert [r["status"] for r in rows] == ["completed"] * 4
+        written = lines(out / RESULTS)  # each trial wrote its own row
+        assert sorted(r["run_id"] for r in written) == sorted(r.run_id for r in load_sweep(path).runs)
+        for r in rows:
+            assert json.loads((out / r["run_dir"] / "summary.json").read_text())["status"] == "completed"
+        # the same rows as the local executor would write: re-running locally finds everything done
+        assert run_sweep(path, out_dir=out) == rows and len(lines(out / RESULTS)) == 4
+        assert run_sweep(path, out_dir=out, executor="ray") == rows
+    finally:
+        ray.shutdown()
