@@ -12,7 +12,6 @@ import base64
 import html
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
