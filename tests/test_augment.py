@@ -1,0 +1,170 @@
+"""Tests for cnnlab.augment: each batched augmentation against torchvision's
+per-image function on the same input and the same random parameters, and the
+random parameters themselves statistically (flip rate, crop offsets, jitter ranges)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+from torchvision.transforms import InterpolationMode
+
+from cnnlab import augment as A
+
+
+def batch(n=6, c=3, h=11, w=9, dtype=torch.uint8, seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, c, h, w, generator=g)
+    return (x * 255).round().to(torch.uint8) if dtype == torch.uint8 else x
+
+
+def gen(seed=0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- crop
+
+
+@pytest.mark.parametrize("mode,tv_mode", [("zero", "constant"), ("reflect", "reflect")])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_crop_equals_torchvision_crop_of_the_padded_image(mode, tv_mode, dtype):
+    x, p = batch(dtype=dtype), 3
+    out = A.random_crop(x, p, gen(7), mode)
+    top, left = A.crop_offsets(len(x), p, gen(7))  # the same draws
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert len(set(top.tolist())) > 1  # the offsets differ between images
+    for i in range(len(x)):
+        padded = TF.pad(x[i], [p], padding_mode=tv_mode)
+        ref = TF.crop(padded, int(top[i]), int(left[i]), x.shape[2], x.shape[3])
+        assert torch.equal(out[i], ref), f"image {i}"
+
+
+def test_crop_offsets_cover_the_range_uniformly():
+    p, n = 4, 18000
+    top, left = A.crop_offsets(n, p, gen(1))
+    for offs in (top, left):
+        counts = torch.bincount(offs, minlength=2 * p + 1).double()
+        assert len(counts) == 2 * p + 1 and offs.min() == 0 and offs.max() == 2 * p
+        expected = n / (2 * p + 1)
+        chi2 = (((counts - expected) ** 2) / expected).sum().item()
+        assert chi2 < 26.1  # chi-square, 8 degrees of freedom, p = 0.001
+    assert abs(torch.corrcoef(torch.stack([top.double(), left.double()]))[0, 1].item()) < 0.03  # independent
+
+
+def test_crop_without_padding_is_identity_and_reflect_limit():
+    x = batch()
+    assert torch.equal(A.random_crop(x, 0, gen()), x)
+    with pytest.raises(ValueError, match="smaller than the image"):
+        A.random_crop(x, 9, gen(), "reflect")
+
+
+def test_crop_at_a_known_offset_shifts_the_image():
+    x = batch(n=2, c=1, h=5, w=5)
+    padded = A.pad(x, 2)
+    out = A.crop_at(padded, torch.tensor([0, 4]), torch.tensor([2, 3]), 5, 5)
+    assert torch.equal(out[0, :, 2:, :], x[0, :, :3, :]) and (out[0, :, :2] == 0).all()  # moved down 2
+    assert torch.equal(out[1, :, :3, :4], x[1, :, 2:, 1:]) and (out[1, :, 3:] == 0).all()  # up 2, left 1
+
+
+# --------------------------------------------------------------------------- flip
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_flip_equals_torchvision_hflip(dtype):
+    x = batch(n=16, dtype=dtype)
+    out = A.random_hflip(x, gen(3))
+    mask = A.flip_mask(len(x), gen(3))
+    assert 0 < int(mask.sum()) < len(x)
+    for i in range(len(x)):
+        assert torch.equal(out[i], TF.hflip(x[i]) if mask[i] else x[i])
+
+
+def test_flip_rate_is_one_half():
+    mask = A.flip_mask(20000, gen(11))
+    assert abs(mask.float().mean().item() - 0.5) < 0.015  # about 4 standard deviations
+    assert A.flip_mask(1000, gen(), p=0.0).sum() == 0 and A.flip_mask(1000, gen(), p=1.0).all()
+
+
+# --------------------------------------------------------------------------- colour
+
+
+OPS = [
+    (A.adjust_brightness, TF.adjust_brightness, (0.0, 2.0)),
+    (A.adjust_contrast, TF.adjust_contrast, (0.0, 2.0)),
+    (A.adjust_saturation, TF.adjust_saturation, (0.0, 2.0)),
+    (A.adjust_hue, TF.adjust_hue, (-0.5, 0.5)),
+]
+
+
+@pytest.mark.parametrize("ours,theirs,bounds", OPS, ids=["brightness", "contrast", "saturation", "hue"])
+def test_colour_ops_match_torchvision(ours, theirs, bounds):
+    x = batch(n=8, h=13, w=7, dtype=torch.float32)
+    lo, hi = bounds
+    f = lo + (hi - lo) * torch.rand(8, generator=gen(5))
+    out = ours(x, f)
+    ref = torch.stack([theirs(x[i], float(f[i])) for i in range(len(x))])
+    assert torch.allclose(out, ref, atol=1e-5), (out - ref).abs().max()
+    # uint8 in, uint8 out; torchvision truncates where we round, so allow two grey levels
+    xu = batch(n=8, h=13, w=7)
+    diff = (ours(xu, f).int() - torch.stack([theirs(xu[i], float(f[i])) for i in range(8)]).int()).abs()
+    assert ours(xu, f).dtype == torch.uint8 and diff.max() <= 2
+
+
+def test_saturation_and_hue_leave_grey_images_alone():
+    x = batch(c=1, dtype=torch.float32)
+    assert torch.equal(A.adjust_saturation(x, 0.2), x) and torch.equal(A.adjust_hue(x, 0.3), x)
+    assert torch.allclose(A.adjust_contrast(x, 0.5), torch.stack([TF.adjust_contrast(i, 0.5) for i in x]), atol=1e-6)
+
+
+def test_jitter_factors_have_torchvision_ranges():
+    f = A.jitter_factors(20000, gen(2), brightness=0.4, contrast=1.5, saturation=0.0, hue=0.1)
+    b, c, h = f["brightness"], f["contrast"], f["hue"]
+    assert f["saturation"] is None
+    assert 0.6 <= b.min() < 0.61 and 1.39 < b.max() <= 1.4 and abs(b.mean().item() - 1.0) < 0.01
+    assert 0.0 <= c.min() < 0.01 and 2.49 < c.max() <= 2.5  # max(0, 1 - 1.5) = 0
+    assert -0.1 <= h.min() < -0.099 and 0.099 < h.max() <= 0.1 and abs(h.mean().item()) < 0.002
+    with pytest.raises(ValueError):
+        A.jitter_factors(4, gen(), hue=0.6)
+
+
+def test_color_jitter_applies_the_drawn_factors_in_order():
+    x = batch(n=8, dtype=torch.float32)
+    out = A.color_jitter(x, gen(9), brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)
+    f = A.jitter_factors(8, gen(9), 0.4, 0.4, 0.4, 0.1)
+    for i in range(8):
+        ref = TF.adjust_brightness(x[i], float(f["brightness"][i]))
+        ref = TF.adjust_contrast(ref, float(f["contrast"][i]))
+        ref = TF.adjust_saturation(ref, float(f["saturation"][i]))
+        ref = TF.adjust_hue(ref, float(f["hue"][i]))
+        assert torch.allclose(out[i], ref, atol=1e-5)
+    assert torch.equal(A.color_jitter(x, gen(), 0, 0, 0, 0), x)
+    # uint8 in: the same as on its float version, rounded back to whole grey levels
+    xu = batch(n=8)
+    out_f = A.color_jitter(xu.float() / 255, gen(9), 0.4, 0.4, 0.4, 0.1)
+    out_u = A.color_jitter(xu, gen(9), 0.4, 0.4, 0.4, 0.1)
+    assert out_u.dtype == torch.uint8 and torch.equal(out_u, (out_f * 255).round().to(torch.uint8))
+
+
+# --------------------------------------------------------------------------- resize and channels
+
+
+@pytest.mark.parametrize("mode,interp", [("bilinear", InterpolationMode.BILINEAR), ("bicubic", InterpolationMode.BICUBIC)])
+@pytest.mark.parametrize("size", [(5, 4), (24, 20)])  # shrink (antialiased) and enlarge
+def test_resize_matches_torchvision(mode, interp, size):
+    x = batch(n=3, h=11, w=9, dtype=torch.float32)
+    out = A.resize(x, size, mode)
+    ref = TF.resize(x, list(size), interpolation=interp, antialias=True)
+    assert out.shape == (3, 3, *size) and torch.allclose(out, ref, atol=1e-5)
+    xu = batch(n=3, h=11, w=9)
+    ref_u = TF.resize(xu, list(size), interpolation=interp, antialias=True)
+    assert A.resize(xu, size, mode).dtype == torch.uint8
+    assert (A.resize(xu, size, mode).int() - ref_u.int()).abs().max() <= 1
+    assert A.resize(x, 7).shape[-2:] == (7, 7)  # an int is a square, not a shorter edge
+
+
+def test_repeat_channels():
+    x = batch(c=1)
+    y = A.repeat_channels(x, 3)
+    assert y.shape == (6, 3, 11, 9) and all(torch.equal(y[:, c], x[:, 0]) for c in range(3))
+    assert A.repeat_channels(batch(), 3).shape[1] == 3
+    with pytest.raises(ValueError):
+        A.repeat_channels(batch(c=2), 3)
