@@ -171,15 +171,14 @@ def compare(sweep_dir: str | Path, by: list[str], metric: str = "test.accuracy",
     def value(row: dict, key: str) -> Any:
         return row["seed"] if key == "seed" else row.get("settings", {}).get(key)
 
-    others = [k for k in available if k not in by and k != "seed"]
     if plan and plan.get("ofat"):
+        # Keep the runs whose other factors sit at the base case. Keys in the same zip group as a
+        # --by key change with it, so they belong to that factor rather than to the "others".
+        together = {k for group in plan.get("factors", []) if set(group) & set(by) for k in group}
         base = plan.get("base_settings", {})
-        rows = [r for r in rows if all(value(r, k) == base.get(k) for k in others)]
+        rows = [r for r in rows if all(value(r, k) == base.get(k) for k in available
+                                       if k not in by and k not in together and k != "seed")]
         notes.append("One factor at a time: each cell holds the runs whose other factors are at the base case.")
-    else:
-        pooled = [k for k in others if len({json.dumps(value(r, k), sort_keys=True) for r in rows}) > 1]
-        if pooled:
-            notes.append(f"Pooled over {', '.join(pooled)}: add them to --by to separate them.")
 
     # Numbers are sorted; other values keep the order the sweep file gives them (its plan).
     order_source = [{"settings": r["settings"], "seed": r["seed"]} for r in plan["runs"]] if plan else rows
@@ -201,6 +200,10 @@ def compare(sweep_dir: str | Path, by: list[str], metric: str = "test.accuracy",
     grouped: dict[tuple[tuple, tuple], list[dict]] = {}
     for r in rows:
         grouped.setdefault((key_of(r, row_keys), key_of(r, columns)), []).append(r)
+    pooled = [k for k in available if k not in by and k != "seed" and any(
+        len({json.dumps(value(r, k), sort_keys=True) for r in members}) > 1 for members in grouped.values())]
+    if pooled:
+        notes.append(f"Cells pool runs that differ in {', '.join(pooled)}: add them to --by to separate them.")
     row_labels = sort(row_keys, {k[0] for k in grouped})
     col_labels = sort(columns, {k[1] for k in grouped})
 

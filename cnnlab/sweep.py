@@ -68,12 +68,14 @@ class Sweep:
     name: str  # the sweep file's stem; the default output folder is sweeps/<name>
     source: str
     keys: list[str]  # swept keys, in the file's order
+    factors: list[list[str]]  # keys that vary together (an axis: one key; a zip group: several)
     ofat: bool
     base_settings: dict[str, Any]  # the base case's values of the swept keys
     runs: list[PlannedRun]
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "source": self.source, "keys": self.keys, "ofat": self.ofat,
+        return {"name": self.name, "source": self.source, "keys": self.keys, "factors": self.factors,
+                "ofat": self.ofat,
                 "base_settings": self.base_settings,
                 "runs": [_run_info(r) for r in self.runs]}
 
@@ -133,7 +135,8 @@ def plan_sweep(spec: dict, base_dir: str | Path = ".", name: str = "sweep", sour
                 seen.add(rid)
                 planned.append(PlannedRun(rid, settings, seed, run_cfg))
     base_cfg = _build(bases, {}, (), factors, source)
-    return Sweep(name, source, keys, ofat, _settings_of(base_cfg, keys, first_label), planned)
+    return Sweep(name, source, keys, [f.keys for f in factors], ofat, _settings_of(base_cfg, keys, first_label),
+                 planned)
 
 
 def _read_bases(base: Any, base_dir: Path, sweep_name: str, source: str) -> dict[str, dict]:

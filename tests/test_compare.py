@@ -143,7 +143,7 @@ def test_ofat_cells_keep_other_factors_at_the_base(tmp_path):
     assert res.cells[(("0.001",), ())].values == [0.9]  # the batch-size-10 run is not pooled in
     assert "base case" in res.markdown()
     grid = write_rows(tmp_path / "grid", rows, {**plan, "ofat": False})
-    assert "Pooled over train.batch_size" in compare(grid, by=["optim.lr"]).markdown()
+    assert "Cells pool runs that differ in train.batch_size" in compare(grid, by=["optim.lr"]).markdown()
 
 
 def test_values_follow_the_plan_order_and_null_reads_default(tmp_path):
@@ -174,3 +174,22 @@ def test_write_compare_writes_md_and_csv(tmp_path):
     # columns can be chosen: optimizer-major rows instead
     res = compare(d, by=["model.name", "optim.lr"], columns=["model.name"])
     assert res.row_keys == ["optim.lr"] and res.cols == [("lenet",), ("mlp",)]
+
+
+def test_zip_partners_follow_their_factor(tmp_path):
+    base = {"loss.name": "cross_entropy", "model.softmax_output": None, "optim.name": "adam", "optim.momentum": 0.0}
+    settings = [base, {**base, "loss.name": "mse", "model.softmax_output": True},
+                {**base, "optim.name": "sgd"}, {**base, "optim.name": "sgd", "optim.momentum": 0.9}]
+    rows = [row(f"r{i}", s, 0, acc=0.9 + i / 100) for i, s in enumerate(settings)]
+    plan = {"ofat": True, "keys": list(base), "base_settings": base,
+            "factors": [["loss.name", "model.softmax_output"], ["optim.name", "optim.momentum"]],
+            "runs": [{"run_id": r["run_id"], "settings": r["settings"], "seed": 0, "run_dir": r["run_dir"]}
+                     for r in rows]}
+    d = write_rows(tmp_path / "sw", rows, plan)
+    by_loss = compare(d, by=["loss.name"])
+    assert by_loss.rows == [("cross_entropy",), ("mse",)]  # mse's softmax_output goes with it
+    assert "pool" not in by_loss.markdown()
+    # by optimizer name alone, "sgd" holds plain SGD and SGD with momentum: the table says so
+    by_name = compare(d, by=["optim.name"])
+    assert by_name.cells[(("sgd",), ())].total == 2
+    assert "differ in optim.momentum" in by_name.markdown()

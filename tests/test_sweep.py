@@ -286,3 +286,31 @@ def test_ray_executor_runs_the_same_sweep_as_tune_trials(tmp_path, data_root):
         assert run_sweep(path, out_dir=out, executor="ray") == rows
     finally:
         ray.shutdown()
+
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes" / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_recipes_are_valid_sweeps(path):
+    s = load_sweep(path)
+    assert s.runs and len({r.run_id for r in s.runs}) == len(s.runs)
+
+
+def test_study_recipes_have_the_studies_shapes():
+    folder = RECIPES[0].parent
+    b = load_sweep(folder / "study_b_mnist_grid.yaml")
+    assert len(b.runs) == 5 * 4 * 2 * 3
+    assert {(r.config.train.batch_size, r.config.train.epochs) for r in b.runs} == {(64, 10)}
+    optimizers = {(r.config.optim.name, r.config.optim.momentum) for r in b.runs}
+    assert optimizers == {("sgd", 0.0), ("sgd", 0.9), ("adam", 0.0), ("adamw", 0.0)}
+    e = load_sweep(folder / "study_e_ofat.yaml")
+    lrs = sorted({r.config.optim.lr for r in e.runs})
+    assert lrs == [0.0001, 0.0002, 0.0004, 0.0008, 0.001, 0.0016, 0.0032, 0.0064, 0.0128]
+    assert sorted({r.config.train.batch_size for r in e.runs}) == [10, 20, 40, 80, 100, 160, 320, 640, 1280]
+    assert all(r.config.model.softmax_output for r in e.runs if r.config.loss.name == "mse")
+    assert len(e.runs) == 33 * 3
+    c = load_sweep(folder / "study_c_three_way.yaml")
+    assert sorted({r.settings["base"] for r in c.runs}) == ["study_c_lenet5", "study_c_lenet5_regularised",
+                                                            "study_c_mlp"]
+    assert len(c.runs) == 15
