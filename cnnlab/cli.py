@@ -32,7 +32,12 @@ def _reexec_with_allocator_tuning() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # key=value overrides may come after options too (cnnlab train s.yaml --out r lr=...)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(x.startswith("-") for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     from cnnlab.config import ConfigError
     from cnnlab.registry import UnknownName
 

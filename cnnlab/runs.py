@@ -25,6 +25,10 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "best.pt", "last.pt
 FINAL_STATUSES = ("completed", "early_stopped", "diverged")
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read safely (truncated, corrupted, or carrying code)."""
 
@@ -33,6 +37,7 @@ def _atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; run folders are meant to be shared
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()

@@ -242,8 +242,12 @@ class Progress:
     accum_seen: int = 0
 
 
+def say(message: str) -> None:
+    print(message, flush=True)  # flushed: logs piped to a file show progress as it happens
+
+
 def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool = False,
-        log=print) -> dict:
+        log=say) -> dict:
     """Train one study config into ``out_dir`` and return its summary (also in summary.json)."""
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
