@@ -644,11 +644,9 @@ def run_sweep(sweep_path: str | Path, out_dir: str | Path | None = None, workers
 
     t0 = time.perf_counter()
     try:
-        if not tasks:
-            pass
-        elif executor == "ray":
+        if tasks and executor == "ray":
             _run_ray(tasks, out, workers, address, resources, on_row)
-        elif workers > 1:
+        elif tasks and workers > 1:
             _run_processes(tasks, workers, on_row)
         else:
             _run_local(tasks, on_row, on_start)
@@ -660,8 +658,13 @@ def run_sweep(sweep_path: str | Path, out_dir: str | Path | None = None, workers
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     print(f"sweep {sweep.name} done in {time.perf_counter() - t0:.1f} s: "
           + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-          + f"\nresults: {out / RESULTS}; table: cnnlab compare {out} --by {','.join(sweep.keys) or 'seed'}", flush=True)
+          + f"\nresults: {out / RESULTS}; table: cnnlab compare {out} --by {_compare_hint(sweep)}", flush=True)
     return result
+
+
+def _compare_hint(sweep: Sweep) -> str:
+    # One factor per table in an OFAT sweep; a grid's table has them all (rows: the first).
+    return ",".join(sweep.factors[0] if sweep.ofat and sweep.factors else sweep.keys) or "seed"
 
 
 def planned_rows(sweep: Sweep, out: Path) -> list[dict]:
@@ -683,8 +686,8 @@ def _task(r: PlannedRun, out: Path, state: str, quiet: bool) -> dict:
 
 
 def format_row(row: dict) -> str:
-    acc = row.get("test", {}).get("accuracy")
-    text = f"{row['run_id']} {row['status']}"
+    acc = (row.get("test") or {}).get("accuracy")
+    text = f"{row['run_id']} {_describe(row['settings'])} seed={row['seed']}: {row['status']}"
     if acc is not None:
         text += f" test accuracy {acc:.4f}"
     if row.get("time_s") is not None:

@@ -147,6 +147,18 @@ def test_default_out_dir_is_sweeps_slash_the_file_stem(tmp_path, monkeypatch, ca
     assert "in sweeps/my_grid" in capsys.readouterr().out
 
 
+def test_ray_executor_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what an environment without Ray looks like to import
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match=r"pip install cnnlab\[ray\]"):
+        run_sweep(sweep_file(tmp_path, {"base": TINY}), out_dir=out, executor="ray")
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="ray executor only"):
+        run_sweep(sweep_file(tmp_path, {"base": TINY}), out_dir=out, address="auto")
+
+
 # ----------------------------------------------------------------------------- results.jsonl
 
 
