@@ -230,14 +230,14 @@ def compare(sweep_dir: str | Path, by: list[str], metric: str = "test.accuracy",
 
     ns = [c.summary.n for c in cells.values() if c.summary]
     what = "test accuracy" if metric == "test.accuracy" else metric
-    notes.insert(0, f"Cells: mean ± sample sd (number of runs) [95 % CI of the mean, Student t] of {what}"
-                 + (" in %" if percent else "") + ".")
+    head = [f"Cells: mean ± sample sd (number of runs) [95 % CI of the mean, Student t] of {what}"
+            + (" in %" if percent else "") + "."]
     if best is not None:
-        notes.insert(1, f"★ best cell ({'highest' if higher_is_better else 'lowest'} mean).")
+        head.append(f"★ best cell ({'highest' if higher_is_better else 'lowest'} mean).")
     if any(c.p is not None for c in cells.values()):
-        notes.insert(2, f"≈ not significantly different from the best: Welch's t-test (two-sided, unequal "
-                     f"variances), p ≥ {stats.ALPHA}; unmarked cells with 2 or more runs differ from the best at "
-                     f"p < {stats.ALPHA}.")
+        head.append(f"≈ not significantly different from the best: Welch's t-test (two-sided, unequal variances), "
+                    f"p ≥ {stats.ALPHA}; unmarked cells with 2 or more runs differ from the best at p < {stats.ALPHA}.")
+    notes = head + notes
     if ns and max(ns) < 2:
         notes.append("One run per cell (a single seed): no confidence intervals, and the differences between cells "
                      "are untested; run the sweep with seeds: 3 or more before reading a difference as real.")
