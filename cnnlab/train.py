@@ -247,8 +247,10 @@ def say(message: str) -> None:
 
 
 def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool = False,
-        log=say) -> dict:
-    """Train one study config into ``out_dir`` and return its summary (also in summary.json)."""
+        log=say, report: bool = True) -> dict:
+    """Train one study config into ``out_dir`` and return its summary (also in summary.json).
+
+    ``report=False`` skips report.html (sweeps build their runs' reports on demand)."""
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     prepare_out_dir(out_dir, resume, force)
@@ -342,10 +344,11 @@ def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool =
     except Exception as e:  # noqa: BLE001 - recorded in summary.json, then re-raised
         status, error = "failed", f"{type(e).__name__}: {e}"
         finish(cfg, out_dir, model, net, ema, evaluator, splits, inputs, progress, status, error, model_info,
-               warnings, history, t_start, data_seconds, output_kind, log, score=False)
+               warnings, history, t_start, data_seconds, output_kind, log, score=False, report=report)
         raise
     return finish(cfg, out_dir, model, net, ema, evaluator, splits, inputs, progress, status, error, model_info,
-                  warnings, history, t_start, data_seconds, output_kind, log, score=status != "interrupted")
+                  warnings, history, t_start, data_seconds, output_kind, log, score=status != "interrupted",
+                  report=report)
 
 
 def train_loop(cfg, splits, step_model, net, model, optimizer, scheduler, loss_fn, scaler, ema, evaluator, train_pre,
@@ -534,7 +537,7 @@ def _jsonl_line(row: dict) -> str:
 
 
 def finish(cfg, out_dir, model, net, ema, evaluator, splits, inputs, progress, status, error, model_info, warnings, history,
-           t_start, data_seconds, output_kind, log, score=True) -> dict:
+           t_start, data_seconds, output_kind, log, score=True, report=True) -> dict:
     """Score the best weights on every split and write summary.json, curves.png and the report."""
     t0 = time.perf_counter()
     results = {}
@@ -579,7 +582,7 @@ def finish(cfg, out_dir, model, net, ema, evaluator, splits, inputs, progress, s
     }
     summary["findings"] = run_doctor(history, summary, splits.num_classes, output_kind, cfg.loss.name)
     runs.write_json(out_dir / "summary.json", summary)
-    write_plots_and_report(out_dir, history, progress.best_step or None, log)
+    write_plots_and_report(out_dir, history, progress.best_step or None, log, report)
     print_results(summary, log)
     return summary
 
@@ -590,12 +593,13 @@ def run_doctor(history, summary, num_classes, output_kind, loss_name) -> list:
     return diagnose(history, summary, num_classes, output_kind, loss_name)
 
 
-def write_plots_and_report(out_dir, history, best_step, log) -> None:
+def write_plots_and_report(out_dir, history, best_step, log, report_html=True) -> None:
     from cnnlab import plots, report
 
     try:
         plots.plot_curves(history, out_dir / "curves.png", best_step=best_step)
-        report.write_run_report(out_dir)
+        if report_html:
+            report.write_run_report(out_dir)
     except Exception as e:  # noqa: BLE001 - a plotting problem must not cost the trained run
         log(f"warning: could not write the plots/report: {type(e).__name__}: {e}")
 
