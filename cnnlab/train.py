@@ -205,7 +205,7 @@ class Evaluator:
             if full:
                 confs.append(out.float().softmax(1).amax(1) if kind == "logits" else
                              (out.exp() if kind == "log_probs" else out).amax(1))
-        model.train(was_training)
+        transfer.set_train_mode(model, was_training)  # frozen batch norm stays in eval mode
         pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long, device=self.device)
         n = max(1, len(x))
         result = {"loss": float(loss_sum) / n, "accuracy": float((pred == y).sum()) / n}
@@ -264,9 +264,10 @@ def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool =
     t0 = time.perf_counter()
     splits = datamod.load_splits(cfg.data, device)
     data_seconds = time.perf_counter() - t0
-    model, model_log = transfer.build_model(cfg, splits.num_classes, splits.in_channels)
+    model, model_log = transfer.build_model(cfg, splits.num_classes, splits.in_channels,
+                                            image_size=splits.image_size)
     model.to(device)
-    transfer.apply_finetune(model, tc.finetune)
+    transfer.apply_finetune(model, tc.finetune, freeze_bn=tc.freeze_bn)
     output_kind = getattr(model, "output_kind", "logits")
     channels_last = tc.channels_last if tc.channels_last is not None else (tc.precision != "fp32" and has_conv(model))
     if channels_last:
