@@ -112,6 +112,11 @@ def has_conv(model: nn.Module) -> bool:
 
 def prepare_out_dir(out_dir: Path, resume: bool, force: bool) -> None:
     """Refuse to overwrite a run unless asked; --force clears only cnnlab's own files."""
+    # A kill while a file was being written leaves its temporary (.last.pt.x1y2.tmp) behind: drop them.
+    if (resume or force) and out_dir.is_dir():
+        for name in (*runs.RUN_FILES, "report.html", "misclassified.pt"):
+            for tmp in out_dir.glob(f".{name}.*tmp"):
+                tmp.unlink(missing_ok=True)
     if resume:
         if not (out_dir / "last.pt").exists():
             raise RunExistsError(f"--resume: {out_dir} has no last.pt to resume from")
@@ -265,7 +270,7 @@ def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool =
     splits = datamod.load_splits(cfg.data, device)
     data_seconds = time.perf_counter() - t0
     model, model_log = transfer.build_model(cfg, splits.num_classes, splits.in_channels,
-                                            image_size=splits.image_size)
+                                            image_size=splits.image_size if isinstance(splits.image_size, int) else None)
     model.to(device)
     transfer.apply_finetune(model, tc.finetune, freeze_bn=tc.freeze_bn)
     output_kind = getattr(model, "output_kind", "logits")
@@ -515,17 +520,31 @@ def checkpoint_state(model, optimizer, scheduler, ema, aug_gen, progress, cfg) -
 
 def restore(path, model, optimizer, scheduler, ema, aug_gen, device) -> Progress:
     state = runs.load_checkpoint(path, map_location=device)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None and state["scheduler"]:
-        scheduler.load_state_dict(state["scheduler"])
-    if ema is not None and state["ema"]:
-        ema.load_state_dict(state["ema"])
-    torch.set_rng_state(state["rng"]["torch"].cpu())
-    aug_gen.set_state(state["rng"]["augment"].cpu() if device.type == "cpu" else state["rng"]["augment"])
-    if state["rng"]["cuda"]:
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
-    return Progress(**state["progress"])
+    missing = [k for k in ("model", "optimizer", "scheduler", "ema", "rng", "progress") if k not in state]
+    if missing:
+        raise runs.CheckpointError(f"{path} is not a cnnlab run checkpoint (it has no {', '.join(missing)}); "
+                                   "--resume needs the last.pt a run wrote")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state["scheduler"]:
+            scheduler.load_state_dict(state["scheduler"])
+        if ema is not None and state["ema"]:
+            ema.load_state_dict(state["ema"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        aug_gen.set_state(state["rng"]["augment"].cpu() if device.type == "cpu" else state["rng"]["augment"])
+        if state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+        return Progress(**state["progress"])
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise _does_not_fit(path, e) from None
+
+
+def _does_not_fit(path, e: BaseException) -> runs.CheckpointError:
+    """A well-formed checkpoint of another network, optimizer or cnnlab version."""
+    text = " ".join(str(e).split())
+    return runs.CheckpointError(f"checkpoint {path} does not fit this run's network and settings "
+                                f"({type(e).__name__}: {text[:300]}); it was saved by another run or model")
 
 
 def _jsonl_line(row: dict) -> str:
@@ -627,7 +646,7 @@ def print_results(summary, log) -> None:
 def describe_model(model, cfg, splits, device) -> dict:
     from cnnlab.summary import summarize
 
-    info = summarize(model, (splits.in_channels, splits.image_size, splits.image_size), device=device)
+    info = summarize(model, splits.input_shape, device=device)
     return {"name": cfg.model.name, **info}
 
 
@@ -659,12 +678,15 @@ def evaluate_run(run_dir: Path, splits: list[str] = ("test",), checkpoint: str =
         update={"init_from": None, "pretrained": None, "weights_path": None})}), data.num_classes, data.in_channels)
     model.to(device)
     state = runs.load_checkpoint(run_dir / checkpoint, map_location=device)
-    if cfg.train.ema and state.get("ema"):
-        ema_model = torch.optim.swa_utils.AveragedModel(model, use_buffers=True)
-        ema_model.load_state_dict(state["ema"])
-        model = ema_model.module
-    else:
-        model.load_state_dict(state["model"])
+    try:
+        if cfg.train.ema and state.get("ema"):
+            ema_model = torch.optim.swa_utils.AveragedModel(model, use_buffers=True)
+            ema_model.load_state_dict(state["ema"])
+            model = ema_model.module
+        else:
+            model.load_state_dict(state["model"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise _does_not_fit(run_dir / checkpoint, e) from None
     evaluator = Evaluator(datamod.Preprocess(data, cfg.data, train=False), cfg.train.eval_batch_size,
                           cfg.train.precision, device, getattr(model, "output_kind", "logits"), data.num_classes,
                           tta=cfg.train.tta)
