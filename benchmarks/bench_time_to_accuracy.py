@@ -36,7 +36,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/speedrun"))
     ap.add_argument("--target", type=float, default=None, help="accuracy target (0-1) to report against")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # overrides may come after the options
     rows = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         cfg = load_config(args.recipe, [*args.overrides, f"seed={seed}"])
