@@ -141,3 +141,10 @@ def test_frozen_backbone_trains_the_head_on_cached_features(tmp_path, tiny_confi
     # the head-only model scores the same through the full network (cnnlab eval re-runs the backbone)
     again = train.evaluate_run(tmp_path / "head", ["test"])
     assert again["test"]["accuracy"] == pytest.approx(summary["test"]["accuracy"], abs=1e-3)
+
+
+def test_no_validation_split_keeps_the_latest_weights(tmp_path, tiny_config, data_root):
+    summary = train.run(tiny_config(**{"data.val_size": 0, "train.eval_every": 5}), tmp_path / "v", log=lambda *_: None)
+    assert summary["status"] == "completed" and summary["val"]["accuracy"] is None
+    assert summary["best"]["step"] == 10 and summary["test"]["accuracy"] > 0.3
+    assert (tmp_path / "v" / "report.html").exists()
