@@ -43,7 +43,9 @@ def check_config(cfg: Config) -> None:
     except ConfigError:
         raise
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"model: {cfg.model.name!r} cannot be built with {options}: {e}") from None
+        # name every option as its field (model.widths=...), so the message points at what to change
+        fields = ", ".join(f"model.{k}={v!r}" for k, v in options.items()) or "its default options"
+        raise ConfigError(f"model: {cfg.model.name!r} cannot be built with {fields}: {e}") from None
 
     output_kind = getattr(model, "output_kind", "logits")
     accepts = getattr(LOSSES.get(cfg.loss.name), "accepts", None)
@@ -59,6 +61,21 @@ def check_config(cfg: Config) -> None:
                           f"{cfg.model.name!r} has {list(stages) or 'no stages'}; use all, head or a list of "
                           "parameter-name prefixes")
 
+    # features_at and finetune prefixes name layers: check them on the meta network too, so a sweep
+    # refuses them before its first run instead of failing each run in cnnlab.transfer.
+    from cnnlab.transfer import cut_points
+
+    if cfg.model.features_at is not None and cfg.model.features_at not in cut_points(model):
+        raise ConfigError(f"model.features_at: {cfg.model.features_at!r} is not a layer of {cfg.model.name!r} "
+                          f"before its classifier; choose one of: {', '.join(cut_points(model))}")
+    if isinstance(ft, list) and cfg.model.features_at is None:
+        names = [n for n, _ in model.named_parameters()]
+        for prefix in ft:
+            p = str(prefix).rstrip(".")
+            if not any(n == p or n.startswith(p + ".") for n in names):
+                raise ConfigError(f"train.finetune: no parameter name of {cfg.model.name!r} starts with {p!r}; "
+                                  f"top-level names are: {', '.join(sorted({n.split('.')[0] for n in names}))}")
+
     size = cfg.data.resize or info.image_size
     min_size = getattr(model, "min_input_size", 1)
     if size is not None and size < min_size:
@@ -71,6 +88,8 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(f"data.val_size: {val_size} leaves no training images ({cfg.data.name!r} has "
                           f"{info.train_size:,} official training images); use fewer than {info.train_size}")
 
+    if cfg.model.pretrained and cfg.model.weights_path:
+        raise ConfigError("model.weights_path: set together with model.pretrained; choose one source of weights")
     for field in ("weights_path", "init_from"):
         path = getattr(cfg.model, field)
         if path is not None and not Path(path).expanduser().exists():

@@ -16,7 +16,10 @@ from pathlib import Path
 # glibc returns freed memory to the OS eagerly; a training step frees and re-allocates the
 # same large buffers every iteration, and on CPU that churn cost ~20 % of step time
 # (ANCHORS.md). The tunable must be in the environment before the process starts, so the
-# CLI re-executes itself once with it set (CNNLAB_NO_REEXEC=1 turns this off).
+# CLI re-executes itself once with it set (CNNLAB_NO_REEXEC=1 turns this off). OpenMP threads that
+# spin while waiting fight every other process for the cores: on a shared 2-core machine a
+# 2-thread step ran 9x faster with OMP_WAIT_POLICY=PASSIVE (BENCHMARKS.md); it too must be set
+# before torch starts.
 GLIBC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296"
 
 
@@ -24,6 +27,7 @@ def _reexec_with_allocator_tuning() -> None:
     if sys.platform != "linux" or os.environ.get("CNNLAB_NO_REEXEC") or "GLIBC_TUNABLES" in os.environ:
         return
     env = dict(os.environ, GLIBC_TUNABLES=GLIBC_TUNABLES, CNNLAB_NO_REEXEC="1")
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         os.execve(sys.executable, [sys.executable, "-m", "cnnlab.cli", *sys.argv[1:]], env)
     except OSError:
@@ -49,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except _input_errors() as e:
         print(f"cnnlab: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, read-only folder, file too large: the work ran and could not be saved
+        print(f"cnnlab: error: {e}", file=sys.stderr)
+        return 1
 
 
 def _input_errors() -> tuple[type[BaseException], ...]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from cnnlab.registry import DATASETS, LOSSES, MODELS, OPTIMIZERS, SCHEDULERS
 
@@ -24,7 +24,8 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and ±inf are never a usable setting (an infinite weight decay or jitter only yields NaNs)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class AugmentConfig(_Section):
@@ -41,9 +42,9 @@ class AugmentConfig(_Section):
 
 class DataConfig(_Section):
     name: str = "mnist"
-    root: Optional[str] = None  # default: $CNNLAB_DATA, else ~/.cache/cnnlab
+    root: Optional[str] = Field(None, min_length=1)  # default: $CNNLAB_DATA, else ~/.cache/cnnlab
     val_size: Optional[int] = Field(None, ge=0)  # None = the data set's default (10,000 / 5,000)
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0, lt=2**32)  # torch generators take seeds below 2**64
     train_limit: Optional[int] = Field(None, ge=1)  # keep only the first N training images
     resize: Optional[int] = Field(None, ge=8, le=1024)  # side in pixels, done on the device
     resize_mode: Literal["bilinear", "bicubic"] = "bilinear"
@@ -70,20 +71,20 @@ class ModelConfig(_Section):
     # architecture options (a builder takes the ones that make sense for it)
     activation: Optional[Activation] = None
     pooling: Optional[Literal["avg", "max"]] = None
-    widths: Optional[list[int]] = None  # conv channel widths, e.g. [6, 16, 120]
-    hidden: Optional[list[int]] = None  # fully connected hidden sizes
+    widths: Optional[list[PositiveInt]] = None  # conv channel widths, e.g. [6, 16, 120]
+    hidden: Optional[list[PositiveInt]] = None  # fully connected hidden sizes
     batch_norm: Optional[bool] = None
     dropout: Optional[float] = Field(None, ge=0, lt=1)
     softmax_output: Optional[bool] = None  # end forward() in a softmax (Study A/E)
-    variant: Optional[str] = None  # named variant of a family, e.g. mnist_cnn 'dropout'
+    variant: Optional[str] = Field(None, min_length=1)  # named variant of a family, e.g. mnist_cnn 'dropout'
     init: Optional[Literal["default", "xavier_uniform", "kaiming"]] = None
     stem: Optional[Literal["imagenet", "cifar"]] = None  # torchvision nets at 32 px
     width: Optional[int] = Field(None, ge=1)  # width multiplier / base width where a family has one
     # where the starting weights come from (cnnlab.transfer)
     pretrained: Optional[Literal["imagenet"]] = None
-    weights_path: Optional[str] = None  # a torchvision-format state dict
-    init_from: Optional[str] = None  # a cnnlab run folder or checkpoint
-    features_at: Optional[str] = None  # train a linear head on features at this layer
+    weights_path: Optional[str] = Field(None, min_length=1)  # a torchvision-format state dict
+    init_from: Optional[str] = Field(None, min_length=1)  # a cnnlab run folder or checkpoint
+    features_at: Optional[str] = Field(None, min_length=1)  # train a linear head on features at this layer
 
     @field_validator("name")
     @classmethod
@@ -172,7 +173,7 @@ class TrainConfig(_Section):
     monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"  # picks best.pt
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    channels_last: Optional[bool] = None  # None = on for conv nets with bf16/fp16
+    channels_last: Optional[bool] = None  # None = on for conv nets on CPU, and with bf16/fp16 on GPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = False  # torch.use_deterministic_algorithms (GPU reproducibility)
     threads: Optional[int] = Field(None, ge=1, le=512)  # torch intra-op threads
@@ -197,7 +198,7 @@ class TrainConfig(_Section):
 
 class Config(_Section):
     name: str = "study"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # the trainer seeds generators with seed × 1,000,003 + epoch
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)

@@ -16,6 +16,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,7 +36,10 @@ class CheckpointError(RuntimeError):
 
 def _atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _naming(e, path) from None
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; run folders are meant to be shared
         with os.fdopen(fd, mode) as f:
@@ -43,12 +47,39 @@ def _atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):  # disk full, read-only, file too large: say which file
+            raise _naming(e, path) from None
         raise
+
+
+def _naming(e: OSError, path: Path) -> OSError:
+    """The same error (same errno, so the same OSError subclass) naming the file being written."""
+    if e.errno is None:
+        return e
+    return OSError(e.errno, f"{e.strerror}: cannot write {path}")
+
+
+class _WriteErrors:
+    """A file wrapper that remembers the OSError of a failed write: torch.save turns it into a
+    RuntimeError ("unexpected pos ...") that no longer says that the disk is full."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        return self.f.flush()
 
 
 def write_text(path: Path, text: str) -> None:
@@ -79,7 +110,11 @@ def append_jsonl(path: Path, row: dict) -> None:
     line = (json.dumps(_json_safe(row)) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)
+        view = memoryview(line)
+        while view:  # one write for a regular file; a short one (disk nearly full) must not pass silently
+            view = view[os.write(fd, view):]
+    except OSError as e:
+        raise _naming(e, Path(path)) from None
     finally:
         os.close(fd)
 
@@ -100,7 +135,16 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    _atomic(path, lambda f: torch.save(state, f))
+    def write(f):
+        recorder = _WriteErrors(f)
+        try:
+            torch.save(state, recorder)
+        except RuntimeError:
+            if recorder.error is not None:
+                raise recorder.error from None
+            raise
+
+    _atomic(path, write)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
@@ -108,6 +152,16 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    # torch.load does not check the CRC32s its zip format stores: a flipped byte in a tensor would
+    # load as silently wrong weights. zipfile checks them.
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        bad = None  # not a zip at all: torch.load below says so
+    if bad is not None:
+        raise CheckpointError(f"cannot load checkpoint {path}: {bad} inside it fails its CRC check, so the file "
+                              "is corrupted; re-create it or point at another file.")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for bad files
