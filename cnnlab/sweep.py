@@ -262,8 +262,10 @@ def _seeds(value: Any, default: int, source: str) -> list[int]:
     if isinstance(value, bool) or not isinstance(value, (int, list)):
         raise ConfigError(f"{source}: seeds must be a count (3 → seeds 0, 1, 2) or a list of integers, got {value!r}")
     if isinstance(value, int):
-        if not 1 <= value <= 10_000:
-            raise ConfigError(f"{source}: seeds must be a count from 1 to 10000, got {value}")
+        if value < 1:
+            raise ConfigError(f"{source}: seeds must be at least 1, got {value}")
+        if value > 10_000:
+            raise ConfigError(f"{source}: seeds must be a count of at most 10000, got {value}")
         return list(range(value))
     if not value or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32 for s in value) \
             or len(set(value)) != len(value):
@@ -288,7 +290,11 @@ def _build(bases: dict[str, dict], overrides: dict, combo: tuple, factors: list[
             build_config(apply_overrides(bases[label], choice))
         except ConfigError as e:
             factor = next(f for f in factors if set(choice) <= set(f.keys))
-            what = (f"axis {_describe(choice)}" if len(choice) == 1 else f"{factor.label} values {_describe(choice)}")
+            if len(choice) == 1:
+                key, value = next(iter(choice.items()))
+                what = f"axis {key} value {json.dumps(value)}"
+            else:
+                what = f"{factor.label} values {_describe(choice)}"
             raise ConfigError(f"{source}: {what} is invalid: {e}") from None
     raise ConfigError(f"{source}: the combination {_describe(overrides)} is invalid: {error}") from None
 
