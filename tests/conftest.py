@@ -36,3 +36,15 @@ def tiny_config():
         return load_config(None, tiny_overrides(**extra))
 
     return make
+
+
+def print_summary_line(request, line: str) -> None:
+    """Print one line to the terminal past pytest's capture (tests that report figures they counted)."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line("")
+            reporter.write_line(line)
+    else:
+        print(line)

@@ -35,6 +35,7 @@ import torch
 import yaml
 
 from cnnlab import cli, runs
+from conftest import print_summary_line
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "recipes" / "quickstart_lenet5_mnist.yaml"
@@ -58,14 +59,7 @@ def _report_counts(request):
     if getattr(request.config, "cache", None) is not None:  # absent with -p no:cacheprovider
         request.config.cache.set("cnnlab/faults", COUNTS)
     line = ("faults: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in COUNTS.items()))
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line("")
-            reporter.write_line(line)
-    else:
-        print(line)
+    print_summary_line(request, line)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from cnnlab import cli
+from conftest import print_summary_line
 from cnnlab.config import Config, parse_value
 from cnnlab.registry import DATASETS, LOSSES, MODELS, OPTIMIZERS, SCHEDULERS
 
@@ -63,16 +64,9 @@ def _report_counts(request):
     record = {**COUNTS, "by_kind": dict(sorted(BY_KIND.items()))}
     if getattr(request.config, "cache", None) is not None:  # absent with -p no:cacheprovider
         request.config.cache.set("cnnlab/invalid_input", record)
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     line = (f"invalid inputs: {COUNTS['generated']} generated, {COUNTS['rejected']} rejected with exit code 2 "
             f"({', '.join(f'{k} {v}' for k, v in sorted(BY_KIND.items()))})")
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line("")
-            reporter.write_line(line)
-    else:
-        print(line)
+    print_summary_line(request, line)
 
 
 # ----------------------------------------------------------------------------- the config's fields
