@@ -19,21 +19,20 @@ from cnnlab.registry import LOSSES, OPTIMIZERS, SCHEDULERS
 # ----------------------------------------------------------------------------- optimizers
 
 
-def _fused_ok(params) -> dict:
-    # The foreach kernels are fast on CPU and GPU alike; ask for them explicitly.
-    return {"foreach": True}
+# The multi-tensor (foreach) kernels update all parameters in a few calls, on CPU and GPU alike.
+FAST = {"foreach": True}
 
 
 @OPTIMIZERS.register("sgd")
 def sgd(params, cfg):
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                           weight_decay=cfg.weight_decay, **_fused_ok(params))
+                           weight_decay=cfg.weight_decay, **FAST)
 
 
 @OPTIMIZERS.register("adam")
 def adam(params, cfg):
     return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps or 1e-8,
-                            weight_decay=cfg.weight_decay, **_fused_ok(params))
+                            weight_decay=cfg.weight_decay, **FAST)
 
 
 @OPTIMIZERS.register("adamw")
@@ -41,19 +40,19 @@ def adamw(params, cfg):
     # AdamW's own default decay (0.01) only applies when the study leaves weight_decay at 0.
     wd = cfg.weight_decay if "weight_decay" in cfg.model_fields_set else 0.01
     return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps or 1e-8,
-                             weight_decay=wd, **_fused_ok(params))
+                             weight_decay=wd, **FAST)
 
 
 @OPTIMIZERS.register("adadelta")
 def adadelta(params, cfg):
     return torch.optim.Adadelta(params, lr=cfg.lr, eps=cfg.eps or 1e-6, weight_decay=cfg.weight_decay,
-                                **_fused_ok(params))
+                                **FAST)
 
 
 @OPTIMIZERS.register("rmsprop")
 def rmsprop(params, cfg):
     return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum, eps=cfg.eps or 1e-8,
-                               weight_decay=cfg.weight_decay, **_fused_ok(params))
+                               weight_decay=cfg.weight_decay, **FAST)
 
 
 def build_optimizer(param_groups, cfg) -> torch.optim.Optimizer:
