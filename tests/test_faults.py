@@ -529,6 +529,8 @@ def test_a_corrupt_image_folder_cache_is_rebuilt_and_never_unpickled(tmp_path):
 
 
 def _tiny_image_folder(root: Path) -> Path:
+    import warnings
+
     from torchvision.io import write_png
 
     g = torch.Generator().manual_seed(0)
@@ -536,8 +538,10 @@ def _tiny_image_folder(root: Path) -> Path:
         for c in ("cat", "dog"):
             (root / split / c).mkdir(parents=True)
             for i in range(n):
-                write_png(torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8, generator=g),
-                          str(root / split / c / f"{i}.png"))
+                with warnings.catch_warnings():  # torchvision 0.29 announces torchcodec on every call
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    write_png(torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8, generator=g),
+                              str(root / split / c / f"{i}.png"))
     return root
 
 
