@@ -315,7 +315,7 @@ KILL_CHAINS = {
     ],
     "middle": [  # during training and checkpoint writes of resumed processes
         ("writing the 2nd last.pt", lambda d, rng: _nth_new_tmp(d, "last.pt", 2)),
-        ("mid-training, random delay", lambda d, rng: _rows_then_delay(d, rng.uniform(0.0, 1.5))),
+        ("mid-training, random delay", lambda d, rng: _rows_then_delay(d, rng.uniform(0.0, 0.3))),
         ("writing a resumed run's last.pt", lambda d, rng: _nth_new_tmp(d, "last.pt", 1)),
         ("resumed run, random delay after start", lambda d, rng: _after_delay(rng.uniform(3.0, 9.0))),
     ],
