@@ -83,6 +83,12 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(f"{field}: {cfg.model.name!r} needs inputs of at least {min_size}×{min_size} pixels, "
                           f"but images would be {size}×{size}; set data.resize to {min_size} or more")
 
+    aug = cfg.data.augment
+    if size is not None and aug.crop_padding and aug.crop_mode == "reflect" and aug.crop_padding >= size:
+        raise ConfigError(f"data.augment.crop_padding: {aug.crop_padding} with crop_mode=reflect must be smaller "
+                          f"than the {size}×{size} images (reflection needs that many pixels to mirror); use at "
+                          f"most {size - 1}, or crop_mode=zero")
+
     val_size = cfg.data.val_size if cfg.data.val_size is not None else info.default_val_size
     if info.train_size is not None and val_size is not None and val_size >= info.train_size:
         raise ConfigError(f"data.val_size: {val_size} leaves no training images ({cfg.data.name!r} has "

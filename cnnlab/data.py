@@ -627,6 +627,29 @@ def _is_cifar_export(folder: Path) -> bool:
     return (folder / "test").is_dir() and train.is_dir() and all((train / c).is_dir() for c in CIFAR10_CLASSES)
 
 
+def _cifar_batch_files() -> list:
+    """(file name, MD5) of the seven official CIFAR-10 python batch files, from torchvision's own list."""
+    from torchvision.datasets import CIFAR10
+
+    return CIFAR10.train_list + CIFAR10.test_list + [[CIFAR10.meta["filename"], CIFAR10.meta["md5"]]]
+
+
+def _cifar_bad_files(folder: Path, error: BaseException) -> str:
+    """Which batch files are missing or fail their MD5 sum, for the error message."""
+    from torchvision.datasets.utils import check_integrity
+
+    missing, corrupt = [], []
+    for name, md5 in _cifar_batch_files():
+        path = folder / name
+        if not path.exists():
+            missing.append(name)
+        elif not check_integrity(str(path), md5):
+            corrupt.append(name)
+    parts = ([f"{', '.join(corrupt)} fail{'s' if len(corrupt) == 1 else ''} the MD5 check"] if corrupt else []) + \
+            ([f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing"] if missing else [])
+    return "; ".join(parts) or f"torchvision could not read them ({_short(error, 160)})"
+
+
 def _cifar_official(root: Path) -> RawData:
     from torchvision.datasets import CIFAR10
 
@@ -637,9 +660,9 @@ def _cifar_official(root: Path) -> RawData:
             ds = CIFAR10(str(root), train=split == "train", download=False)
         except Exception as e:  # torchvision: "Dataset not found or corrupted"
             raise DataError(
-                f"the CIFAR-10 python batches in {folder} fail torchvision's MD5 check or cannot be read "
-                f"({_short(e, 160)}). Delete that folder and run with data.download=true, or put an intact copy "
-                f"of cifar-10-batches-py (from cifar-10-python.tar.gz) there."
+                f"the CIFAR-10 python batches in {folder} cannot be used: {_cifar_bad_files(folder, e)}. "
+                f"Delete that folder and run with data.download=true, or put an intact copy of "
+                f"cifar-10-batches-py (from cifar-10-python.tar.gz) there."
             ) from None
         parts[split] = (
             torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous(),
@@ -923,10 +946,8 @@ def _describe_cifar(root: Path, check: bool) -> dict[str, Any]:
     batches = root / "cifar-10-batches-py"
     base = {"name": "cifar10", "files": []}
     if batches.is_dir():
-        from torchvision.datasets import CIFAR10
-
         files = []
-        for fname, md5 in CIFAR10.train_list + CIFAR10.test_list + [[CIFAR10.meta["filename"], CIFAR10.meta["md5"]]]:
+        for fname, md5 in _cifar_batch_files():
             p = batches / fname
             if p.is_file():
                 files.append(_file_entry(p, md5, check))

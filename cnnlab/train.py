@@ -304,7 +304,8 @@ def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool =
     optimizer = build_optimizer(transfer.param_groups(model, cfg.optim), cfg.optim)
     n_train = len(splits.train_y)
     steps_per_epoch = max(1, math.ceil(n_train / tc.batch_size))
-    total_steps = round(tc.epochs * steps_per_epoch)
+    # at least one step for any positive epochs (0.001 epochs of a small set would round to none)
+    total_steps = max(1, round(tc.epochs * steps_per_epoch)) if tc.epochs > 0 else 0
     sched_steps = total_steps if cfg.sched.interval == "step" else math.ceil(tc.epochs)
     scheduler = build_scheduler(optimizer, cfg.sched, sched_steps)
     loss_fn = build_loss(cfg.loss, splits.num_classes)

@@ -461,3 +461,16 @@ def test_preprocess_augments_only_in_training(mnist_small):
     bad = c.model_copy(update={"augment": c.augment.model_copy(update={"crop_padding": 30, "crop_mode": "reflect"})})
     with pytest.raises(ConfigError, match="crop_padding=30"):
         data.Preprocess(s, bad, train=True)
+
+
+def test_corrupt_official_cifar_batches_are_named(tmp_path):
+    batches = tmp_path / "cifar-10-batches-py"
+    batches.mkdir()
+    for name, _ in data._cifar_batch_files():
+        if name != "test_batch":  # one file missing, the rest present but not the official bytes
+            (batches / name).write_bytes(b"not a pickle")
+    with pytest.raises(DataError) as e:
+        data.load_cifar10(tmp_path)
+    msg = str(e.value)
+    assert "data_batch_1, data_batch_2" in msg and "fail the MD5 check" in msg
+    assert "test_batch is missing" in msg and "data.download=true" in msg and "\n" not in msg

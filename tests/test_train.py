@@ -148,3 +148,10 @@ def test_no_validation_split_keeps_the_latest_weights(tmp_path, tiny_config, dat
     assert summary["status"] == "completed" and summary["val"]["accuracy"] is None
     assert summary["best"]["step"] == 10 and summary["test"]["accuracy"] > 0.3
     assert (tmp_path / "v" / "report.html").exists()
+
+
+def test_a_tiny_fraction_of_an_epoch_still_trains_one_step(tmp_path, tiny_config, data_root):
+    # 0.01 of the 10 steps of an epoch rounds to none; a positive epochs value must still train
+    summary = train.run(tiny_config(**{"train.epochs": 0.01}), tmp_path / "f", log=lambda *_: None)
+    rows = runs.read_jsonl(tmp_path / "f" / "metrics.jsonl")
+    assert summary["status"] == "completed" and [r["step"] for r in rows] == [1]
