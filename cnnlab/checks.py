@@ -9,6 +9,7 @@ on PyTorch's ``meta`` device, so these checks cost no memory and almost no time.
 """
 from __future__ import annotations
 
+import importlib.util
 import inspect
 from pathlib import Path
 
@@ -93,6 +94,10 @@ def check_config(cfg: Config) -> None:
     if info.train_size is not None and val_size is not None and val_size >= info.train_size:
         raise ConfigError(f"data.val_size: {val_size} leaves no training images ({cfg.data.name!r} has "
                           f"{info.train_size:,} official training images); use fewer than {info.train_size}")
+
+    if cfg.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("train.tensorboard: true needs the tensorboard package, which is not installed; "
+                          "pip install 'cnnlab[tensorboard]' (or tensorboard), or set train.tensorboard to false")
 
     if cfg.model.pretrained and cfg.model.weights_path:
         raise ConfigError("model.weights_path: set together with model.pretrained; choose one source of weights")

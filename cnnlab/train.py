@@ -351,28 +351,33 @@ def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool =
     status, error = "completed", None
     stop = {}
     history = runs.read_jsonl(out_dir / "metrics.jsonl")
+    board = tensorboard_writer(out_dir) if tc.tensorboard else None
     try:
         with stop_on_signals(stop):
             status = train_loop(
                 cfg, inputs, step_model, net, model, optimizer, scheduler, loss_fn, scaler, ema, evaluator,
                 train_pre, aug_gen, progress, total_steps, steps_per_epoch, channels_last, device, out_dir,
-                history, stop, log)
+                history, board, stop, log)
     except RunStopped:
         status, error = "interrupted", f"stopped by {stop.get('stop', 'a signal')} at step {progress.step}"
     except KeyboardInterrupt:
         status, error = "interrupted", f"interrupted at step {progress.step}"
     except Exception as e:  # noqa: BLE001 - recorded in summary.json, then re-raised
         status, error = "failed", f"{type(e).__name__}: {e}"
+        if board is not None:
+            board.close()
         finish(cfg, out_dir, model, net, ema, evaluator, splits, inputs, progress, status, error, model_info,
                warnings, history, t_start, data_seconds, output_kind, log, score=False, report=report)
         raise
+    if board is not None:
+        board.close()
     return finish(cfg, out_dir, model, net, ema, evaluator, splits, inputs, progress, status, error, model_info,
                   warnings, history, t_start, data_seconds, output_kind, log, score=status != "interrupted",
                   report=report)
 
 
 def train_loop(cfg, splits, step_model, net, model, optimizer, scheduler, loss_fn, scaler, ema, evaluator, train_pre,
-               aug_gen, progress, total_steps, steps_per_epoch, channels_last, device, out_dir, history, stop,
+               aug_gen, progress, total_steps, steps_per_epoch, channels_last, device, out_dir, history, board, stop,
                log) -> str:
     """Iterate from ``progress.step`` to ``total_steps``; returns the final status.
 
@@ -449,6 +454,8 @@ def train_loop(cfg, splits, step_model, net, model, optimizer, scheduler, loss_f
                                    steps_per_epoch, float(loss_sum) / seen, float(correct) / seen)
             history.append(row)
             runs.append_jsonl(out_dir / "metrics.jsonl", row)
+            if board is not None:
+                write_scalars(board, row)
             log(f"step {row['step']:>6} epoch {row['epoch']:6.2f}  lr {row['lr']:.3g}  train loss "
                 f"{row['train_loss']:.4f} acc {row['train_accuracy']:.4f}  val loss {_f(row['val_loss'])} "
                 f"acc {_f(row['val_accuracy'])}  ({progress.step * bs / max(progress.train_seconds, 1e-9):,.0f} img/s)")
@@ -477,6 +484,21 @@ def train_loop(cfg, splits, step_model, net, model, optimizer, scheduler, loss_f
     if bar is not None:
         bar.close()
     return "completed"
+
+
+def tensorboard_writer(out_dir: Path):
+    """A TensorBoard event writer in ``<run>/tensorboard`` (``tensorboard --logdir runs``)."""
+    from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package (checked at load)
+
+    return SummaryWriter(str(out_dir / "tensorboard"))
+
+
+def write_scalars(board, row: dict) -> None:
+    """One evaluation point's numbers as train/loss, val/accuracy, lr, ... at its step."""
+    for key, value in row.items():
+        if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+            board.add_scalar(key.replace("train_", "train/", 1).replace("val_", "val/", 1), value, row["step"])
+    board.flush()  # live curves: TensorBoard reads the file while the run goes on
 
 
 def evaluation_point(cfg, model, ema, evaluator, splits, optimizer, scheduler, progress, steps_per_epoch,

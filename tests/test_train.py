@@ -155,3 +155,16 @@ def test_a_tiny_fraction_of_an_epoch_still_trains_one_step(tmp_path, tiny_config
     summary = train.run(tiny_config(**{"train.epochs": 0.01}), tmp_path / "f", log=lambda *_: None)
     rows = runs.read_jsonl(tmp_path / "f" / "metrics.jsonl")
     assert summary["status"] == "completed" and [r["step"] for r in rows] == [1]
+
+
+def test_tensorboard_gets_every_evaluation_point(tmp_path, tiny_config, data_root):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train.run(tiny_config(**{"train.eval_every": 5, "train.tensorboard": True}), tmp_path / "tb", log=lambda *_: None)
+    events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "train/accuracy", "val/loss", "val/accuracy", "lr"} <= set(events.Tags()["scalars"])
+    val = events.Scalars("val/accuracy")
+    rows = runs.read_jsonl(tmp_path / "tb" / "metrics.jsonl")
+    assert [e.step for e in val] == [5, 10]
+    assert [e.value for e in val] == pytest.approx([r["val_accuracy"] for r in rows])
