@@ -3,13 +3,15 @@
 First the peak: square matmuls in fp32 and bf16, timed in this process (the best and the
 median of several timed bursts). Then, for each network at the batch size its studies use,
 the FLOPs of one training step (forward + backward, counted by ``FlopCounterMode``, which
-counts matmuls and convolutions) times the steps per second reached, in fp32 and in bf16
+counts matmuls and convolutions) times the steps per second reached, in fp32 (NCHW), in
+fp32 + channels_last (what cnnlab's trainer uses for conv nets on a CPU) and in bf16
 autocast + channels_last; printed as achieved GFLOP/s and as a fraction of the matching
-peak. A low fraction says the step is bound by something other than arithmetic (small
+peak (fp32 rows against the fp32 matmul, bf16 rows against the bf16 matmul). A low fraction says the step is bound by something other than arithmetic (small
 convolutions, memory-bound element-wise ops, Python overhead). On a shared machine other
 processes take cores; run it a few times and compare fractions, not absolute figures.
 
     .venv/bin/python benchmarks/bench_hardware.py [--threads N] [--models lenet5 resnet20] [--seconds 3]
+        [--precisions fp32 fp32_cl bf16]
 """
 from __future__ import annotations
 
@@ -38,6 +40,9 @@ ZOO = {
     "resnet20": (3, 32, 128, {}),
     "airbench": (3, 32, 512, {}),
 }
+
+
+LABELS = {"fp32": "fp32", "fp32_cl": "fp32 + channels_last", "bf16": "bf16 + channels_last"}
 
 
 def matmul_rate(dtype: torch.dtype, n: int, seconds: float) -> tuple[float, float]:
@@ -76,7 +81,7 @@ def train_rate(name: str, precision: str, seconds: float) -> tuple[float, float,
     with torch.no_grad():
         model.eval()(torch.zeros(2, channels, side, side))  # sizes lazy layers
     model.train()
-    channels_last = precision == "bf16"
+    channels_last = precision in ("fp32_cl", "bf16")
     if channels_last:
         model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, foreach=True)
@@ -109,7 +114,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--models", nargs="+", default=list(ZOO), choices=list(ZOO))
-    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "fp32_cl", "bf16"], choices=list(LABELS),
+                    help="fp32_cl = fp32 with channels_last (the trainer's CPU default for conv nets)")
     ap.add_argument("--seconds", type=float, default=3.0, help="timing budget per measurement")
     args = ap.parse_args(argv)
     if args.threads:
@@ -120,7 +126,7 @@ def main(argv=None) -> None:
     peaks = {}
     print("\n| matmul | size | best GFLOP/s | median GFLOP/s |\n| --- | --- | --- | --- |")
     for label, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        if label not in args.precisions:
+        if not any(p.startswith(label) for p in args.precisions):
             continue
         n, best, med = peak(dtype, args.seconds)
         peaks[label] = best
@@ -131,9 +137,9 @@ def main(argv=None) -> None:
         for precision in args.precisions:
             flops, rate, batch = train_rate(name, precision, args.seconds)
             achieved = flops * rate / 1e9
-            print(f"| {name} | {batch} | {precision}{' + channels_last' if precision == 'bf16' else ''} | "
+            print(f"| {name} | {batch} | {LABELS[precision]} | "
                   f"{flops / 1e9:.3f} | {rate:.2f} | {rate * batch:,.0f} | {achieved:.1f} | "
-                  f"{achieved / peaks[precision]:.0%} |", flush=True)
+                  f"{achieved / peaks[precision[:4]]:.0%} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -181,7 +181,7 @@ class TrainConfig(_Section):
     finetune: Union[str, list[str]] = "all"  # all | head | layer1..layer4 | none | [name prefixes]
     freeze_bn: Optional[bool] = None  # None = keep batch-norm statistics frozen in frozen parts
     ema: Optional[float] = Field(None, gt=0, lt=1)  # decay of an exponential moving average of weights
-    tta: Literal["none", "flip", "flip_translate"] = "none"  # test-time augmentation
+    tta: Literal["none", "flip", "translate", "flip_translate"] = "none"  # test-time augmentation
     progress: bool = True
     tensorboard: bool = False
 

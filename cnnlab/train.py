@@ -177,14 +177,13 @@ class Evaluator:
         with autocast_for(self.precision, self.device):
             out = model(x).float()
             if self.tta != "none":
-                out = self._to_probs(out) + self._to_probs(model(x.flip(3)).float())
-                n = 2
-                if self.tta == "flip_translate":
-                    for dx, dy in ((1, 1), (-1, -1)):
-                        shifted = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-                        out = out + self._to_probs(model(shifted).float())
-                        n += 1
-                out = (out / n).clamp_min(1e-12).log()  # averaged probabilities, as log-probs
+                views = [x.flip(3)] if "flip" in self.tta else []  # mirror image (not for digits)
+                if "translate" in self.tta:  # one pixel diagonally each way
+                    views += [torch.roll(x, shifts=(d, d), dims=(2, 3)) for d in (1, -1)]
+                out = self._to_probs(out)
+                for view in views:
+                    out = out + self._to_probs(model(view).float())
+                out = (out / (1 + len(views))).clamp_min(1e-12).log()  # averaged probabilities, as log-probs
         return out
 
     def _to_probs(self, out: torch.Tensor) -> torch.Tensor:

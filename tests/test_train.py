@@ -168,3 +168,22 @@ def test_tensorboard_gets_every_evaluation_point(tmp_path, tiny_config, data_roo
     rows = runs.read_jsonl(tmp_path / "tb" / "metrics.jsonl")
     assert [e.step for e in val] == [5, 10]
     assert [e.value for e in val] == pytest.approx([r["val_accuracy"] for r in rows])
+
+
+@pytest.mark.parametrize("tta,views", [
+    ("flip", lambda x: [x, x.flip(3)]),
+    ("translate", lambda x: [x, torch.roll(x, (1, 1), (2, 3)), torch.roll(x, (-1, -1), (2, 3))]),
+    ("flip_translate", lambda x: [x, x.flip(3), torch.roll(x, (1, 1), (2, 3)), torch.roll(x, (-1, -1), (2, 3))]),
+])
+def test_test_time_augmentation_averages_the_views_probabilities(tta, views):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 3)).eval()  # sees exact pixel positions
+    x = torch.randn(5, 1, 6, 6)
+    ev = train.Evaluator(lambda v, g: v, 100, "fp32", torch.device("cpu"), "logits", 3, tta=tta)
+    with torch.no_grad():
+        expected = torch.stack([model(v).softmax(1) for v in views(x)]).mean(0).log()
+        plain = model(x).log_softmax(1)
+        got = ev.outputs(model, x)
+    assert torch.allclose(got, expected, atol=1e-6) and not torch.allclose(got, plain, atol=1e-3)
+    scored = ev.score(model, x, expected.argmax(1))
+    assert scored["accuracy"] == 1.0 and scored["loss"] == pytest.approx(float(-expected.max(1).values.mean()), abs=1e-5)
