@@ -11,7 +11,7 @@ convolutions, memory-bound element-wise ops, Python overhead). On a shared machi
 processes take cores; run it a few times and compare fractions, not absolute figures.
 
     .venv/bin/python benchmarks/bench_hardware.py [--threads N] [--models lenet5 resnet20] [--seconds 3]
-        [--precisions fp32 fp32_cl bf16]
+        [--precisions fp32 fp32_cl bf16] [--batch-size N] [--compile]
 """
 from __future__ import annotations
 
@@ -73,9 +73,12 @@ def peak(dtype: torch.dtype, seconds: float) -> tuple[int, float, float]:
     raise AssertionError("unreachable")
 
 
-def train_rate(name: str, precision: str, seconds: float) -> tuple[float, float, int]:
-    """(training FLOPs per step, steps per second, batch size) for one zoo net."""
-    channels, side, batch, options = ZOO[name]
+def train_rate(name: str, precision: str, seconds: float, batch: int | None = None,
+               compile: bool = False) -> tuple[float, float, int]:
+    """(training FLOPs per step, steps per second, batch size) for one zoo net. With ``compile``
+    the forward runs through ``torch.compile``; its compile time is printed apart."""
+    channels, side, usual_batch, options = ZOO[name]
+    batch = batch or usual_batch
     torch.manual_seed(0)
     model = MODELS.get(name)(num_classes=10, in_channels=channels, **options)
     with torch.no_grad():
@@ -90,17 +93,24 @@ def train_rate(name: str, precision: str, seconds: float) -> tuple[float, float,
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
-
-    def step():
+    forward = model
+    if compile:
+        forward = torch.compile(model)
+        t0 = time.perf_counter()
         with autocast:
-            loss = F.cross_entropy(model(x), y)
+            F.cross_entropy(forward(x), y).backward()  # the first call compiles forward and backward
+        print(f"  ({name}, {precision}: torch.compile took {time.perf_counter() - t0:.1f} s)", flush=True)
+
+    def step(net=forward):
+        with autocast:
+            loss = F.cross_entropy(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
     counter = FlopCounterMode(display=False)
     with counter:
-        step()
+        step(model)  # counted on the eager model: the same convolutions and matmuls
     flops = counter.get_total_flops()
     step()  # warm-up beyond the counted one
     n, t0 = 0, time.perf_counter()
@@ -117,6 +127,8 @@ def main(argv=None) -> None:
     ap.add_argument("--precisions", nargs="+", default=["fp32", "fp32_cl", "bf16"], choices=list(LABELS),
                     help="fp32_cl = fp32 with channels_last (the trainer's CPU default for conv nets)")
     ap.add_argument("--seconds", type=float, default=3.0, help="timing budget per measurement")
+    ap.add_argument("--batch-size", type=int, default=None, help="instead of each net's usual batch size")
+    ap.add_argument("--compile", action="store_true", help="torch.compile each net (compile time printed apart)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -135,9 +147,9 @@ def main(argv=None) -> None:
           "÷ peak |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in args.models:
         for precision in args.precisions:
-            flops, rate, batch = train_rate(name, precision, args.seconds)
+            flops, rate, batch = train_rate(name, precision, args.seconds, args.batch_size, args.compile)
             achieved = flops * rate / 1e9
-            print(f"| {name} | {batch} | {LABELS[precision]} | "
+            print(f"| {name} | {batch} | {LABELS[precision]}{' + compile' if args.compile else ''} | "
                   f"{flops / 1e9:.3f} | {rate:.2f} | {rate * batch:,.0f} | {achieved:.1f} | "
                   f"{achieved / peaks[precision[:4]]:.0%} |", flush=True)
 
