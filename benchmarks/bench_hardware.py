@@ -6,8 +6,9 @@ the FLOPs of one training step (forward + backward, counted by ``FlopCounterMode
 counts matmuls and convolutions) times the steps per second reached, in fp32 (NCHW), in
 fp32 + channels_last (what cnnlab's trainer uses for conv nets on a CPU) and in bf16
 autocast + channels_last; printed as achieved GFLOP/s and as a fraction of the matching
-peak (fp32 rows against the fp32 matmul, bf16 rows against the bf16 matmul). A low fraction says the step is bound by something other than arithmetic (small
-convolutions, memory-bound element-wise ops, Python overhead). On a shared machine other
+peak (fp32 rows against the fp32 matmul, bf16 rows against the bf16 matmul). A low fraction
+says the step is bound by something other than arithmetic (small convolutions,
+memory-bound element-wise ops, Python overhead). On a shared machine other
 processes take cores; run it a few times and compare fractions, not absolute figures.
 
     .venv/bin/python benchmarks/bench_hardware.py [--threads N] [--models lenet5 resnet20] [--seconds 3]

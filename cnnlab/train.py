@@ -363,13 +363,12 @@ def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool =
         status, error = "interrupted", f"interrupted at step {progress.step}"
     except Exception as e:  # noqa: BLE001 - recorded in summary.json, then re-raised
         status, error = "failed", f"{type(e).__name__}: {e}"
-        if board is not None:
-            board.close()
         finish(cfg, out_dir, model, net, ema, evaluator, splits, inputs, progress, status, error, model_info,
                warnings, history, t_start, data_seconds, output_kind, log, score=False, report=report)
         raise
-    if board is not None:
-        board.close()
+    finally:
+        if board is not None:
+            board.close()
     return finish(cfg, out_dir, model, net, ema, evaluator, splits, inputs, progress, status, error, model_info,
                   warnings, history, t_start, data_seconds, output_kind, log, score=status != "interrupted",
                   report=report)
