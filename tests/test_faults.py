@@ -324,7 +324,8 @@ KILL_CHAINS = {
     "end": [  # after training: while scoring, writing summary.json, plots and the report
         ("writing summary.json", lambda d, rng: _nth_new_tmp(d, "summary.json", 1)),
         ("summary.json written, plots not yet", lambda d, rng: _file_appears(d, "summary.json")),
-        ("writing curves.png", lambda d, rng: _nth_new_tmp(d, "curves.png", 1)),
+        # a file that appears is a sure kill point; a temporary file of a fast write can be missed
+        ("curves.png written, report not yet", lambda d, rng: _file_appears(d, "curves.png")),
     ],
 }
 
