@@ -316,7 +316,7 @@ KILL_CHAINS = {
     "middle": [  # during training and checkpoint writes of resumed processes
         ("writing the 2nd last.pt", lambda d, rng: _nth_new_tmp(d, "last.pt", 2)),
         # Delays stay short: on a quiet machine the 20 tiny steps take well under a second, and a
-        # kill after the last checkpoint would leave the resumed runs below nothing to train.
+        # kill after the last checkpoint would leave the resumed runs that follow nothing to train.
         ("mid-training, random delay", lambda d, rng: _rows_then_delay(d, rng.uniform(0.0, 0.02))),
         ("writing a resumed run's last.pt", lambda d, rng: _nth_new_tmp(d, "last.pt", 1)),
         ("resumed run, random delay after start", lambda d, rng: _after_delay(rng.uniform(1.0, 3.0))),
