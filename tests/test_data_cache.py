@@ -2,11 +2,8 @@
 directory ($CNNLAB_CACHE, else ~/.cache/cnnlab), never in the data root."""
 from __future__ import annotations
 
-import os
 import stat
-from pathlib import Path
 
-import pytest
 import torch
 from data_files import listing, make_tree
 
@@ -64,7 +61,8 @@ def test_an_unwritable_cache_directory_means_no_cache_not_an_error(monkeypatch, 
 
 def test_the_cache_name_follows_the_folder_and_its_state(monkeypatch, tmp_path):
     monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "c"))
-    a, b = cache.cache_file("imagefolder", tmp_path / "a", "f" * 64), cache.cache_file("imagefolder", tmp_path / "b", "f" * 64)
+    a = cache.cache_file("imagefolder", tmp_path / "a", "f" * 64)
+    b = cache.cache_file("imagefolder", tmp_path / "b", "f" * 64)
     assert a.parent == b.parent == tmp_path / "c" / "decoded" and a != b
     assert a != cache.cache_file("imagefolder", tmp_path / "a", "e" * 64)
     assert a != cache.cache_file("cifar10", tmp_path / "a", "f" * 64)
@@ -73,10 +71,10 @@ def test_the_cache_name_follows_the_folder_and_its_state(monkeypatch, tmp_path):
 def test_a_cache_of_another_state_or_version_is_not_used(monkeypatch, tmp_path):
     monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "c"))
     folder, fp = tmp_path / "a", "0" * 64
-    assert cache.load("imagefolder", folder, fp)[0] is None
-    path = cache.save({"train_x": torch.zeros(2, 1, 3, 3, dtype=torch.uint8)}, "imagefolder", folder, fp)
+    assert cache.load_cached("imagefolder", folder, fp)[0] is None
+    path = cache.save_cached({"train_x": torch.zeros(2, 1, 3, 3, dtype=torch.uint8)}, "imagefolder", folder, fp)
     assert path is not None and not [p for p in path.parent.iterdir() if p.name.startswith(".tmp")]
-    blob, at = cache.load("imagefolder", folder, fp)
+    blob, at = cache.load_cached("imagefolder", folder, fp)
     assert at == path and blob["fingerprint"] == fp and blob["version"] == cache.VERSION
     torch.save({**blob, "version": cache.VERSION + 1}, path)
-    assert cache.load("imagefolder", folder, fp)[0] is None
+    assert cache.load_cached("imagefolder", folder, fp)[0] is None

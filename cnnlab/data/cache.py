@@ -47,7 +47,7 @@ def cache_file(label: str, folder: Path, fingerprint: str) -> Path:
     return decoded_dir() / f"{_stem(label, folder)}-{fingerprint[:16]}.pt"
 
 
-def load(label: str, folder: Path, fingerprint: str) -> tuple[Optional[dict[str, Any]], Path]:
+def load_cached(label: str, folder: Path, fingerprint: str) -> tuple[Optional[dict[str, Any]], Path]:
     """The cached tensors of ``folder`` if a cache of this very state exists and reads
     back whole, else None; and the cache file's path."""
     path = cache_file(label, folder, fingerprint)
@@ -62,7 +62,7 @@ def load(label: str, folder: Path, fingerprint: str) -> tuple[Optional[dict[str,
     return blob, path
 
 
-def save(blob: dict[str, Any], label: str, folder: Path, fingerprint: str) -> Optional[Path]:
+def save_cached(blob: dict[str, Any], label: str, folder: Path, fingerprint: str) -> Optional[Path]:
     """Save decoded tensors (``version`` and ``fingerprint`` are added) and remove
     the caches of earlier states of the folder. Returns the file, or None when the
     cache directory cannot be written (the run goes on without a cache)."""

@@ -10,7 +10,7 @@ RGB into grey here, once. All tensors move to the device in one go, as uint8.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 
@@ -83,7 +83,9 @@ def load_raw(data_cfg: DataSettings = None) -> RawData:
     return DATASETS.get(name).load(resolve_root(data_cfg), setting(data_cfg, "download"))
 
 
-def split_indices(n: int, val_size: int, split_seed: int, train_limit: Union[int, None] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def split_indices(
+    n: int, val_size: int, split_seed: int, train_limit: Optional[int] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(train_index, val_index) into ``n`` training images: validation is the first
     ``val_size`` of one seeded permutation (sorted), train the rest in permutation
     order, cut to ``train_limit``."""
@@ -121,7 +123,8 @@ def load_splits(data_cfg: DataSettings = None, device: Union[str, torch.device] 
             f"data.val_size={val_size} leaves no training images: {name} has {n} training images "
             f"({raw.source}). Set data.val_size below {n}."
         )
-    train_index, val_index = split_indices(n, val_size, setting(data_cfg, "split_seed"), setting(data_cfg, "train_limit"))
+    seed, limit = setting(data_cfg, "split_seed"), setting(data_cfg, "train_limit")
+    train_index, val_index = split_indices(n, val_size, seed, limit)
 
     train_x, test_x = raw.train_x, raw.test_x
     mean, std = raw.mean, raw.std

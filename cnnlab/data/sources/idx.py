@@ -177,4 +177,6 @@ def load_fashion_mnist(root: Path, download: bool = False) -> RawData:
 
 
 DATASETS.register("mnist")(DataSource(MNIST, load_mnist, partial(describe_idx_set, MNIST)))
-DATASETS.register("fashion_mnist")(DataSource(FASHION_MNIST, load_fashion_mnist, partial(describe_idx_set, FASHION_MNIST)))
+DATASETS.register("fashion_mnist")(
+    DataSource(FASHION_MNIST, load_fashion_mnist, partial(describe_idx_set, FASHION_MNIST))
+)

@@ -19,7 +19,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from cnnlab.data import cache
+from cnnlab.data.cache import load_cached, save_cached
 from cnnlab.data.check import IMAGE_SUFFIXES, count_tree
 from cnnlab.data.common import DataError, DataSource, RawData, channel_stats, short
 from cnnlab.registry import DATASETS, DatasetInfo
@@ -193,11 +193,11 @@ def read_tree(folder: Path, label: str) -> tuple[dict[str, Any], Tree, Optional[
     """Decode (or load from the cache) an image tree: returns the tensors, the scan,
     the cache file (None if none could be written) and whether it came from the cache."""
     tree = scan_tree(folder, label)
-    blob, path = cache.load(label, folder, tree.fingerprint)
+    blob, path = load_cached(label, folder, tree.fingerprint)
     if blob is not None:
         return blob, tree, path, True
     blob = _decode_tree(tree)
-    return blob, tree, cache.save(blob, label, folder, tree.fingerprint), False
+    return blob, tree, save_cached(blob, label, folder, tree.fingerprint), False
 
 
 def kinds_text(kinds: set[str]) -> str:
