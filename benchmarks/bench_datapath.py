@@ -2,8 +2,8 @@
 
 Both sides run the same network, batch size, precision, optimizer and train step; only the
 way a batch reaches the step differs. cnnlab's side keeps the whole split on the device as
-uint8 (``data.load_splits``), draws index slices from one permutation (``data.batches``) and
-augments + normalises the whole batch at once (``data.Preprocess``). The conventional side
+uint8 (``data.load_splits``), takes slices of one permutation per epoch (``data.train_batches``,
+as training does) and augments + normalises the whole batch at once (``augment.Preprocess``). The conventional side
 is ``torchvision.datasets.MNIST`` (or ``ImageFolder`` on the CIFAR-10 JPEG copy) with a
 ``DataLoader`` and per-sample ``ToTensor``/``Normalize`` (+ ``RandomCrop``/``RandomHorizontalFlip``).
 The two are measured alternately several times, so a burst of load from other processes on a
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cnnlab.models  # noqa: E402,F401 - fills the registry
+from cnnlab import augment  # noqa: E402
 from cnnlab import data as datamod  # noqa: E402
 from cnnlab.config import DataConfig  # noqa: E402
 from cnnlab.registry import MODELS  # noqa: E402
@@ -79,14 +80,16 @@ def cnnlab_pipeline(task: dict, root: Path, batch_size: int):
     cfg = DataConfig(name=task["data"], root=str(root), download=False,
                      augment={"crop_padding": task["crop"], "flip": task["flip"]})
     splits = datamod.load_splits(cfg, "cpu")
-    pre = datamod.Preprocess(splits, cfg, train=True)
+    pre = augment.Preprocess(splits, cfg, train=True)
     load_s = time.perf_counter() - t0
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
 
     def epoch_batches():
+        epoch = 0
         while True:
-            for idx in datamod.batches(len(splits.train_y), batch_size, gen):
-                yield pre(splits.train_x[idx], gen), splits.train_y[idx]
+            for x, y in datamod.train_batches(splits.train_x, splits.train_y, batch_size, seed=0, epoch=epoch):
+                yield pre(x, gen), y
+            epoch += 1
 
     return epoch_batches(), load_s
 

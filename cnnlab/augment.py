@@ -12,13 +12,19 @@ image, but no function loops over the samples in Python. Differences from
 torchvision: colour jitter applies its four operations in a fixed order
 (brightness, contrast, saturation, hue) instead of a random one, and an integer
 ``size`` in :func:`resize` means a square output, not "shorter edge".
+:class:`Preprocess` chains them into the one per-batch pipeline a run uses (uint8
+batch in, normalised float input out) and says whether it is random.
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from cnnlab.config import DataConfig
+    from cnnlab.data.splits import Splits
 
 Factor = Union[float, torch.Tensor]
 
@@ -309,3 +315,67 @@ def repeat_channels(x: torch.Tensor, channels: int = 3) -> torch.Tensor:
     if x.shape[1] != 1:
         raise ValueError(f"can only repeat a single-channel batch, got {x.shape[1]} channels")
     return x.expand(-1, channels, -1, -1)
+
+
+# --------------------------------------------------------------------------- the per-batch pipeline
+
+
+class Preprocess:
+    """Turns a uint8 batch into the model's float32 input, on the batch's device.
+
+    Training (``train=True``): random crop with padding, horizontal flip and colour
+    jitter as set in ``data.augment``; then, for every split: resize to
+    ``data.resize``, grey -> 3 channel repeat for ``data.channels=3``, and
+    normalisation by the split's mean/std. Call as ``pre(x_uint8, generator)``;
+    the generator is only needed when :attr:`random` is true.
+    """
+
+    def __init__(self, splits: Splits, data_cfg: Optional[DataConfig] = None, train: bool = False):
+        aug = data_cfg.augment if data_cfg is not None else None
+        self.train = train
+        self.aug = aug
+        self.resize = data_cfg.resize if data_cfg is not None else None
+        self.resize_mode = data_cfg.resize_mode if data_cfg is not None else "bilinear"
+        self.in_channels = splits.in_channels
+        self.repeat = splits.train_x.shape[1] == 1 and splits.in_channels == 3
+        h, w = splits.train_x.shape[-2:]
+        self.crop = bool(train and aug is not None and aug.crop_padding > 0)
+        self.flip = bool(train and aug is not None and aug.flip)
+        self.jitter = bool(train and aug is not None and any(v > 0 for v in (aug.brightness, aug.contrast,
+                                                                              aug.saturation, aug.hue)))
+        if self.crop and aug.crop_mode == "reflect" and aug.crop_padding >= min(h, w):
+            from cnnlab.config import ConfigError  # only on this error path; config imports no data code
+
+            raise ConfigError(
+                f"data.augment.crop_padding={aug.crop_padding} with crop_mode=reflect must be smaller than the "
+                f"image ({h}x{w}); use a smaller padding or crop_mode=zero"
+            )
+        dev = splits.train_x.device
+        mean = torch.tensor(splits.mean, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
+        std = torch.tensor(splits.std, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
+        # Without jitter the 1/255 is folded into the normalisation (one pass less).
+        scale = 1.0 if self.jitter else 255.0
+        self._mul = 1.0 / (std * scale)
+        self._add = -mean / std
+
+    @property
+    def random(self) -> bool:
+        """Whether each call draws random numbers (a training crop, flip or jitter is on)."""
+        return self.crop or self.flip or self.jitter
+
+    def __call__(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        if self.random and generator is None:
+            raise ValueError("training augmentation is on: pass a torch.Generator for reproducible randomness")
+        a = self.aug
+        if self.crop:
+            x = random_crop(x, a.crop_padding, generator, a.crop_mode)
+        if self.flip:
+            x = random_hflip(x, generator)
+        x = x.float()
+        if self.jitter:
+            x = color_jitter(x.div_(255), generator, a.brightness, a.contrast, a.saturation, a.hue)
+        if self.resize:
+            x = resize(x, self.resize, self.resize_mode)
+        if self.repeat:
+            x = repeat_channels(x, 3)
+        return torch.addcmul(self._add, x, self._mul)

@@ -8,7 +8,8 @@ lists the known choices so the user can fix the study file.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
 
 
 class UnknownName(KeyError):
@@ -56,3 +57,35 @@ DATASETS = Registry("dataset")
 OPTIMIZERS = Registry("optimizer")
 SCHEDULERS = Registry("scheduler")
 LOSSES = Registry("loss")
+
+
+# --------------------------------------------------------------------------- typed metadata
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What is known about a registered data set without reading its files.
+
+    ``None`` means only the files can tell (image folders). ``default_val_size`` None
+    means 10 % of the training images. ``folder`` is where the files sit under the data
+    root; ``files`` are ``(name, MD5)`` of the official uncompressed files there and
+    ``packed_files`` of their compressed downloads (``.gz``), for ``cnnlab data check``.
+    """
+
+    name: str
+    title: str
+    classes: Optional[tuple[str, ...]] = None
+    in_channels: Optional[int] = None
+    image_size: Optional[int] = None
+    train_size: Optional[int] = None
+    test_size: Optional[int] = None
+    mean: Optional[tuple[float, ...]] = None
+    std: Optional[tuple[float, ...]] = None
+    default_val_size: Optional[int] = None
+    folder: Optional[str] = None
+    files: tuple[tuple[str, str], ...] = ()
+    packed_files: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        return len(self.classes) if self.classes is not None else None

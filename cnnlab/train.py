@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from cnnlab import data as datamod
-from cnnlab import metrics, runs, transfer
+from cnnlab import augment, metrics, runs, transfer
 from cnnlab.config import Config, ConfigError, dump_yaml
 from cnnlab.optim import build_loss, build_optimizer, build_scheduler, lr_of, nll_of
 
@@ -292,8 +292,8 @@ def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool =
     model_info = describe_model(model, cfg, splits, device)
     warnings = [*model_log, *config_warnings(cfg, output_kind, device)]
 
-    train_pre = datamod.Preprocess(splits, cfg.data, train=True)
-    eval_pre = datamod.Preprocess(splits, cfg.data, train=False)
+    train_pre = augment.Preprocess(splits, cfg.data, train=True)
+    eval_pre = augment.Preprocess(splits, cfg.data, train=False)
     if getattr(model, "needs_whitening_init", False) and not resume and cfg.model.init_from is None:
         from cnnlab.models.airbench import init_whitening
 
@@ -728,7 +728,7 @@ def evaluate_run(run_dir: Path, splits: list[str] = ("test",), checkpoint: str =
             model.load_state_dict(state["model"])
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
         raise _does_not_fit(run_dir / checkpoint, e) from None
-    evaluator = Evaluator(datamod.Preprocess(data, cfg.data, train=False), cfg.train.eval_batch_size,
+    evaluator = Evaluator(augment.Preprocess(data, cfg.data, train=False), cfg.train.eval_batch_size,
                           cfg.train.precision, device, getattr(model, "output_kind", "logits"), data.num_classes,
                           tta=cfg.train.tta)
     result = {"run_dir": str(run_dir), "checkpoint": checkpoint, "step": state.get("step")}

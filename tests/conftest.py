@@ -1,5 +1,8 @@
 """Shared test set-up: where the real data sets are, and a tiny-run config factory."""
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -7,6 +10,9 @@ import pytest
 # The shared offline copies sit beside the project (../shared/datasets); CI sets CNNLAB_DATA too.
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 os.environ.setdefault("CNNLAB_DATA", str(DEFAULT_DATA))
+# Decoded-image caches of the test session go to a folder of their own, not ~/.cache/cnnlab.
+os.environ["CNNLAB_CACHE"] = tempfile.mkdtemp(prefix="cnnlab-test-cache-")
+atexit.register(shutil.rmtree, os.environ["CNNLAB_CACHE"], True)
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,18 @@
 """Tests for cnnlab.augment: each batched augmentation against torchvision's
-per-image function on the same input and the same random parameters, and the
-random parameters themselves statistically (flip rate, crop offsets, jitter ranges)."""
+per-image function on the same input and the same random parameters, the
+random parameters themselves statistically (flip rate, crop offsets, jitter ranges),
+and Preprocess, the per-batch pipeline, on real MNIST."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from data_files import cfg, real_root
 from torchvision.transforms import InterpolationMode
 
 from cnnlab import augment as A
+from cnnlab import data
+from cnnlab.config import ConfigError
 
 
 def batch(n=6, c=3, h=11, w=9, dtype=torch.uint8, seed=0) -> torch.Tensor:
@@ -168,3 +172,59 @@ def test_repeat_channels():
     assert A.repeat_channels(batch(), 3).shape[1] == 3
     with pytest.raises(ValueError):
         A.repeat_channels(batch(c=2), 3)
+
+
+# --------------------------------------------------------------------------- Preprocess (on real MNIST)
+
+
+@pytest.fixture(scope="module")
+def mnist_small():
+    c = cfg(name="mnist", root=str(real_root()), train_limit=64, val_size=100)
+    return c, data.load_splits(c)
+
+
+def test_preprocess_eval_normalises_exactly(mnist_small):
+    c, s = mnist_small
+    x = s.train_x[:16]
+    out = A.Preprocess(s, c, train=False)(x)
+    assert out.dtype == torch.float32 and out.shape == (16, 1, 28, 28)
+    assert torch.allclose(out, (x.float() / 255 - 0.1307) / 0.3081, atol=1e-5)
+
+
+def test_preprocess_repeat_and_resize(mnist_small):
+    c, _ = mnist_small
+    c3 = c.model_copy(update={"channels": 3, "resize": 32})
+    s = data.load_splits(c3)
+    out = A.Preprocess(s, c3, train=False)(s.train_x[:4])
+    assert out.shape == (4, 3, 32, 32)
+    assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 0], out[:, 2])
+
+
+def test_preprocess_augments_only_in_training(mnist_small):
+    c, s = mnist_small
+    ca = c.model_copy(update={"augment": c.augment.model_copy(update={"crop_padding": 4, "flip": True, "brightness": 0.3})})
+    x = s.train_x[:32]
+    train, evaluate = A.Preprocess(s, ca, train=True), A.Preprocess(s, ca, train=False)
+    a = train(x, torch.Generator().manual_seed(1))
+    assert torch.equal(a, train(x, torch.Generator().manual_seed(1)))
+    assert not torch.equal(a, train(x, torch.Generator().manual_seed(2)))
+    assert torch.equal(evaluate(x), A.Preprocess(s, c, train=False)(x))
+    with pytest.raises(ValueError, match="Generator"):
+        train(x)
+    bad = c.model_copy(update={"augment": c.augment.model_copy(update={"crop_padding": 30, "crop_mode": "reflect"})})
+    with pytest.raises(ConfigError, match="crop_padding=30"):
+        A.Preprocess(s, bad, train=True)
+
+
+
+
+def test_preprocess_says_whether_it_is_random(mnist_small):
+    c, s = mnist_small
+    aug = c.augment.model_copy
+    for update, random in (({}, False), ({"crop_padding": 2}, True), ({"flip": True}, True),
+                           ({"hue": 0.1}, True), ({"crop_padding": 0, "flip": False}, False)):
+        ca = c.model_copy(update={"augment": aug(update=update)})
+        assert A.Preprocess(s, ca, train=True).random is random, update
+        assert A.Preprocess(s, ca, train=False).random is False  # evaluation never is
+    plain = A.Preprocess(s, None, train=True)  # no config: plain normalisation
+    assert not plain.random and torch.equal(plain(s.train_x[:4]), A.Preprocess(s, c, train=False)(s.train_x[:4]))

@@ -1,0 +1,117 @@
+"""The decoded-image cache: uint8 tensors of an image folder, saved once under the
+cache directory so later runs skip decoding.
+
+The cache directory is ``$CNNLAB_CACHE``, else ``~/.cache/cnnlab``; it is never the
+data root, which may be read-only or shared. A cache file is named by the data set,
+a hash of the folder's absolute path and the folder's fingerprint (every image's
+path, size and mtime), so a changed folder is decoded again and the cache of its
+earlier state is removed. Files are written atomically (a temporary file renamed
+over the target) and read with ``weights_only=True``, so a damaged or hostile
+cache file is ignored and rebuilt, never unpickled.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+VERSION = 1
+SUBDIR = "decoded"  # beside what else may live in the cache directory one day
+
+
+def cache_dir() -> Path:
+    """Where cnnlab keeps caches: ``$CNNLAB_CACHE``, else ``~/.cache/cnnlab``."""
+    env = os.environ.get("CNNLAB_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "cnnlab"
+
+
+def decoded_dir() -> Path:
+    """The folder of decoded image-folder caches."""
+    return cache_dir() / SUBDIR
+
+
+def _stem(label: str, folder: Path) -> str:
+    # The folder's absolute path is part of the name so one directory serves many
+    # folders; the fingerprint follows it.
+    where = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:10]
+    return f"{label}-{where}"
+
+
+def cache_file(label: str, folder: Path, fingerprint: str) -> Path:
+    """The cache file of ``folder`` (read as data set ``label``) in the state ``fingerprint``."""
+    return decoded_dir() / f"{_stem(label, folder)}-{fingerprint[:16]}.pt"
+
+
+def load_cached(label: str, folder: Path, fingerprint: str) -> tuple[Optional[dict[str, Any]], Path]:
+    """The cached tensors of ``folder`` if a cache of this very state exists and reads
+    back whole, else None; and the cache file's path."""
+    path = cache_file(label, folder, fingerprint)
+    if not path.is_file():
+        return None, path
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # unreadable or from another torch: decode again
+        return None, path
+    if not isinstance(blob, dict) or blob.get("version") != VERSION or blob.get("fingerprint") != fingerprint:
+        return None, path
+    return blob, path
+
+
+def save_cached(blob: dict[str, Any], label: str, folder: Path, fingerprint: str) -> Optional[Path]:
+    """Save decoded tensors (``version`` and ``fingerprint`` are added) and remove
+    the caches of earlier states of the folder. Returns the file, or None when the
+    cache directory cannot be written (the run goes on without a cache)."""
+    directory = decoded_dir()
+    path = cache_file(label, folder, fingerprint)
+    try:
+        if not _writable(_nearest_existing(directory)):
+            return None
+        directory.mkdir(parents=True, exist_ok=True)
+        _save_atomic({**blob, "version": VERSION, "fingerprint": fingerprint}, path)
+    except OSError:
+        return None
+    for old in directory.glob(f"{_stem(label, folder)}-*.pt"):
+        if old != path:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def _writable(directory: Path) -> bool:
+    """Whether we may write into ``directory``. Permission bits are honoured even
+    for root (who could write anyway), so a folder shared read-only stays clean."""
+    try:
+        mode = directory.stat().st_mode
+    except OSError:
+        return False
+    if not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+        return False
+    return os.access(directory, os.W_OK)
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _save_atomic(blob: dict[str, Any], path: Path) -> None:
+    """Write to a temporary file in the same folder, then rename over the target,
+    so a reader never sees half a cache and a crash leaves none."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + path.name, dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a cache may be shared
+        with os.fdopen(fd, "wb") as f:
+            torch.save(blob, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

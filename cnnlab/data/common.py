@@ -1,0 +1,137 @@
+"""What every data source shares: the error type, the whole-set container, the
+registry entry, where the data root is, and small file helpers.
+
+A source module (``cnnlab/data/sources/*.py``) reads one format into a
+:class:`RawData` and registers itself in ``DATASETS`` as a :class:`DataSource`:
+its loader, its facts (:class:`~cnnlab.registry.DatasetInfo`) and how
+``cnnlab data list|check`` describes what is on disk.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from cnnlab.registry import DatasetInfo
+
+
+class DataError(RuntimeError):
+    """Data that is missing, corrupt or cannot be split as asked; the message says how to fix it."""
+
+
+ROOT_HINT = "(the data root is data.root, else $CNNLAB_DATA, else ~/.cache/cnnlab)"
+
+
+@dataclass
+class RawData:
+    """A whole data set as loaded from disk, on the CPU.
+
+    ``train_x``/``test_x`` are uint8 ``[N, C, H, W]``, ``train_y``/``test_y`` int64 ``[N]``.
+    ``mean``/``std`` are per channel on the 0..1 scale. ``source`` says what was read
+    (official files or an image-folder export, and where). ``cache_path`` is the decoded
+    tensor cache of an image folder (None for the others), ``from_cache`` whether this
+    load came from it.
+    """
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str
+    cache_path: Optional[Path] = None
+    from_cache: bool = False
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One ``DATASETS`` entry: the data set's facts, its loader ``load(root, download)``
+    and ``describe(root, check)``, the dict ``cnnlab data list|check`` prints."""
+
+    info: DatasetInfo
+    load: Callable[[Path, bool], RawData]
+    describe: Callable[[Path, bool], dict[str, Any]]
+
+
+def resolve_root(data_cfg: Any = None) -> Path:
+    """The data root: ``data.root``, else ``$CNNLAB_DATA``, else ``~/.cache/cnnlab``.
+    ``data_cfg`` is a DataConfig, a dict or None."""
+    root = data_cfg.get("root") if isinstance(data_cfg, dict) else getattr(data_cfg, "root", None)
+    if root:
+        return Path(root).expanduser()
+    env = os.environ.get("CNNLAB_DATA")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "cnnlab"
+
+
+# --------------------------------------------------------------------------- small file helpers
+
+
+def read_bytes(path: Path) -> np.ndarray:
+    """A file's bytes as a writable uint8 array, gunzipping ``.gz`` files."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return np.frombuffer(bytearray(f.read()), dtype=np.uint8)
+        return np.fromfile(path, dtype=np.uint8)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"{path} could not be read ({e}); replace it with an intact copy.") from None
+
+
+def md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def short(e: BaseException, limit: int = 300) -> str:
+    """An exception as one line of at most ``limit`` characters."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def try_download(fn: Callable[[], Any], made: list[Path]) -> Optional[str]:
+    """Run a torchvision download; None on success, else a one-line reason. Of the
+    folders in ``made`` (outermost first), those the attempt created and left empty
+    are removed again, so a failed download leaves nothing behind."""
+    existed = {p: p.exists() for p in made}
+    try:
+        fn()
+        return None
+    except Exception as e:  # urllib errors, RuntimeError, OSError...: all mean "no data"
+        reason = short(e)
+    for p in reversed(made):
+        if not existed[p] and p.is_dir() and not any(p.iterdir()):
+            p.rmdir()
+    return reason
+
+
+def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Exact per-channel mean and (population) std of uint8 images on the 0..1 scale,
+    from a 256-bin histogram per channel (far cheaper than widening every pixel)."""
+    c = x.shape[1]
+    if x.numel() == 0:
+        return (0.0,) * c, (1.0,) * c
+    values = torch.arange(256, dtype=torch.float64)
+    mean, std = [], []
+    for ch in range(c):
+        hist = torch.bincount(x[:, ch].reshape(-1), minlength=256).double()
+        n = hist.sum()
+        m = (hist * values).sum() / n
+        var = ((hist * values * values).sum() / n - m * m).clamp(min=0)
+        mean.append(float(m) / 255)
+        s = float(var.sqrt()) / 255
+        std.append(s if s > 0 else 1.0)  # a constant channel: avoid dividing by zero later
+    return tuple(mean), tuple(std)
+
