@@ -204,9 +204,9 @@ def load_imagenet(model: nn.Module) -> list[str]:
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", None) or e
         raise TransferError(
-            f"model.pretrained=imagenet: torchvision's ImageNet weights for {info_of(model).torchvision_name} ({weights}) are "
-            f"not in {folder} and could not be downloaded from {weights.url} ({reason}). On a machine with "
-            f"internet access download that URL and place the file as {folder / file_name} (the folder is "
+            f"model.pretrained=imagenet: torchvision's ImageNet weights for {info_of(model).torchvision_name} "
+            f"({weights}) are not in {folder} and could not be downloaded from {weights.url} ({reason}). On a "
+            f"machine with internet access download that URL and place the file as {folder / file_name} (the folder is "
             "$TORCH_HOME/hub/checkpoints; TORCH_HOME defaults to ~/.cache/torch), or set model.weights_path "
             "to a copy of it") from None
     except pickle.UnpicklingError as e:
