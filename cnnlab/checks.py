@@ -10,13 +10,32 @@ on PyTorch's ``meta`` device, so these checks cost no memory and almost no time.
 from __future__ import annotations
 
 import importlib.util
-import inspect
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from cnnlab.config import Config, ConfigError
-from cnnlab.registry import LOSSES, MODELS
+from cnnlab.registry import LOSSES, MODELS, info_of
+
+
+def check_model_options(name: str, options: dict[str, Any]) -> None:
+    """Refuse a model option (a field of the flat ``model`` section, set to something other than
+    its default None) that the builder ``name`` does not take, judged by the builder's own
+    signature. The other families' fields may stay in a study file as long as they are unset."""
+    if MODELS.takes_any_option(name):
+        return
+    accepted = MODELS.options(name)
+    for key, value in options.items():
+        if key in accepted:
+            continue
+        takers = [n for n in MODELS.names() if key in MODELS.options(n)]
+        where = (f"it is an option of {', '.join(takers)}" if takers else "no registered model takes it")
+        raise ConfigError(
+            f"model.{key}: not an option of model {name!r} (it is set to {value!r}, but the {name} builder "
+            f"does not take it; {where}). The options {name!r} accepts are: "
+            f"{', '.join(accepted) or 'none'}. Remove model.{key} (or set it to null) or choose a model that "
+            "takes it.")
 
 
 def check_config(cfg: Config) -> None:
@@ -25,13 +44,7 @@ def check_config(cfg: Config) -> None:
     info = dataset_info(cfg.data.name)
     builder = MODELS.get(cfg.model.name)
     options = cfg.model.builder_options()
-    accepted = inspect.signature(builder).parameters
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
-    for key in options:
-        if key not in accepted and not takes_any:
-            allowed = [k for k in accepted if k not in ("num_classes", "in_channels")]
-            raise ConfigError(f"model.{key}: not an option of model {cfg.model.name!r}; "
-                              f"its options are: {', '.join(allowed) or 'none'}")
+    check_model_options(cfg.model.name, options)
 
     in_channels = cfg.data.channels or info.in_channels or 3
     if cfg.data.channels == 1 and info.in_channels == 3:
@@ -48,7 +61,8 @@ def check_config(cfg: Config) -> None:
         fields = ", ".join(f"model.{k}={v!r}" for k, v in options.items()) or "its default options"
         raise ConfigError(f"model: {cfg.model.name!r} cannot be built with {fields}: {e}") from None
 
-    output_kind = getattr(model, "output_kind", "logits")
+    model_info = info_of(model)
+    output_kind = model_info.output_kind
     accepts = getattr(LOSSES.get(cfg.loss.name), "accepts", None)
     if cfg.model.features_at is None and accepts and output_kind not in accepts:
         raise ConfigError(
@@ -56,7 +70,7 @@ def check_config(cfg: Config) -> None:
             f"{cfg.model.name!r} outputs {output_kind}; use {'nll' if output_kind == 'log_probs' else 'cross_entropy'}")
 
     ft = cfg.train.finetune
-    stages = tuple(getattr(model, "stages", ()))
+    stages = model_info.stages
     if isinstance(ft, str) and ft.startswith("layer") and ft not in stages:
         raise ConfigError(f"train.finetune: {ft!r} needs a network with stages named layer1..; "
                           f"{cfg.model.name!r} has {list(stages) or 'no stages'}; use all, head or a list of "
@@ -78,7 +92,7 @@ def check_config(cfg: Config) -> None:
                                   f"top-level names are: {', '.join(sorted({n.split('.')[0] for n in names}))}")
 
     size = cfg.data.resize or info.image_size
-    min_size = getattr(model, "min_input_size", 1)
+    min_size = model_info.min_input_size
     if size is not None and size < min_size:
         field = "data.resize" if cfg.data.resize else "data.name"
         raise ConfigError(f"{field}: {cfg.model.name!r} needs inputs of at least {min_size}×{min_size} pixels, "

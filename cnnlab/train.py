@@ -34,6 +34,7 @@ from torch import nn
 from cnnlab import data as datamod
 from cnnlab import augment, metrics, runs, transfer
 from cnnlab.config import Config, ConfigError, dump_yaml
+from cnnlab.models import info_of
 from cnnlab.optim import build_loss, build_optimizer, build_scheduler, lr_of, nll_of
 
 DIVERGENCE_CHECK_EVERY = 50  # iterations between host syncs that look for a non-finite loss
@@ -282,7 +283,7 @@ def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool =
                                             image_size=splits.image_size if isinstance(splits.image_size, int) else None)
     model.to(device)
     transfer.apply_finetune(model, tc.finetune, freeze_bn=tc.freeze_bn)
-    output_kind = getattr(model, "output_kind", "logits")
+    output_kind = info_of(model).output_kind
     # On CPU, oneDNN's convs are faster in channels_last even in fp32 (train step, 1 thread, measured in
     # one process: LeNet-5 1.4x, mnist_fast 1.7x, ResNet-20 1.24x, airbench 1.23x; mnist_cnn 0.91x).
     channels_last = tc.channels_last if tc.channels_last is not None else (
@@ -294,7 +295,7 @@ def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool =
 
     train_pre = augment.Preprocess(splits, cfg.data, train=True)
     eval_pre = augment.Preprocess(splits, cfg.data, train=False)
-    if getattr(model, "needs_whitening_init", False) and not resume and cfg.model.init_from is None:
+    if info_of(model).needs_whitening_init and not resume and cfg.model.init_from is None:
         from cnnlab.models.airbench import init_whitening
 
         init_whitening(model, eval_pre(splits.train_x[:5000], None))
@@ -729,7 +730,7 @@ def evaluate_run(run_dir: Path, splits: list[str] = ("test",), checkpoint: str =
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
         raise _does_not_fit(run_dir / checkpoint, e) from None
     evaluator = Evaluator(augment.Preprocess(data, cfg.data, train=False), cfg.train.eval_batch_size,
-                          cfg.train.precision, device, getattr(model, "output_kind", "logits"), data.num_classes,
+                          cfg.train.precision, device, info_of(model).output_kind, data.num_classes,
                           tta=cfg.train.tta)
     result = {"run_dir": str(run_dir), "checkpoint": checkpoint, "step": state.get("step")}
     lines = [f"{run_dir} / {checkpoint} (step {state.get('step')})"]

@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parameter import is_lazy
 
-from cnnlab.registry import MODELS
+from cnnlab.registry import MODELS, attach_info, find_info, info_of
 
 DOWNLOAD_TIMEOUT_S = 60  # per socket operation, so a black-holed network fails instead of hanging
 SHOWN_KEYS = 5  # mismatched keys listed in an error
@@ -183,7 +183,7 @@ def imagenet_weights(model: nn.Module):
 
     from cnnlab.models.torchvision_zoo import ZOO
 
-    name = getattr(model, "torchvision_name", None)
+    name = info_of(model).torchvision_name
     if name is None:
         raise TransferError(f"model.pretrained=imagenet: ImageNet weights exist only for torchvision's networks "
                             f"({', '.join(ZOO)}), not for {type(model).__name__}")
@@ -204,9 +204,9 @@ def load_imagenet(model: nn.Module) -> list[str]:
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", None) or e
         raise TransferError(
-            f"model.pretrained=imagenet: torchvision's ImageNet weights for {model.torchvision_name} ({weights}) are "
-            f"not in {folder} and could not be downloaded from {weights.url} ({reason}). On a machine with "
-            f"internet access download that URL and place the file as {folder / file_name} (the folder is "
+            f"model.pretrained=imagenet: torchvision's ImageNet weights for {info_of(model).torchvision_name} "
+            f"({weights}) are not in {folder} and could not be downloaded from {weights.url} ({reason}). On a "
+            f"machine with internet access download that URL and place the file as {folder / file_name} (the folder is "
             "$TORCH_HOME/hub/checkpoints; TORCH_HOME defaults to ~/.cache/torch), or set model.weights_path "
             "to a copy of it") from None
     except pickle.UnpicklingError as e:
@@ -232,8 +232,8 @@ def load_state(model: nn.Module, state: dict, source: str, trained_as: Optional[
     """Copy ``state`` into ``model``; a head of another size is left fresh, a first conv made for
     RGB is summed to one channel for grey input, anything else that differs is an error."""
     target = model.state_dict()
-    head = getattr(model, "head_name", None)
-    input_conv = getattr(model, "input_conv", None)
+    info = info_of(model)
+    head, input_conv = info.head_name, info.input_conv
     log: list[str] = []
     use: dict[str, torch.Tensor] = {}
     unexpected = [k for k in state if k not in target]
@@ -271,7 +271,7 @@ def load_state(model: nn.Module, state: dict, source: str, trained_as: Optional[
             if keys:
                 shown = ", ".join(keys[:SHOWN_KEYS]) + (", ..." if len(keys) > SHOWN_KEYS else "")
                 parts.append(f"{len(keys)} keys {what}: {shown}")
-        built = built_as or getattr(model, "torchvision_name", None) or type(model).__name__
+        built = built_as or info.torchvision_name or type(model).__name__
         origin = f" (it was trained as {trained_as!r})" if trained_as else ""
         raise TransferError(f"{source} does not fit the {built!r} network built here{origin}: " + "; ".join(parts)
                             + ". It was saved from another architecture or other model options.")
@@ -308,7 +308,7 @@ class GlobalPool(nn.Module):
 def cut_points(model: nn.Module) -> list[str]:
     """Layer names ``features_at`` accepts: the top-level children before the classifier head and,
     inside Sequential containers among them, their numbered parts."""
-    head_top = (getattr(model, "head_name", None) or "").split(".")[0]
+    head_top = info_of(model).head_name.split(".")[0]
     names = []
     for name, child in model.named_children():
         if name == head_top:
@@ -358,14 +358,11 @@ def cut_at(model: nn.Module, layer: str, num_classes: int, in_channels: int,
                             f"defines them (or transforms data between them), so it cannot be cut at {layer!r} "
                             "by keeping the layers before it")
     probe = nn.Sequential(OrderedDict([*kept, ("global_pool", GlobalPool()), ("fc", nn.LazyLinear(num_classes))]))
-    probe.head_name = "fc"
-    probe.output_kind = "logits"
-    probe.stages = tuple(s for s in getattr(model, "stages", ()) if s in names)
-    probe.input_conv = getattr(model, "input_conv", None)
-    probe.min_input_size = getattr(model, "min_input_size", 1)
-    probe.input_size = getattr(model, "input_size", None)
-    probe.features_at = layer
-    return probe
+    info = info_of(model)
+    # the cut network: a new linear head, the stages it kept; no ImageNet weights or whitening init of its own
+    return attach_info(probe, info.but(head_name="fc", output_kind="logits", features_at=layer,
+                                       stages=tuple(s for s in info.stages if s in names),
+                                       torchvision_name=None, needs_whitening_init=False))
 
 
 def _cut_matches(model: nn.Module, kept: list[tuple[str, nn.Module]], layer: str, in_channels: int,
@@ -377,7 +374,8 @@ def _cut_matches(model: nn.Module, kept: list[tuple[str, nn.Module]], layer: str
     has_lazy = any(is_lazy(p) for p in model.parameters())
     if image_size is None and has_lazy:
         return True  # a forward at a guessed size would size the lazy layers wrongly (only our in-order nets)
-    size = image_size or max(getattr(model, "min_input_size", 1), min(getattr(model, "input_size", None) or 32, 64))
+    info = info_of(model)
+    size = image_size or max(info.min_input_size, min(info.input_size or 32, 64))
     x = torch.randn(2, in_channels, size, size, generator=torch.Generator().manual_seed(0)).to(first.device)
 
     def stop(module, inputs, output):  # nothing after the cut needs to run
@@ -411,25 +409,23 @@ def _cut_matches(model: nn.Module, kept: list[tuple[str, nn.Module]], layer: str
 def apply_finetune(model: nn.Module, finetune: Union[str, list[str]], freeze_bn: Optional[bool] = None) -> None:
     """Set ``requires_grad`` by ``train.finetune``.
 
-    ``all`` / ``none``; ``head`` (the classifier ``model.head_name``); ``layer1``..``layer4``
+    ``all`` / ``none``; ``head`` (the classifier, ``info_of(model).head_name``); ``layer1``..``layer4``
     (that stage and the head, for networks with such stages); or a list of parameter-name
     prefixes (``[layer4, fc]``). ``freeze_bn`` (``train.freeze_bn``) is remembered for
     :func:`set_train_mode`: None keeps batch norm of frozen parts in eval mode, True keeps
     all batch norm in eval mode, False lets all of it update its statistics.
     """
     names = [n for n, _ in model.named_parameters()]
-    head = getattr(model, "head_name", None)
+    info = info_of(model)
+    head = info.head_name
     if finetune == "all":
         chosen = set(names)
     elif finetune == "none":
         chosen = set()
     elif finetune == "head" or (isinstance(finetune, str) and finetune.startswith("layer")):
-        if not head:
-            raise TransferError(f"train.finetune={finetune}: {type(model).__name__} does not name its classifier "
-                                "head (head_name); use all or a list of parameter-name prefixes")
         prefixes = [head]
         if finetune != "head":
-            stages = tuple(getattr(model, "stages", ()))
+            stages = info.stages
             if finetune not in stages:
                 raise TransferError(f"train.finetune={finetune}: this network has "
                                     f"{'stages ' + ', '.join(stages) if stages else 'no stages'}; use all, head "
@@ -451,12 +447,13 @@ def apply_finetune(model: nn.Module, finetune: Union[str, list[str]], freeze_bn:
     for name, p in model.named_parameters():
         # attribute, not requires_grad_(): lazy parameters accept only this before they get their size
         p.requires_grad = name in chosen
-    model.freeze_bn = freeze_bn
+    attach_info(model, info.but(freeze_bn=freeze_bn))
 
 
 def frozen_batch_norms(model: nn.Module) -> list[nn.Module]:
     """Batch-norm layers that :func:`set_train_mode` keeps in eval mode."""
-    policy = getattr(model, "freeze_bn", None)
+    info = find_info(model)  # None for the head alone (split_frozen's rest), which has no batch norm
+    policy = info.freeze_bn if info is not None else None
     if policy is False:
         return []
     out = []
@@ -487,7 +484,7 @@ def param_groups(model: nn.Module, optim_cfg) -> list[dict[str, Any]]:
     head 0.1); ``optim.no_decay_norm_bias`` puts 1-D parameters (biases and norm weights) in
     groups without weight decay. Each group has a ``name`` for logs.
     """
-    head = getattr(model, "head_name", None)
+    head = info_of(model).head_name
     head_ids = {id(p) for p in model.get_submodule(head).parameters()} if head and optim_cfg.head_lr else set()
     groups: dict[str, dict[str, Any]] = {}
     for _, p in model.named_parameters():
@@ -517,7 +514,7 @@ class HeadInput(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.head_name = model.head_name
+        self.head_name = info_of(model).head_name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         def stop(module, args):  # the head is the last layer: nothing after it is needed
@@ -564,10 +561,8 @@ def split_frozen(model: nn.Module, example: torch.Tensor) -> tuple[Optional[nn.M
     where something besides the head trains. With ``example`` (a preprocessed batch) the
     equality is checked numerically and a network that fails it is not split.
     """
-    head_name = getattr(model, "head_name", None)
-    if not head_name:
-        return None, model
-    head = model.get_submodule(head_name)
+    info = info_of(model)
+    head = model.get_submodule(info.head_name)
     head_params = {id(p) for p in head.parameters()}
     outside = [p for p in model.parameters() if id(p) not in head_params]
     if not outside or any(p.requires_grad for p in outside) or not any(p.requires_grad for p in head.parameters()):
@@ -581,7 +576,7 @@ def split_frozen(model: nn.Module, example: torch.Tensor) -> tuple[Optional[nn.M
             return None, model
         if isinstance(m, _BatchNorm) and m not in frozen_bn:
             return None, model
-    backbone, rest = HeadInput(model), HeadOnly(head, getattr(model, "output_kind", "logits"))
+    backbone, rest = HeadInput(model), HeadOnly(head, info.output_kind)
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:

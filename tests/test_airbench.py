@@ -7,6 +7,7 @@ import torch
 import cnnlab.models  # noqa: F401 - fills the registry
 from cnnlab import transfer
 from cnnlab.models.airbench import WhiteningConv, init_whitening
+from cnnlab.models import info_of
 from cnnlab.registry import MODELS
 
 
@@ -47,7 +48,7 @@ def test_whitening_keeps_channels_last_and_is_not_a_parameter():
     names = {n for n, _ in model.named_parameters()}
     assert "whiten.weight" not in names and "whiten.bias" in names
     assert "whiten.weight" in model.state_dict()
-    assert getattr(model, "needs_whitening_init", False) is True
+    assert info_of(model).needs_whitening_init is True
 
 
 def test_frozen_parts_stay_frozen_with_finetune_all():

@@ -38,3 +38,50 @@ def test_too_small_input_for_the_network():
 
 def test_validation_hold_out_must_leave_training_images():
     assert refused(**{"data.val_size": 60000}).startswith("data.val_size: 60000 leaves no training images")
+
+
+# ----------------------------------------------------------------------------- model options vs the builder
+
+
+def test_a_model_option_the_builder_does_not_take_is_refused_in_one_paragraph():
+    msg = refused(**{"model.name": "resnet20", "model.dropout": 0.3})
+    assert msg.startswith("model.dropout: not an option of model 'resnet20' (it is set to 0.3")
+    assert "accepts are: variant." in msg  # the builder's own options, from its signature
+    assert "lenet5" in msg and "mlp" in msg  # where the option would apply
+    assert "\n" not in msg
+
+
+def test_an_option_no_model_takes_says_so():
+    from cnnlab.checks import check_model_options
+    from cnnlab.config import ConfigError
+
+    with pytest.raises(ConfigError, match="no registered model takes it"):
+        check_model_options("lenet5", {"colour": "red"})
+    check_model_options("lenet5", {"activation": "relu", "widths": [4, 8]})  # its own options pass
+
+
+def test_other_families_fields_left_unset_or_null_are_fine(tmp_path):
+    # the flat model section keeps every family's fields; only those set to a value are judged
+    study = tmp_path / "s.yaml"
+    study.write_text("model: {name: resnet20, variant: B, dropout: null, softmax_output: null}\n"
+                     "data: {name: cifar10}\n")
+    cfg = load_config(study)
+    assert cfg.model.builder_options() == {"variant": "B"}
+
+
+@pytest.mark.parametrize("name,option,value", [("mlp", "widths", [4]), ("airbench", "variant", "base"),
+                                                ("resnet18", "softmax_output", True),
+                                                ("mnist_cnn", "init", "kaiming")])
+def test_every_family_refuses_foreign_options(name, option, value):
+    msg = refused(**{"model.name": name, "data.name": "cifar10", f"model.{option}": value})
+    assert msg.startswith(f"model.{option}: not an option of model {name!r}")
+
+
+def test_checks_read_the_models_info():
+    # mnist_cnn outputs log-probabilities (ModelInfo.output_kind), so cross-entropy is refused
+    assert refused(**{"model.name": "mnist_cnn"}).startswith("loss.name: 'cross_entropy' expects")
+    load_config(None, {"model.name": "mnist_cnn", "loss.name": "nll"})
+    # lenet5 with softmax_output outputs probabilities: nll is refused (its output_kind is resolved per build)
+    assert "outputs probs" in refused(**{"model.softmax_output": True, "loss.name": "nll"})
+    # stages come from the info: resnet20 has layer1..3, not layer4
+    assert "layer1" in refused(**{"model.name": "resnet20", "data.name": "cifar10", "train.finetune": "layer4"})

@@ -13,7 +13,8 @@ from torch import nn
 import cnnlab.models  # noqa: F401
 from cnnlab import transfer
 from cnnlab.config import load_config
-from cnnlab.registry import MODELS
+from cnnlab.models import info_of
+from cnnlab.registry import MODELS, ModelInfo, attach_info
 from cnnlab.transfer import TransferError
 
 
@@ -179,7 +180,9 @@ def test_features_at_cuts_the_network_and_adds_a_linear_head():
                                                 "model.features_at": "layer3"}), 10, 3)
     assert [n for n, _ in model.named_children()] == ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2",
                                                        "layer3", "global_pool", "fc"]
-    assert model.fc.in_features == 256 and model.stages == ("layer1", "layer2", "layer3")
+    info = info_of(model)
+    assert model.fc.in_features == 256 and info.stages == ("layer1", "layer2", "layer3")
+    assert (info.head_name, info.features_at, info.name, info.input_conv) == ("fc", "layer3", "resnet18", "conv1")
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10) and log
     with pytest.raises(TransferError, match="layer4"):  # the message lists the valid names
         transfer.cut_at(MODELS.get("resnet18")(), "layer9", 10, 3)
@@ -317,12 +320,11 @@ def test_split_frozen_backbone_gives_the_same_training():
 class _ScaledHead(nn.Module):
     """A net that does more after its head than a softmax (like airbench's output scale)."""
 
-    head_name = "fc"
-
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3)
         self.fc = nn.Linear(4, 10)
+        attach_info(self, ModelInfo(family="test", head_name="fc"))
 
     def forward(self, x):
         return self.fc(self.conv(x).mean((2, 3))) / 9
@@ -347,13 +349,12 @@ def test_split_frozen_refuses_when_it_would_change_training():
 class _OutOfOrder(nn.Module):
     """Layers defined in one order and run in another: keeping "the layers before" is wrong."""
 
-    head_name = "fc"
-
     def __init__(self):
         super().__init__()
         self.conv2 = nn.Conv2d(8, 8, 3)
         self.conv1 = nn.Conv2d(3, 8, 3)
         self.fc = nn.Linear(8, 10)
+        attach_info(self, ModelInfo(family="test", head_name="fc"))
 
     def forward(self, x):
         return self.fc(self.conv2(self.conv1(x)).mean((2, 3)))

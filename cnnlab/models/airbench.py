@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.registry import MODELS
+from cnnlab.registry import MODELS, ModelInfo
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU,
                 "sigmoid": nn.Sigmoid, "elu": nn.ELU}
@@ -109,16 +109,11 @@ class Scale(nn.Module):
         return f"factor={self.factor:g}"
 
 
-# ============================================================================= networks
+# ============================================================================= network
 
 
 class AirbenchNet(nn.Module):
-    needs_whitening_init = True  # the trainer calls init_whitening(model, normalised train images)
-    output_kind = "logits"
-    head_name = "head"
-    stages = ("block1", "block2", "block3")
-    min_input_size = 9  # 2×2 whitening (−1 px) then three 2× pools must leave ≥ 1 px
-    input_size = 32
+    """whiten → act → block1..3 → global max-pool → ``head`` → fixed output ``scale``."""
 
     def __init__(self, num_classes: int, in_channels: int, widths: Sequence[int], activation: str = "gelu",
                  whitening_kernel: int = 2, output_scale: float = 1 / 9):
@@ -145,11 +140,6 @@ class MnistFastNet(nn.Module):
     record (24 and 32 filters, 256 hidden). The second pool is adaptive to 5×5, which is exactly a
     2× pool at 28 px and lets the same net take 32 px input."""
 
-    output_kind = "logits"
-    head_name = "fc2"
-    min_input_size = 10  # 5×5 conv, 2× pool, then the 3×3 conv needs ≥ 3 px
-    input_size = 28
-
     def __init__(self, num_classes: int, in_channels: int, widths: Sequence[int] = (24, 32), hidden: int = 256,
                  activation: str = "relu", batch_norm: bool = False, dropout: float = 0.0):
         super().__init__()
@@ -172,7 +162,7 @@ class MnistFastNet(nn.Module):
         return self.fc2(x)
 
 
-# ============================================================================= whitening init
+# The whitening filters are data: set from the training images before training.
 
 
 def _patch_matrix(images: torch.Tensor, k: int) -> torch.Tensor:
@@ -220,7 +210,7 @@ def init_whitening(model: nn.Module, train_images_float: torch.Tensor, eps: floa
         layer.weight.copy_(torch.cat([filters, -filters]).to(layer.weight.dtype))
 
 
-# ============================================================================= builders
+# ============================================================================= builder
 
 
 def _widths(width: Optional[int], widths: Optional[Sequence[int]], base_default: int,
@@ -233,7 +223,13 @@ def _widths(width: Optional[int], widths: Optional[Sequence[int]], base_default:
     return [base * m for m in multipliers]
 
 
-@MODELS.register("airbench")
+# ============================================================================= variants
+
+
+@MODELS.register("airbench", info=ModelInfo(
+    family="airbench", head_name="head", stages=("block1", "block2", "block3"),
+    min_input_size=9,  # 2×2 whitening (−1 px) then three 2× pools must leave ≥ 1 px
+    input_size=32, needs_whitening_init=True))  # the trainer calls init_whitening(model, normalised train images)
 def airbench(num_classes: int = 10, in_channels: int = 3, *, width: Optional[int] = None,
              widths: Optional[list[int]] = None, activation: str = "gelu") -> nn.Module:
     """airbench94's network: block widths (1, 4, 4) × ``width`` (default 64 → 64/256/256, about
@@ -241,7 +237,10 @@ def airbench(num_classes: int = 10, in_channels: int = 3, *, width: Optional[int
     return AirbenchNet(num_classes, in_channels, _widths(width, widths, 64, (1, 4, 4), "airbench", 3), activation)
 
 
-@MODELS.register("mnist_fast")
+@MODELS.register("mnist_fast", info=ModelInfo(
+    family="airbench", head_name="fc2",
+    min_input_size=10,  # 5×5 conv, 2× pool, then the 3×3 conv needs ≥ 3 px
+    input_size=28))
 def mnist_fast(num_classes: int = 10, in_channels: int = 1, *, width: Optional[int] = None,
                widths: Optional[list[int]] = None, hidden: Optional[list[int]] = None, activation: str = "relu",
                batch_norm: bool = False, dropout: float = 0.0) -> nn.Module:

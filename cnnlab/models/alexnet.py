@@ -18,12 +18,12 @@ import torch
 from torch import nn
 
 from cnnlab.models.mlp import first_linear
-from cnnlab.registry import MODELS
+from cnnlab.registry import MODELS, ModelInfo, attach_info
 
 # AlexNet's LRN constants (section 3.3 of the paper); PyTorch's alpha is divided by size.
 LRN = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
 
-# --------------------------------------------------------------------------- blocks
+# ============================================================================= blocks
 
 
 def conv_relu(c_in: int, c_out: int, kernel: int, lrn: bool, pool: bool) -> list[nn.Module]:
@@ -35,7 +35,7 @@ def conv_relu(c_in: int, c_out: int, kernel: int, lrn: bool, pool: bool) -> list
     return layers
 
 
-# --------------------------------------------------------------------------- network
+# ============================================================================= network
 
 
 class AlexNetSmall(nn.Module):
@@ -65,22 +65,29 @@ class AlexNetSmall(nn.Module):
             prev = width
         self.hidden = nn.Sequential(*layers)
         self.fc = nn.Linear(prev, num_classes)
-        self.head_name = "fc"
-        self.output_kind = "logits"
-        self.stages = ()
-        self.min_input_size = 15  # 15 → 7 → 3 → 1 through the three 3×3/stride-2 pools
-        self.input_size = 28 if in_channels == 1 else 32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.hidden(self.flatten(self.features(x))))
 
 
-# --------------------------------------------------------------------------- builders
+# ============================================================================= builder
+
+INFO = ModelInfo(family="alexnet", head_name="fc",
+                 min_input_size=15)  # 15 → 7 → 3 → 1 through the three 3×3/stride-2 pools
 
 
-@MODELS.register("alexnet_small")
+def _create(num_classes: int, in_channels: int, widths: Sequence[int], hidden: Sequence[int],
+            dropout: float) -> nn.Module:
+    model = AlexNetSmall(num_classes, in_channels, tuple(widths), tuple(hidden), dropout)
+    return attach_info(model, INFO.but(input_size=28 if in_channels == 1 else 32))  # MNIST or CIFAR
+
+
+# ============================================================================= variants
+
+
+@MODELS.register("alexnet_small", info=INFO)
 def alexnet_small(num_classes: int = 10, in_channels: int = 1, *, widths: Sequence[int] = (64, 192, 384, 256, 256),
                   hidden: Sequence[int] = (1024, 1024), dropout: float = 0.5) -> nn.Module:
     """AlexNet for 28/32-pixel images with 1 or 3 channels (4,557,514 parameters on 1×28×28,
     5,871,434 on 3×32×32 with the defaults and 10 classes)."""
-    return AlexNetSmall(num_classes, in_channels, tuple(widths), tuple(hidden), dropout)
+    return _create(num_classes, in_channels, widths, hidden, dropout)

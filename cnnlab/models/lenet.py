@@ -22,12 +22,12 @@ import torch
 from torch import nn
 
 from cnnlab.models.mlp import activation_layer, check_init, first_linear, init_weights
-from cnnlab.registry import MODELS
+from cnnlab.registry import MODELS, ModelInfo, attach_info
 
 POOLS = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}
 POOLED_CONVS = 2  # LeNet pools after C1 and C3 only; C5 maps straight to the classifier
 
-# --------------------------------------------------------------------------- blocks
+# ============================================================================= blocks
 
 
 def conv_block(c_in: int, c_out: int, padding: int, batch_norm: bool, activation: str,
@@ -53,7 +53,7 @@ def fc_block(c_in: int | None, c_out: int, batch_norm: bool, activation: str, dr
     return layers
 
 
-# --------------------------------------------------------------------------- network
+# ============================================================================= network
 
 
 class LeNet(nn.Module):
@@ -87,14 +87,14 @@ class LeNet(nn.Module):
         # Study A/E's "softmax in forward()": kept as a module so it shows in the summary.
         self.out = nn.Softmax(dim=1) if softmax_output else nn.Identity()
         init_weights(self, init)
-        self.head_name = "fc"
-        self.output_kind = "probs" if softmax_output else "logits"
-        self.stages = ()
-        self.min_input_size = _min_size(len(widths), padding)
-        self.input_size = 28 if in_channels == 1 else 32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.fc(self.hidden(self.flatten(self.features(x)))))
+
+
+# ============================================================================= builder
+
+INFO = ModelInfo(family="lenet", head_name="fc")
 
 
 def _min_size(n_convs: int, padding: int) -> int:
@@ -107,10 +107,19 @@ def _min_size(n_convs: int, padding: int) -> int:
     return max(size, 1)
 
 
-# --------------------------------------------------------------------------- builders
+def _create(num_classes: int, in_channels: int, **options) -> nn.Module:
+    """A :class:`LeNet` with the facts its options decide: the output kind, the smallest input."""
+    model = LeNet(num_classes, in_channels, **options)
+    return attach_info(model, INFO.but(
+        output_kind="probs" if options["softmax_output"] else "logits",
+        min_input_size=_min_size(len(options["widths"]), options["padding"]),
+        input_size=28 if in_channels == 1 else 32))  # MNIST or CIFAR
 
 
-@MODELS.register("lenet5")
+# ============================================================================= variants
+
+
+@MODELS.register("lenet5", info=INFO.but(min_input_size=_min_size(3, 2)))
 def lenet5(num_classes: int = 10, in_channels: int = 1, *, activation: str = "tanh", pooling: str = "avg",
            widths: Sequence[int] = (6, 16, 120), hidden: Sequence[int] = (84,), batch_norm: bool = False,
            dropout: float = 0.0, softmax_output: bool = False, init: str = "default") -> nn.Module:
@@ -121,15 +130,15 @@ def lenet5(num_classes: int = 10, in_channels: int = 1, *, activation: str = "ta
     Two widths give the two-conv form with ``hidden`` doing all the FC work
     (e.g. ``widths=[6, 16], hidden=[120, 84]``).
     """
-    return LeNet(num_classes, in_channels, widths=tuple(widths), hidden=tuple(hidden), activation=activation,
-                 pooling=pooling, padding=2, batch_norm=batch_norm, fc_dropout=(dropout,), fc_batch_norm=False,
-                 softmax_output=softmax_output, init=init)
+    return _create(num_classes, in_channels, widths=tuple(widths), hidden=tuple(hidden), activation=activation,
+                   pooling=pooling, padding=2, batch_norm=batch_norm, fc_dropout=(dropout,), fc_batch_norm=False,
+                   softmax_output=softmax_output, init=init)
 
 
 LENET_CIFAR_VARIANTS = ("base", "dropout", "batchnorm")
 
 
-@MODELS.register("lenet5_cifar")
+@MODELS.register("lenet5_cifar", info=INFO.but(min_input_size=_min_size(2, 0)))
 def lenet5_cifar(num_classes: int = 10, in_channels: int = 3, *, variant: str = "base", dropout: float = 0.4,
                  activation: str = "relu", pooling: str = "max") -> nn.Module:
     """Study B's CIFAR-10 base CNN: conv 3→6 5×5, pool, conv 6→16 5×5, pool, FC 120, FC 84, FC 10
@@ -138,6 +147,6 @@ def lenet5_cifar(num_classes: int = 10, in_channels: int = 3, *, variant: str = 
     if variant not in LENET_CIFAR_VARIANTS:
         raise ValueError(f"variant {variant!r} is not one of {', '.join(LENET_CIFAR_VARIANTS)}")
     p = dropout if variant == "dropout" else 0.0
-    return LeNet(num_classes, in_channels, widths=(6, 16), hidden=(120, 84), activation=activation, pooling=pooling,
-                 padding=0, batch_norm=False, fc_dropout=(p, p), fc_batch_norm=variant == "batchnorm",
-                 softmax_output=False, init="default")
+    return _create(num_classes, in_channels, widths=(6, 16), hidden=(120, 84), activation=activation,
+                   pooling=pooling, padding=0, batch_norm=False, fc_dropout=(p, p),
+                   fc_batch_norm=variant == "batchnorm", softmax_output=False, init="default")

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from cnnlab.models.mlp import MLP
+from cnnlab.models.mlp import INFO, MLP
 from cnnlab.registry import MODELS
 
 
-@MODELS.register("linear")
+# ============================================================================= variants
+
+
+@MODELS.register("linear", info=INFO.but(family="linear"))
 def linear(num_classes: int = 10, in_channels: int = 1, *, init: str = "default") -> nn.Module:
     """Logits = W·flatten(x) + b; 7,850 parameters on 1×28×28, 30,730 on 3×32×32."""
     return MLP(num_classes, hidden=(), activation="relu", dropout=0.0, init=init)

@@ -15,9 +15,9 @@ from typing import Sequence
 
 from torch import nn
 
-from cnnlab.registry import MODELS
+from cnnlab.registry import MODELS, ModelInfo
 
-# --------------------------------------------------------------------------- shared helpers
+# ============================================================================= blocks (shared with the other families)
 
 ACTIVATIONS = {
     "tanh": nn.Tanh,
@@ -85,7 +85,7 @@ def first_linear(out_features: int, scheme: str = "default") -> nn.Module:
     return LazyLinearInit(out_features, scheme)
 
 
-# --------------------------------------------------------------------------- network
+# ============================================================================= network
 
 
 class MLP(nn.Module):
@@ -106,20 +106,20 @@ class MLP(nn.Module):
         self.hidden = nn.Sequential(*layers)
         self.fc = first_linear(num_classes, init) if prev is None else nn.Linear(prev, num_classes)
         init_weights(self, init)
-        self.head_name = "fc"
-        self.output_kind = "logits"
-        self.stages = ()
-        self.min_input_size = 1
-        self.input_size = 28
 
     def forward(self, x):
         return self.fc(self.hidden(self.flatten(x)))
 
 
-# --------------------------------------------------------------------------- builders
+# ============================================================================= builder
+
+INFO = ModelInfo(family="mlp", head_name="fc", input_size=28)  # any input size: it is flattened
 
 
-@MODELS.register("mlp")
+# ============================================================================= variants
+
+
+@MODELS.register("mlp", info=INFO)
 def mlp(num_classes: int = 10, in_channels: int = 1, *, hidden: Sequence[int] = (512,), activation: str = "relu",
         dropout: float = 0.0, init: str = "default") -> nn.Module:
     """Study E's 784→512→10 by default; Study C's 61,720-parameter MLP is

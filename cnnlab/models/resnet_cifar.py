@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.registry import MODELS
+from cnnlab.registry import MODELS, ModelInfo
 
 STAGE_WIDTHS = (16, 32, 64)
 
-# --------------------------------------------------------------------------- blocks
+# ============================================================================= blocks
 
 
 class PadShortcut(nn.Module):
@@ -61,7 +61,7 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-# --------------------------------------------------------------------------- network
+# ============================================================================= network
 
 
 class CifarResNet(nn.Module):
@@ -86,12 +86,6 @@ class CifarResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):  # He init, the paper's choice
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        self.head_name = "fc"
-        self.output_kind = "logits"
-        self.stages = ("layer1", "layer2", "layer3")
-        self.input_conv = "conv1"
-        self.min_input_size = 1
-        self.input_size = 32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
@@ -99,33 +93,40 @@ class CifarResNet(nn.Module):
         return self.fc(self.flatten(self.pool(x)))
 
 
-# --------------------------------------------------------------------------- builders
+# ============================================================================= builder
+
+# Strided convs and adaptive pooling take any input down to 1 pixel.
+INFO = ModelInfo(family="resnet_cifar", head_name="fc", stages=("layer1", "layer2", "layer3"), input_conv="conv1",
+                 input_size=32)
 
 
 def _resnet(depth: int, num_classes: int, in_channels: int, variant: str) -> nn.Module:
     return CifarResNet(num_classes, in_channels, (depth - 2) // 6, variant)
 
 
-@MODELS.register("resnet20")
+# ============================================================================= variants
+
+
+@MODELS.register("resnet20", info=INFO)
 def resnet20(num_classes: int = 10, in_channels: int = 3, *, variant: str = "A") -> nn.Module:
     return _resnet(20, num_classes, in_channels, variant)
 
 
-@MODELS.register("resnet32")
+@MODELS.register("resnet32", info=INFO)
 def resnet32(num_classes: int = 10, in_channels: int = 3, *, variant: str = "A") -> nn.Module:
     return _resnet(32, num_classes, in_channels, variant)
 
 
-@MODELS.register("resnet44")
+@MODELS.register("resnet44", info=INFO)
 def resnet44(num_classes: int = 10, in_channels: int = 3, *, variant: str = "A") -> nn.Module:
     return _resnet(44, num_classes, in_channels, variant)
 
 
-@MODELS.register("resnet56")
+@MODELS.register("resnet56", info=INFO)
 def resnet56(num_classes: int = 10, in_channels: int = 3, *, variant: str = "A") -> nn.Module:
     return _resnet(56, num_classes, in_channels, variant)
 
 
-@MODELS.register("resnet110")
+@MODELS.register("resnet110", info=INFO)
 def resnet110(num_classes: int = 10, in_channels: int = 3, *, variant: str = "A") -> nn.Module:
     return _resnet(110, num_classes, in_channels, variant)

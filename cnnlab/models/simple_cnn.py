@@ -19,9 +19,11 @@ import torch
 from torch import nn
 
 from cnnlab.models.mlp import first_linear
-from cnnlab.registry import MODELS
+from cnnlab.registry import MODELS, ModelInfo, attach_info
 
 VARIANTS = ("base", "dropout", "batchnorm", "stride2", "kernel5")
+
+# ============================================================================= network
 
 
 class MnistCNN(nn.Module):
@@ -56,19 +58,28 @@ class MnistCNN(nn.Module):
         self.hidden = nn.Sequential(*hidden)
         self.fc = nn.Linear(128, num_classes)
         self.out = nn.LogSoftmax(dim=1)
-        self.head_name = "fc"
-        self.output_kind = "log_probs"
-        self.stages = ()
-        # two k×k convs then a 2×2 pool need 2k pixels; with the stride-2 conv, k + 2 do
-        self.min_input_size = k + 2 if variant == "stride2" else 2 * k
-        self.input_size = 28
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.fc(self.hidden(self.flatten(self.features(x)))))
 
 
-@MODELS.register("mnist_cnn")
+# ============================================================================= builder
+
+INFO = ModelInfo(family="simple_cnn", head_name="fc", output_kind="log_probs", input_size=28)
+
+
+def _min_size(variant: str) -> int:
+    # two k×k convs then a 2×2 pool need 2k pixels; with the stride-2 conv, k + 2 do
+    k = 5 if variant == "kernel5" else 3
+    return k + 2 if variant == "stride2" else 2 * k
+
+
+# ============================================================================= variants
+
+
+@MODELS.register("mnist_cnn", info=INFO.but(min_input_size=_min_size("base")))
 def mnist_cnn(num_classes: int = 10, in_channels: int = 1, *, variant: str = "base",
               dropout: float = 0.4) -> nn.Module:
     """Study B's MNIST CNN; ``variant`` is one of base, dropout, batchnorm, stride2, kernel5."""
-    return MnistCNN(num_classes, in_channels, variant, dropout)
+    model = MnistCNN(num_classes, in_channels, variant, dropout)
+    return attach_info(model, INFO.but(min_input_size=_min_size(variant)))

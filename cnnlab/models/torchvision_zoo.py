@@ -14,15 +14,14 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torchvision
 from torch import nn
 
-from cnnlab.registry import MODELS
+from cnnlab.registry import MODELS, ModelInfo, attach_info
 
 STEMS = ("imagenet", "cifar")
 ZOO = ("alexnet", "vgg16", "resnet18", "resnet50", "resnet101")  # the builders below
 
-# --------------------------------------------------------------------------- helpers
+# ============================================================================= blocks
 
 
 def _same_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
@@ -31,24 +30,24 @@ def _same_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
                      bias=conv.bias is not None)
 
 
-def _tag(model: nn.Module, name: str, *, head_name: str, input_conv: str, stages: tuple, min_input_size: int,
-         input_size: int) -> nn.Module:
-    model.torchvision_name = name  # which torchvision weights fit (cnnlab.transfer)
-    model.head_name = head_name
-    model.input_conv = input_conv  # adapted when ImageNet weights meet grey input
-    model.stages = stages
-    model.min_input_size = min_input_size
-    model.input_size = input_size
-    model.output_kind = "logits"
-    return model
+# ============================================================================= network
+# torchvision's own classes (torchvision.models.ResNet, AlexNet, VGG), built by name.
 
 
-# --------------------------------------------------------------------------- families
+# ============================================================================= builder
+
+# ResNets end in adaptive pooling and strided convs that accept any size down to 1 pixel.
+RESNET = ModelInfo(family="torchvision_zoo", head_name="fc", input_conv="conv1",
+                   stages=("layer1", "layer2", "layer3", "layer4"), input_size=224)
+# AlexNet and VGG: `features` (convs) → adaptive avg-pool → `classifier` (3 linear layers).
+PLAIN = ModelInfo(family="torchvision_zoo", head_name="classifier.6", input_conv="features.0", input_size=224)
 
 
 def _resnet(name: str, num_classes: int, in_channels: int, stem: str) -> nn.Module:
     if stem not in STEMS:
         raise ValueError(f"stem {stem!r} is not one of {', '.join(STEMS)}")
+    import torchvision  # here, not at the top: importing it costs about a second at start-up
+
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     if stem == "cifar":
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -57,33 +56,16 @@ def _resnet(name: str, num_classes: int, in_channels: int, stem: str) -> nn.Modu
     elif in_channels != 3:
         model.conv1 = _same_conv(model.conv1, in_channels)
         nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
-    # ResNets end in adaptive pooling and strided convs that accept any size down to 1 pixel.
-    return _tag(model, name, head_name="fc", input_conv="conv1", stages=("layer1", "layer2", "layer3", "layer4"),
-                min_input_size=1, input_size=32 if stem == "cifar" else 224)
+    return attach_info(model, RESNET.but(torchvision_name=name, input_size=32 if stem == "cifar" else 224))
 
 
-def _plain(name: str, num_classes: int, in_channels: int, dropout: float, min_input_size: int) -> nn.Module:
-    # AlexNet and VGG: `features` (convs) → adaptive avg-pool → `classifier` (3 linear layers).
+def _plain(name: str, num_classes: int, in_channels: int, dropout: float) -> nn.Module:
+    import torchvision
+
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, dropout=dropout)
     if in_channels != 3:
         model.features[0] = _same_conv(model.features[0], in_channels)
-    return _tag(model, name, head_name="classifier.6", input_conv="features.0", stages=(),
-                min_input_size=min_input_size, input_size=224)
-
-
-# --------------------------------------------------------------------------- builders
-
-
-@MODELS.register("alexnet")
-def alexnet(num_classes: int = 10, in_channels: int = 3, *, dropout: float = 0.5) -> nn.Module:
-    """torchvision's AlexNet; its 11×11/4 conv and three 3×3/2 pools need at least 63×63 input."""
-    return _plain("alexnet", num_classes, in_channels, dropout, min_input_size=63)
-
-
-@MODELS.register("vgg16")
-def vgg16(num_classes: int = 10, in_channels: int = 3, *, dropout: float = 0.5) -> nn.Module:
-    """torchvision's VGG-16 (no batch norm); five 2×2 pools need at least 32×32 input."""
-    return _plain("vgg16", num_classes, in_channels, dropout, min_input_size=32)
+    return model
 
 
 def _resnet_builder(name: str) -> Callable[..., nn.Module]:
@@ -95,6 +77,21 @@ def _resnet_builder(name: str) -> Callable[..., nn.Module]:
     return build
 
 
-resnet18 = MODELS.register("resnet18")(_resnet_builder("resnet18"))
-resnet50 = MODELS.register("resnet50")(_resnet_builder("resnet50"))
-resnet101 = MODELS.register("resnet101")(_resnet_builder("resnet101"))
+# ============================================================================= variants
+
+
+@MODELS.register("alexnet", info=PLAIN.but(torchvision_name="alexnet", min_input_size=63))
+def alexnet(num_classes: int = 10, in_channels: int = 3, *, dropout: float = 0.5) -> nn.Module:
+    """torchvision's AlexNet; its 11×11/4 conv and three 3×3/2 pools need at least 63×63 input."""
+    return _plain("alexnet", num_classes, in_channels, dropout)
+
+
+@MODELS.register("vgg16", info=PLAIN.but(torchvision_name="vgg16", min_input_size=32))
+def vgg16(num_classes: int = 10, in_channels: int = 3, *, dropout: float = 0.5) -> nn.Module:
+    """torchvision's VGG-16 (no batch norm); five 2×2 pools need at least 32×32 input."""
+    return _plain("vgg16", num_classes, in_channels, dropout)
+
+
+resnet18 = MODELS.register("resnet18", info=RESNET.but(torchvision_name="resnet18"))(_resnet_builder("resnet18"))
+resnet50 = MODELS.register("resnet50", info=RESNET.but(torchvision_name="resnet50"))(_resnet_builder("resnet50"))
+resnet101 = MODELS.register("resnet101", info=RESNET.but(torchvision_name="resnet101"))(_resnet_builder("resnet101"))
