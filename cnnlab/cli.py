@@ -70,8 +70,9 @@ def _input_errors() -> tuple[type[BaseException], ...]:
 
 
 def cmd_train(args) -> int:
-    from cnnlab import train
-    from cnnlab.config import load_config
+    from cnnlab import report, train
+    from cnnlab.loader import load_config
+    from cnnlab.results import succeeded
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -82,8 +83,18 @@ def cmd_train(args) -> int:
             raise _config_error("train needs a study file (cnnlab train STUDY.yaml) or --resume RUN_DIR")
         cfg = load_config(args.study, args.overrides)
         out = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
-    summary = train.run(cfg, out, resume=bool(args.resume), force=args.force)
-    return 0 if summary["status"] in ("completed", "early_stopped") else 1
+    started = time.time()
+    try:
+        summary = train.run(cfg, out, resume=bool(args.resume), force=args.force, report=False)
+    except Exception:
+        # A run that failed while training still gets its findings and curves: train.run wrote its
+        # summary.json before raising (an older run's folder, refused before training, is left alone).
+        written = out / "summary.json"
+        if written.exists() and written.stat().st_mtime >= started - 1:
+            report.finish_run(out)
+        raise
+    summary = report.finish_run(out) or summary
+    return 0 if succeeded(summary["status"]) else 1
 
 
 def cmd_eval(args) -> int:
@@ -95,8 +106,8 @@ def cmd_eval(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from cnnlab.config import load_config
     from cnnlab.data import dataset_info
+    from cnnlab.loader import load_config
     from cnnlab.summary import format_table, summarize
     from cnnlab.transfer import build_model
 
@@ -115,13 +126,14 @@ def cmd_summary(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    from cnnlab.results import FINAL_STATUSES
     from cnnlab.sweep import run_sweep
 
     rows = run_sweep(args.sweep, out_dir=args.out, workers=args.workers, executor=args.executor,
                      address=args.address, dry_run=args.dry_run)
     if args.dry_run:
         return 0
-    return 0 if all(r.get("status") in ("completed", "early_stopped", "diverged") for r in rows) else 1
+    return 0 if all(r.get("status") in FINAL_STATUSES for r in rows) else 1
 
 
 def cmd_compare(args) -> int:
