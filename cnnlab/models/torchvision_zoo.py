@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torchvision
 from torch import nn
 
 from cnnlab.registry import MODELS
@@ -49,7 +48,9 @@ def _tag(model: nn.Module, name: str, *, head_name: str, input_conv: str, stages
 def _resnet(name: str, num_classes: int, in_channels: int, stem: str) -> nn.Module:
     if stem not in STEMS:
         raise ValueError(f"stem {stem!r} is not one of {', '.join(STEMS)}")
-    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    from torchvision.models import get_model  # here: importing torchvision costs seconds of start-up
+
+    model = get_model(name, weights=None, num_classes=num_classes)
     if stem == "cifar":
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
         nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision does
@@ -64,7 +65,9 @@ def _resnet(name: str, num_classes: int, in_channels: int, stem: str) -> nn.Modu
 
 def _plain(name: str, num_classes: int, in_channels: int, dropout: float, min_input_size: int) -> nn.Module:
     # AlexNet and VGG: `features` (convs) → adaptive avg-pool → `classifier` (3 linear layers).
-    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, dropout=dropout)
+    from torchvision.models import get_model  # here: importing torchvision costs seconds of start-up
+
+    model = get_model(name, weights=None, num_classes=num_classes, dropout=dropout)
     if in_channels != 3:
         model.features[0] = _same_conv(model.features[0], in_channels)
     return _tag(model, name, head_name="classifier.6", input_conv="features.0", stages=(),
