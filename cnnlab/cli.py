@@ -42,28 +42,30 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(x.startswith("-") for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
-    from cnnlab.config import ConfigError
-    from cnnlab.registry import UnknownName
-
     try:
         return args.func(args)
-    except (ConfigError, UnknownName) as e:
-        print(f"cnnlab: error: {e}", file=sys.stderr)
-        return 2
-    except _input_errors() as e:
-        print(f"cnnlab: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # disk full, read-only folder, file too large: the work ran and could not be saved
-        print(f"cnnlab: error: {e}", file=sys.stderr)
-        return 1
+    except Exception as e:  # noqa: BLE001 - sorted into bad input (2), could not save (1), or a bug (raised)
+        if _is_input_error(e):
+            print(f"cnnlab: error: {e}", file=sys.stderr)
+            return 2
+        if isinstance(e, OSError):  # disk full, read-only folder, file too large: the work ran, could not be saved
+            print(f"cnnlab: error: {e}", file=sys.stderr)
+            return 1
+        raise
 
 
-def _input_errors() -> tuple[type[BaseException], ...]:
-    from cnnlab.data import DataError
-    from cnnlab.runs import CheckpointError
-    from cnnlab.transfer import TransferError
+# Errors that mean bad input (exit code 2), by module. A module not imported yet cannot have raised
+# its error, so the check looks only in sys.modules: the CLI imports no heavy module just to catch.
+INPUT_ERRORS = (("cnnlab.config", "ConfigError"), ("cnnlab.registry", "UnknownName"), ("cnnlab.data", "DataError"),
+                ("cnnlab.runs", "CheckpointError"), ("cnnlab.transfer", "TransferError"))
 
-    return (DataError, CheckpointError, TransferError)
+
+def _is_input_error(e: BaseException) -> bool:
+    for module, name in INPUT_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(e, cls):
+            return True
+    return False
 
 
 # ----------------------------------------------------------------------------- commands
