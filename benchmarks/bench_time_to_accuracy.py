@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("CNNLAB_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 
 from cnnlab import train  # noqa: E402
-from cnnlab.config import load_config  # noqa: E402
+from cnnlab.loader import load_config  # noqa: E402
 
 
 def main(argv=None) -> dict:

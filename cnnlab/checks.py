@@ -1,7 +1,10 @@
-"""Checks of a whole config that need the registries: combinations that cannot work.
+"""Checks of a config against the registries: known names, and combinations that cannot work.
 
-Field types and ranges are checked by the pydantic models in :mod:`cnnlab.config`;
-this module catches what only shows when fields meet: a model option the chosen
+Field types and ranges are checked by the schema in :mod:`cnnlab.config`, which
+imports no data or model code; this module fills the registries (importing the
+data sets, models and optimizers) and checks each registry name
+(:func:`check_names`), then catches what only shows when fields meet
+(:func:`check_config`): a model option the chosen
 builder does not take, an ``nll`` loss on a model that outputs raw logits,
 ``finetune=layer3`` on a net without stages, a resize below what the network
 accepts, a validation split as large as the training set. The network is built
@@ -15,8 +18,27 @@ from typing import Any
 
 import torch
 
+from cnnlab import data, models, optim  # noqa: F401 - importing them fills the registries
 from cnnlab.config import Config, ConfigError
-from cnnlab.registry import LOSSES, MODELS, info_of
+from cnnlab.data import dataset_info
+from cnnlab.registry import DATASETS, LOSSES, MODELS, OPTIMIZERS, SCHEDULERS, info_of
+from cnnlab.transfer import cut_points
+
+# (field, registry) for every config field that names a registry entry
+NAMED_FIELDS = (("data.name", DATASETS), ("model.name", MODELS), ("optim.name", OPTIMIZERS),
+                ("sched.name", SCHEDULERS), ("loss.name", LOSSES))
+
+
+def check_names(cfg: Config, source: str = "config") -> None:
+    """Every registry name the config uses is registered; else ConfigError listing the choices."""
+    problems = []
+    for field, registry in NAMED_FIELDS:
+        section, key = field.split(".")
+        name = getattr(getattr(cfg, section), key)
+        if name not in registry:
+            problems.append(f"{field}: unknown {registry.kind} {name!r}; known: {', '.join(registry.names())}")
+    if problems:
+        raise ConfigError(f"invalid {source}: " + "; ".join(problems))
 
 
 def check_model_options(name: str, options: dict[str, Any]) -> None:
@@ -39,7 +61,7 @@ def check_model_options(name: str, options: dict[str, Any]) -> None:
 
 
 def check_config(cfg: Config) -> None:
-    from cnnlab.data import dataset_info
+    """Combinations of fields that cannot work (the names are known: see check_names)."""
 
     info = dataset_info(cfg.data.name)
     builder = MODELS.get(cfg.model.name)
@@ -78,8 +100,6 @@ def check_config(cfg: Config) -> None:
 
     # features_at and finetune prefixes name layers: check them on the meta network too, so a sweep
     # refuses them before its first run instead of failing each run in cnnlab.transfer.
-    from cnnlab.transfer import cut_points
-
     if cfg.model.features_at is not None and cfg.model.features_at not in cut_points(model):
         raise ConfigError(f"model.features_at: {cfg.model.features_at!r} is not a layer of {cfg.model.name!r} "
                           f"before its classifier; choose one of: {', '.join(cut_points(model))}")

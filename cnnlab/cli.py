@@ -42,36 +42,39 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(x.startswith("-") for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
-    from cnnlab.config import ConfigError
-    from cnnlab.registry import UnknownName
-
     try:
         return args.func(args)
-    except (ConfigError, UnknownName) as e:
-        print(f"cnnlab: error: {e}", file=sys.stderr)
-        return 2
-    except _input_errors() as e:
-        print(f"cnnlab: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # disk full, read-only folder, file too large: the work ran and could not be saved
-        print(f"cnnlab: error: {e}", file=sys.stderr)
-        return 1
+    except Exception as e:  # noqa: BLE001 - sorted into bad input (2), could not save (1), or a bug (raised)
+        if _is_input_error(e):
+            print(f"cnnlab: error: {e}", file=sys.stderr)
+            return 2
+        if isinstance(e, OSError):  # disk full, read-only folder, file too large: the work ran, could not be saved
+            print(f"cnnlab: error: {e}", file=sys.stderr)
+            return 1
+        raise
 
 
-def _input_errors() -> tuple[type[BaseException], ...]:
-    from cnnlab.data import DataError
-    from cnnlab.runs import CheckpointError
-    from cnnlab.transfer import TransferError
+# Errors that mean bad input (exit code 2), by module. A module not imported yet cannot have raised
+# its error, so the check looks only in sys.modules: the CLI imports no heavy module just to catch.
+INPUT_ERRORS = (("cnnlab.config", "ConfigError"), ("cnnlab.registry", "UnknownName"), ("cnnlab.data", "DataError"),
+                ("cnnlab.runs", "CheckpointError"), ("cnnlab.transfer", "TransferError"))
 
-    return (DataError, CheckpointError, TransferError)
+
+def _is_input_error(e: BaseException) -> bool:
+    for module, name in INPUT_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(e, cls):
+            return True
+    return False
 
 
 # ----------------------------------------------------------------------------- commands
 
 
 def cmd_train(args) -> int:
-    from cnnlab import train
-    from cnnlab.config import load_config
+    from cnnlab import report, train
+    from cnnlab.loader import load_config
+    from cnnlab.results import succeeded
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -82,8 +85,18 @@ def cmd_train(args) -> int:
             raise _config_error("train needs a study file (cnnlab train STUDY.yaml) or --resume RUN_DIR")
         cfg = load_config(args.study, args.overrides)
         out = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
-    summary = train.run(cfg, out, resume=bool(args.resume), force=args.force)
-    return 0 if summary["status"] in ("completed", "early_stopped") else 1
+    started = time.time()
+    try:
+        summary = train.run(cfg, out, resume=bool(args.resume), force=args.force, report=False)
+    except Exception:
+        # A run that failed while training still gets its findings and curves: train.run wrote its
+        # summary.json before raising (an older run's folder, refused before training, is left alone).
+        written = out / "summary.json"
+        if written.exists() and written.stat().st_mtime >= started - 1:
+            report.finish_run(out)
+        raise
+    summary = report.finish_run(out) or summary
+    return 0 if succeeded(summary["status"]) else 1
 
 
 def cmd_eval(args) -> int:
@@ -95,8 +108,8 @@ def cmd_eval(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from cnnlab.config import load_config
     from cnnlab.data import dataset_info
+    from cnnlab.loader import load_config
     from cnnlab.summary import format_table, summarize
     from cnnlab.transfer import build_model
 
@@ -115,13 +128,14 @@ def cmd_summary(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    from cnnlab.results import FINAL_STATUSES
     from cnnlab.sweep import run_sweep
 
     rows = run_sweep(args.sweep, out_dir=args.out, workers=args.workers, executor=args.executor,
                      address=args.address, dry_run=args.dry_run)
     if args.dry_run:
         return 0
-    return 0 if all(r.get("status") in ("completed", "early_stopped", "diverged") for r in rows) else 1
+    return 0 if all(r.get("status") in FINAL_STATUSES for r in rows) else 1
 
 
 def cmd_compare(args) -> int:

@@ -1,7 +1,7 @@
 """Comparison tables of a sweep: one cell per setting, mean ± sd over seeds, tested against the best.
 
-:func:`compare` reads a sweep folder's ``results.jsonl`` (one row per run, see
-:mod:`cnnlab.sweep`) and lays a metric out the way the studies report it: rows are
+:func:`compare` reads a sweep folder's ``results.jsonl`` (one row per run) through
+:mod:`cnnlab.results`, never the sweep or training code, and lays a metric out the way the studies report it: rows are
 the values of the first ``by`` key, columns the combinations of the others (e.g.
 rows = models, columns = optimizer × learning rate). A cell shows mean ± sample sd
 (n) and a 95 % Student-t interval; the best cell is starred, and cells that Welch's
@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnnlab import runs, stats
+from cnnlab import results, runs, stats
 from cnnlab.config import ConfigError
-from cnnlab.sweep import load_plan, load_results
+from cnnlab.results import CHANCE_MARGIN, Status, at_chance, load_plan, load_results
 
-FINISHED = ("completed", "early_stopped")  # statuses whose metrics count
-CHANCE_MARGIN = 0.02  # accuracy ≤ 1/classes + this is "chance": the network learned nothing
+FINISHED = results.SUCCEEDED  # statuses whose metrics count
 KNOWN_METRICS = ("test.accuracy", "test.loss", "test.f1_macro", "best.val_accuracy", "best.epoch",
                  "final_train_loss", "time_s")
 
@@ -209,16 +208,16 @@ def compare(sweep_dir: str | Path, by: list[str], metric: str = "test.accuracy",
 
     percent = metric.endswith("accuracy")
     higher_is_better = not ("loss" in metric or metric.startswith("time"))
-    chance_level = 1 / _num_classes(sweep_dir, rows) + CHANCE_MARGIN
+    classes = results.num_classes(sweep_dir, rows)
     cells: dict[tuple[tuple, tuple], Cell] = {}
     for key, members in grouped.items():
         values = [metric_value(r, metric) for r in members if r.get("status") in FINISHED]
         values = [v for v in values if v is not None]
-        diverged = sum(r.get("status") == "diverged" for r in members)
+        diverged = sum(r.get("status") == Status.DIVERGED for r in members)
         cell = Cell(values, len(members), diverged, len(members) - diverged - len(values))
         if values:
             cell.summary = stats.describe(values)
-            cell.chance = percent and cell.summary.mean <= chance_level
+            cell.chance = percent and at_chance(cell.summary.mean, classes)
         cells[key] = cell
 
     candidates = {k: c.values for k, c in cells.items() if c.values and not c.chance}
@@ -247,24 +246,12 @@ def compare(sweep_dir: str | Path, by: list[str], metric: str = "test.accuracy",
         notes.append("diverged k/n: k of the cell's n runs diverged (the loss became non-finite); they are left out "
                      "of the numbers.")
     if any(c.chance for c in cells.values()):
-        notes.append(f"chance: mean accuracy ≤ 1/classes + {CHANCE_MARGIN} ({100 * chance_level:.0f} %): "
-                     "the network did not learn.")
+        notes.append(f"chance: mean accuracy within {100 * CHANCE_MARGIN:.0f} points of 1/classes "
+                     f"({100 * results.chance_level(classes):.0f} % for {classes} classes): the network did not learn.")
     if any(c.failed for c in cells.values()):
         notes.append("failed k/n: runs that crashed, were interrupted or have not run yet (re-run the sweep).")
     return CompareResult(sweep_dir, metric, row_keys, columns, row_labels, col_labels, cells, best,
                          higher_is_better, percent, notes)
-
-
-def _num_classes(sweep_dir: Path, rows: list[dict]) -> int:
-    """The class count from a run's summary.json (10 when no run left one)."""
-    for r in rows:
-        try:
-            classes = runs.read_json(sweep_dir / r["run_dir"] / "summary.json").get("classes")
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if classes:
-            return len(classes)
-    return 10
 
 
 def write_compare(sweep_dir: str | Path, by: list[str], metric: str = "test.accuracy",

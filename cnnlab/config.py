@@ -1,11 +1,13 @@
-"""The typed study config: one field per option a study file can set.
+"""The study config schema: one typed field per option a study file can set, plus YAML and overrides.
 
 A study file is YAML with the sections ``data``, ``model``, ``optim``, ``sched``,
 ``loss``, ``train`` and the top-level ``seed`` / ``name``. Values are layered:
-defaults < study file < ``key=value`` overrides from the command line. Every
-field is checked here (type, range, registry names, combinations that cannot
-work) before any data is touched; a bad value raises :class:`ConfigError`, whose
-message names the field and what is allowed. The CLI turns that into exit code 2.
+defaults < study file < ``key=value`` overrides from the command line. This module
+checks each field's type and range (:func:`validate`); it imports no data, model or
+training code. Registry names and combinations that cannot work are checked by
+:mod:`cnnlab.checks`, and :func:`cnnlab.loader.load_config` does both. A bad value
+raises :class:`ConfigError`, whose message names the field and what is allowed;
+the CLI turns that into exit code 2.
 """
 from __future__ import annotations
 
@@ -15,8 +17,6 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
-
-from cnnlab.registry import DATASETS, LOSSES, MODELS, OPTIMIZERS, SCHEDULERS
 
 
 class ConfigError(ValueError):
@@ -52,12 +52,6 @@ class DataConfig(_Section):
     download: bool = True
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
-    @field_validator("name")
-    @classmethod
-    def _known_dataset(cls, v: str) -> str:
-        _ensure_registries()
-        return _known(DATASETS, v)
-
 
 Activation = Literal["tanh", "relu", "leaky_relu", "gelu", "sigmoid", "elu"]
 
@@ -86,12 +80,6 @@ class ModelConfig(_Section):
     init_from: Optional[str] = Field(None, min_length=1)  # a cnnlab run folder or checkpoint
     features_at: Optional[str] = Field(None, min_length=1)  # train a linear head on features at this layer
 
-    @field_validator("name")
-    @classmethod
-    def _known_model(cls, v: str) -> str:
-        _ensure_registries()
-        return _known(MODELS, v)
-
     def builder_options(self) -> dict[str, Any]:
         """The architecture options the study set explicitly (passed to the builder)."""
         skip = {"name", "pretrained", "weights_path", "init_from", "features_at"}
@@ -108,12 +96,6 @@ class OptimConfig(_Section):
     eps: Optional[float] = Field(None, gt=0)
     head_lr: Optional[float] = Field(None, gt=0)  # a separate lr for the classifier head
     no_decay_norm_bias: bool = False  # exclude norm weights and biases from weight decay
-
-    @field_validator("name")
-    @classmethod
-    def _known_optimizer(cls, v: str) -> str:
-        _ensure_registries()
-        return _known(OPTIMIZERS, v)
 
     @field_validator("betas")
     @classmethod
@@ -135,12 +117,6 @@ class SchedConfig(_Section):
     patience: int = Field(2, ge=0)  # plateau: evaluations without improvement
     warmup_steps: int = Field(0, ge=0)  # linear warm-up before any schedule (iterations)
 
-    @field_validator("name")
-    @classmethod
-    def _known_scheduler(cls, v: str) -> str:
-        _ensure_registries()
-        return _known(SCHEDULERS, v)
-
     @field_validator("milestones")
     @classmethod
     def _increasing(cls, v: list[int]) -> list[int]:
@@ -152,12 +128,6 @@ class SchedConfig(_Section):
 class LossConfig(_Section):
     name: str = "cross_entropy"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-
-    @field_validator("name")
-    @classmethod
-    def _known_loss(cls, v: str) -> str:
-        _ensure_registries()
-        return _known(LOSSES, v)
 
 
 class EarlyStoppingConfig(_Section):
@@ -220,27 +190,7 @@ class Config(_Section):
         return self.model_dump(mode="json")
 
 
-def _known(registry, name: str) -> str:
-    """A registry name, or a ValueError (pydantic reports it under the field) listing the choices."""
-    _ensure_registries()
-    if name not in registry:
-        raise ValueError(f"unknown {registry.kind} {name!r}; known: {', '.join(registry.names())}")
-    return name
-
-
 # --------------------------------------------------------------------------- loading
-
-_REGISTRIES_LOADED = False
-
-
-def _ensure_registries() -> None:
-    """Import the modules that fill the registries (once), so names can be checked."""
-    global _REGISTRIES_LOADED
-    if not _REGISTRIES_LOADED:
-        _REGISTRIES_LOADED = True
-        import cnnlab.data  # noqa: F401
-        import cnnlab.models  # noqa: F401
-        import cnnlab.optim  # noqa: F401
 
 
 def parse_value(text: str) -> Any:
@@ -293,24 +243,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build_config(raw: dict[str, Any], source: str = "config") -> Config:
-    """Validate a nested dict into a :class:`Config`, or raise :class:`ConfigError`."""
-    _ensure_registries()
+def validate(raw: dict[str, Any], source: str = "config") -> Config:
+    """Validate a nested dict against the schema (types, ranges, keys), or raise :class:`ConfigError`.
+
+    Registry names and combinations are not checked here: use :func:`cnnlab.loader.build_config`."""
     try:
-        cfg = Config.model_validate(raw)
+        return Config.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_explain(e, source)) from None
-    from cnnlab.checks import check_config  # combinations that need the registries
-
-    check_config(cfg)
-    return cfg
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] = ()) -> Config:
-    raw = read_yaml(path) if path is not None else {}
-    if path is not None and "name" not in raw:
-        raw["name"] = Path(path).stem
-    return build_config(apply_overrides(raw, overrides), str(path or "config"))
 
 
 def _explain(e: ValidationError, source: str) -> str:

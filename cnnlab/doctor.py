@@ -12,12 +12,16 @@ The rules are heuristics: a finding is a prompt to look at the curves, not a ver
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Optional
+
+from cnnlab import results
 
 # ----------------------------------------------------------------------------- thresholds
 
-# stuck_at_chance: the best validation accuracy after the first epoch lies within this of 1/classes.
-CHANCE_MARGIN = 0.05
+# stuck_at_chance: the best validation accuracy after the first epoch is at chance by the one rule
+# compare uses too (cnnlab.results.at_chance: within results.CHANCE_MARGIN of 1/classes).
+CHANCE_MARGIN = results.CHANCE_MARGIN
 # Evaluations at or after this many epochs count for stuck_at_chance (earlier ones may still be warming up).
 CHANCE_AFTER_EPOCHS = 1.0
 
@@ -54,7 +58,7 @@ SEVERITIES = ("info", "warning", "error")
 
 
 def _num(value: Any) -> Optional[float]:
-    """A metric as a float; NaN/inf written as strings in JSON ('nan', 'inf') come back as floats too."""
+    """A metric as a float; NaN/inf strings of older run folders ('nan', 'inf') come back as floats too."""
     if value is None or isinstance(value, bool):
         return None
     try:
@@ -85,9 +89,17 @@ def _pct(x: float) -> str:
 # ----------------------------------------------------------------------------- the rules
 
 
+def _non_finite_loss(row: dict, split: str) -> bool:
+    """A loss that is NaN/inf: as a float or string, or (files write non-finite numbers as null)
+    a null loss beside a recorded accuracy of the same split."""
+    loss = row.get(f"{split}_loss")
+    if loss is None:
+        return _finite(row.get(f"{split}_accuracy"))
+    return not _finite(loss)
+
+
 def _diverged(history: list[dict], summary: dict) -> list[dict]:
-    bad = [r for r in history
-           if any(r.get(k) is not None and not _finite(r.get(k)) for k in ("train_loss", "val_loss"))]
+    bad = [r for r in history if _non_finite_loss(r, "train") or _non_finite_loss(r, "val")]
     if not bad and summary.get("status") != "diverged":
         return []
     where = f" at step {bad[0].get('step')} (epoch {bad[0].get('epoch')})" if bad else ""
@@ -106,8 +118,8 @@ def _stuck_at_chance(history: list[dict], num_classes: int) -> list[dict]:
     if not later:
         return []
     best = max(float(_num(r["val_accuracy"])) for r in later)
-    chance = 1.0 / num_classes
-    if abs(best - chance) > CHANCE_MARGIN:
+    chance = results.chance_level(num_classes)
+    if not results.at_chance(best, num_classes):
         return []
     return [_finding(
         "stuck_at_chance", "error",
@@ -261,16 +273,14 @@ def diagnose(history: list[dict], summary: dict, num_classes: int, model_output_
 def diagnose_run(run_dir) -> list[dict]:
     """Findings for a run folder from its files (for runs whose summary.json has none stored).
 
-    The model's output kind is not in the folder; a config with ``model.softmax_output: true`` is taken as "probs".
+    The model's output kind is read from ``summary.model.output_kind``; older folders without it
+    count a config with ``model.softmax_output: true`` as "probs".
     """
-    from pathlib import Path
-
-    from cnnlab import runs
-
     run_dir = Path(run_dir)
-    history = runs.read_jsonl(run_dir / "metrics.jsonl")
-    summary = runs.read_json(run_dir / "summary.json") if (run_dir / "summary.json").exists() else {}
+    history = results.read_metrics(run_dir)
+    summary = results.read_summary(run_dir) or {}
     config = summary.get("config") or {}
     classes = summary.get("classes") or []
-    output_kind = "probs" if (config.get("model") or {}).get("softmax_output") else None
+    output_kind = (summary.get("model") or {}).get("output_kind") or (
+        "probs" if (config.get("model") or {}).get("softmax_output") else None)
     return diagnose(history, summary, len(classes), output_kind, (config.get("loss") or {}).get("name"))

@@ -5,20 +5,21 @@ global backend or figure registry is touched: it is safe to call from a training
 process, a thread, or a test, and nothing needs closing. Figures are drawn by the
 Agg canvas and returned as PNG bytes, which the report embeds as base64 and
 ``plot_curves`` writes to ``curves.png``. Inputs are the plain rows and lists of
-the run-folder files; missing or non-finite values (a diverged run writes "nan")
-become gaps in a line rather than errors.
+the run-folder files; missing or non-finite values (written as null, or "nan" in
+older run folders) become gaps in a line rather than errors. ``curves.png`` is
+written through the one atomic writer, :func:`cnnlab.runs.write_bytes`.
 """
 from __future__ import annotations
 
 import io
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from cnnlab import runs
 
 DPI = 100
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -46,28 +47,6 @@ def png_bytes(fig: Figure) -> bytes:
     # A lighter zlib level: files grow ~10 % but encode about twice as fast.
     fig.savefig(buf, format="png", dpi=DPI, pil_kwargs={"compress_level": 3})
     return buf.getvalue()
-
-
-def _write_atomic(path: Path, data: bytes) -> Path:
-    # Write beside the target and rename, so a reader never sees half a PNG.
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        _readable(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _readable(path: Path) -> None:
-    # mkstemp creates 0600 files; a plot or report is meant to be shared, so use the usual umask mode.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def steps_per_epoch(rows: Sequence[dict]) -> Optional[float]:
@@ -153,7 +132,7 @@ def plot_curves(metrics_rows: Sequence[dict], out_png: Optional[Path] = None, *,
     """
     data = png_bytes(curves_figure(list(metrics_rows), best_step))
     if out_png is not None:
-        _write_atomic(Path(out_png), data)
+        runs.write_bytes(Path(out_png), data)
     return data
 
 

@@ -22,9 +22,9 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Optional
 
-from cnnlab import plots, runs
+from cnnlab import doctor, plots, results, runs
 from cnnlab.config import ConfigError
-from cnnlab.plots import plot_curves  # noqa: F401 - the trainer calls report.plot_curves
+from cnnlab.plots import plot_curves  # noqa: F401 - kept as report.plot_curves for callers
 
 REPORT_NAME = "report.html"
 RUN_MARKERS = ("summary.json", "metrics.jsonl", "config.yaml")  # any of them makes a folder a run folder
@@ -34,7 +34,7 @@ LOG_FACTORS = {"lr", "head_lr", "max_lr", "min_lr", "batch_size", "weight_decay"
 LOG_RANGE = 50  # any positive numeric factor whose max/min reaches this is also drawn on a log axis
 MAX_SERIES = 6  # more combinations of the other factors than this: one pooled line instead
 LAYER_COLUMNS = ("name", "type", "output_shape", "params")
-FINISHED = ("completed", "early_stopped")  # runs whose metrics enter a sweep's statistics
+FINISHED = results.SUCCEEDED  # runs whose metrics enter a sweep's statistics
 
 
 class ReportError(ConfigError):
@@ -104,11 +104,39 @@ def _environment():
 def _render(template: str, out: Path, **context) -> Path:
     html = _environment().get_template(template).render(**context)
     runs.write_text(out, html)
-    plots._readable(out)
     return out
 
 
 # ----------------------------------------------------------------------------- entry points
+
+
+def finish_run(out_dir, log=print, html: bool = True) -> Optional[dict]:
+    """Finish a run folder after training: doctor findings, curves.png, report.html.
+
+    Runs the doctor on the folder's files, stores its ``findings`` in summary.json (atomic
+    rewrite), writes ``curves.png`` and, when ``html``, ``report.html``, and logs each finding.
+    The CLI, the sweep and Python callers call this after ``cnnlab.train.run`` (training
+    does not import reporting). Returns the updated summary, or None when the folder has no
+    summary.json. A plotting or report problem is logged, never raised: the trained run stays.
+    """
+    out_dir = Path(out_dir)
+    summary = results.read_summary(out_dir)
+    if summary is None:
+        return None
+    summary["findings"] = doctor.diagnose_run(out_dir)
+    runs.write_json(out_dir / "summary.json", summary)
+    best_step = results.number((summary.get("best") or {}).get("step"))
+    try:
+        plots.plot_curves(results.read_metrics(out_dir), out_dir / "curves.png",
+                          best_step=int(best_step) if best_step else None)
+        if html:
+            write_run_report(out_dir)
+    except Exception as e:  # noqa: BLE001 - a plotting problem must not cost the trained run
+        log(f"warning: could not write the plots/report: {type(e).__name__}: {e}")
+    for f in summary["findings"]:
+        log(f"doctor [{f['severity']}] {f['code']}: {f['message']}")
+    return summary
+
 
 
 def build_report(path) -> Path:
@@ -190,9 +218,7 @@ def run_context(run_dir: Path) -> dict:
     findings = summary.get("findings")
     findings_source = "stored by the trainer"
     if findings is None:
-        from cnnlab.doctor import diagnose_run
-
-        findings, findings_source = diagnose_run(run_dir), "computed now from the run folder"
+        findings, findings_source = doctor.diagnose_run(run_dir), "computed now from the run folder"
 
     model = summary.get("model") or {}
     layer_cols, layer_rows = _layers(model)
@@ -399,11 +425,9 @@ def _compare_tables(sweep_dir: Path, keys: list[str], metric: str) -> list[dict]
 
 
 def sweep_context(sweep_dir: Path, metric: str = DEFAULT_SWEEP_METRIC, build_run_reports: bool = True) -> dict:
-    from cnnlab.sweep import load_plan, load_results
-
     sweep_dir = Path(sweep_dir)
-    rows = load_results(sweep_dir)
-    plan = load_plan(sweep_dir) or {}
+    rows = results.load_results(sweep_dir)
+    plan = results.load_plan(sweep_dir) or {}
     keys = [k for k in plan.get("keys") or [] if k != "seed"] or _swept_keys(rows)
     groups: "OrderedDict[str, list[dict]]" = OrderedDict()
     for r in rows:

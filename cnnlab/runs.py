@@ -1,11 +1,17 @@
-"""The run folder: every file a run leaves behind, written so a kill never corrupts one.
+"""The run folder and cnnlab's one I/O policy: every file written so a kill never corrupts it.
 
-Whole files (``summary.json``, ``config.yaml``, checkpoints, plots) are written to
-a temporary file in the same folder, flushed to disk and renamed over the target,
-so a reader sees either the old file or the new one, never half of either.
-``metrics.jsonl`` grows by appending one complete line per evaluation; a resumed
-run first drops the lines written after its last checkpoint. Checkpoints hold only
-tensors and plain Python values so they load with ``torch.load(weights_only=True)``.
+All of cnnlab's file writes go through this module (docs/CONTRACTS.md, "I/O rules"):
+- Whole files (``summary.json``, ``config.yaml``, ``plan.json``, checkpoints, plots,
+  reports) go through one atomic writer: a temporary file in the same folder, flushed
+  and fsync'ed, then ``os.replace``'d over the target, so a reader sees either the old
+  file or the new one, never half of either.
+- JSON-lines files (``metrics.jsonl``, a sweep's ``results.jsonl``) grow through one
+  appender: an exclusive ``fcntl.flock`` on the file, then the whole line in one
+  ``os.write`` on an ``O_APPEND`` descriptor, so concurrent writers never interleave.
+- One rule for numbers JSON cannot hold: NaN, +inf and -inf are written as ``null``
+  (strict JSON that any reader parses); readers treat ``null`` as "no finite value".
+Checkpoints hold only tensors and plain Python values so they load with
+``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
@@ -17,13 +23,17 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+
+try:
+    import fcntl
+except ImportError:  # Windows: appends stay single-write O_APPEND, without the lock
+    fcntl = None
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "best.pt", "last.pt", "curves.png")
-FINAL_STATUSES = ("completed", "early_stopped", "diverged")
 
 
 _UMASK = os.umask(0)
@@ -83,33 +93,57 @@ class _WriteErrors:
 
 
 def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (temporary file, fsync, rename)."""
     _atomic(path, lambda f: f.write(text), mode="w")
 
 
-def _json_safe(obj: Any) -> Any:
-    # NaN and infinities are not JSON; a diverged run records them as strings.
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write a binary file (a PNG, a report) atomically."""
+    _atomic(path, lambda f: f.write(data))
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN, +inf and -inf replaced by None: the one rule for non-finite numbers."""
     if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
+        return None
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
+def json_text(data: Any, indent: int | None = None) -> str:
+    """Strict JSON text (non-finite numbers as null); what every cnnlab file write uses."""
+    return json.dumps(json_safe(data), indent=indent, allow_nan=False)
+
+
 def write_json(path: Path, data: Any) -> None:
-    write_text(path, json.dumps(_json_safe(data), indent=2) + "\n")
+    """Write a JSON file atomically; NaN and infinities become null."""
+    write_text(path, json_text(data, indent=2) + "\n")
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """Rewrite a whole JSON-lines file atomically (e.g. a resumed run's trimmed metrics.jsonl)."""
+    write_text(path, "".join(json_text(r) + "\n" for r in rows))
 
 
 def read_json(path: Path) -> Any:
+    """A JSON file's content (raises OSError / ValueError; see cnnlab.results for forgiving readers)."""
     return json.loads(Path(path).read_text())
 
 
 def append_jsonl(path: Path, row: dict) -> None:
-    """Append one line with a single write (O_APPEND), so concurrent appenders never interleave."""
-    line = (json.dumps(_json_safe(row)) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    """Append one JSON line: exclusive flock, then the whole line in one O_APPEND write,
+    so concurrent appenders (sweep workers, Ray trials) never interleave or lose lines."""
+    line = (json_text(row) + "\n").encode()
     try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666 & ~_UMASK)
+    except OSError as e:
+        raise _naming(e, Path(path)) from None
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released by close()
         view = memoryview(line)
         while view:  # one write for a regular file; a short one (disk nearly full) must not pass silently
             view = view[os.write(fd, view):]
@@ -213,13 +247,3 @@ def _git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def is_finished(run_dir: Path) -> bool:
-    summary = Path(run_dir) / "summary.json"
-    if not summary.exists():
-        return False
-    try:
-        return read_json(summary).get("status") in FINAL_STATUSES
-    except (json.JSONDecodeError, OSError):
-        return False

@@ -13,10 +13,12 @@ after another in this process, in ``workers`` spawned processes, or as Ray Tune
 trials; each writes its own row to ``results.jsonl``.
 
 The results file is append-only: a re-run of a failed run appends a new row, and
-readers (:func:`load_results`) keep the last row per ``run_id``. Appends take an
-exclusive ``flock`` and write the whole line with one ``os.write`` on an
-``O_APPEND`` descriptor, so concurrent writers (workers, Ray trials) never
-interleave or lose lines.
+readers (:func:`cnnlab.results.load_results`) keep the last row per ``run_id``.
+Rows are appended through :func:`cnnlab.runs.append_jsonl` (exclusive ``flock``,
+one ``O_APPEND`` write), so concurrent writers (workers, Ray trials) never
+interleave or lose lines. After each run the sweep asks :func:`cnnlab.report.finish_run`
+for the doctor's findings and ``curves.png`` (the runs' report.html pages are built
+by ``cnnlab report SWEEP_DIR``).
 """
 from __future__ import annotations
 
@@ -34,17 +36,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
-try:
-    import fcntl
-except ImportError:  # Windows: appends stay single-write O_APPEND, without the lock
-    fcntl = None
-
 from cnnlab import runs
-from cnnlab.config import Config, ConfigError, apply_overrides, build_config, read_yaml
+from cnnlab.config import Config, ConfigError, apply_overrides, read_yaml
+from cnnlab.loader import build_config
+from cnnlab.results import (FINAL_STATUSES, PLAN, RESULTS, Status, append_row, load_plan,  # noqa: F401 - re-exported
+                            load_results, read_summary, row_from_summary)
 
 SWEEP_KEYS = ("description", "base", "axes", "zip", "ofat", "random", "seeds")
-RESULTS = "results.jsonl"
-PLAN = "plan.json"
 ID_LENGTH = 10  # hex digits of the run id: collisions stay negligible for millions of runs
 
 
@@ -347,85 +345,14 @@ def run_id(cfg: Config) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:ID_LENGTH]
 
 
-# ----------------------------------------------------------------------------- results.jsonl
-
-
-def append_row(path: str | Path, row: dict) -> None:
-    """Append one JSON line: exclusive flock, then the whole line in one O_APPEND write."""
-    data = (json.dumps(_finite(row), allow_nan=False) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        view = memoryview(data)
-        while view:  # a regular file takes it in one write; loop only for a short write (disk nearly full)
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-def load_results(out_dir: str | Path) -> list[dict]:
-    """One row per run_id (the last one written wins), in order of each run's first row."""
-    rows: dict[str, dict] = {}
-    for row in runs.read_jsonl(Path(out_dir) / RESULTS):
-        if isinstance(row, dict) and "run_id" in row:
-            rows[row["run_id"]] = row
-    return list(rows.values())
-
-
-def load_plan(out_dir: str | Path) -> dict | None:
-    path = Path(out_dir) / PLAN
-    return runs.read_json(path) if path.exists() else None
-
-
-def _finite(obj: Any) -> Any:
-    # JSON has no NaN: a diverged run's losses become null.
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def _number(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
-
-
-def row_from_summary(run: dict, summary: dict, error: str | None = None, time_s: float | None = None) -> dict:
-    """The results.jsonl row of a run (``run`` has run_id, settings, seed, run_dir)."""
-    test = summary.get("test") or {}
-    best = summary.get("best") or {}
-    return {
-        "run_id": run["run_id"],
-        "settings": run["settings"],
-        "seed": run["seed"],
-        "status": summary.get("status", "failed"),
-        "test": {k: _number(test.get(k)) for k in ("accuracy", "loss", "f1_macro")},
-        "best": {"val_accuracy": _number(best.get("val_accuracy")), "epoch": _number(best.get("epoch"))},
-        "final_train_loss": _number(summary.get("final_train_loss")),
-        "time_s": _number((summary.get("time") or {}).get("total_s")) if time_s is None else round(time_s, 3),
-        "run_dir": run["run_dir"],
-        "error": error or summary.get("error"),
-    }
-
-
 # ----------------------------------------------------------------------------- running one run
-
-
-def _read_summary(run_dir: Path) -> dict | None:
-    try:
-        return runs.read_json(run_dir / "summary.json")
-    except (OSError, ValueError):
-        return None
 
 
 def _state(out: Path, run: PlannedRun, rows: dict[str, dict]) -> str:
     """done | recover (finished, row missing) | resume (last.pt) | rerun (leftovers) | new."""
     run_dir = out / run.run_dir
-    summary = _read_summary(run_dir)
-    if summary and summary.get("status") in runs.FINAL_STATUSES and summary.get("seed") == run.seed:
+    summary = read_summary(run_dir)
+    if summary and summary.get("status") in FINAL_STATUSES and summary.get("seed") == run.seed:
         row = rows.get(run.run_id)
         return "done" if row and row.get("status") == summary["status"] else "recover"
     if (run_dir / "last.pt").exists():
@@ -461,20 +388,26 @@ def execute_task(task: dict) -> dict:
     settings, seed, config (dict), resume, force. A crash is recorded as ``failed`` with its
     message rather than raised, so the sweep goes on; KeyboardInterrupt is not caught.
     """
-    from cnnlab import train
+    from cnnlab import report, train  # here, not at the top: planning a sweep needs neither (start-up time)
 
     run_dir = Path(task["out_dir"]) / task["run_dir"]
     log = _FileLog(run_dir / "train.log")
     t0 = time.perf_counter()
     try:
         cfg = build_config(task["config"])
-        # report.html is skipped here: `cnnlab report SWEEP_DIR` builds the runs' reports it links to
+        # report=False: train.run leaves the finishing to us (report.html is skipped here:
+        # `cnnlab report SWEEP_DIR` builds the runs' reports it links to)
         summary = train.run(cfg, run_dir, resume=task["resume"], force=task["force"], log=log, report=False)
+        summary = report.finish_run(run_dir, log=log, html=False) or summary
         row = row_from_summary(task, summary)
     except Exception as e:  # noqa: BLE001 - recorded in the row; one bad run must not end the sweep
         # train.run leaves summary.json (status failed) when it got far enough to write one.
-        summary = _read_summary(run_dir) or {}
-        summary["status"] = "failed"
+        try:
+            report.finish_run(run_dir, log=log, html=False)
+        except Exception:  # noqa: BLE001 - the row below records the run's own error
+            pass
+        summary = read_summary(run_dir) or {}
+        summary["status"] = Status.FAILED
         row = row_from_summary(task, summary, error=f"{type(e).__name__}: {e}", time_s=time.perf_counter() - t0)
     finally:
         log.close()
@@ -504,7 +437,7 @@ def _run_local(tasks: list[dict], on_row: Callable[[dict], None], on_start: Call
         on_start(task)
         row = execute_task(task)
         on_row(row)
-        if row["status"] == "interrupted":  # Ctrl-C inside a run: stop the sweep too
+        if row["status"] == Status.INTERRUPTED:  # Ctrl-C inside a run: stop the sweep too
             raise KeyboardInterrupt
 
 
@@ -523,7 +456,7 @@ def _run_processes(tasks: list[dict], workers: int, on_row: Callable[[dict], Non
                 on_row(fut.result())
             except BrokenProcessPool as e:
                 # A worker died (killed, out of memory): its runs never wrote a row; record them.
-                row = row_from_summary(task, {"status": "failed"}, error=f"worker process died: {e}")
+                row = row_from_summary(task, {"status": Status.FAILED}, error=f"worker process died: {e}")
                 append_row(Path(task["out_dir"]) / RESULTS, row)
                 on_row(row)
     except KeyboardInterrupt:
@@ -574,7 +507,7 @@ def _run_ray(tasks: list[dict], out: Path, workers: int, address: str | None, re
         errors = {r.config.get("index"): r.error for r in results if r.error}
         for i, task in enumerate(tasks):
             if task["run_id"] not in reported:  # the trial died before reporting (e.g. its worker was killed)
-                row = row_from_summary(task, {"status": "failed"}, error=f"Ray trial failed: {errors.get(i)}")
+                row = row_from_summary(task, {"status": Status.FAILED}, error=f"Ray trial failed: {errors.get(i)}")
                 append_row(out / RESULTS, row)
                 on_row(row)
     finally:
@@ -622,7 +555,7 @@ def run_sweep(sweep_path: str | Path, out_dir: str | Path | None = None, workers
         print(format_plan(sweep, states, out), flush=True)
         return [{"run_id": r.run_id, "settings": r.settings, "seed": r.seed, "run_dir": r.run_dir,
                  "state": states[r.run_id],
-                 "status": rows[r.run_id]["status"] if states[r.run_id] == "done" else "planned"}
+                 "status": rows[r.run_id]["status"] if states[r.run_id] == "done" else Status.PLANNED}
                 for r in sweep.runs]
     if executor == "ray":
         _import_ray()  # fail before writing anything when Ray is missing
@@ -632,7 +565,7 @@ def run_sweep(sweep_path: str | Path, out_dir: str | Path | None = None, workers
     runs.write_json(out / PLAN, sweep.to_dict())
     for r in sweep.runs:
         if states[r.run_id] == "recover":  # finished, but its row was lost: rebuild it from summary.json
-            append_row(out / RESULTS, row_from_summary(_run_info(r), _read_summary(out / r.run_dir)))
+            append_row(out / RESULTS, row_from_summary(_run_info(r), read_summary(out / r.run_dir)))
 
     todo = [r for r in sweep.runs if states[r.run_id] in ("new", "resume", "rerun")]
     print(f"sweep {sweep.name}: {len(sweep.runs)} runs ({len(sweep.runs) - len(todo)} already done, "
@@ -677,7 +610,7 @@ def _compare_hint(sweep: Sweep) -> str:
 def planned_rows(sweep: Sweep, out: Path) -> list[dict]:
     """The results row of every planned run, in plan order (status 'pending' where none exists)."""
     rows = {r["run_id"]: r for r in load_results(out)}
-    return [rows.get(r.run_id) or {**_run_info(r), "status": "pending"} for r in sweep.runs]
+    return [rows.get(r.run_id) or {**_run_info(r), "status": Status.PENDING} for r in sweep.runs]
 
 
 def _run_info(r: PlannedRun) -> dict:
@@ -699,7 +632,7 @@ def format_row(row: dict) -> str:
         text += f" test accuracy {acc:.4f}"
     if row.get("time_s") is not None:
         text += f" ({row['time_s']:.1f} s)"
-    if row.get("error") and row["status"] != "completed":
+    if row.get("error") and row["status"] != Status.COMPLETED:
         text += f": {row['error']}"
     return text
 

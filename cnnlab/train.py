@@ -35,6 +35,7 @@ from cnnlab import data as datamod
 from cnnlab import augment, metrics, runs, transfer
 from cnnlab.config import Config, ConfigError, dump_yaml
 from cnnlab.models import info_of
+from cnnlab.results import is_finished
 from cnnlab.optim import build_loss, build_optimizer, build_scheduler, lr_of, nll_of
 
 DIVERGENCE_CHECK_EVERY = 50  # iterations between host syncs that look for a non-finite loss
@@ -124,7 +125,7 @@ def prepare_out_dir(out_dir: Path, resume: bool, force: bool) -> None:
         return
     if out_dir.exists() and any(out_dir.iterdir()):
         if not force:
-            state = "a finished run" if runs.is_finished(out_dir) else "an unfinished run"
+            state = "a finished run" if is_finished(out_dir) else "an unfinished run"
             raise RunExistsError(
                 f"{out_dir} already holds {state}; pass --resume to continue it, --force to overwrite it, "
                 "or choose another --out"
@@ -265,7 +266,8 @@ def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool =
         log=say, report: bool = True) -> dict:
     """Train one study config into ``out_dir`` and return its summary (also in summary.json).
 
-    ``report=False`` skips report.html (sweeps build their runs' reports on demand)."""
+    ``report=False`` leaves the doctor's findings, curves.png and report.html to the caller,
+    which calls :func:`cnnlab.report.finish_run` (the CLI and the sweep do)."""
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     prepare_out_dir(out_dir, resume, force)
@@ -336,7 +338,7 @@ def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool =
     if resume:
         progress = restore(out_dir / "last.pt", model, optimizer, scheduler, ema, aug_gen, device)
         kept = [r for r in runs.read_jsonl(out_dir / "metrics.jsonl") if r["step"] <= progress.step]
-        runs.write_text(out_dir / "metrics.jsonl", "".join(_jsonl_line(r) for r in kept))
+        runs.write_jsonl(out_dir / "metrics.jsonl", kept)
         log(f"resuming {out_dir} at step {progress.step}/{total_steps}")
     else:
         runs.write_text(out_dir / "config.yaml", dump_yaml(cfg))
@@ -585,12 +587,6 @@ def _does_not_fit(path, e: BaseException) -> runs.CheckpointError:
                                 f"({type(e).__name__}: {text[:300]}); it was saved by another run or model")
 
 
-def _jsonl_line(row: dict) -> str:
-    import json
-
-    return json.dumps(row) + "\n"
-
-
 # ----------------------------------------------------------------------------- the end of a run
 
 
@@ -638,28 +634,13 @@ def finish(cfg, out_dir, model, net, ema, evaluator, splits, inputs, progress, s
         "warnings": warnings,
         "env": runs.environment(evaluator.device),
     }
-    summary["findings"] = run_doctor(history, summary, splits.num_classes, output_kind, cfg.loss.name)
     runs.write_json(out_dir / "summary.json", summary)
-    write_plots_and_report(out_dir, history, progress.best_step or None, log, report)
     print_results(summary, log)
+    if report:  # the single reporting hook until callers finish runs themselves (report=False)
+        from cnnlab.report import finish_run
+
+        summary = finish_run(out_dir, log=log, html=True) or summary
     return summary
-
-
-def run_doctor(history, summary, num_classes, output_kind, loss_name) -> list:
-    from cnnlab.doctor import diagnose
-
-    return diagnose(history, summary, num_classes, output_kind, loss_name)
-
-
-def write_plots_and_report(out_dir, history, best_step, log, report_html=True) -> None:
-    from cnnlab import plots, report
-
-    try:
-        plots.plot_curves(history, out_dir / "curves.png", best_step=best_step)
-        if report_html:
-            report.write_run_report(out_dir)
-    except Exception as e:  # noqa: BLE001 - a plotting problem must not cost the trained run
-        log(f"warning: could not write the plots/report: {type(e).__name__}: {e}")
 
 
 def print_results(summary, log) -> None:
@@ -677,8 +658,6 @@ def print_results(summary, log) -> None:
     t = summary["time"]
     log(f"time: train {t['train_s']:.1f} s ({t['train_images_per_s'] or 0:,.0f} img/s), eval {t['eval_s']:.1f} s, "
         f"data {t['data_s']:.1f} s, total {t['total_s']:.1f} s")
-    for f in summary.get("findings", []):
-        log(f"doctor [{f['severity']}] {f['code']}: {f['message']}")
 
 
 def _f(value, digits: int = 4) -> str:
@@ -689,7 +668,7 @@ def describe_model(model, cfg, splits, device) -> dict:
     from cnnlab.summary import summarize
 
     info = summarize(model, splits.input_shape, device=device)
-    return {"name": cfg.model.name, **info}
+    return {"name": cfg.model.name, "output_kind": getattr(model, "output_kind", "logits"), **info}
 
 
 def config_warnings(cfg, output_kind, device) -> list[str]:
@@ -707,7 +686,7 @@ def config_warnings(cfg, output_kind, device) -> list[str]:
 
 def evaluate_run(run_dir: Path, splits: list[str] = ("test",), checkpoint: str = "best.pt") -> dict:
     """Score a run's checkpoint again on the chosen splits (``cnnlab eval``)."""
-    from cnnlab.config import load_config
+    from cnnlab.loader import load_config
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")

@@ -36,7 +36,7 @@ def tiny_overrides(**extra) -> dict:
 
 @pytest.fixture
 def tiny_config():
-    from cnnlab.config import load_config
+    from cnnlab.loader import load_config
 
     def make(**extra):
         return load_config(None, tiny_overrides(**extra))

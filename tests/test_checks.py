@@ -1,7 +1,8 @@
 """cnnlab.checks: combinations of valid fields that cannot work together, refused at load."""
 import pytest
 
-from cnnlab.config import ConfigError, load_config
+from cnnlab.config import ConfigError
+from cnnlab.loader import load_config
 
 
 def refused(**overrides) -> str:

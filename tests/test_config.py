@@ -1,6 +1,7 @@
 import pytest
 
-from cnnlab.config import ConfigError, apply_overrides, dump_yaml, load_config, parse_value
+from cnnlab.config import ConfigError, apply_overrides, dump_yaml, parse_value
+from cnnlab.loader import load_config
 
 
 def test_defaults_are_valid():

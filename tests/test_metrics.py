@@ -37,7 +37,7 @@ def test_class_never_predicted_or_absent():
 
 def test_real_predictions_match_sklearn(data_root):
     # a nearest-class-mean classifier on real MNIST test images: real, imperfect predictions
-    from cnnlab.config import load_config
+    from cnnlab.loader import load_config
     from cnnlab.data import load_splits
 
     s = load_splits(load_config(None, {"data.name": "mnist"}).data, torch.device("cpu"))

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlab.config import load_config
+from cnnlab.loader import load_config
 from cnnlab.optim import build_loss, build_optimizer, build_scheduler, nll_of
 from cnnlab.registry import LOSSES, OPTIMIZERS, SCHEDULERS
 

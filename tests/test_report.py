@@ -130,7 +130,7 @@ def table_cells(dom: str, table_id: str) -> list[list[str]]:
 def real_run(tmp_path_factory, data_root):
     """A tiny real MNIST run (1,000 images, 1 epoch, evaluations every 3 iterations); the trainer writes the report."""
     from cnnlab import train
-    from cnnlab.config import load_config
+    from cnnlab.loader import load_config
 
     out = tmp_path_factory.mktemp("report") / "run"
     cfg = load_config(None, tiny_overrides(**{"train.epochs": 1, "train.eval_every": 3}))

@@ -11,8 +11,41 @@ from cnnlab import runs
 def test_write_json_is_atomic_and_leaves_no_temp(tmp_path):
     p = tmp_path / "summary.json"
     runs.write_json(p, {"a": 1, "loss": float("nan")})
-    assert json.loads(p.read_text()) == {"a": 1, "loss": "nan"}
+    assert json.loads(p.read_text()) == {"a": 1, "loss": None}
     assert [f.name for f in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_one_rule_for_non_finite_numbers_everywhere(tmp_path):
+    """NaN, +inf and -inf become null in every writer: strict JSON any reader parses."""
+    row = {"loss": float("nan"), "x": [float("inf"), -float("inf"), 1.5], "n": {"y": float("nan")}}
+    expect = {"loss": None, "x": [None, None, 1.5], "n": {"y": None}}
+    runs.write_json(tmp_path / "a.json", row)
+    runs.append_jsonl(tmp_path / "b.jsonl", row)
+    runs.write_jsonl(tmp_path / "c.jsonl", [row, row])
+    for name in ("a.json", "b.jsonl", "c.jsonl"):
+        text = (tmp_path / name).read_text()
+        assert "NaN" not in text and "Infinity" not in text and '"nan"' not in text
+    assert json.loads((tmp_path / "a.json").read_text()) == expect
+    assert runs.read_jsonl(tmp_path / "b.jsonl") == [expect]
+    assert runs.read_jsonl(tmp_path / "c.jsonl") == [expect, expect]
+
+
+def test_write_bytes_is_atomic_and_readable_by_others(tmp_path):
+    p = tmp_path / "curves.png"
+    runs.write_bytes(p, b"\x89PNG")
+    assert p.read_bytes() == b"\x89PNG" and [f.name for f in tmp_path.iterdir()] == ["curves.png"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert p.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_append_jsonl_takes_an_exclusive_lock(tmp_path, monkeypatch):
+    fcntl = pytest.importorskip("fcntl")
+    calls = []
+    real = fcntl.flock
+    monkeypatch.setattr(fcntl, "flock", lambda fd, op: (calls.append(op), real(fd, op)))
+    runs.append_jsonl(tmp_path / "r.jsonl", {"a": 1})
+    assert calls == [fcntl.LOCK_EX]
 
 
 def test_failed_write_keeps_the_old_file(tmp_path):

@@ -128,7 +128,7 @@ def test_sigint_then_resume_matches_an_uninterrupted_run(tmp_path, data_root):
 
 
 def test_frozen_backbone_trains_the_head_on_cached_features(tmp_path, tiny_config, data_root):
-    from cnnlab.config import load_config
+    from cnnlab.loader import load_config
 
     first = train.run(tiny_config(), tmp_path / "pre", log=lambda *_: None)
     cfg = tiny_config(**{"model.init_from": str(tmp_path / "pre"), "train.finetune": "head", "optim.lr": 0.01})

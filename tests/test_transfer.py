@@ -12,7 +12,7 @@ from torch import nn
 
 import cnnlab.models  # noqa: F401
 from cnnlab import transfer
-from cnnlab.config import load_config
+from cnnlab.loader import load_config
 from cnnlab.models import info_of
 from cnnlab.registry import MODELS, ModelInfo, attach_info
 from cnnlab.transfer import TransferError

@@ -1,0 +1,31 @@
+"""Study files to validated configs: the schema (cnnlab.config) plus the registry checks (cnnlab.checks).
+
+``load_config(path, overrides)`` reads a study YAML file (or none: the defaults),
+applies ``key=value`` overrides, validates the fields against the schema, then checks
+registry names and combinations. Every caller that turns user input into a
+:class:`~cnnlab.config.Config` goes through here, so ``config.py`` stays a schema that
+imports no data, model or optimizer code.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cnnlab import checks
+from cnnlab.config import Config, apply_overrides, read_yaml, validate
+
+
+def build_config(raw: dict[str, Any], source: str = "config") -> Config:
+    """Validate a nested dict into a :class:`Config` (schema, names, combinations), or raise ConfigError."""
+    cfg = validate(raw, source)
+    checks.check_names(cfg, source)
+    checks.check_config(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] = ()) -> Config:
+    """A study file (None: the defaults) with ``key=value`` overrides, validated and checked."""
+    raw = read_yaml(path) if path is not None else {}
+    if path is not None and "name" not in raw:
+        raw["name"] = Path(path).stem
+    return build_config(apply_overrides(raw, overrides), str(path or "config"))
