@@ -82,12 +82,34 @@ def cmd_train(args) -> int:
             raise _config_error("train needs a study file (cnnlab train STUDY.yaml) or --resume RUN_DIR")
         cfg = load_config(args.study, args.overrides)
         out = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
-    summary = train.run(cfg, out, resume=bool(args.resume), force=args.force)
+    train.run(cfg, out, resume=bool(args.resume), force=args.force)
+    summary = finish_run(out)
     return 0 if summary["status"] in ("completed", "early_stopped") else 1
 
 
+def finish_run(out_dir, log=print, html: bool = True) -> dict:
+    """TEMPORARY stand-in for ``cnnlab.report.finish_run`` (being built on another branch): the
+    doctor's findings into summary.json, curves.png, report.html (if ``html``), findings printed."""
+    from cnnlab import doctor, plots, report, runs
+
+    out_dir = Path(out_dir)
+    summary = runs.read_json(out_dir / "summary.json")
+    summary["findings"] = doctor.diagnose_run(out_dir)
+    runs.write_json(out_dir / "summary.json", summary)
+    try:
+        plots.plot_curves(runs.read_jsonl(out_dir / "metrics.jsonl"), out_dir / "curves.png",
+                          best_step=summary["best"]["step"] or None)
+        if html:
+            report.write_run_report(out_dir)
+    except Exception as e:  # noqa: BLE001 - a plotting problem must not cost the trained run
+        log(f"warning: could not write the plots/report: {type(e).__name__}: {e}")
+    for f in summary["findings"]:
+        log(f"doctor [{f['severity']}] {f['code']}: {f['message']}")
+    return summary
+
+
 def cmd_eval(args) -> int:
-    from cnnlab.train import evaluate_run
+    from cnnlab.evaluate import evaluate_run
 
     result = evaluate_run(Path(args.run_dir), splits=args.split.split(","), checkpoint=args.checkpoint)
     print(json.dumps(result, indent=2) if args.json else result["text"])

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
+from cnnlab.checks import double_softmax
+
 # ----------------------------------------------------------------------------- thresholds
 
 # stuck_at_chance: the best validation accuracy after the first epoch lies within this of 1/classes.
@@ -118,7 +120,7 @@ def _stuck_at_chance(history: list[dict], num_classes: int) -> list[dict]:
 
 
 def _double_softmax(output_kind: Optional[str], loss_name: Optional[str]) -> list[dict]:
-    if output_kind != "probs" or loss_name != "cross_entropy":
+    if not double_softmax(output_kind, loss_name):
         return []
     return [_finding(
         "double_softmax", "warning",

@@ -223,3 +223,60 @@ def is_finished(run_dir: Path) -> bool:
         return read_json(summary).get("status") in FINAL_STATUSES
     except (json.JSONDecodeError, OSError):
         return False
+
+
+# ----------------------------------------------------------------------------- a training run's checkpoints
+
+
+def checkpoint_state(s) -> dict:
+    """Everything needed to resume a run bit-identically: weights, optimizer, schedule, EMA,
+    progress, random-number generator states and the config. ``s`` is the trainer's state
+    (:class:`cnnlab.train.TrainState`)."""
+    return {
+        "model": s.model.state_dict(),
+        "optimizer": s.optimizer.state_dict(),
+        "scheduler": s.schedule.state_dict(),
+        "ema": s.ema.state_dict() if s.ema is not None else {},
+        "step": s.progress.step,
+        "progress": dict(vars(s.progress)),
+        "rng": {"torch": torch.get_rng_state(), "augment": s.aug_gen.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "config": s.cfg.to_dict(),
+    }
+
+
+def restore(path: Path, s) -> None:
+    """Load a :func:`checkpoint_state` file into the trainer's state ``s`` (its progress too)."""
+    state = load_checkpoint(path, map_location=s.device)
+    missing = [k for k in ("model", "optimizer", "scheduler", "ema", "rng", "progress") if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a cnnlab run checkpoint (it has no {', '.join(missing)}); "
+                              "--resume needs the last.pt a run wrote")
+    try:
+        s.model.load_state_dict(state["model"])
+        s.optimizer.load_state_dict(state["optimizer"])
+        s.schedule.load_state_dict(state["scheduler"])
+        if s.ema is not None and state["ema"]:
+            s.ema.load_state_dict(state["ema"])
+        rng = state["rng"]
+        # set_state takes CPU byte tensors, also for CUDA generators; map_location may have moved them.
+        torch.set_rng_state(rng["torch"].cpu())
+        s.aug_gen.set_state(rng["augment"].cpu())
+        if rng["cuda"] and torch.cuda.is_available():  # a run saved on more GPUs than are visible now
+            torch.cuda.set_rng_state_all([r.cpu() for r in rng["cuda"][:torch.cuda.device_count()]])
+        s.progress = type(s.progress)(**state["progress"])
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise does_not_fit(path, e) from None
+
+
+def does_not_fit(path: Path, e: BaseException) -> CheckpointError:
+    """A well-formed checkpoint of another network, optimizer or cnnlab version."""
+    text = " ".join(str(e).split())
+    return CheckpointError(f"checkpoint {path} does not fit this run's network and settings "
+                           f"({type(e).__name__}: {text[:300]}); it was saved by another run or model")
+
+
+def save_misclassified(run_dir: Path, mistakes: dict) -> None:
+    """``misclassified.pt``: the test split's most confident mistakes (images, true and predicted
+    classes, confidence), for the report's grid."""
+    save_checkpoint(Path(run_dir) / "misclassified.pt", mistakes)

@@ -462,6 +462,7 @@ def execute_task(task: dict) -> dict:
     message rather than raised, so the sweep goes on; KeyboardInterrupt is not caught.
     """
     from cnnlab import train
+    from cnnlab.cli import finish_run
 
     run_dir = Path(task["out_dir"]) / task["run_dir"]
     log = _FileLog(run_dir / "train.log")
@@ -469,7 +470,8 @@ def execute_task(task: dict) -> dict:
     try:
         cfg = build_config(task["config"])
         # report.html is skipped here: `cnnlab report SWEEP_DIR` builds the runs' reports it links to
-        summary = train.run(cfg, run_dir, resume=task["resume"], force=task["force"], log=log, report=False)
+        train.run(cfg, run_dir, resume=task["resume"], force=task["force"], log=log)
+        summary = finish_run(run_dir, log=log, html=False)  # temporary: cnnlab.report.finish_run at merge
         row = row_from_summary(task, summary)
     except Exception as e:  # noqa: BLE001 - recorded in the row; one bad run must not end the sweep
         # train.run leaves summary.json (status failed) when it got far enough to write one.
