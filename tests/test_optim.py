@@ -96,6 +96,7 @@ def test_a_schedule_steps_only_at_its_interval(interval):
     opt, sched = _schedule(**{"sched.name": "step", "sched.step_size": 1, "sched.gamma": 0.5, "sched.interval": interval})
     sched.after_eval(1.0, epoch_end=True)  # not a metric schedule: evaluation points do nothing
     assert _lr(opt) == 1.0
+    opt.step()
     sched.after_step()
     assert _lr(opt) == (0.5 if interval == "step" else 1.0)
     sched.after_epoch()
@@ -131,6 +132,7 @@ def test_schedule_state_round_trips():
         opt.step()
         sched.after_step()
     opt2, sched2 = _schedule(**{"sched.name": "cosine", "sched.interval": "step"})
+    opt2.load_state_dict(opt.state_dict())  # a checkpoint restores both (the lr lives in the optimizer)
     sched2.load_state_dict(sched.state_dict())
     opt.step(), opt2.step()
     sched.after_step(), sched2.after_step()
