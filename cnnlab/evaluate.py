@@ -3,18 +3,17 @@
 :class:`Evaluator` scores a model on a split in large batches (optionally averaging the
 probabilities of test-time augmented views, ``train.tta``); the trainer uses it at every
 evaluation point and, through :func:`score_splits`, for the final scores of train /
-validation / test. :func:`evaluate_run` scores a finished run's checkpoint again
-(``cnnlab eval``). Test-time augmentation flips and shifts images, so it needs 4-D image
-batches: a trainer that trains a head on cached backbone features scores TTA through the
-whole network.
+validation / test (printed by :func:`print_results`). :func:`evaluate_run` scores a finished
+run's checkpoint again (``cnnlab eval``). Test-time augmentation flips and shifts images, so
+it needs 4-D image batches: a trainer that trains a head on cached backbone features scores
+TTA through the whole network.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 from types import SimpleNamespace
+from typing import Callable
 
 import torch
 from torch import nn
@@ -23,24 +22,10 @@ from cnnlab import data as datamod
 from cnnlab import metrics, runs, transfer
 from cnnlab.config import ConfigError, load_config
 from cnnlab.optim import nll_of
+from cnnlab.runtime import autocast_for, pick_device
 
 MISCLASSIFIED_KEPT = 32  # test images kept for the report's "most confident mistakes" grid
 SPLITS = ("train", "val", "test")
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: 'cuda' was asked for but no CUDA device is available; use auto or cpu")
-    return torch.device(name)
-
-
-def autocast_for(precision: str, device: torch.device):
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def info_of(model: nn.Module) -> SimpleNamespace:
@@ -148,6 +133,7 @@ def score_splits(evaluator: Evaluator, model: nn.Module, inputs, test_images: to
 
 
 def print_results(summary: dict, log: Callable) -> None:
+    """A run's final scores as the terminal shows them: status, best point, per-split table, per-class, times."""
     log(f"status: {summary['status']}" + (f" ({summary['error']})" if summary.get("error") else ""))
     if "test" not in summary:
         return
@@ -156,7 +142,7 @@ def print_results(summary: dict, log: Callable) -> None:
     log(f"{'split':<6} {'accuracy':>9} {'loss':>8} {'precision':>10} {'recall':>8} {'f1':>8}")
     for split in ("train", "val", "test"):
         r = summary[split]
-        log(f"{split:<6} {_f(r['accuracy']):>9} {_f(r['loss']):>8} {r['precision_macro']:10.4f} "
+        log(f"{split:<6} {fmt(r['accuracy']):>9} {fmt(r['loss']):>8} {r['precision_macro']:10.4f} "
             f"{r['recall_macro']:8.4f} {r['f1_macro']:8.4f}")
     log("test, per class:\n" + metrics.format_per_class(summary["test"], summary["classes"]))
     t = summary["time"]
@@ -164,7 +150,8 @@ def print_results(summary: dict, log: Callable) -> None:
         f"data {t['data_s']:.1f} s, total {t['total_s']:.1f} s")
 
 
-def _f(value, digits: int = 4) -> str:
+def fmt(value, digits: int = 4) -> str:
+    """A score as text, ``-`` when there is none (an empty split)."""
     return "-" if value is None else f"{value:.{digits}f}"
 
 

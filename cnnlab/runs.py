@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 import torch
 
+from cnnlab.config import ConfigError
+
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "best.pt", "last.pt", "curves.png")
 FINAL_STATUSES = ("completed", "early_stopped", "diverged")
 
@@ -269,6 +271,14 @@ def restore(path: Path, s) -> None:
         raise does_not_fit(path, e) from None
 
 
+def load_weights(path: Path, s) -> None:
+    """Load only the weights (the model's and the EMA's) of a checkpoint into the trainer's state."""
+    state = load_checkpoint(path, map_location=s.device)
+    s.model.load_state_dict(state["model"])
+    if s.ema is not None and state["ema"]:
+        s.ema.load_state_dict(state["ema"])
+
+
 def does_not_fit(path: Path, e: BaseException) -> CheckpointError:
     """A well-formed checkpoint of another network, optimizer or cnnlab version."""
     text = " ".join(str(e).split())
@@ -280,3 +290,47 @@ def save_misclassified(run_dir: Path, mistakes: dict) -> None:
     """``misclassified.pt``: the test split's most confident mistakes (images, true and predicted
     classes, confidence), for the report's grid."""
     save_checkpoint(Path(run_dir) / "misclassified.pt", mistakes)
+
+
+# ----------------------------------------------------------------------------- the folder a training run writes
+
+
+class RunExistsError(ConfigError):
+    """The output folder already holds a run; resume it or pass --force."""
+
+
+def prepare_out_dir(out_dir: Path, resume: bool, force: bool) -> None:
+    """Refuse to overwrite a run unless asked; --force clears only cnnlab's own files."""
+    # A kill while a file was being written leaves its temporary (.last.pt.x1y2.tmp) behind: drop them.
+    if (resume or force) and out_dir.is_dir():
+        for name in (*RUN_FILES, "report.html", "misclassified.pt"):
+            for tmp in out_dir.glob(f".{name}.*tmp"):
+                tmp.unlink(missing_ok=True)
+    if resume:
+        if not (out_dir / "last.pt").exists():
+            raise RunExistsError(f"--resume: {out_dir} has no last.pt to resume from")
+        return
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not force:
+            state = "a finished run" if is_finished(out_dir) else "an unfinished run"
+            raise RunExistsError(
+                f"{out_dir} already holds {state}; pass --resume to continue it, --force to overwrite it, "
+                "or choose another --out"
+            )
+        for name in (*RUN_FILES, "report.html", "misclassified.pt", "train.log"):
+            (out_dir / name).unlink(missing_ok=True)
+
+
+def tensorboard_writer(out_dir: Path):
+    """A TensorBoard event writer in ``<run>/tensorboard`` (``tensorboard --logdir runs``)."""
+    from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package (checked at load)
+
+    return SummaryWriter(str(out_dir / "tensorboard"))
+
+
+def write_scalars(board, row: dict) -> None:
+    """One evaluation point's numbers as train/loss, val/accuracy, lr, ... at its step."""
+    for key, value in row.items():
+        if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+            board.add_scalar(key.replace("train_", "train/", 1).replace("val_", "val/", 1), value, row["step"])
+    board.flush()  # live curves: TensorBoard reads the file while the run goes on

@@ -1,56 +1,45 @@
 """The training loop: ``run(config, out_dir) -> summary``, readable top to bottom.
 
-1. Set up (:func:`set_up`): seed, pick the device, load the data splits onto it (uint8),
-   build the model, optimizer, schedule and loss from the registries, all gathered in
-   one :class:`TrainState`.
-2. Train (:func:`train_loop`): each iteration slices a per-epoch random permutation of the
-   training split, augments and normalises the batch on the device, and takes one step.
-   There is no DataLoader and no per-sample Python; the host waits on the device only at
-   evaluation points (and every ``DIVERGENCE_CHECK_EVERY`` steps).
-3. Evaluate (:func:`evaluation_point`) every ``train.eval_every`` iterations and at each
-   epoch end: append a learning-curve point to ``metrics.jsonl``, keep ``best.pt`` by the
-   validation metric, write ``last.pt`` (everything needed to resume bit-identically), and
-   apply early stopping.
-4. Finish (:func:`finish`): reload the best weights, score train / validation / test, and
-   write ``summary.json`` and ``misclassified.pt``. The doctor's findings, ``curves.png``
-   and the report are the caller's (``cnnlab.report.finish_run``).
+1. :func:`set_up`: seed, load the data splits onto the device (uint8), build the model,
+   optimizer, schedule and loss from the registries, gathered in one :class:`TrainState`.
+2. :func:`train_loop`: each iteration slices a per-epoch random permutation of the training
+   split, augments and normalises the batch on the device, and takes one step. No DataLoader,
+   no per-sample Python; the host waits on the device only at evaluation points (and every
+   ``DIVERGENCE_CHECK_EVERY`` steps).
+3. :func:`evaluation_point`, every ``train.eval_every`` iterations and at each epoch end: a
+   learning-curve row in ``metrics.jsonl``, ``best.pt`` by the validation metric, ``last.pt``
+   (enough to resume bit-identically), early stopping.
+4. :func:`finish`: score the best weights on train / validation / test and write
+   ``summary.json``. The doctor, ``curves.png`` and the report are the caller's
+   (``cnnlab.report.finish_run``).
 
 A non-finite loss stops the run as ``diverged``; SIGINT/SIGTERM stop it at the next step
-boundary as ``interrupted`` after writing ``last.pt``; any other error leaves
-``summary.json`` with status ``failed``. In every case the folder is complete.
+boundary as ``interrupted`` after writing ``last.pt``; any other error leaves ``summary.json``
+with status ``failed``. In every case the folder is complete.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.optim import swa_utils
 
-from cnnlab import checks, metrics, runs, transfer
+from cnnlab import checks, runs, transfer
 from cnnlab import data as datamod
-from cnnlab.config import Config, ConfigError, dump_yaml
-from cnnlab.evaluate import Evaluator, autocast_for, info_of, pick_device, print_results, score_splits
+from cnnlab.config import Config, dump_yaml
+from cnnlab.evaluate import Evaluator, fmt, info_of, print_results, score_splits
 from cnnlab.optim import Schedule, build_loss, build_optimizer, build_schedule, lrs_of
+from cnnlab.runtime import RunStopped, autocast_for, pick_device, seed_everything, stop_on_signals, use_channels_last
+from cnnlab.summary import summarize
 
 DIVERGENCE_CHECK_EVERY = 50  # iterations between host syncs that look for a non-finite loss
-
-
-class RunExistsError(ConfigError):
-    """The output folder already holds a run; resume it or pass --force."""
-
-
-class RunStopped(Exception):
-    """Raised inside the loop when a stop signal (SIGINT/SIGTERM) arrived."""
 
 
 @dataclass
@@ -90,7 +79,7 @@ class TrainState:
     schedule: Schedule
     loss_fn: Callable
     scaler: torch.amp.GradScaler | None
-    ema: torch.optim.swa_utils.AveragedModel | None
+    ema: swa_utils.AveragedModel | None
     aug_gen: torch.Generator  # the augmentation's random numbers (checkpointed)
     evaluator: Evaluator
     scored: nn.Module  # what evaluation scores (the EMA, the model, or the head on cached features)
@@ -106,9 +95,8 @@ class TrainState:
     t_start: float = field(default_factory=time.perf_counter)
     t_mark: float = 0.0  # start of the training time not yet added to progress.train_seconds
     board: Any = None  # TensorBoard writer (train.tensorboard)
-    # the running training loss and accuracy since the last evaluation, on the device (no sync per step)
-    loss_sum: torch.Tensor | None = None
-    correct: torch.Tensor | None = None
+    loss_sum: torch.Tensor | None = None  # training loss summed since the last evaluation (on the device:
+    correct: torch.Tensor | None = None  # no host sync per step), correct predictions and images seen
     seen: int = 0
 
 
@@ -123,7 +111,7 @@ def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool =
     """Train one study config into ``out_dir`` and return its summary (also in summary.json)."""
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
-    prepare_out_dir(out_dir, resume, force)
+    runs.prepare_out_dir(out_dir, resume, force)
     s = set_up(cfg, out_dir, resume, log)  # nothing is written until data and model are ready
     s.t_start = t_start
     open_run_folder(s, resume)
@@ -145,8 +133,7 @@ def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool =
 
 
 def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainState:
-    """Seed, load the data, build the network and everything that trains it (in this order: it
-    fixes which random numbers each part draws)."""
+    """Seed, load the data, build the network and what trains it (the order fixes who draws which random numbers)."""
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -155,18 +142,15 @@ def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainStat
     t0 = time.perf_counter()
     splits = datamod.load_splits(cfg.data, device)
     data_seconds = time.perf_counter() - t0
-    model, model_log = transfer.build_model(cfg, splits.num_classes, splits.in_channels,
-                                            image_size=splits.image_size if isinstance(splits.image_size, int) else None)
+    size = splits.image_size if isinstance(splits.image_size, int) else None
+    model, model_log = transfer.build_model(cfg, splits.num_classes, splits.in_channels, image_size=size)
     model.to(device)
     transfer.apply_finetune(model, tc.finetune, freeze_bn=tc.freeze_bn)
     info = info_of(model)
-    # On CPU, oneDNN's convs are faster in channels_last even in fp32 (train step, 1 thread, measured in
-    # one process: LeNet-5 1.4x, mnist_fast 1.7x, ResNet-20 1.24x, airbench 1.23x; mnist_cnn 0.91x).
-    channels_last = tc.channels_last if tc.channels_last is not None else (
-        any(isinstance(m, nn.Conv2d) for m in model.modules()) and (tc.precision != "fp32" or device.type == "cpu"))
+    channels_last = use_channels_last(model, tc.channels_last, tc.precision, device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    model_info = describe_model(model, cfg, splits, device)
+    model_info = {"name": cfg.model.name, **summarize(model, splits.input_shape, device=device)}
     warnings = [*model_log, *checks.config_warnings(cfg, info.output_kind, device)]
 
     eval_pre = datamod.Preprocess(splits, cfg.data, train=False)
@@ -179,8 +163,8 @@ def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainStat
     steps_per_epoch = max(1, math.ceil(len(splits.train_y) / tc.batch_size))
     # at least one step for any positive epochs (0.001 epochs of a small set would round to none)
     total_steps = max(1, round(tc.epochs * steps_per_epoch)) if tc.epochs > 0 else 0
-    ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(tc.ema),
-                                               use_buffers=True) if tc.ema else None)
+    ema = (swa_utils.AveragedModel(model, multi_avg_fn=swa_utils.get_ema_multi_avg_fn(tc.ema), use_buffers=True)
+           if tc.ema else None)
     evaluator = Evaluator(eval_pre, tc.eval_batch_size, tc.precision, device, info.output_kind, splits.num_classes,
                           tta=tc.tta, channels_last=channels_last)
     s = TrainState(
@@ -237,7 +221,7 @@ def open_run_folder(s: TrainState, resume: bool) -> None:
     for w in s.warnings:
         log(f"warning: {w}")
     s.history = runs.read_jsonl(metrics_file)
-    s.board = tensorboard_writer(s.out_dir) if cfg.train.tensorboard else None
+    s.board = runs.tensorboard_writer(s.out_dir) if cfg.train.tensorboard else None
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -314,19 +298,18 @@ def evaluation_point(s: TrainState) -> str | None:
     a final status when the run must stop here (diverged, early stopped), else None."""
     p, tc = s.progress, s.cfg.train
     p.train_seconds += time.perf_counter() - s.t_mark
-    train_loss, train_accuracy = float(s.loss_sum) / s.seen, float(s.correct) / s.seen
     val = s.evaluator.score(s.scored, s.eval_inputs.val_x, s.eval_inputs.val_y)
     s.schedule.after_eval(val["loss"], epoch_end=p.step % s.steps_per_epoch == 0)
     row = {"step": p.step, "epoch": round(p.step / s.steps_per_epoch, 4), **lrs_of(s.optimizer),
-           "train_loss": train_loss, "train_accuracy": train_accuracy,
+           "train_loss": float(s.loss_sum) / s.seen, "train_accuracy": float(s.correct) / s.seen,
            "val_loss": val["loss"], "val_accuracy": val["accuracy"], "elapsed_s": round(p.train_seconds, 3)}
     s.history.append(row)
     runs.append_jsonl(s.out_dir / "metrics.jsonl", row)
     if s.board is not None:
-        write_scalars(s.board, row)
+        runs.write_scalars(s.board, row)
     s.log(f"step {row['step']:>6} epoch {row['epoch']:6.2f}  lr {row['lr']:.3g}  train loss "
-          f"{row['train_loss']:.4f} acc {row['train_accuracy']:.4f}  val loss {_f(row['val_loss'])} "
-          f"acc {_f(row['val_accuracy'])}  ({p.step * tc.batch_size / max(p.train_seconds, 1e-9):,.0f} img/s)")
+          f"{row['train_loss']:.4f} acc {row['train_accuracy']:.4f}  val loss {fmt(row['val_loss'])} "
+          f"acc {fmt(row['val_accuracy'])}  ({p.step * tc.batch_size / max(p.train_seconds, 1e-9):,.0f} img/s)")
     s.loss_sum.zero_()
     s.correct.zero_()
     s.seen = p.accum_loss = p.accum_correct = p.accum_seen = 0
@@ -343,7 +326,6 @@ def evaluation_point(s: TrainState) -> str | None:
         s.log(f"early stopping: no improvement in {p.evals_since_best} evaluations")
         return "early_stopped"
     s.t_mark = time.perf_counter()
-    return None
 
 
 def track_best(cfg: Config, row: dict, progress: Progress) -> bool:
@@ -375,25 +357,16 @@ def finish(s: TrainState, status: str, error: str | None, score: bool = True) ->
     t0 = time.perf_counter()
     results = {}
     if score:
-        best = s.out_dir / "best.pt"
-        if best.exists():
-            state = runs.load_checkpoint(best, map_location=s.device)
-            s.model.load_state_dict(state["model"])
-            if s.ema is not None and state["ema"]:
-                s.ema.load_state_dict(state["ema"])
+        if (s.out_dir / "best.pt").exists():
+            runs.load_weights(s.out_dir / "best.pt", s)
         results, mistakes = score_splits(s.evaluator, s.scored, s.eval_inputs, s.splits.test_x)
         runs.save_misclassified(s.out_dir, mistakes)
     eval_seconds = time.perf_counter() - t0
     p, cfg = s.progress, s.cfg
     images = p.step * cfg.train.batch_size
     summary = {
-        "status": status,
-        "error": error,
-        "name": cfg.name,
-        "seed": cfg.seed,
-        "config": cfg.to_dict(),
-        "classes": list(s.splits.classes),
-        "data_source": s.splits.source,
+        "status": status, "error": error, "name": cfg.name, "seed": cfg.seed, "config": cfg.to_dict(),
+        "classes": list(s.splits.classes), "data_source": s.splits.source,
         "best": {"epoch": p.best_epoch, "step": p.best_step,
                  "val_accuracy": p.best_val_accuracy, "val_loss": p.best_val_loss},
         **results,
@@ -403,8 +376,7 @@ def finish(s: TrainState, status: str, error: str | None, score: bool = True) ->
                  "data_s": round(s.data_seconds, 3), "total_s": round(time.perf_counter() - s.t_start, 3),
                  "train_images_per_s": round(images / p.train_seconds, 1) if p.train_seconds else None,
                  "epoch_s": [round(t, 3) for t in p.epoch_seconds], "steps": p.step},
-        "warnings": s.warnings,
-        "env": runs.environment(s.device),
+        "warnings": s.warnings, "env": runs.environment(s.device),
     }
     runs.write_json(s.out_dir / "summary.json", summary)
     print_results(summary, s.log)
@@ -414,67 +386,8 @@ def finish(s: TrainState, status: str, error: str | None, score: bool = True) ->
 # ----------------------------------------------------------------------------- small helpers
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
-    torch.manual_seed(seed)
-    if deterministic:
-        # Needed for bit-reproducible GPU runs (CUBLAS needs this before its first call).
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    elif torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True
-
-
 def identity(x: torch.Tensor, generator=None) -> torch.Tensor:
     return x
-
-
-def describe_model(model: nn.Module, cfg: Config, splits, device: torch.device) -> dict:
-    from cnnlab.summary import summarize
-
-    return {"name": cfg.model.name, **summarize(model, splits.input_shape, device=device)}
-
-
-def prepare_out_dir(out_dir: Path, resume: bool, force: bool) -> None:
-    """Refuse to overwrite a run unless asked; --force clears only cnnlab's own files."""
-    # A kill while a file was being written leaves its temporary (.last.pt.x1y2.tmp) behind: drop them.
-    if (resume or force) and out_dir.is_dir():
-        for name in (*runs.RUN_FILES, "report.html", "misclassified.pt"):
-            for tmp in out_dir.glob(f".{name}.*tmp"):
-                tmp.unlink(missing_ok=True)
-    if resume:
-        if not (out_dir / "last.pt").exists():
-            raise RunExistsError(f"--resume: {out_dir} has no last.pt to resume from")
-        return
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not force:
-            state = "a finished run" if runs.is_finished(out_dir) else "an unfinished run"
-            raise RunExistsError(
-                f"{out_dir} already holds {state}; pass --resume to continue it, --force to overwrite it, "
-                "or choose another --out"
-            )
-        for name in (*runs.RUN_FILES, "report.html", "misclassified.pt", "train.log"):
-            (out_dir / name).unlink(missing_ok=True)
-
-
-@contextmanager
-def stop_on_signals(flag: dict):
-    """Turn SIGINT/SIGTERM into a flag the loop checks between steps (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        if flag.get("stop"):  # a second signal: stop at once
-            raise KeyboardInterrupt
-        flag["stop"] = signal.Signals(signum).name
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def progress_bar(s: TrainState, epoch: int, done: int):
@@ -485,22 +398,3 @@ def progress_bar(s: TrainState, epoch: int, done: int):
 
     return tqdm(total=min(s.steps_per_epoch, s.total_steps - epoch * s.steps_per_epoch), initial=done,
                 desc=f"epoch {epoch + 1}", unit="it", leave=False, dynamic_ncols=True)
-
-
-def tensorboard_writer(out_dir: Path):
-    """A TensorBoard event writer in ``<run>/tensorboard`` (``tensorboard --logdir runs``)."""
-    from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package (checked at load)
-
-    return SummaryWriter(str(out_dir / "tensorboard"))
-
-
-def write_scalars(board, row: dict) -> None:
-    """One evaluation point's numbers as train/loss, val/accuracy, lr, ... at its step."""
-    for key, value in row.items():
-        if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-            board.add_scalar(key.replace("train_", "train/", 1).replace("val_", "val/", 1), value, row["step"])
-    board.flush()  # live curves: TensorBoard reads the file while the run goes on
-
-
-def _f(value, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
