@@ -42,7 +42,7 @@ def main(argv=None) -> dict:
         cfg = load_config(args.recipe, [*args.overrides, f"seed={seed}"])
         out = args.out / f"{args.recipe.stem}-seed{seed}"
         t0 = time.perf_counter()
-        s = train.run(cfg, out, force=True, log=lambda *_: None, report=False)
+        s = train.run(cfg, out, force=True, log=lambda *_: None)
         t = s["time"]
         rows.append({"seed": seed, "status": s["status"], "test_accuracy": s["test"]["accuracy"],
                      "train_s": t["train_s"], "data_s": t["data_s"], "eval_s": t["eval_s"],

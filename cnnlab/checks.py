@@ -139,3 +139,23 @@ def check_config(cfg: Config) -> None:
         path = getattr(cfg.model, field)
         if path is not None and not Path(path).expanduser().exists():
             raise ConfigError(f"model.{field}: {path} does not exist")
+
+
+# ----------------------------------------------------------------------------- warnings: the run goes on
+
+
+def double_softmax(output_kind: str | None, loss_name: str | None) -> bool:
+    """A model that ends in a softmax trained with cross_entropy, which applies log-softmax again.
+    One rule for the warning at the start of a run and the run doctor's finding."""
+    return output_kind == "probs" and loss_name == "cross_entropy"
+
+
+def config_warnings(cfg: Config, output_kind: str, device: torch.device) -> list[str]:
+    """Settings that work but are probably not what was meant (printed and kept in summary.json)."""
+    out = []
+    if double_softmax(output_kind, cfg.loss.name):
+        out.append("the model ends in a softmax and is trained with cross_entropy, which applies log-softmax "
+                   "again (a double softmax): gradients shrink and training slows; set model.softmax_output=false")
+    if cfg.train.precision == "fp16" and device.type == "cpu":
+        out.append("train.precision=fp16 on a CPU is emulated and very slow; use bf16")
+    return out

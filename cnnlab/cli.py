@@ -87,7 +87,7 @@ def cmd_train(args) -> int:
         out = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
     started = time.time()
     try:
-        summary = train.run(cfg, out, resume=bool(args.resume), force=args.force, report=False)
+        summary = train.run(cfg, out, resume=bool(args.resume), force=args.force)
     except Exception:
         # A run that failed while training still gets its findings and curves: train.run wrote its
         # summary.json before raising (an older run's folder, refused before training, is left alone).
@@ -100,7 +100,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from cnnlab.train import evaluate_run
+    from cnnlab.evaluate import evaluate_run
 
     result = evaluate_run(Path(args.run_dir), splits=args.split.split(","), checkpoint=args.checkpoint)
     print(json.dumps(result, indent=2) if args.json else result["text"])

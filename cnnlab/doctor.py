@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from cnnlab import results
+from cnnlab.checks import double_softmax
 
 # ----------------------------------------------------------------------------- thresholds
 
@@ -130,7 +131,7 @@ def _stuck_at_chance(history: list[dict], num_classes: int) -> list[dict]:
 
 
 def _double_softmax(output_kind: Optional[str], loss_name: Optional[str]) -> list[dict]:
-    if output_kind != "probs" or loss_name != "cross_entropy":
+    if not double_softmax(output_kind, loss_name):
         return []
     return [_finding(
         "double_softmax", "warning",

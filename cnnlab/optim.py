@@ -2,9 +2,10 @@
 
 A study file names them (``optim.name: adamw``, ``sched.name: step``,
 ``loss.name: mse``); the registries below map those names to torch objects.
-Schedules can step once per epoch or once per iteration (``sched.interval``);
-the trainer tells :func:`build_scheduler` how many steps a run has so that
-cosine and one-cycle schedules span the whole run either way.
+Schedules can step once per epoch or once per iteration (``sched.interval``), or on
+the validation loss (``plateau``); :class:`Schedule` decides which, in one place, and
+:func:`build_schedule` gives it the number of steps a run has so that cosine and
+one-cycle schedules span the whole run either way.
 """
 from __future__ import annotations
 
@@ -61,8 +62,10 @@ def build_optimizer(param_groups, cfg) -> torch.optim.Optimizer:
 
 # ----------------------------------------------------------------------------- schedules
 # Each builder gets the optimizer, the sched config and the number of scheduler steps in
-# the whole run (epochs or iterations, by sched.interval). "plateau" is stepped with the
-# validation loss by the trainer; the others are stepped without arguments.
+# the whole run (epochs or iterations, by sched.interval). Schedules named in ON_METRIC are
+# stepped with the validation loss (see Schedule); the others are stepped without arguments.
+
+ON_METRIC = ("plateau",)
 
 
 @SCHEDULERS.register("none")
@@ -106,10 +109,49 @@ def plateau_schedule(opt, cfg, total_steps):
 
 def build_scheduler(opt, cfg, total_steps: int):
     sched = SCHEDULERS.get(cfg.name)(opt, cfg, total_steps)
-    if cfg.warmup_steps and sched is not None and cfg.name != "plateau":
+    if cfg.warmup_steps and sched is not None and cfg.name not in ON_METRIC:
         warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1e-3, total_iters=cfg.warmup_steps)
         sched = torch.optim.lr_scheduler.SequentialLR(opt, [warm, sched], milestones=[cfg.warmup_steps])
     return sched
+
+
+class Schedule:
+    """When the learning-rate schedule steps, decided once for the training loop.
+
+    The loop calls all three hooks at their moments; each does nothing unless it is this
+    schedule's: ``after_step`` (``sched.interval=step``), ``after_epoch`` (``interval=epoch``)
+    or ``after_eval`` (a schedule stepped on the validation loss, such as ``plateau``: at every
+    evaluation point with ``interval=step``, else at those that end an epoch).
+    """
+
+    def __init__(self, scheduler, cfg):
+        self.scheduler = scheduler
+        self.steps_on = None if scheduler is None else "metric" if cfg.name in ON_METRIC else cfg.interval
+        self.every_eval = cfg.interval == "step"
+
+    def after_step(self) -> None:
+        if self.steps_on == "step":
+            self.scheduler.step()
+
+    def after_epoch(self) -> None:
+        if self.steps_on == "epoch":
+            self.scheduler.step()
+
+    def after_eval(self, val_loss: float | None, epoch_end: bool) -> None:
+        if self.steps_on == "metric" and val_loss is not None and (self.every_eval or epoch_end):
+            self.scheduler.step(val_loss)
+
+    def state_dict(self) -> dict:
+        return self.scheduler.state_dict() if self.scheduler is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scheduler is not None and state:
+            self.scheduler.load_state_dict(state)
+
+
+def build_schedule(opt, cfg, total_steps: int, epochs: float) -> Schedule:
+    """The run's schedule, spanning its ``total_steps`` iterations or its ``ceil(epochs)`` epochs."""
+    return Schedule(build_scheduler(opt, cfg, total_steps if cfg.interval == "step" else math.ceil(epochs)), cfg)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -168,5 +210,13 @@ def nll_of(outputs: torch.Tensor, targets: torch.Tensor, output_kind: str) -> to
     return -logp.gather(1, targets[:, None]).squeeze(1)
 
 
-def lr_of(opt) -> float:
-    return float(opt.param_groups[-1]["lr"]) if opt.param_groups else math.nan
+def lrs_of(opt) -> dict:
+    """The learning rates a learning curve records: ``lr``, the body's (the first parameter group
+    that is not the head's), and ``head_lr`` when the head has its own groups (``optim.head_lr``)."""
+    groups = opt.param_groups
+    if not groups:
+        return {"lr": math.nan}
+    is_head = [str(g.get("name", "")).startswith("head") for g in groups]
+    head = [g for g, h in zip(groups, is_head) if h]
+    body = [g for g, h in zip(groups, is_head) if not h] or head
+    return {"lr": float(body[0]["lr"]), **({"head_lr": float(head[0]["lr"])} if head else {})}

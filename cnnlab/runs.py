@@ -33,6 +33,8 @@ from typing import Any, Callable
 
 import torch
 
+from cnnlab.config import ConfigError
+
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "best.pt", "last.pt", "curves.png")
 
 
@@ -247,3 +249,114 @@ def _git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+# ----------------------------------------------------------------------------- a training run's checkpoints
+
+
+def checkpoint_state(s) -> dict:
+    """Everything needed to resume a run bit-identically: weights, optimizer, schedule, EMA,
+    progress, random-number generator states and the config. ``s`` is the trainer's state
+    (:class:`cnnlab.train.TrainState`)."""
+    return {
+        "model": s.model.state_dict(),
+        "optimizer": s.optimizer.state_dict(),
+        "scheduler": s.schedule.state_dict(),
+        "ema": s.ema.state_dict() if s.ema is not None else {},
+        "step": s.progress.step,
+        "progress": dict(vars(s.progress)),
+        "rng": {"torch": torch.get_rng_state(), "augment": s.aug_gen.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "config": s.cfg.to_dict(),
+    }
+
+
+def restore(path: Path, s) -> None:
+    """Load a :func:`checkpoint_state` file into the trainer's state ``s`` (its progress too)."""
+    state = load_checkpoint(path, map_location=s.device)
+    missing = [k for k in ("model", "optimizer", "scheduler", "ema", "rng", "progress") if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a cnnlab run checkpoint (it has no {', '.join(missing)}); "
+                              "--resume needs the last.pt a run wrote")
+    try:
+        s.model.load_state_dict(state["model"])
+        s.optimizer.load_state_dict(state["optimizer"])
+        s.schedule.load_state_dict(state["scheduler"])
+        if s.ema is not None and state["ema"]:
+            s.ema.load_state_dict(state["ema"])
+        rng = state["rng"]
+        # set_state takes CPU byte tensors, also for CUDA generators; map_location may have moved them.
+        torch.set_rng_state(rng["torch"].cpu())
+        s.aug_gen.set_state(rng["augment"].cpu())
+        if rng["cuda"] and torch.cuda.is_available():  # a run saved on more GPUs than are visible now
+            torch.cuda.set_rng_state_all([r.cpu() for r in rng["cuda"][:torch.cuda.device_count()]])
+        s.progress = type(s.progress)(**state["progress"])
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise does_not_fit(path, e) from None
+
+
+def load_weights(path: Path, s) -> None:
+    """Load only the weights (the model's and the EMA's) of a checkpoint into the trainer's state."""
+    state = load_checkpoint(path, map_location=s.device)
+    s.model.load_state_dict(state["model"])
+    if s.ema is not None and state["ema"]:
+        s.ema.load_state_dict(state["ema"])
+
+
+def does_not_fit(path: Path, e: BaseException) -> CheckpointError:
+    """A well-formed checkpoint of another network, optimizer or cnnlab version."""
+    text = " ".join(str(e).split())
+    return CheckpointError(f"checkpoint {path} does not fit this run's network and settings "
+                           f"({type(e).__name__}: {text[:300]}); it was saved by another run or model")
+
+
+def save_misclassified(run_dir: Path, mistakes: dict) -> None:
+    """``misclassified.pt``: the test split's most confident mistakes (images, true and predicted
+    classes, confidence), for the report's grid."""
+    save_checkpoint(Path(run_dir) / "misclassified.pt", mistakes)
+
+
+# ----------------------------------------------------------------------------- the folder a training run writes
+
+
+class RunExistsError(ConfigError):
+    """The output folder already holds a run; resume it or pass --force."""
+
+
+def prepare_out_dir(out_dir: Path, resume: bool, force: bool, finished: bool = False) -> None:
+    """Refuse to overwrite a run unless asked; --force clears only cnnlab's own files.
+
+    ``finished`` (the folder holds a run with a final status) only words the refusal."""
+    # A kill while a file was being written leaves its temporary (.last.pt.x1y2.tmp) behind: drop them.
+    if (resume or force) and out_dir.is_dir():
+        for name in (*RUN_FILES, "report.html", "misclassified.pt"):
+            for tmp in out_dir.glob(f".{name}.*tmp"):
+                tmp.unlink(missing_ok=True)
+    if resume:
+        if not (out_dir / "last.pt").exists():
+            raise RunExistsError(f"--resume: {out_dir} has no last.pt to resume from")
+        return
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not force:
+            state = "a finished run" if finished else "an unfinished run"
+            raise RunExistsError(
+                f"{out_dir} already holds {state}; pass --resume to continue it, --force to overwrite it, "
+                "or choose another --out"
+            )
+        for name in (*RUN_FILES, "report.html", "misclassified.pt", "train.log"):
+            (out_dir / name).unlink(missing_ok=True)
+
+
+def tensorboard_writer(out_dir: Path):
+    """A TensorBoard event writer in ``<run>/tensorboard`` (``tensorboard --logdir runs``)."""
+    from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package (checked at load)
+
+    return SummaryWriter(str(out_dir / "tensorboard"))
+
+
+def write_scalars(board, row: dict) -> None:
+    """One evaluation point's numbers as train/loss, val/accuracy, lr, ... at its step."""
+    for key, value in row.items():
+        if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+            board.add_scalar(key.replace("train_", "train/", 1).replace("val_", "val/", 1), value, row["step"])
+    board.flush()  # live curves: TensorBoard reads the file while the run goes on

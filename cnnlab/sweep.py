@@ -395,9 +395,8 @@ def execute_task(task: dict) -> dict:
     t0 = time.perf_counter()
     try:
         cfg = build_config(task["config"])
-        # report=False: train.run leaves the finishing to us (report.html is skipped here:
-        # `cnnlab report SWEEP_DIR` builds the runs' reports it links to)
-        summary = train.run(cfg, run_dir, resume=task["resume"], force=task["force"], log=log, report=False)
+        # report.html is skipped here: `cnnlab report SWEEP_DIR` builds the runs' reports it links to
+        summary = train.run(cfg, run_dir, resume=task["resume"], force=task["force"], log=log)
         summary = report.finish_run(run_dir, log=log, html=False) or summary
         row = row_from_summary(task, summary)
     except Exception as e:  # noqa: BLE001 - recorded in the row; one bad run must not end the sweep

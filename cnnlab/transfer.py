@@ -586,3 +586,24 @@ def split_frozen(model: nn.Module, example: torch.Tensor) -> tuple[Optional[nn.M
         for m, mode in modes.items():
             m.training = mode
     return (backbone, rest) if same else (None, model)
+
+
+@torch.inference_mode()
+def cached_features(backbone: nn.Module, splits, evaluator):
+    """Run a frozen backbone once over every split; returns splits of features (same labels).
+
+    ``evaluator`` (a :class:`cnnlab.evaluate.Evaluator`) prepares the image batches and sets
+    their size and precision."""
+    from types import SimpleNamespace
+
+    backbone.eval()
+    out = {}
+    for split in ("train", "val", "test"):
+        x = getattr(splits, f"{split}_x")
+        chunks = []
+        for start in range(0, max(len(x), 1), evaluator.batch_size):  # an empty split still gives (0, d)
+            with evaluator.autocast():
+                chunks.append(backbone(evaluator.prepare(x[start:start + evaluator.batch_size])).float())
+        out[f"{split}_x"] = torch.cat(chunks).clone()  # clone: usable outside inference mode
+        out[f"{split}_y"] = getattr(splits, f"{split}_y")
+    return SimpleNamespace(**out, num_classes=splits.num_classes, classes=splits.classes)

@@ -86,3 +86,29 @@ def test_checks_read_the_models_info():
     assert "outputs probs" in refused(**{"model.softmax_output": True, "loss.name": "nll"})
     # stages come from the info: resnet20 has layer1..3, not layer4
     assert "layer1" in refused(**{"model.name": "resnet20", "data.name": "cifar10", "train.finetune": "layer4"})
+
+
+def test_one_double_softmax_rule_for_the_warning_and_the_doctor():
+    import torch
+
+    from cnnlab.checks import config_warnings, double_softmax
+    from cnnlab.doctor import diagnose
+
+    assert double_softmax("probs", "cross_entropy")
+    assert not double_softmax("logits", "cross_entropy") and not double_softmax("probs", "mse")
+    cfg = load_config(None, {"data.name": "mnist", "model.name": "lenet5", "model.softmax_output": True})
+    cpu = torch.device("cpu")
+    assert any("double softmax" in w for w in config_warnings(cfg, "probs", cpu))
+    assert config_warnings(cfg, "logits", cpu) == []
+    codes = {f["code"] for f in diagnose([], {"status": "completed"}, 10, "probs", "cross_entropy")}
+    assert "double_softmax" in codes
+    assert "double_softmax" not in {f["code"] for f in diagnose([], {"status": "completed"}, 10, "logits", "cross_entropy")}
+
+
+def test_fp16_on_a_cpu_is_warned_about():
+    import torch
+
+    from cnnlab.checks import config_warnings
+
+    cfg = load_config(None, {"train.precision": "fp16"})
+    assert any("fp16 on a CPU" in w for w in config_warnings(cfg, "logits", torch.device("cpu")))

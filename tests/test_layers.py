@@ -179,3 +179,22 @@ def test_reporting_never_imports_training_or_sweeps():
     graph = import_graph()
     for m in ("cnnlab.compare", "cnnlab.report", "cnnlab.doctor", "cnnlab.results", "cnnlab.plots"):
         assert not graph[m] & {"cnnlab.train", "cnnlab.sweep"}, (m, sorted(graph[m]))
+
+
+def test_no_function_takes_more_than_ten_parameters():
+    # State travels in one object (train.TrainState), not in long argument lists.
+    too_long = []
+    for name, path in module_names().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                n = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs) + bool(a.vararg) + bool(a.kwarg)
+                n -= bool(a.args and a.args[0].arg in ("self", "cls"))
+                if n > 10:
+                    too_long.append(f"{name}.{node.name} ({n} parameters, line {node.lineno})")
+    assert not too_long, "functions over 10 parameters: " + ", ".join(too_long)
+
+
+def test_the_training_loop_fits_in_one_sitting():
+    lines = (PACKAGE / "train.py").read_text().count("\n")
+    assert lines <= 400, f"cnnlab/train.py has {lines} lines; keep it at most 400 (move helpers to their module)"

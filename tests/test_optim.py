@@ -74,3 +74,77 @@ def test_nll_of_agrees_across_output_kinds(kind):
     y = torch.randint(0, 4, (5,))
     out = {"logits": logits, "log_probs": logits.log_softmax(1), "probs": logits.softmax(1)}[kind]
     torch.testing.assert_close(nll_of(out, y, kind), nn.functional.cross_entropy(logits, y, reduction="none"))
+
+
+# ----------------------------------------------------------------------------- when the schedule steps
+
+
+def _schedule(**overrides):
+    from cnnlab.optim import build_schedule
+
+    cfg = load_config(None, overrides)
+    opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0)
+    return opt, build_schedule(opt, cfg.sched, total_steps=100, epochs=10)
+
+
+def _lr(opt):
+    return opt.param_groups[0]["lr"]
+
+
+@pytest.mark.parametrize("interval", ["step", "epoch"])
+def test_a_schedule_steps_only_at_its_interval(interval):
+    opt, sched = _schedule(**{"sched.name": "step", "sched.step_size": 1, "sched.gamma": 0.5, "sched.interval": interval})
+    sched.after_eval(1.0, epoch_end=True)  # not a metric schedule: evaluation points do nothing
+    assert _lr(opt) == 1.0
+    opt.step()
+    sched.after_step()
+    assert _lr(opt) == (0.5 if interval == "step" else 1.0)
+    sched.after_epoch()
+    assert _lr(opt) == 0.5
+
+
+@pytest.mark.parametrize("interval", ["step", "epoch"])
+def test_plateau_steps_on_the_validation_loss_only(interval):
+    opt, sched = _schedule(**{"sched.name": "plateau", "sched.patience": 0, "sched.gamma": 0.1,
+                              "sched.interval": interval})
+    for _ in range(3):
+        sched.after_step()
+        sched.after_epoch()
+    assert _lr(opt) == 1.0  # never without a metric
+    sched.after_eval(None, epoch_end=True)  # no validation split: nothing to step on
+    sched.after_eval(1.0, epoch_end=True)
+    sched.after_eval(1.0, epoch_end=False)  # mid-epoch: counts only with interval=step
+    assert _lr(opt) == pytest.approx(0.1 if interval == "step" else 1.0)
+    sched.after_eval(1.0, epoch_end=True)
+    assert _lr(opt) == pytest.approx(0.01 if interval == "step" else 0.1)
+
+
+def test_no_schedule_does_nothing_and_saves_nothing():
+    opt, sched = _schedule(**{"sched.name": "none"})
+    sched.after_step(), sched.after_epoch(), sched.after_eval(1.0, epoch_end=True)
+    assert _lr(opt) == 1.0 and sched.state_dict() == {}
+    sched.load_state_dict({})
+
+
+def test_schedule_state_round_trips():
+    opt, sched = _schedule(**{"sched.name": "cosine", "sched.interval": "step"})
+    for _ in range(7):
+        opt.step()
+        sched.after_step()
+    opt2, sched2 = _schedule(**{"sched.name": "cosine", "sched.interval": "step"})
+    opt2.load_state_dict(opt.state_dict())  # a checkpoint restores both (the lr lives in the optimizer)
+    sched2.load_state_dict(sched.state_dict())
+    opt.step(), opt2.step()
+    sched.after_step(), sched2.after_step()
+    assert _lr(opt) == _lr(opt2) != 1.0
+
+
+def test_lrs_of_logs_the_body_and_the_head_separately():
+    from cnnlab.optim import lrs_of
+
+    body, head = nn.Linear(2, 2), nn.Linear(2, 2)
+    opt = torch.optim.SGD([{"params": body.parameters(), "name": "body"},
+                           {"params": head.parameters(), "name": "head", "lr": 0.1}], lr=0.001)
+    assert lrs_of(opt) == {"lr": 0.001, "head_lr": 0.1}
+    assert lrs_of(torch.optim.SGD([{"params": body.parameters(), "name": "body"},
+                                   {"params": head.parameters(), "name": "body_no_decay"}], lr=0.01)) == {"lr": 0.01}

@@ -134,8 +134,10 @@ def real_run(tmp_path_factory, data_root):
 
     out = tmp_path_factory.mktemp("report") / "run"
     cfg = load_config(None, tiny_overrides(**{"train.epochs": 1, "train.eval_every": 3}))
-    summary = train.run(cfg, out, log=lambda *_: None)
-    return out, summary
+    train.run(cfg, out, log=lambda *_: None)
+    from cnnlab.report import finish_run
+
+    return out, finish_run(out, log=lambda *_: None)
 
 
 def test_trainer_writes_curves_and_report(real_run):

@@ -10,13 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnlab import runs, train
+from cnnlab import evaluate, runs, train
+from cnnlab.report import finish_run
 from cnnlab.config import ConfigError
+
+
+def quiet(*_):
+    pass
 
 
 def test_tiny_run_leaves_a_complete_folder(tmp_path, tiny_config, data_root):
     out = tmp_path / "run"
-    summary = train.run(tiny_config(**{"train.eval_every": 5}), out, log=lambda *_: None)
+    summary = train.run(tiny_config(**{"train.eval_every": 5}), out, log=quiet)
+    finish_run(out, log=quiet)
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "best.pt", "last.pt", "curves.png", "misclassified.pt"):
         assert (out / name).exists(), name
     on_disk = json.loads((out / "summary.json").read_text())
@@ -48,10 +54,10 @@ def test_divergence_is_recorded(tmp_path, tiny_config, data_root):
     # MSE on unbounded ReLU outputs with a huge step grows geometrically until it overflows
     cfg = tiny_config(**{"optim.name": "sgd", "optim.lr": 50.0, "loss.name": "mse", "model.activation": "relu",
                          "train.epochs": 2})
-    summary = train.run(cfg, tmp_path / "d", log=lambda *_: None)
+    summary = train.run(cfg, tmp_path / "d", log=quiet)
     assert summary["status"] == "diverged"
     assert (tmp_path / "d" / "summary.json").exists()
-    assert any(f["code"] == "diverged" for f in summary["findings"])
+    assert any(f["code"] == "diverged" for f in finish_run(tmp_path / "d", log=quiet)["findings"])
 
 
 def test_early_stopping(tmp_path, tiny_config, data_root):
@@ -80,13 +86,6 @@ def test_double_softmax_warns(tmp_path, tiny_config, data_root):
 def test_bf16_channels_last_runs(tmp_path, tiny_config, data_root):
     summary = train.run(tiny_config(**{"train.precision": "bf16"}), tmp_path / "b", log=lambda *_: None)
     assert summary["status"] == "completed" and summary["test"]["accuracy"] > 0.5
-
-
-def test_eval_run_reproduces_the_summary(tmp_path, tiny_config, data_root):
-    summary = train.run(tiny_config(), tmp_path / "r", log=lambda *_: None)
-    again = train.evaluate_run(tmp_path / "r", ["test", "val"])
-    assert again["test"]["accuracy"] == summary["test"]["accuracy"]
-    assert again["val"]["confusion"] == summary["val"]["confusion"]
 
 
 def _cli(*args, **kw):
@@ -139,14 +138,15 @@ def test_frozen_backbone_trains_the_head_on_cached_features(tmp_path, tiny_confi
     assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("fc."))
     assert not torch.equal(before["fc.weight"], after["fc.weight"])
     # the head-only model scores the same through the full network (cnnlab eval re-runs the backbone)
-    again = train.evaluate_run(tmp_path / "head", ["test"])
+    again = evaluate.evaluate_run(tmp_path / "head", ["test"])
     assert again["test"]["accuracy"] == pytest.approx(summary["test"]["accuracy"], abs=1e-3)
 
 
 def test_no_validation_split_keeps_the_latest_weights(tmp_path, tiny_config, data_root):
-    summary = train.run(tiny_config(**{"data.val_size": 0, "train.eval_every": 5}), tmp_path / "v", log=lambda *_: None)
+    summary = train.run(tiny_config(**{"data.val_size": 0, "train.eval_every": 5}), tmp_path / "v", log=quiet)
     assert summary["status"] == "completed" and summary["val"]["accuracy"] is None
     assert summary["best"]["step"] == 10 and summary["test"]["accuracy"] > 0.3
+    finish_run(tmp_path / "v", log=quiet)
     assert (tmp_path / "v" / "report.html").exists()
 
 
@@ -170,20 +170,46 @@ def test_tensorboard_gets_every_evaluation_point(tmp_path, tiny_config, data_roo
     assert [e.value for e in val] == pytest.approx([r["val_accuracy"] for r in rows])
 
 
-@pytest.mark.parametrize("tta,views", [
-    ("flip", lambda x: [x, x.flip(3)]),
-    ("translate", lambda x: [x, torch.roll(x, (1, 1), (2, 3)), torch.roll(x, (-1, -1), (2, 3))]),
-    ("flip_translate", lambda x: [x, x.flip(3), torch.roll(x, (1, 1), (2, 3)), torch.roll(x, (-1, -1), (2, 3))]),
-])
-def test_test_time_augmentation_averages_the_views_probabilities(tta, views):
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 3)).eval()  # sees exact pixel positions
-    x = torch.randn(5, 1, 6, 6)
-    ev = train.Evaluator(lambda v, g: v, 100, "fp32", torch.device("cpu"), "logits", 3, tta=tta)
-    with torch.no_grad():
-        expected = torch.stack([model(v).softmax(1) for v in views(x)]).mean(0).log()
-        plain = model(x).log_softmax(1)
-        got = ev.outputs(model, x)
-    assert torch.allclose(got, expected, atol=1e-6) and not torch.allclose(got, plain, atol=1e-3)
-    scored = ev.score(model, x, expected.argmax(1))
-    assert scored["accuracy"] == 1.0 and scored["loss"] == pytest.approx(float(-expected.max(1).values.mean()), abs=1e-5)
+def test_the_learning_curve_logs_the_body_lr_and_the_head_lr(tmp_path, tiny_config, data_root):
+    cfg = tiny_config(**{"optim.head_lr": 0.03, "train.eval_every": 5, "train.epochs": 0.5})
+    train.run(cfg, tmp_path / "h", log=quiet)
+    rows = runs.read_jsonl(tmp_path / "h" / "metrics.jsonl")
+    assert [(r["lr"], r["head_lr"]) for r in rows] == [(0.003, 0.03)]
+    assert list(rows[0])[:4] == ["step", "epoch", "lr", "head_lr"]
+    train.run(tiny_config(**{"train.epochs": 0.5}), tmp_path / "b", log=quiet)
+    assert "head_lr" not in runs.read_jsonl(tmp_path / "b" / "metrics.jsonl")[0]
+
+
+class _OnDevice:
+    """A stored tensor as map_location would give it on another device: records the move to the CPU."""
+
+    def __init__(self, tensor, moved):
+        self.tensor, self.moved = tensor, moved
+
+    def cpu(self):
+        self.moved.append(True)
+        return self.tensor
+
+
+def test_restore_moves_rng_states_to_the_cpu_and_skips_gpus_not_visible(tmp_path, tiny_config, monkeypatch):
+    from types import SimpleNamespace
+
+    from cnnlab.optim import build_schedule
+
+    cfg = tiny_config()
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(1)
+    s = SimpleNamespace(model=model, optimizer=opt, schedule=build_schedule(opt, cfg.sched, 10, 1), ema=None,
+                        aug_gen=gen, progress=train.Progress(step=3), cfg=cfg, device=torch.device("cpu"))
+    state = runs.checkpoint_state(s)
+    moved, cuda_set = [], []
+    state["rng"] = {"torch": _OnDevice(state["rng"]["torch"], moved), "augment": _OnDevice(gen.get_state(), moved),
+                    "cuda": [torch.zeros(16, dtype=torch.uint8)] * 3}  # saved on 3 GPUs
+    monkeypatch.setattr(runs, "load_checkpoint", lambda path, map_location: state)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: cuda_set.append(len(states)))
+    s.progress = train.Progress()
+    runs.restore(tmp_path / "last.pt", s)
+    assert moved == [True, True] and cuda_set == [1] and s.progress.step == 3

@@ -365,3 +365,26 @@ def test_a_cut_that_would_not_reproduce_the_network_is_refused():
         transfer.cut_at(_OutOfOrder(), "conv1", 10, 3)
     probe = transfer.cut_at(MODELS.get("resnet20")(), "layer2", 10, 3)
     assert [n for n, _ in probe.named_children()][-3:] == ["layer2", "global_pool", "fc"]
+
+
+def test_cached_features_run_the_backbone_once_per_split_even_an_empty_one():
+    from types import SimpleNamespace
+
+    from cnnlab.evaluate import Evaluator
+
+    torch.manual_seed(5)
+    m, _ = transfer.build_model(config(**{"data.name": "cifar10", "model.name": "resnet20",
+                                          "model.features_at": "layer3"}), 10, 3)
+    transfer.apply_finetune(m, "head")
+    images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
+    splits = SimpleNamespace(train_x=images[:7], train_y=torch.arange(7), val_x=images[:0],
+                             val_y=torch.arange(0), test_x=images[7:], test_y=torch.arange(3),
+                             num_classes=10, classes=[str(i) for i in range(10)])
+    pre = lambda x, g: x.float() / 255  # noqa: E731
+    backbone, _ = transfer.split_frozen(m, example=pre(images[:4], None))
+    ev = Evaluator(pre, 4, "fp32", torch.device("cpu"), "logits", 10)  # batches of 4: 7 train images take 2
+    feats = transfer.cached_features(backbone, splits, ev)
+    assert feats.train_x.shape == (7, 64) and feats.val_x.shape == (0, 64) and feats.test_x.shape == (3, 64)
+    assert torch.equal(feats.test_y, splits.test_y) and feats.classes == splits.classes
+    with torch.no_grad():
+        torch.testing.assert_close(feats.train_x, backbone(pre(images[:7], None)))

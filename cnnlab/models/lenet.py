@@ -16,6 +16,7 @@ BatchNorm1d variants.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -56,13 +57,30 @@ def fc_block(c_in: int | None, c_out: int, batch_norm: bool, activation: str, dr
 # ============================================================================= network
 
 
+@dataclass(frozen=True)
+class LeNetShape:
+    """The options a LeNet variant is built from (the builders' keyword arguments)."""
+
+    widths: Sequence[int]
+    hidden: Sequence[int]
+    activation: str
+    pooling: str
+    padding: int
+    batch_norm: bool
+    fc_dropout: Sequence[float]
+    fc_batch_norm: bool
+    softmax_output: bool
+    init: str
+
+
 class LeNet(nn.Module):
     """features (convs) → flatten → hidden (FCs) → fc → optional softmax."""
 
-    def __init__(self, num_classes: int, in_channels: int, *, widths: Sequence[int], hidden: Sequence[int],
-                 activation: str, pooling: str, padding: int, batch_norm: bool, fc_dropout: Sequence[float],
-                 fc_batch_norm: bool, softmax_output: bool, init: str):
+    def __init__(self, num_classes: int, in_channels: int, shape: LeNetShape):
         super().__init__()
+        widths, hidden, activation, pooling, padding = (shape.widths, shape.hidden, shape.activation,
+                                                        shape.pooling, shape.padding)
+        batch_norm, fc_dropout, init = shape.batch_norm, shape.fc_dropout, shape.init
         if pooling not in POOLS:
             raise ValueError(f"pooling {pooling!r} is not one of {', '.join(POOLS)}")
         if not widths or any(w < 1 for w in widths):
@@ -79,13 +97,13 @@ class LeNet(nn.Module):
         fcs: list[nn.Module] = []
         prev_fc = None
         for i, width in enumerate(hidden):
-            fcs += fc_block(prev_fc, width, fc_batch_norm, activation, fc_dropout[i] if i < len(fc_dropout) else 0.0,
+            fcs += fc_block(prev_fc, width, shape.fc_batch_norm, activation, fc_dropout[i] if i < len(fc_dropout) else 0.0,
                             init)
             prev_fc = width
         self.hidden = nn.Sequential(*fcs)
         self.fc = first_linear(num_classes, init) if prev_fc is None else nn.Linear(prev_fc, num_classes)
         # Study A/E's "softmax in forward()": kept as a module so it shows in the summary.
-        self.out = nn.Softmax(dim=1) if softmax_output else nn.Identity()
+        self.out = nn.Softmax(dim=1) if shape.softmax_output else nn.Identity()
         init_weights(self, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,7 +127,7 @@ def _min_size(n_convs: int, padding: int) -> int:
 
 def _create(num_classes: int, in_channels: int, **options) -> nn.Module:
     """A :class:`LeNet` with the facts its options decide: the output kind, the smallest input."""
-    model = LeNet(num_classes, in_channels, **options)
+    model = LeNet(num_classes, in_channels, LeNetShape(**options))
     return attach_info(model, INFO.but(
         output_kind="probs" if options["softmax_output"] else "logits",
         min_input_size=_min_size(len(options["widths"]), options["padding"]),

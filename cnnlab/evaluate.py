@@ -1,0 +1,187 @@
+"""Scoring a trained network: loss, accuracy and confusion-matrix metrics of a data split.
+
+:class:`Evaluator` scores a model on a split in large batches (optionally averaging the
+probabilities of test-time augmented views, ``train.tta``); the trainer uses it at every
+evaluation point and, through :func:`score_splits`, for the final scores of train /
+validation / test (printed by :func:`print_results`). :func:`evaluate_run` scores a finished
+run's checkpoint again (``cnnlab eval``). Test-time augmentation flips and shifts images, so
+it needs 4-D image batches: a trainer that trains a head on cached backbone features scores
+TTA through the whole network.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from cnnlab import data as datamod
+from cnnlab import metrics, runs, transfer
+from cnnlab.augment import Preprocess
+from cnnlab.data.batches import eval_batches
+from cnnlab.config import ConfigError
+from cnnlab.loader import load_config
+from cnnlab.models import info_of
+from cnnlab.optim import nll_of
+from cnnlab.runtime import autocast_for, pick_device
+
+MISCLASSIFIED_KEPT = 32  # test images kept for the report's "most confident mistakes" grid
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Evaluator:
+    """Scores a model on a split in large batches, optionally with test-time augmentation."""
+
+    preprocess: object  # fn(uint8 batch, generator) -> normalised float batch
+    batch_size: int
+    precision: str
+    device: torch.device
+    output_kind: str  # logits | log_probs | probs: what the scored model returns
+    num_classes: int
+    tta: str = "none"
+    channels_last: bool = False
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """A stored batch as the network takes it (normalised, in the chosen memory format)."""
+        x = self.preprocess(x, None)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def autocast(self):
+        return autocast_for(self.precision, self.device)
+
+    def outputs(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        x = self.prepare(x)
+        if self.tta != "none" and x.ndim != 4:
+            raise ValueError(f"train.tta={self.tta} augments images, but this batch has shape {tuple(x.shape)} "
+                             "(features, not images); score it through the whole network")
+        with self.autocast():
+            out = model(x).float()
+            if self.tta != "none":
+                views = [x.flip(3)] if "flip" in self.tta else []  # mirror image (not for digits)
+                if "translate" in self.tta:  # one pixel diagonally each way
+                    views += [torch.roll(x, shifts=(d, d), dims=(2, 3)) for d in (1, -1)]
+                out = self._to_probs(out)
+                for view in views:
+                    out = out + self._to_probs(model(view).float())
+                out = (out / (1 + len(views))).clamp_min(1e-12).log()  # averaged probabilities, as log-probs
+        return out
+
+    def _to_probs(self, out: torch.Tensor) -> torch.Tensor:
+        if self.output_kind == "probs":
+            return out
+        if self.output_kind == "log_probs":
+            return out.exp()
+        return out.softmax(1)
+
+    @torch.inference_mode()
+    def score(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, full: bool = False) -> dict:
+        """Mean loss and accuracy (and with ``full`` the confusion-matrix metrics and the worst mistakes).
+
+        An empty split (``data.val_size=0``) scores None: there is nothing to measure."""
+        if len(x) == 0:
+            empty = {"loss": None, "accuracy": None}
+            if full:
+                cm = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long)
+                empty = {**metrics.scores(cm), **empty, "_mistakes": {
+                    "index": torch.zeros(0, dtype=torch.long), "true": torch.zeros(0, dtype=torch.long),
+                    "pred": torch.zeros(0, dtype=torch.long), "confidence": torch.zeros(0)}}
+            return empty
+        was_training = model.training
+        model.eval()
+        kind = "log_probs" if self.tta != "none" else self.output_kind
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        preds, confs = [], []
+        for xb, yb in eval_batches(x, y, self.batch_size):
+            out = self.outputs(model, xb)
+            loss_sum += nll_of(out, yb, kind).double().sum()
+            preds.append(out.argmax(1))
+            if full:
+                confs.append(out.float().softmax(1).amax(1) if kind == "logits" else
+                             (out.exp() if kind == "log_probs" else out).amax(1))
+        transfer.set_train_mode(model, was_training)  # frozen batch norm stays in eval mode
+        pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long, device=self.device)
+        n = max(1, len(x))
+        result = {"loss": float(loss_sum) / n, "accuracy": float((pred == y).sum()) / n}
+        if full:
+            result = {**metrics.scores(metrics.confusion_matrix(y, pred, self.num_classes)), "loss": result["loss"]}
+            wrong = (pred != y).nonzero().squeeze(1)
+            conf = torch.cat(confs)[wrong]
+            top = wrong[conf.argsort(descending=True)[:MISCLASSIFIED_KEPT]]
+            result["_mistakes"] = {"index": top, "true": y[top].cpu(), "pred": pred[top].cpu(),
+                                   "confidence": torch.cat(confs)[top].float().cpu()}
+        return result
+
+
+def score_splits(evaluator: Evaluator, model: nn.Module, inputs, test_images: torch.Tensor) -> tuple[dict, dict]:
+    """Full scores of train / val / test, and the test split's most confident mistakes (with their images)."""
+    results, mistakes = {}, None
+    for split in SPLITS:
+        r = evaluator.score(model, getattr(inputs, f"{split}_x"), getattr(inputs, f"{split}_y"), full=True)
+        m = r.pop("_mistakes")
+        if split == "test":
+            mistakes = {"images": test_images[m.pop("index")].cpu(), **m}
+        results[split] = r
+    return results, mistakes
+
+
+def print_results(summary: dict, log: Callable) -> None:
+    """A run's final scores as the terminal shows them: status, best point, per-split table, per-class, times."""
+    log(f"status: {summary['status']}" + (f" ({summary['error']})" if summary.get("error") else ""))
+    if "test" not in summary:
+        return
+    log(f"best: epoch {summary['best']['epoch']} (step {summary['best']['step']}), "
+        f"val accuracy {summary['best']['val_accuracy']}")
+    log(f"{'split':<6} {'accuracy':>9} {'loss':>8} {'precision':>10} {'recall':>8} {'f1':>8}")
+    for split in ("train", "val", "test"):
+        r = summary[split]
+        log(f"{split:<6} {fmt(r['accuracy']):>9} {fmt(r['loss']):>8} {r['precision_macro']:10.4f} "
+            f"{r['recall_macro']:8.4f} {r['f1_macro']:8.4f}")
+    log("test, per class:\n" + metrics.format_per_class(summary["test"], summary["classes"]))
+    t = summary["time"]
+    log(f"time: train {t['train_s']:.1f} s ({t['train_images_per_s'] or 0:,.0f} img/s), eval {t['eval_s']:.1f} s, "
+        f"data {t['data_s']:.1f} s, total {t['total_s']:.1f} s")
+
+
+def fmt(value, digits: int = 4) -> str:
+    """A score as text, ``-`` when there is none (an empty split)."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def evaluate_run(run_dir: Path, splits: list[str] = ("test",), checkpoint: str = "best.pt") -> dict:
+    """Score a run's checkpoint again on the chosen splits (``cnnlab eval``)."""
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    for s in splits:
+        if s not in SPLITS:
+            raise ConfigError(f"--split: {s!r} is not a split; use train, val or test")
+    device = pick_device(cfg.train.device)
+    data = datamod.load_splits(cfg.data, device)
+    model, _ = transfer.build_model(cfg.model_copy(update={"model": cfg.model.model_copy(
+        update={"init_from": None, "pretrained": None, "weights_path": None})}), data.num_classes, data.in_channels)
+    model.to(device)
+    state = runs.load_checkpoint(run_dir / checkpoint, map_location=device)
+    try:
+        if cfg.train.ema and state.get("ema"):
+            ema_model = torch.optim.swa_utils.AveragedModel(model, use_buffers=True)
+            ema_model.load_state_dict(state["ema"])
+            model = ema_model.module
+        else:
+            model.load_state_dict(state["model"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise runs.does_not_fit(run_dir / checkpoint, e) from None
+    evaluator = Evaluator(Preprocess(data, cfg.data, train=False), cfg.train.eval_batch_size,
+                          cfg.train.precision, device, info_of(model).output_kind, data.num_classes,
+                          tta=cfg.train.tta)
+    result = {"run_dir": str(run_dir), "checkpoint": checkpoint, "step": state.get("step")}
+    lines = [f"{run_dir} / {checkpoint} (step {state.get('step')})"]
+    for s in splits:
+        r = evaluator.score(model, getattr(data, f"{s}_x"), getattr(data, f"{s}_y"), full=True)
+        r.pop("_mistakes")
+        result[s] = r
+        lines.append(f"{s}: accuracy {r['accuracy']:.4f}, loss {r['loss']:.4f}, f1_macro {r['f1_macro']:.4f}")
+        lines.append(metrics.format_per_class(r, list(data.classes)))
+    result["text"] = "\n".join(lines)
+    return result

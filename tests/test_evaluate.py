@@ -1,0 +1,55 @@
+"""cnnlab.evaluate: scoring splits, test-time augmentation, re-scoring a run (cnnlab eval)."""
+import pytest
+import torch
+
+from cnnlab import runs, train
+from cnnlab.evaluate import Evaluator, evaluate_run
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.mark.parametrize("tta,views", [
+    ("flip", lambda x: [x, x.flip(3)]),
+    ("translate", lambda x: [x, torch.roll(x, (1, 1), (2, 3)), torch.roll(x, (-1, -1), (2, 3))]),
+    ("flip_translate", lambda x: [x, x.flip(3), torch.roll(x, (1, 1), (2, 3)), torch.roll(x, (-1, -1), (2, 3))]),
+])
+def test_test_time_augmentation_averages_the_views_probabilities(tta, views):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 3)).eval()  # sees exact pixel positions
+    x = torch.randn(5, 1, 6, 6)
+    ev = Evaluator(lambda v, g: v, 100, "fp32", torch.device("cpu"), "logits", 3, tta=tta)
+    with torch.no_grad():
+        expected = torch.stack([model(v).softmax(1) for v in views(x)]).mean(0).log()
+        plain = model(x).log_softmax(1)
+        got = ev.outputs(model, x)
+    assert torch.allclose(got, expected, atol=1e-6) and not torch.allclose(got, plain, atol=1e-3)
+    scored = ev.score(model, x, expected.argmax(1))
+    assert scored["accuracy"] == 1.0 and scored["loss"] == pytest.approx(float(-expected.max(1).values.mean()), abs=1e-5)
+
+
+def test_test_time_augmentation_refuses_feature_vectors():
+    ev = Evaluator(lambda v, g: v, 100, "fp32", torch.device("cpu"), "logits", 3, tta="flip")
+    with pytest.raises(ValueError, match="features, not images"):
+        ev.score(torch.nn.Linear(8, 3), torch.randn(4, 8), torch.zeros(4, dtype=torch.long))
+
+
+def test_eval_run_reproduces_the_summary(tmp_path, tiny_config, data_root):
+    summary = train.run(tiny_config(), tmp_path / "r", log=quiet)
+    again = evaluate_run(tmp_path / "r", ["test", "val"])
+    assert again["test"]["accuracy"] == summary["test"]["accuracy"]
+    assert again["val"]["confusion"] == summary["val"]["confusion"]
+
+
+def test_a_frozen_backbone_with_tta_is_scored_through_the_whole_network(tmp_path, tiny_config, data_root):
+    # The head trains on cached 2-D features; flipping needs images, so TTA scores the full model.
+    train.run(tiny_config(), tmp_path / "pre", log=quiet)
+    cfg = tiny_config(**{"model.init_from": str(tmp_path / "pre"), "train.finetune": "head", "optim.lr": 0.01,
+                         "train.tta": "flip"})
+    summary = train.run(cfg, tmp_path / "head", log=quiet)
+    assert summary["status"] == "completed" and any("features of all" in w for w in summary["warnings"])
+    assert 0.5 < summary["test"]["accuracy"] <= 1
+    again = evaluate_run(tmp_path / "head", ["test"])
+    assert again["test"]["accuracy"] == pytest.approx(summary["test"]["accuracy"], abs=1e-3)
+    assert all(r["val_loss"] is not None for r in runs.read_jsonl(tmp_path / "head" / "metrics.jsonl"))
