@@ -16,8 +16,15 @@ which leaves out data loading, model set-up, the one validation pass at the end 
 The floor times its loop the same way (permutation, slicing, steps). The two run alternately,
 the order swapping each round, so load from other processes on a shared machine hits both.
 
+With ``--pieces`` it instead times, in this one process and in CPU time (robust to other
+processes' load, unlike wall time), each piece of work cnnlab's step loop does around the
+floor's step: the uint8 batch + ``Preprocess`` against the floor's float slice, the
+channels_last copy, the metric accumulation, the step bookkeeping, tqdm, the optimizer's
+foreach kernels and the loss module; and the whole step both ways.
+
     .venv/bin/python benchmarks/bench_floor.py                    # 3 rounds, 1 thread
     .venv/bin/python benchmarks/bench_floor.py --threads 1 2 --rounds 3
+    .venv/bin/python benchmarks/bench_floor.py --pieces --threads 1 2
 """
 from __future__ import annotations
 
@@ -97,6 +104,100 @@ def run_cnnlab(work: Path, root: Path, threads: int, channels_last: bool) -> dic
             "test_accuracy": s["test"]["accuracy"]}
 
 
+# ----------------------------------------------------------------------------- per-piece cost
+
+
+def cpu_us(fn, reps: int, blocks: int = 7) -> tuple[float, float]:
+    """CPU microseconds per call of ``fn``: (min, median) over ``blocks`` blocks of ``reps`` calls."""
+    for _ in range(5):
+        fn()
+    per = []
+    for _ in range(blocks):
+        c0 = time.process_time()
+        for _ in range(reps):
+            fn()
+        per.append((time.process_time() - c0) / reps * 1e6)
+    return min(per), statistics.median(per)
+
+
+def pieces(root: Path, threads: int) -> dict:
+    """Each piece cnnlab's step loop adds to (or does differently from) the floor's step, timed alone."""
+    import io
+
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    sys.path.insert(0, str(REPO))
+    from cnnlab import data as datamod
+    from cnnlab import transfer
+    from cnnlab.config import Config
+    from cnnlab.optim import build_loss, build_optimizer
+
+    torch.set_num_threads(threads)
+    cfg = Config.model_validate(dict(
+        data=dict(name="mnist", root=str(root), download=False),
+        model=dict(name="lenet5", activation="tanh", pooling="avg", widths=[6, 16], hidden=[120, 84]),
+        optim=dict(name="sgd", lr=0.05, momentum=0.9)))
+    splits = datamod.load_splits(cfg.data, "cpu")
+    pre = datamod.Preprocess(splits, cfg.data, train=True)
+    x_float = pre(splits.train_x, None)  # the floor's tensor: the whole split normalised once
+    idx = torch.randperm(len(splits.train_y), generator=torch.Generator().manual_seed(0))[:100]
+    y = splits.train_y[idx]
+    torch.manual_seed(0)
+    net, _ = transfer.build_model(cfg, 10, 1, image_size=28)
+    net.to(memory_format=torch.channels_last)
+    opt_cnnlab = build_optimizer(transfer.param_groups(net, cfg.optim), cfg.optim)  # foreach=True
+    opt_floor = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)  # torch's default: a loop on CPU
+    loss_fn = build_loss(cfg.loss, 10)
+    xb = x_float[idx].contiguous(memory_format=torch.channels_last)
+    out = net(xb)
+    loss = loss_fn(out, y)
+    loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
+    bar = tqdm(total=10**9, file=io.StringIO())  # what train.progress does on a terminal
+    state = {"step": 0}
+
+    def bookkeeping():  # train_loop's per-step counters and its divergence check every 50 steps
+        state["step"] += 1
+        if state["step"] % 50 == 0 or state["step"] % 500 == 0:
+            bool(torch.isfinite(loss_sum))
+
+    def metrics():
+        loss_sum.add_(loss.detach().float() * len(y))
+        correct.add_((out.detach().argmax(1) == y).sum())
+
+    def step(batch, opt):
+        o = net(batch().contiguous(memory_format=torch.channels_last))
+        lo = loss_fn(o, y)
+        opt.zero_grad(set_to_none=True)
+        lo.backward()
+        opt.step()
+
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    rows = {
+        "floor's batch: slice of the float tensor": (lambda: x_float[idx], 300),
+        "cnnlab's batch: slice of uint8 + Preprocess": (lambda: pre(splits.train_x[idx], None), 300),
+        ".contiguous(channels_last) of a 1-channel batch": (lambda: xb.contiguous(memory_format=torch.channels_last), 300),
+        "metric accumulation (loss_sum, correct)": (metrics, 300),
+        "step counters + divergence check (1 in 50)": (bookkeeping, 300),
+        "tqdm bar.update(1)": (lambda: bar.update(1), 300),
+        "loss: nn.CrossEntropyLoss module": (lambda: loss_fn(out, y), 300),
+        "loss: F.cross_entropy": (lambda: F.cross_entropy(out, y), 300),
+        "optimizer.step, foreach (cnnlab)": (opt_cnnlab.step, 300),
+        "optimizer.step, per-tensor loop (floor)": (opt_floor.step, 300),
+        "whole step, floor (float slice, loop SGD)": (lambda: step(lambda: x_float[idx], opt_floor), 30),
+        "whole step, cnnlab (uint8 + Preprocess, foreach SGD)": (
+            lambda: step(lambda: pre(splits.train_x[idx], None), opt_cnnlab), 30),
+    }
+    print(f"{threads} thread(s): CPU microseconds per call (min / median of 7 blocks), in one process")
+    result = {}
+    for name, (fn, reps) in rows.items():
+        lo, med = cpu_us(fn, reps)
+        result[name] = med
+        print(f"  {name:55s} {lo:9.1f} {med:9.1f}", flush=True)
+    return result
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -108,6 +209,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--rounds", type=int, default=3, help="alternations of the two sides")
     ap.add_argument("--threads", type=int, nargs="+", default=[1], help="torch threads, set in both (e.g. 1 2)")
     ap.add_argument("--nchw", action="store_true", help="NCHW in both instead of channels_last")
+    ap.add_argument("--pieces", action="store_true", help="time cnnlab's per-step extras in-process instead")
     args = ap.parse_args(argv)
     root = args.root.resolve()
     floor = (args.floor or root.parent / "bench" / "plain_loop_lenet.py").resolve()
@@ -117,6 +219,10 @@ def main(argv=None) -> dict:
     print(f"LeNet-5 tanh/avg, MNIST 50,000 images x 1 epoch, batch 100, SGD 0.05 m0.9, fp32, "
           f"{'channels_last' if cl else 'NCHW'}; floor: {floor}")
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    if args.pieces:  # in this process: its environment is the caller's
+        print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+              f"GLIBC_TUNABLES={'set' if os.environ.get('GLIBC_TUNABLES') else 'unset'}")
+        return {threads: pieces(root, threads) for threads in args.threads}
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench_floor_") as tmp:
         for threads in args.threads:
