@@ -333,7 +333,9 @@ KILL_CHAINS = {
 @pytest.mark.slow
 @pytest.mark.parametrize("chain", list(KILL_CHAINS))
 def test_sigkill_at_many_points_then_resume_is_bit_identical(reference, tmp_path, capsys, chain):
-    rng = random.Random(f"{chain}-{os.getpid()}-{time.time_ns()}")
+    # Seeded delays: a failure replays with the same kill points (CNNLAB_KILL_SEED picks others).
+    seed = f"{chain}-{os.environ.get('CNNLAB_KILL_SEED', '0')}"
+    rng = random.Random(seed)
     run_dir = tmp_path / "run"
     tried = []
     for i, (label, make_condition) in enumerate(KILL_CHAINS[chain]):
@@ -351,7 +353,7 @@ def test_sigkill_at_many_points_then_resume_is_bit_identical(reference, tmp_path
     resume_to_the_end(run_dir, capsys)
     assert_same_run(reference, run_dir)
     COUNTS["kill_points_resumed_identically"] += len(tried)
-    print(f"chain {chain}: killed {len(tried)} times: {tried}")
+    print(f"chain {chain} (delay seed {seed!r}): killed {len(tried)} times: {tried}")
     assert len(tried) >= len(KILL_CHAINS[chain]) - 1, f"too many kill points missed: only {tried}"
 
 
