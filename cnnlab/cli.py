@@ -85,18 +85,26 @@ def cmd_train(args) -> int:
             raise _config_error("train needs a study file (cnnlab train STUDY.yaml) or --resume RUN_DIR")
         cfg = load_config(args.study, args.overrides)
         out = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
-    started = time.time()
+    before = _stamp(out / "summary.json")
     try:
         summary = train.run(cfg, out, resume=bool(args.resume), force=args.force)
     except Exception:
         # A run that failed while training still gets its findings and curves: train.run wrote its
-        # summary.json before raising (an older run's folder, refused before training, is left alone).
-        written = out / "summary.json"
-        if written.exists() and written.stat().st_mtime >= started - 1:
+        # summary.json before raising. A folder refused before training is left exactly as it was.
+        if _stamp(out / "summary.json") not in (before, None):
             report.finish_run(out)
         raise
     summary = report.finish_run(out) or summary
     return 0 if succeeded(summary["status"]) else 1
+
+
+def _stamp(path: Path):
+    """(inode, modification time in ns) of a file, or None: tells whether a call rewrote it."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def cmd_eval(args) -> int:
