@@ -279,10 +279,12 @@ def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool =
     device = pick_device(tc.device)
     seed_everything(cfg.seed, tc.deterministic)
     t0 = time.perf_counter()
-    splits = datamod.load_splits(cfg.data, device)
+    # an image folder's split as this run saved it (resume), so the run keeps its images
+    saved = runs.read_json(out_dir / "splits.json") if resume and (out_dir / "splits.json").is_file() else None
+    splits = datamod.load_splits(cfg.data, device, saved=saved)
     data_seconds = time.perf_counter() - t0
     model, model_log = transfer.build_model(cfg, splits.num_classes, splits.in_channels,
-                                            image_size=splits.image_size if isinstance(splits.image_size, int) else None)
+                                            image_size=splits.image_size)
     model.to(device)
     transfer.apply_finetune(model, tc.finetune, freeze_bn=tc.freeze_bn)
     output_kind = info_of(model).output_kind
@@ -342,6 +344,11 @@ def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool =
         log(f"resuming {out_dir} at step {progress.step}/{total_steps}")
     else:
         runs.write_text(out_dir / "config.yaml", dump_yaml(cfg))
+        record = splits.record()  # image folders: each split's files, skipped images, preprocessing
+        if record is not None:
+            runs.write_json(out_dir / "splits.json", record)
+            if record["bad_images"]:
+                runs.write_text(out_dir / "bad_images.txt", "".join(f"{p}\t{why}\n" for p, why in record["bad_images"]))
     log(f"── cnnlab run → {out_dir}\n{dump_yaml(cfg)}")
     log(f"data: {splits.source}; train {n_train:,} / val {len(splits.val_y):,} / test {len(splits.test_y):,} "
         f"images of {tuple(splits.train_x.shape[1:])} on {device} (loaded in {data_seconds:.1f} s)")
@@ -694,7 +701,8 @@ def evaluate_run(run_dir: Path, splits: list[str] = ("test",), checkpoint: str =
         if s not in ("train", "val", "test"):
             raise ConfigError(f"--split: {s!r} is not a split; use train, val or test")
     device = pick_device(cfg.train.device)
-    data = datamod.load_splits(cfg.data, device)
+    saved = runs.read_json(run_dir / "splits.json") if (run_dir / "splits.json").is_file() else None
+    data = datamod.load_splits(cfg.data, device, saved=saved)
     model, _ = transfer.build_model(cfg.model_copy(update={"model": cfg.model.model_copy(
         update={"init_from": None, "pretrained": None, "weights_path": None})}), data.num_classes, data.in_channels)
     model.to(device)
