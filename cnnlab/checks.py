@@ -111,8 +111,16 @@ def check_config(cfg: Config) -> None:
                 raise ConfigError(f"train.finetune: no parameter name of {cfg.model.name!r} starts with {p!r}; "
                                   f"top-level names are: {', '.join(sorted({n.split('.')[0] for n in names}))}")
 
-    size = cfg.data.resize or info.image_size
+    resize = cfg.data.resize
+    size = (min(resize) if isinstance(resize, tuple) else resize) or info.image_size
     min_size = model_info.min_input_size
+    if isinstance(resize, tuple) and cfg.data.resize_policy != "stretch" and cfg.data.name != "imagefolder":
+        raise ConfigError(f"data.resize_policy: {cfg.data.resize_policy!r} applies to image folders (resized when "
+                          f"decoded); {cfg.data.name!r} is resized on the device by stretching, so use a square "
+                          "data.resize or resize_policy=stretch")
+    if cfg.data.test_size is not None and info.test_size is not None:
+        raise ConfigError(f"data.test_size: {cfg.data.name!r} has its own {info.test_size:,} test images; "
+                          "data.test_size splits a flat image folder (data.name=imagefolder) only. Remove it.")
     if size is not None and size < min_size:
         field = "data.resize" if cfg.data.resize else "data.name"
         raise ConfigError(f"{field}: {cfg.model.name!r} needs inputs of at least {min_size}×{min_size} pixels, "
@@ -125,6 +133,8 @@ def check_config(cfg: Config) -> None:
                           f"most {size - 1}, or crop_mode=zero")
 
     val_size = cfg.data.val_size if cfg.data.val_size is not None else info.default_val_size
+    if isinstance(val_size, float) and info.train_size is not None:
+        val_size = max(1, round(val_size * info.train_size))
     if info.train_size is not None and val_size is not None and val_size >= info.train_size:
         raise ConfigError(f"data.val_size: {val_size} leaves no training images ({cfg.data.name!r} has "
                           f"{info.train_size:,} official training images); use fewer than {info.train_size}")

@@ -41,16 +41,58 @@ class AugmentConfig(_Section):
 
 
 class DataConfig(_Section):
+    """Which images, how they are split and how they are brought to one size. For an image folder
+    (``name: imagefolder``) ``root`` is either ``root/<class>/...`` (flat: split here into train /
+    validation / test, stratified by class) or ``root/train/<class>/`` + ``root/test/<class>/``
+    (+ ``root/val/<class>/``)."""
+
     name: str = "mnist"
     root: Optional[str] = Field(None, min_length=1)  # default: $CNNLAB_DATA, else ~/.cache/cnnlab
-    val_size: Optional[int] = Field(None, ge=0)  # None = the data set's default (10,000 / 5,000)
+    # a count of images, or a fraction in (0, 1) of the training images (of all images in a flat folder);
+    # None = the data set's default (10,000 / 5,000; 10 % of the images elsewhere)
+    val_size: Optional[Union[int, float]] = None
+    # flat image folders only: a count or a fraction in (0, 1) of all images; None = 20 %
+    test_size: Optional[Union[int, float]] = None
     split_seed: int = Field(0, ge=0, lt=2**32)  # torch generators take seeds below 2**64
     train_limit: Optional[int] = Field(None, ge=1)  # keep only the first N training images
-    resize: Optional[int] = Field(None, ge=8, le=1024)  # side in pixels, done on the device
-    resize_mode: Literal["bilinear", "bicubic"] = "bilinear"
-    channels: Optional[Literal[1, 3]] = None  # 3 on a grey data set repeats the channel
+    # side in pixels, or [height, width]; image folders are resized when decoded, other sets on the device
+    resize: Optional[Union[int, tuple[int, int]]] = None
+    resize_mode: Literal["bilinear", "bicubic"] = "bilinear"  # the interpolation of any resize
+    # how an image of another aspect meets data.resize: stretch it, crop (shorter side to size, centre
+    # crop) or pad (letterbox: longer side to size, black bars)
+    resize_policy: Literal["stretch", "crop", "pad"] = "stretch"
+    channels: Optional[Literal[1, 3]] = None  # None: 3 if any image is colour, else 1; 3 on grey repeats
+    skip_bad_images: bool = False  # image folders: skip (and list) unreadable images instead of stopping
     download: bool = True
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @field_validator("val_size", "test_size", mode="before")
+    @classmethod
+    def _count_or_fraction(cls, v: Any, info: Any) -> Any:
+        if v is None:
+            return v
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError("must be a count of images (0, 1, 2, ...) or a fraction between 0 and 1")
+        least = 1 if info.field_name == "test_size" else 0
+        if isinstance(v, float) and 0 < v < 1:
+            return v  # a fraction
+        if isinstance(v, float) and not v.is_integer():
+            raise ValueError(f"a fraction must lie strictly between 0 and 1, got {v}")
+        if int(v) < least:
+            raise ValueError(f"must be a count of at least {least} or a fraction between 0 and 1, got {v}")
+        return int(v)
+
+    @field_validator("resize", mode="before")
+    @classmethod
+    def _side_or_pair(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        pair = list(v) if isinstance(v, (list, tuple)) else [v, v]
+        if len(pair) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in pair):
+            raise ValueError("must be one side in pixels or [height, width]")
+        if not all(8 <= x <= 4096 for x in pair):
+            raise ValueError(f"sides must be between 8 and 4096 pixels, got {v}")
+        return pair[0] if pair[0] == pair[1] else tuple(pair)
 
 
 Activation = Literal["tanh", "relu", "leaky_relu", "gelu", "sigmoid", "elu"]

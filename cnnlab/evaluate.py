@@ -158,7 +158,7 @@ def evaluate_run(run_dir: Path, splits: list[str] = ("test",), checkpoint: str =
         if s not in SPLITS:
             raise ConfigError(f"--split: {s!r} is not a split; use train, val or test")
     device = pick_device(cfg.train.device)
-    data = datamod.load_splits(cfg.data, device)
+    data = datamod.load_splits(cfg.data, device, saved=runs.read_split_record(run_dir))
     model, _ = transfer.build_model(cfg.model_copy(update={"model": cfg.model.model_copy(
         update={"init_from": None, "pretrained": None, "weights_path": None})}), data.num_classes, data.in_channels)
     model.to(device)

@@ -360,3 +360,23 @@ def write_scalars(board, row: dict) -> None:
         if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
             board.add_scalar(key.replace("train_", "train/", 1).replace("val_", "val/", 1), value, row["step"])
     board.flush()  # live curves: TensorBoard reads the file while the run goes on
+
+
+# ----------------------------------------------------------------------------- an image folder's split
+
+
+def write_split_record(run_dir: Path, record: dict | None) -> None:
+    """``splits.json`` (each split's files, skipped images, preprocessing) and ``bad_images.txt``
+    (one ``path<TAB>why`` line per image skipped by ``data.skip_bad_images``); nothing for
+    the built-in data sets, whose splits are fixed (``record`` None)."""
+    if record is None:
+        return
+    write_json(Path(run_dir) / "splits.json", record)
+    if record["bad_images"]:
+        write_text(Path(run_dir) / "bad_images.txt", "".join(f"{p}\t{why}\n" for p, why in record["bad_images"]))
+
+
+def read_split_record(run_dir: Path) -> dict | None:
+    """The ``splits.json`` a run saved, so ``--resume`` and ``cnnlab eval`` see the same images."""
+    path = Path(run_dir) / "splits.json"
+    return read_json(path) if path.is_file() else None

@@ -29,6 +29,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 from torch.optim import swa_utils
+from tqdm import tqdm
 
 from cnnlab import checks, runs, transfer
 from cnnlab import data as datamod
@@ -143,17 +144,19 @@ def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainStat
     device = pick_device(tc.device)
     seed_everything(cfg.seed, tc.deterministic)
     t0 = time.perf_counter()
-    splits = datamod.load_splits(cfg.data, device)
+    saved = runs.read_split_record(out_dir) if resume else None  # an image folder's split, as saved
+    splits = datamod.load_splits(cfg.data, device, saved=saved)
     data_seconds = time.perf_counter() - t0
-    size = splits.image_size if isinstance(splits.image_size, int) else None
-    model, model_log = transfer.build_model(cfg, splits.num_classes, splits.in_channels, image_size=size)
+    model, model_log = transfer.build_model(cfg, splits.num_classes, splits.in_channels,
+                                            image_size=splits.image_size)
     model.to(device)
     transfer.apply_finetune(model, tc.finetune, freeze_bn=tc.freeze_bn)
     info = info_of(model)
     channels_last = use_channels_last(model, tc.channels_last, tc.precision, device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    model_info = {"name": cfg.model.name, "output_kind": info.output_kind, **summarize(model, splits.input_shape, device=device)}
+    model_info = {"name": cfg.model.name, "output_kind": info.output_kind,
+                  **summarize(model, splits.input_shape, device=device)}
     warnings = [*model_log, *checks.config_warnings(cfg, info.output_kind, device)]
 
     eval_pre = Preprocess(splits, cfg.data, train=False)
@@ -210,11 +213,11 @@ def open_run_folder(s: TrainState, resume: bool) -> None:
     s.out_dir.mkdir(parents=True, exist_ok=True)
     if resume:
         runs.restore(s.out_dir / "last.pt", s)
-        kept = [r for r in runs.read_jsonl(metrics_file) if r["step"] <= s.progress.step]
-        runs.write_jsonl(metrics_file, kept)
+        runs.write_jsonl(metrics_file, [r for r in runs.read_jsonl(metrics_file) if r["step"] <= s.progress.step])
         log(f"resuming {s.out_dir} at step {s.progress.step}/{s.total_steps}")
     else:
         runs.write_text(s.out_dir / "config.yaml", dump_yaml(cfg))
+        runs.write_split_record(s.out_dir, splits.record())  # image folders: each split's files
     log(f"── cnnlab run → {s.out_dir}\n{dump_yaml(cfg)}")
     log(f"data: {splits.source}; train {len(splits.train_y):,} / val {len(splits.val_y):,} / test "
         f"{len(splits.test_y):,} images of {tuple(splits.train_x.shape[1:])} on {s.device} "
@@ -362,13 +365,12 @@ def finish(s: TrainState, status: str, error: str | None, score: bool = True) ->
         results, mistakes = score_splits(s.evaluator, s.scored, s.eval_inputs, s.splits.test_x)
         runs.save_misclassified(s.out_dir, mistakes)
     eval_seconds = time.perf_counter() - t0
-    p, cfg = s.progress, s.cfg
-    images = p.step * cfg.train.batch_size
+    p, cfg, images = s.progress, s.cfg, s.progress.step * s.cfg.train.batch_size
     summary = {
         "status": status, "error": error, "name": cfg.name, "seed": cfg.seed, "config": cfg.to_dict(),
         "classes": list(s.splits.classes), "data_source": s.splits.source,
-        "best": {"epoch": p.best_epoch, "step": p.best_step,
-                 "val_accuracy": p.best_val_accuracy, "val_loss": p.best_val_loss},
+        "best": {"epoch": p.best_epoch, "step": p.best_step, "val_accuracy": p.best_val_accuracy,
+                 "val_loss": p.best_val_loss},
         **results,
         "final_train_loss": s.history[-1]["train_loss"] if s.history else None,
         "model": s.model_info,
@@ -394,7 +396,5 @@ def progress_bar(s: TrainState, epoch: int, done: int):
     """A tqdm bar for one epoch when asked for (train.progress) and stderr is a terminal, else None."""
     if not (s.cfg.train.progress and sys.stderr.isatty()):
         return None
-    from tqdm import tqdm
-
     return tqdm(total=min(s.steps_per_epoch, s.total_steps - epoch * s.steps_per_epoch), initial=done,
                 desc=f"epoch {epoch + 1}", unit="it", leave=False, dynamic_ncols=True)

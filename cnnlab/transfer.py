@@ -42,7 +42,7 @@ class TransferError(RuntimeError):
 
 
 def build_model(cfg, num_classes: int, in_channels: int, *,
-                image_size: Optional[int] = None) -> tuple[nn.Module, list[str]]:
+                image_size: Union[int, tuple[int, int], None] = None) -> tuple[nn.Module, list[str]]:
     """The network of ``cfg.model`` with its starting weights, plus log lines saying what was loaded.
 
     ``image_size`` (the side of the images the model will see) lets lazy layers get their size
@@ -91,7 +91,7 @@ def _dataset_image_size(name: str) -> Optional[int]:
     return dataset_info(name).image_size
 
 
-def materialize(model: nn.Module, in_channels: int, image_size: Optional[int]) -> None:
+def materialize(model: nn.Module, in_channels: int, image_size: Union[int, tuple[int, int], None]) -> None:
     """Give lazy layers their sizes with one dummy forward (no gradients, no BN statistics touched);
     with ``image_size`` None they wait for the first real forward."""
     if image_size is None:
@@ -103,7 +103,8 @@ def materialize(model: nn.Module, in_channels: int, image_size: Optional[int]) -
     model.eval()  # eval: batch norm must not update its statistics on zeros
     try:
         with torch.no_grad():
-            model(torch.zeros(1, in_channels, image_size, image_size, device=device))
+            h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+            model(torch.zeros(1, in_channels, h, w, device=device))
     finally:
         for m, mode in modes.items():
             m.training = mode
@@ -320,7 +321,7 @@ def cut_points(model: nn.Module) -> list[str]:
 
 
 def cut_at(model: nn.Module, layer: str, num_classes: int, in_channels: int,
-           image_size: Optional[int] = None) -> nn.Sequential:
+           image_size: Union[int, tuple[int, int], None] = None) -> nn.Sequential:
     """``model`` up to and including ``layer`` → global average pool → new linear ``fc``.
 
     The kept layers run one after the other, in the order the network defines them. That
@@ -366,7 +367,7 @@ def cut_at(model: nn.Module, layer: str, num_classes: int, in_channels: int,
 
 
 def _cut_matches(model: nn.Module, kept: list[tuple[str, nn.Module]], layer: str, in_channels: int,
-                 image_size: Optional[int]) -> bool:
+                 image_size: Union[int, tuple[int, int], None]) -> bool:
     """Does running ``kept`` in order reproduce what ``layer`` outputs inside ``model``?"""
     first = next(iter(model.parameters()), None)
     if first is None or first.is_meta:
@@ -376,7 +377,8 @@ def _cut_matches(model: nn.Module, kept: list[tuple[str, nn.Module]], layer: str
         return True  # a forward at a guessed size would size the lazy layers wrongly (only our in-order nets)
     info = info_of(model)
     size = image_size or max(info.min_input_size, min(info.input_size or 32, 64))
-    x = torch.randn(2, in_channels, size, size, generator=torch.Generator().manual_seed(0)).to(first.device)
+    h, w = (size, size) if isinstance(size, int) else size
+    x = torch.randn(2, in_channels, h, w, generator=torch.Generator().manual_seed(0)).to(first.device)
 
     def stop(module, inputs, output):  # nothing after the cut needs to run
         raise _HeadReached(output)

@@ -61,35 +61,37 @@ def test_imagefolder_grey_palette_and_mixed(tmp_path):
     grey = rng.integers(0, 256, (5, 5), dtype=np.uint8)
     colour = rng.integers(0, 256, (5, 5, 3), dtype=np.uint8)
     write_png(tmp_path / "g" / "train" / "a" / "0.png", grey)
+    write_png(tmp_path / "g" / "train" / "b" / "0.png", grey)
     write_png(tmp_path / "g" / "test" / "a" / "0.png", grey)
     raw = data.load_imagefolder(tmp_path / "g")
-    assert raw.train_x.shape == (1, 1, 5, 5) and np.array_equal(raw.train_x[0, 0].numpy(), grey)
+    assert raw.train_x.shape == (2, 1, 5, 5) and np.array_equal(raw.train_x[0, 0].numpy(), grey)
     # a palette PNG must come out as its colours, not its palette indices
     pal = Image.fromarray(colour).convert("P", palette=Image.Palette.ADAPTIVE, colors=6)
     (tmp_path / "m" / "train" / "a").mkdir(parents=True)
     pal.save(tmp_path / "m" / "train" / "a" / "0.png")
     write_png(tmp_path / "m" / "train" / "a" / "1.png", grey)  # grey next to colour -> repeated to 3 channels
-    write_png(tmp_path / "m" / "test" / "a" / "0.png", colour, mode="RGBA")  # alpha is dropped
+    write_png(tmp_path / "m" / "train" / "b" / "0.png", grey)
+    write_png(tmp_path / "m" / "test" / "a" / "0.png", colour, mode="RGBA")  # opaque alpha is dropped
     raw = data.load_imagefolder(tmp_path / "m")
-    assert raw.train_x.shape == (2, 3, 5, 5)
+    assert raw.train_x.shape == (3, 3, 5, 5)
     assert np.array_equal(raw.train_x[0].permute(1, 2, 0).numpy(), np.asarray(pal.convert("RGB")))
     assert all(np.array_equal(raw.train_x[1, c].numpy(), grey) for c in range(3))
     assert np.array_equal(raw.test_x[0].permute(1, 2, 0).numpy(), colour)
 
 
 def test_imagefolder_errors(tmp_path, cache):
-    with pytest.raises(DataError, match="has no train/ folder.*data.root"):
+    with pytest.raises(DataError, match="holds no class folders.*data.root"):
         data.load_imagefolder(tmp_path)
     make_tree(tmp_path / "t")
     (tmp_path / "t" / "train" / "cat" / "001.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     with pytest.raises(DataError) as e:
         data.load_imagefolder(tmp_path / "t")
     assert str(tmp_path / "t" / "train" / "cat" / "001.png") in str(e.value)
-    assert not cache.exists() or not any(cache.iterdir())  # no partial cache
+    assert "skip_bad_images" in str(e.value)
     make_tree(tmp_path / "s")
     write_png(tmp_path / "s" / "test" / "ant" / "big.png", np.zeros((9, 9, 3), np.uint8))
     with pytest.raises(DataError, match="8x6.*9x9|9x9.*8x6"):
         data.load_imagefolder(tmp_path / "s")
-    make_tree(tmp_path / "x", counts={"train": {"a": 1}, "test": {"b": 1}})
+    make_tree(tmp_path / "x", counts={"train": {"a": 1, "c": 1}, "test": {"b": 1}})
     with pytest.raises(DataError, match="train/ lacks: b"):
         data.load_imagefolder(tmp_path / "x")

@@ -182,6 +182,19 @@ def invalid_values(name: str, info) -> dict[str, st.SearchStrategy]:
         kinds["wrong type"] = st.one_of(st.integers(), st.floats(allow_nan=False), small_dicts,
                                         st.lists(st.integers(), min_size=1, max_size=3), st.just([]))
         kinds["unknown prefix"] = st.lists(words, min_size=1, max_size=3)  # no LeNet-5 parameter starts so
+    elif name in ("data.val_size", "data.test_size"):  # a count of images or a fraction in (0, 1)
+        least = 0 if name == "data.val_size" else 1
+        kinds["wrong type"] = st.one_of(words, st.booleans(), small_lists, small_dicts)
+        kinds["out of range"] = st.one_of(
+            st.integers(max_value=least - 1, min_value=-(10**12)),
+            st.floats(min_value=1, max_value=1e9, allow_nan=False).filter(lambda f: not f.is_integer()),
+            st.floats(max_value=-1e-9, min_value=-1e9, allow_nan=False), non_finite)
+    elif name == "data.resize":  # one side in pixels or [height, width]
+        kinds["wrong type"] = st.one_of(words, fractional, small_dicts,
+                                        st.lists(st.integers(8, 64), min_size=3, max_size=4))
+        kinds["out of range"] = st.one_of(st.integers(max_value=7, min_value=-(10**6)),
+                                          st.integers(min_value=4097, max_value=10**6),
+                                          st.lists(st.integers(-10, 7), min_size=2, max_size=2))
     elif ann is bool:
         kinds["wrong type"] = st.one_of(words, st.integers().filter(lambda i: i not in (0, 1)),
                                         fractional, small_lists, small_dicts)

@@ -13,7 +13,8 @@ from typing import Any, Optional, Union
 from cnnlab.data.common import md5, resolve_root
 from cnnlab.registry import DATASETS
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# what Pillow reads for us; anything else in a class folder is skipped and counted
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 def describe_data(root: Union[str, Path, None] = None, check: bool = True) -> list[dict[str, Any]]:
@@ -36,14 +37,24 @@ def file_entry(path: Path, expected_md5: Optional[str], check: bool) -> dict[str
     return entry
 
 
+def _images_under(folder: str) -> int:
+    n = 0
+    for dirpath, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        n += sum(1 for f in files if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES))
+    return n
+
+
 def count_tree(folder: Path) -> dict[str, int]:
-    """Images under ``train/<class>/`` and ``test/<class>/``, per split."""
+    """Images under ``train/<class>/`` and ``test/<class>/`` (and ``val/<class>/``), per split;
+    for a flat ``<class>/`` folder, ``{"all": n}``."""
     counts = {}
-    for split in ("train", "test"):
-        n = 0
+    if not (folder / "train").is_dir():
+        dirs = [c.path for c in os.scandir(folder) if c.is_dir() and not c.name.startswith(".")] if folder.is_dir() else []
+        return {"all": sum(_images_under(c) for c in dirs)}
+    for split in ("train", "val", "test"):
         if (folder / split).is_dir():
-            for c in os.scandir(folder / split):
-                if c.is_dir():
-                    n += sum(1 for e in os.scandir(c.path) if e.name.lower().endswith(IMAGE_SUFFIXES))
-        counts[split] = n
+            counts[split] = sum(_images_under(c.path) for c in os.scandir(folder / split) if c.is_dir())
+        elif split != "val":
+            counts[split] = 0
     return counts

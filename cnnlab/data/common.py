@@ -11,7 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -49,16 +49,28 @@ class RawData:
     source: str
     cache_path: Optional[Path] = None
     from_cache: bool = False
+    # image folders: a val/ folder's images; "flat" when train_x holds every image of a root/<class>/
+    # folder (test_x empty; cnnlab.data.splits splits it); the data root; each split's files (paths
+    # relative to root, in tensor order); images skipped as unreadable [(path, why)]; non-image files
+    val_x: Optional[torch.Tensor] = None
+    val_y: Optional[torch.Tensor] = None
+    layout: str = "split"
+    root: Optional[Path] = None
+    files: Optional[dict[str, list[str]]] = None
+    bad_images: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class DataSource:
-    """One ``DATASETS`` entry: the data set's facts, its loader ``load(root, download)``
-    and ``describe(root, check)``, the dict ``cnnlab data list|check`` prints."""
+    """One ``DATASETS`` entry: the data set's facts, its loader ``load(root, download, **options)``
+    and ``describe(root, check)``, the dict ``cnnlab data list|check`` prints. ``options`` names
+    the ``data.*`` settings the loader takes as keyword arguments (image folders: resizing)."""
 
     info: DatasetInfo
-    load: Callable[[Path, bool], RawData]
+    load: Callable[..., RawData]
     describe: Callable[[Path, bool], dict[str, Any]]
+    options: tuple[str, ...] = ()
 
 
 def resolve_root(data_cfg: Any = None) -> Path:

@@ -4,8 +4,12 @@ The official test set is kept as it is. The official training set is split into
 train and validation by one permutation drawn from ``data.split_seed`` on the CPU
 with its own generator, so the split never depends on the device, the run seed or
 anything drawn before; ``data.train_limit`` then keeps the first N images of the
-(shuffled) train split, leaving validation where it was. ``data.channels`` turns
-RGB into grey here, once. All tensors move to the device in one go, as uint8.
+(shuffled) train split, leaving validation where it was. An image folder with a
+``val/`` folder keeps it as validation. A flat image folder (``root/<class>/``) is
+split into train / validation / test here, stratified by class (:func:`stratified_split`),
+or by the file lists a run saved (``splits.json``, :meth:`Splits.record`), so eval and
+resume see the same split. ``data.channels`` turns RGB into grey here, once. All
+tensors move to the device in one go, as uint8.
 """
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ if TYPE_CHECKING:
 # that these are DataConfig's own defaults).
 DEFAULTS: dict[str, Any] = {
     "name": "mnist", "root": None, "download": True, "val_size": None, "split_seed": 0, "train_limit": None,
-    "resize": None, "channels": None,
+    "resize": None, "channels": None, "test_size": None, "resize_mode": "bilinear", "resize_policy": "stretch",
+    "skip_bad_images": False,
 }  # fmt: skip
 
 DataSettings = Union["DataConfig", dict, None]
@@ -68,6 +73,18 @@ class Splits:
     name: str = ""
     train_index: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
     val_index: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    # how images become the model's input (see preprocessing()): data.resize as (height, width) or
+    # None, the policy, the interpolation, and whether the resize happened when decoding (image folders)
+    resize: Optional[tuple[int, int]] = None
+    resize_policy: str = "stretch"
+    interpolation: str = "bilinear"
+    resized_on_decode: bool = False
+    # image folders: the root, the files of each split ([path relative to root, class index], in
+    # tensor order), unreadable images skipped [(path, why)], non-image files skipped
+    root: Optional[str] = None
+    files: Optional[dict[str, list[tuple[str, int]]]] = None
+    bad_images: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -76,11 +93,114 @@ class Splits:
         h, w = (s, s) if isinstance(s, int) else s
         return (self.in_channels, h, w)
 
+    def preprocessing(self) -> dict[str, Any]:
+        """Everything needed to turn a new image into this model's input, as plain JSON values
+        (for checkpoints, summary.json, predict and export): classes, input shape (C, H, W),
+        channels, per-channel mean/std (0..1 scale, applied after scaling pixels to 0..1),
+        and the resize (``[height, width]`` or None), its policy and interpolation."""
+        return {
+            "classes": list(self.classes), "input_shape": list(self.input_shape), "channels": self.in_channels,
+            "mean": [float(m) for m in self.mean], "std": [float(s) for s in self.std],
+            "resize": list(self.resize) if self.resize else None, "resize_policy": self.resize_policy,
+            "interpolation": self.interpolation, "resized_on_decode": self.resized_on_decode,
+        }  # fmt: skip
+
+    def record(self) -> Optional[dict[str, Any]]:
+        """What ``splits.json`` in a run folder holds, for image folders (None for the built-in
+        sets, whose split ``data.split_seed`` fixes): the root, classes, each split's files
+        ``[path relative to root, class index]``, unreadable images skipped ``[path, why]``, the
+        number of non-image files skipped, and :meth:`preprocessing`. ``load_splits(...,
+        saved=record)`` rebuilds the same split from it."""
+        if self.files is None:
+            return None
+        return {
+            "version": 1, "root": self.root, "classes": list(self.classes),
+            "files": {s: [[p, c] for p, c in v] for s, v in self.files.items()},
+            "bad_images": [[p, why] for p, why in self.bad_images], "skipped_files": len(self.skipped),
+            "preprocessing": self.preprocessing(),
+        }  # fmt: skip
+
 
 def load_raw(data_cfg: DataSettings = None) -> RawData:
     """The whole data set named by ``data.name``, on the CPU."""
-    name = setting(data_cfg, "name")
-    return DATASETS.get(name).load(resolve_root(data_cfg), setting(data_cfg, "download"))
+    source = DATASETS.get(setting(data_cfg, "name"))
+    options = {k: setting(data_cfg, k) for k in source.options}
+    return source.load(resolve_root(data_cfg), setting(data_cfg, "download"), **options)
+
+
+def count_of(size: Union[int, float], n: int) -> int:
+    """``data.val_size`` / ``data.test_size`` as a number of images out of ``n``: a fraction
+    in (0, 1) is rounded (at least 1), a count is itself."""
+    return max(1, round(size * n)) if isinstance(size, float) else int(size)
+
+
+def stratified_split(labels: torch.Tensor, n_test: int, n_val: int, seed: int
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train, val, test) indices: each class gives test and validation images in proportion to
+    its size (largest remainder, so the totals are exact), drawn by one permutation per class
+    from a generator seeded with ``seed``; every class keeps at least one training image. Each
+    index list is sorted (file order)."""
+    num_classes = int(labels.max()) + 1 if len(labels) else 0
+    counts = torch.bincount(labels, minlength=num_classes).tolist()
+    n = len(labels)
+
+    def shares(total: int, room: list[int]) -> list[int]:
+        exact = [total * c / n for c in counts]
+        got = [min(int(e), r) for e, r in zip(exact, room)]
+        order = sorted(range(num_classes), key=lambda k: (-(exact[k] - int(exact[k])), k))
+        while sum(got) < total and any(g < r for g, r in zip(got, room)):
+            for k in order:
+                if sum(got) < total and got[k] < room[k]:
+                    got[k] += 1
+        return got
+
+    test = shares(n_test, [c - 1 for c in counts])
+    val = shares(n_val, [c - 1 - t for c, t in zip(counts, test)])
+    g = torch.Generator().manual_seed(seed)
+    parts: dict[str, list[torch.Tensor]] = {"train": [], "val": [], "test": []}
+    for k in range(num_classes):
+        members = (labels == k).nonzero().flatten()
+        perm = members[torch.randperm(len(members), generator=g)]
+        parts["test"].append(perm[: test[k]])
+        parts["val"].append(perm[test[k] : test[k] + val[k]])
+        parts["train"].append(perm[test[k] + val[k] :])
+    return tuple(torch.cat(parts[s]).sort().values for s in ("train", "val", "test"))  # type: ignore[return-value]
+
+
+def _split_flat(raw: RawData, data_cfg: DataSettings, saved: Optional[dict]) -> dict[str, torch.Tensor]:
+    """Indices into a flat folder's images for train / val / test: from a run's saved file
+    lists when given, else a stratified split by data.test_size / data.val_size / split_seed."""
+    paths = raw.files["train"] if raw.files else []
+    if saved is not None:
+        where = {p: i for i, p in enumerate(paths)}
+        out, missing = {}, []
+        for s in ("train", "val", "test"):
+            listed = [p for p, _ in saved["files"].get(s, [])]
+            missing += [p for p in listed if p not in where]
+            out[s] = torch.tensor([where[p] for p in listed if p in where], dtype=torch.int64)
+        if missing:
+            raise DataError(
+                f"the split this run saved (splits.json) lists {len(missing)} file(s) no longer in {raw.root} "
+                f"(e.g. {', '.join(missing[:3])}); restore them, or train a new run on the folder as it is now.")
+        return out
+    n = len(paths)
+    counts = torch.bincount(raw.train_y, minlength=len(raw.classes))
+    for k, c in enumerate(counts.tolist()):
+        if c < 3:
+            raise DataError(f"{raw.root / raw.classes[k]} has {c} usable image(s): a flat folder is split into "
+                            f"train, validation and test, so every class needs at least 3. Add images to it.")
+    test_size, val_size = setting(data_cfg, "test_size"), setting(data_cfg, "val_size")
+    n_test = count_of(0.2 if test_size is None else test_size, n)
+    n_val = count_of(0.1 if val_size is None else val_size, n) if val_size != 0 else 0
+    if n_test + n_val > n - len(counts):
+        raise DataError(
+            f"data.test_size and data.val_size ask for {n_test} + {n_val} of the {n} images in {raw.root}, leaving "
+            f"too few for training (each of the {len(counts)} classes needs one); make them smaller.")
+    train, val, test = stratified_split(raw.train_y, n_test, n_val, setting(data_cfg, "split_seed"))
+    limit = setting(data_cfg, "train_limit")
+    if limit is not None:  # a seeded shuffle of the train split, then its first N (as for the built-in sets)
+        train = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(setting(data_cfg, "split_seed")))][:limit]
+    return {"train": train, "val": val, "test": test}
 
 
 def split_indices(
@@ -106,58 +226,92 @@ def to_grey(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def load_splits(data_cfg: DataSettings = None, device: Union[str, torch.device] = "cpu") -> Splits:
-    """Load ``data.name`` and split the official training set into train and
-    validation with a permutation fixed by ``data.split_seed``; the official test
-    set is kept as it is. ``data.train_limit`` keeps the first N images of the
-    (shuffled) train split. All tensors are moved to ``device`` once, as uint8."""
+def load_splits(data_cfg: DataSettings = None, device: Union[str, torch.device] = "cpu",
+                saved: Optional[dict] = None) -> Splits:
+    """Load ``data.name`` and split it: the official training set into train and validation
+    with a permutation fixed by ``data.split_seed`` (an image folder's val/ is kept as
+    validation), the official test set as it is; a flat image folder into all three,
+    stratified by class, or as ``saved`` (a run's ``splits.json``, see :meth:`Splits.record`)
+    says. ``data.train_limit`` keeps the first N images of the (shuffled) train split. All
+    tensors are moved to ``device`` once, as uint8."""
     name = setting(data_cfg, "name")
     raw = load_raw(data_cfg)
-    n = len(raw.train_x)
-    val_size = setting(data_cfg, "val_size")
-    if val_size is None:
-        default = dataset_info(name).default_val_size
-        val_size = default if default is not None else n // 10
-    if val_size >= n:
-        raise DataError(
-            f"data.val_size={val_size} leaves no training images: {name} has {n} training images "
-            f"({raw.source}). Set data.val_size below {n}."
-        )
     seed, limit = setting(data_cfg, "split_seed"), setting(data_cfg, "train_limit")
-    train_index, val_index = split_indices(n, val_size, seed, limit)
+    val_size = setting(data_cfg, "val_size")
+    if setting(data_cfg, "test_size") is not None and raw.layout != "flat":
+        raise DataError(f"data.test_size is set, but {name} ({raw.source}) has its own test images; data.test_size "
+                        f"splits a flat root/<class>/ image folder only. Remove it.")
+    files = None
+    if raw.layout == "flat":
+        idx = _split_flat(raw, data_cfg, saved)
+        train_index, val_index = idx["train"], idx["val"]
+        x_all, y_all = raw.train_x, raw.train_y
+        xs = {s: x_all[i] for s, i in idx.items()}
+        ys = {s: y_all[i] for s, i in idx.items()}
+        paths = raw.files["train"] if raw.files else []
+        files = {s: [(paths[j], int(y_all[j])) for j in i.tolist()] for s, i in idx.items()}
+        mean, std = channel_stats(xs["train"])
+    else:
+        n = len(raw.train_x)
+        if raw.val_x is not None:
+            if val_size is not None:
+                raise DataError(f"data.val_size is set, but {raw.root}/val/ holds the validation images; remove "
+                                f"data.val_size or the val/ folder.")
+            val_index = torch.empty(0, dtype=torch.int64)
+            train_index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit] if limit \
+                else torch.arange(n)
+            val_x, val_y = raw.val_x, raw.val_y
+        else:
+            if val_size is None:
+                default = dataset_info(name).default_val_size
+                val_size = default if default is not None else n // 10
+            val_size = count_of(val_size, n) if val_size else 0
+            if val_size >= n:
+                raise DataError(
+                    f"data.val_size={val_size} leaves no training images: {name} has {n} training images "
+                    f"({raw.source}). Set data.val_size below {n}."
+                )
+            train_index, val_index = split_indices(n, val_size, seed, limit)
+            val_x, val_y = raw.train_x[val_index], raw.train_y[val_index]
+        xs = {"train": raw.train_x[train_index], "val": val_x, "test": raw.test_x}
+        ys = {"train": raw.train_y[train_index], "val": val_y, "test": raw.test_y}
+        mean, std = raw.mean, raw.std
+        if raw.files is not None:
+            tr = raw.files["train"]
+            files = {"train": [(tr[j], int(raw.train_y[j])) for j in train_index.tolist()],
+                     "val": ([(tr[j], int(raw.train_y[j])) for j in val_index.tolist()] if raw.val_x is None else
+                             list(zip(raw.files.get("val", []), raw.val_y.tolist()))),
+                     "test": list(zip(raw.files.get("test", []), raw.test_y.tolist()))}
 
-    train_x, test_x = raw.train_x, raw.test_x
-    mean, std = raw.mean, raw.std
-    native = train_x.shape[1]
+    native = xs["train"].shape[1]
     channels = setting(data_cfg, "channels") or native
     if channels == 1 and native == 3:
         # Converted once here rather than per batch; statistics of the grey images.
-        train_x, test_x = to_grey(train_x), to_grey(test_x)
-        mean, std = channel_stats(train_x)
+        xs = {s: to_grey(x) for s, x in xs.items()}
+        mean, std = channel_stats(xs["train"])
     elif channels == 3 and native == 1:
-        mean, std = mean * 3, std * 3  # Preprocess repeats the channel
+        mean, std = tuple(mean) * 3, tuple(std) * 3  # Preprocess repeats the channel
     elif channels != native:
         raise DataError(f"data.channels={channels} cannot be made from {native}-channel images")
 
-    h, w = train_x.shape[-2:]
+    h, w = xs["train"].shape[-2:]
     resize = setting(data_cfg, "resize")
     image_size: Union[int, tuple[int, int]] = resize if resize else (h if h == w else (h, w))
+    if isinstance(image_size, (list, tuple)):
+        image_size = tuple(image_size)  # type: ignore[assignment]
+        if image_size[0] == image_size[1]:
+            image_size = image_size[0]
     dev = torch.device(device)
     return Splits(
-        train_x=train_x[train_index].to(dev),
-        train_y=raw.train_y[train_index].to(dev),
-        val_x=train_x[val_index].to(dev),
-        val_y=raw.train_y[val_index].to(dev),
-        test_x=test_x.to(dev),
-        test_y=raw.test_y.to(dev),
-        classes=list(raw.classes),
-        mean=tuple(mean),
-        std=tuple(std),
-        num_classes=len(raw.classes),
-        in_channels=channels,
-        image_size=image_size,
-        source=raw.source,
-        name=name,
-        train_index=train_index,
-        val_index=val_index,
-    )
+        train_x=xs["train"].to(dev), train_y=ys["train"].to(dev),
+        val_x=xs["val"].to(dev), val_y=ys["val"].to(dev),
+        test_x=xs["test"].to(dev), test_y=ys["test"].to(dev),
+        classes=list(raw.classes), mean=tuple(mean), std=tuple(std), num_classes=len(raw.classes),
+        in_channels=channels, image_size=image_size, source=raw.source, name=name,
+        train_index=train_index, val_index=val_index,
+        resize=((resize, resize) if isinstance(resize, int) else tuple(resize)) if resize else None,
+        resize_policy=setting(data_cfg, "resize_policy"), interpolation=setting(data_cfg, "resize_mode"),
+        resized_on_decode=bool(resize) and "resize" in DATASETS.get(name).options,
+        root=str(raw.root) if raw.root is not None else None, files=files,
+        bad_images=list(raw.bad_images), skipped=list(raw.skipped),
+    )  # fmt: skip

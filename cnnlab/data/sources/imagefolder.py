@@ -1,22 +1,32 @@
-"""Image folders: any ``train/<class>/`` + ``test/<class>/`` tree of PNG or JPEG images.
+"""Image folders as people have them: ``root/<class>/...`` (flat; split into train /
+validation / test by :mod:`cnnlab.data.splits`) or ``root/train/<class>/`` +
+``root/test/<class>/`` (+ ``root/val/<class>/``), of JPEG, PNG, BMP, GIF, WebP or TIFF
+images of any size and colour mode.
 
-The tree is scanned and fingerprinted (every image's path, size and mtime), then
-decoded once into whole-set uint8 tensors, which :mod:`cnnlab.data.cache` keeps
-under the cache directory: later runs load in a fraction of a second and a
-changed folder is decoded again. Classes are the sorted folder names of
-``train/``; mean/std come from the training images. The CIFAR-10 image-folder
-export is read through :func:`read_tree` too.
+The tree is scanned (class folders may hold subfolders; hidden files and folders and
+files that are not images are skipped and counted) and fingerprinted: every image's
+path, size and mtime, plus the resize settings. Pillow then decodes the images in a
+thread pool (it releases the GIL while decoding): EXIF orientation applied, grey
+kept grey and everything else (palette, RGBA, CMYK...) made RGB, transparency over
+black, and with ``data.resize`` each image is brought to that size by the
+``data.resize_policy`` (stretch, crop or pad). :mod:`cnnlab.data.cache` keeps the
+decoded uint8 tensors under the cache directory, never in the data root, so later
+runs load in a fraction of a second and a changed folder is decoded again. Classes
+are the sorted class-folder names; the CIFAR-10 image-folder export is read through
+:func:`read_tree` too.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import warnings
-from dataclasses import dataclass
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import numpy as np
 import torch
 
 from cnnlab.data.cache import load_cached, save_cached
@@ -25,210 +35,340 @@ from cnnlab.data.common import DataError, DataSource, RawData, channel_stats, sh
 from cnnlab.registry import DATASETS, DatasetInfo
 
 IMAGEFOLDER = DatasetInfo(name="imagefolder", title="image folder")  # everything else comes from the files
+HOW = ("data.name=imagefolder needs data.root to hold one folder of images per class (root/<class>/...), "
+       "or train/<class>/ and test/<class>/ (and optionally val/<class>/) folders")
+
+
+@dataclass(frozen=True)
+class Decode:
+    """What changes the decoded pixels (so it is part of the cache key): the target size
+    (height, width) or None, the resize policy and the interpolation."""
+
+    size: Optional[tuple[int, int]] = None
+    policy: str = "stretch"
+    interpolation: str = "bilinear"
+
+    @classmethod
+    def of(cls, resize: Any = None, policy: str = "stretch", interpolation: str = "bilinear") -> "Decode":
+        if resize is None:
+            return cls(None, policy, interpolation)
+        h, w = (resize, resize) if isinstance(resize, int) else tuple(resize)
+        return cls((int(h), int(w)), policy, interpolation)
+
+    def key(self) -> str:
+        return "" if self.size is None else f"{self.size[0]}x{self.size[1]}-{self.policy}-{self.interpolation}"
 
 
 @dataclass
 class Tree:
-    """A scanned image tree: classes, ``files[split] = [(path, class index)]``, its
-    fingerprint and which image kinds ("PNG", "JPEG") it holds."""
+    """A scanned image tree. ``layout`` is "flat" (``files["all"]``) or "split"
+    (``files["train"|"val"|"test"]``); files are ``(path relative to folder, class index)``
+    in a fixed order; ``skipped`` are the files that are not images."""
 
     folder: Path
     classes: list[str]
     files: dict[str, list[tuple[str, int]]]
     fingerprint: str
     kinds: set[str]
+    layout: str = "split"
+    skipped: list[str] = field(default_factory=list)
 
 
-def scan_tree(folder: Path, what: str) -> Tree:
-    """List ``train/<class>/*`` and ``test/<class>/*`` images and fingerprint them
-    (relative path, size, mtime of every image), so any change shows."""
-    how = (
-        f"{what} needs a folder holding train/<class>/ and test/<class>/ with PNG or JPEG images "
-        f"(data.root points at it)."
-    )
-    for split in ("train", "test"):
-        if not (folder / split).is_dir():
-            raise DataError(f"{folder} has no {split}/ folder. {how}")
-    # Hidden folders (.ipynb_checkpoints, caches) are not classes.
-    classes = sorted(e.name for e in os.scandir(folder / "train") if e.is_dir() and not e.name.startswith("."))
+def _class_dirs(folder: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
+def _walk_class(folder: Path, rel: str, skipped: list[str]) -> list[tuple[str, os.stat_result]]:
+    """Every image under ``folder/rel`` (subfolders too, hidden ones not; symlinked folders are
+    not followed, so a link loop cannot hang the scan), sorted; non-images go to ``skipped``."""
+    found = []
+    for dirpath, dirs, names in os.walk(folder / rel):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        sub = os.path.relpath(dirpath, folder)
+        for name in names:
+            path = os.path.join(sub, name)
+            if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES):
+                skipped.append(path)
+                continue
+            try:
+                st = os.stat(os.path.join(dirpath, name))
+            except OSError as e:  # a dangling symlink: name it
+                raise DataError(f"{folder / path} cannot be read ({short(e, 120)}); replace or remove it.") from None
+            found.append((path, st))
+    return sorted(found, key=lambda e: e[0])
+
+
+def scan_tree(folder: Path, what: str, decode: Decode = Decode()) -> Tree:
+    """List the images of a flat or a train/test tree and fingerprint them (relative
+    path, size, mtime of every image, and the decode settings), so any change shows."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder. {HOW} ({what}).")
+    if (folder / "train").is_dir():
+        if not (folder / "test").is_dir():
+            raise DataError(f"{folder} has a train/ folder but no test/ folder. {HOW}.")
+        layout, splits = "split", [s for s in ("train", "val", "test") if (folder / s).is_dir()]
+    else:
+        layout, splits = "flat", [""]
+    base = {s: folder / s if s else folder for s in splits}
+    classes = _class_dirs(base["train" if layout == "split" else ""])
+    where = base["train" if layout == "split" else ""]
     if not classes:
-        raise DataError(f"{folder / 'train'} holds no class folders. {how}")
-    test_classes = sorted(e.name for e in os.scandir(folder / "test") if e.is_dir() and not e.name.startswith("."))
-    extra = [c for c in test_classes if c not in classes]
-    if extra:
-        raise DataError(
-            f"{folder / 'test'} has class folders that train/ lacks: {', '.join(extra)}. Every test class needs "
-            f"training images; add them to {folder / 'train'} or remove those folders."
-        )
+        raise DataError(f"{where} holds no class folders. {HOW}.")
+    if len(classes) < 2:
+        raise DataError(f"{where} holds one class folder only ({classes[0]}/): a classifier needs at least 2 "
+                        f"classes. Add a folder of images for each other class.")
     index = {c: i for i, c in enumerate(classes)}
-    h = hashlib.sha256()
+    h = hashlib.sha256(f"decode\t{decode.key()}\n".encode())
     files: dict[str, list[tuple[str, int]]] = {}
     kinds: set[str] = set()
-    for split, split_classes in (("train", classes), ("test", test_classes)):
-        files[split] = []
+    skipped: list[str] = [e.name for s in splits for e in os.scandir(base[s]) if not e.is_dir()]
+    for s in splits:
+        split_classes = _class_dirs(base[s])
+        extra = [c for c in split_classes if c not in index]
+        if extra:
+            raise DataError(f"{base[s]} has class folders that train/ lacks: {', '.join(extra)}. Every class "
+                            f"needs training images; add them to {base['train']} or remove those folders.")
+        key = s or "all"
+        files[key] = []
         for c in split_classes:
-            # Plain strings here: 60,000 Path objects would cost more than the stat calls.
-            entries = sorted(
-                (e for e in os.scandir(folder / split / c) if e.name.lower().endswith(IMAGE_SUFFIXES) and e.is_file()),
-                key=lambda e: e.name,
-            )
-            if split == "train" and not entries:
-                raise DataError(f"{folder / split / c} holds no PNG or JPEG images; every class needs training images.")
-            for e in entries:
-                st = e.stat()
-                h.update(f"{split}/{c}/{e.name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-                files[split].append((e.path, index[c]))
-                kinds.add("PNG" if e.name.lower().endswith(".png") else "JPEG")
-    if not files["test"]:
-        raise DataError(f"{folder / 'test'} holds no PNG or JPEG images. {how}")
-    return Tree(folder, classes, files, h.hexdigest(), kinds)
+            entries = _walk_class(folder, os.path.join(s, c) if s else c, skipped)
+            if not entries:
+                raise DataError(f"{base[s] / c} holds no images (JPEG, PNG, BMP, GIF, WebP or TIFF): every class "
+                                f"folder needs images. Add some or remove the folder.")
+            for path, st in entries:
+                h.update(f"{path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+                files[key].append((path, index[c]))
+                kinds.add(os.path.splitext(path)[1].lower().lstrip(".").replace("jpg", "jpeg").upper())
+    return Tree(folder, classes, files, h.hexdigest(), kinds, layout, sorted(skipped))
 
 
 # --------------------------------------------------------------------------- decoding
 
 
-def _image_error(path: Union[str, Path], e: BaseException) -> DataError:
-    return DataError(f"{path} could not be decoded as a PNG or JPEG image ({short(e, 160)}); replace or remove it.")
+def _resample(name: str):
+    from PIL import Image
+
+    return Image.Resampling.BICUBIC if name == "bicubic" else Image.Resampling.BILINEAR
 
 
-def _normalise_channels(img: torch.Tensor) -> torch.Tensor:
-    """uint8 [C,H,W] with C 1 (grey) or 3 (colour): alpha dropped, 16-bit cut to 8."""
-    if img.dtype != torch.uint8:  # 16-bit PNG: keep the high byte
-        img = (img.to(torch.int32) >> 8).to(torch.uint8)
-    if img.shape[0] == 2:  # grey + alpha
-        img = img[:1]
-    elif img.shape[0] == 4:  # RGBA
-        img = img[:3]
-    return img
+def _to_grey_or_rgb(im):
+    """A Pillow image as mode "L" (grey modes) or "RGB" (all others); transparency is
+    composited over black, 16-bit grey keeps its high byte."""
+    from PIL import Image
+
+    mode = im.mode
+    if mode in ("L", "RGB"):
+        return im
+    if mode.startswith("I;16") or mode == "I":
+        return Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8))
+    if mode == "F":
+        return Image.fromarray(np.asarray(im).clip(0, 255).astype(np.uint8))
+    if mode == "1":
+        return im.convert("L")
+    alpha = mode in ("LA", "La", "RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in im.info)
+    if alpha:
+        grey = mode in ("LA", "La")
+        rgba = im.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        out = Image.alpha_composite(black, rgba).convert("RGB")
+        return out.convert("L") if grey else out
+    return im.convert("RGB")
 
 
-def _decode_one(path: Union[str, Path], raw: bytes) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_image
+def fit(im, decode: Decode):
+    """Bring a Pillow image to ``decode.size`` (height, width) by the policy: ``stretch``
+    (aspect not kept), ``crop`` (shorter side to size, centre crop) or ``pad`` (longer
+    side to size, centred, black bars)."""
+    from PIL import ImageOps
 
-    # Palette PNGs (colour type 3 at byte 25) decode to their indices in UNCHANGED mode; ask for RGB.
-    palette = len(raw) > 25 and raw[:8] == b"\x89PNG\r\n\x1a\n" and raw[25] == 3
-    try:
-        data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
-        img = decode_image(data, mode=ImageReadMode.RGB if palette else ImageReadMode.UNCHANGED)
-    except Exception as e:  # torchvision raises RuntimeError for bad data
-        raise _image_error(path, e) from None
-    return _normalise_channels(img)
-
-
-def decode_all(paths: list[str]) -> list[torch.Tensor]:
-    """Decode image files in order. JPEGs go through torchvision's list form of
-    decode_jpeg, which is about twice as fast per image as one call each for
-    small images. Threads were measured slower than this on 2 cores, so none are used."""
-    with warnings.catch_warnings():
-        # torchvision 0.29 announces that its decoders move to torchcodec; they still work
-        # (and match Pillow pixel for pixel here), so one warning per image is only noise.
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
-        return _decode_files(paths)
+    h, w = decode.size
+    if im.size == (w, h):
+        return im
+    method = _resample(decode.interpolation)
+    if decode.policy == "crop":
+        return ImageOps.fit(im, (w, h), method=method)
+    if decode.policy == "pad":
+        return ImageOps.pad(im, (w, h), method=method, color=0)
+    return im.resize((w, h), method)
 
 
-def _decode_files(paths: list[str]) -> list[torch.Tensor]:
-    from torchvision.io import ImageReadMode, decode_jpeg
+def decode_file(path: Union[str, Path], decode: Decode = Decode()) -> np.ndarray:
+    """One image file as uint8 ``[H, W]`` (grey) or ``[H, W, 3]``; raises what Pillow raises."""
+    from PIL import Image, ImageOps
 
-    out: list[Optional[torch.Tensor]] = [None] * len(paths)
-    jpeg: dict[int, bytes] = {}
-    for i, p in enumerate(paths):
+    with Image.open(path) as im:
+        if im.getexif().get(0x0112, 1) != 1:  # EXIF orientation: turn the pixels as a viewer shows them
+            im = ImageOps.exif_transpose(im)
+        im = _to_grey_or_rgb(im)
+        if decode.size is not None:
+            im = fit(im, decode)
+        return np.asarray(im)
+
+
+def _decode_chunk(paths: list[str], decode: Decode) -> list[Union[np.ndarray, str]]:
+    out: list[Union[np.ndarray, str]] = []
+    for p in paths:
         try:
-            with open(p, "rb") as f:
-                raw = f.read()
-        except OSError as e:
-            raise _image_error(p, e) from None
-        if raw[:3] == b"\xff\xd8\xff":  # JPEG start-of-image marker
-            jpeg[i] = raw
-        else:
-            out[i] = _decode_one(p, raw)
-    order = list(jpeg)
-    for start in range(0, len(order), 4096):
-        part = order[start : start + 4096]
-        try:
-            data = [torch.frombuffer(bytearray(jpeg[i]), dtype=torch.uint8) for i in part]
-            imgs = decode_jpeg(data, mode=ImageReadMode.UNCHANGED)
-        except Exception:  # one bad file fails the whole list: find it one by one
-            imgs = [_decode_one(paths[i], jpeg[i]) for i in part]
-        for i, img in zip(part, imgs):
-            out[i] = _normalise_channels(img)
-    return out  # type: ignore[return-value]
+            out.append(decode_file(p, decode))
+        except Exception as e:  # UnidentifiedImageError, OSError (truncated), DecompressionBombError...
+            out.append(short(e, 160) or type(e).__name__)
+    return out
 
 
-def _stack(images: list[torch.Tensor], paths: list[str], folder: Path, channels: int) -> torch.Tensor:
-    if not images:
-        return torch.empty(0, channels, 0, 0, dtype=torch.uint8)
-    sizes: dict[tuple[int, int], str] = {}
-    for img, p in zip(images, paths):
-        sizes.setdefault(tuple(img.shape[-2:]), p)
-    if len(sizes) > 1:
-        shown = ", ".join(f"{h}x{w} (e.g. {Path(p).relative_to(folder)})" for (h, w), p in list(sizes.items())[:4])
-        raise DataError(
-            f"the images in {folder} do not all have one size: {shown}. cnnlab keeps a data set as one uint8 "
-            f"tensor, so resize them to a common size first (data.resize then scales on the device)."
-        )
-    return torch.stack([img.expand(channels, -1, -1) for img in images])
+def decode_all(paths: list[str], decode: Decode = Decode(), threads: Optional[int] = None,
+               progress: Optional[bool] = None) -> list[Union[np.ndarray, str]]:
+    """Decode files in a thread pool (Pillow releases the GIL while decoding), in order:
+    each an array, or the error text for a file that cannot be decoded. A progress bar
+    shows on a terminal."""
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    chunk = 256
+    parts = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = None
+    if show and len(paths) > chunk:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(paths), unit="img", desc="decoding images", leave=False)
+    out: list[Union[np.ndarray, str]] = []
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for done in pool.map(partial(_decode_chunk, decode=decode), parts):
+            out += done
+            if bar is not None:
+                bar.update(len(done))
+    if bar is not None:
+        bar.close()
+    return out
 
 
-def _decode_tree(tree: Tree) -> dict[str, Any]:
-    """The tree's images as uint8 tensors, labels, classes and training mean/std."""
+def _bad_image_error(folder: Path, path: str, why: str) -> DataError:
+    return DataError(f"{folder / path} could not be decoded as an image ({why}); replace or remove it, or set "
+                     f"data.skip_bad_images=true to skip unreadable images (they are listed in the run folder).")
+
+
+def _stack(arrays: list[np.ndarray], paths: list[str], folder: Path) -> torch.Tensor:
+    """One uint8 ``[N, C, H, W]``: C is 3 if any image is colour (grey ones are repeated), else 1."""
+    first = arrays[0].shape[:2]
+    for a, p in zip(arrays, paths):
+        if a.shape[:2] != first:
+            (h1, w1), (h2, w2) = first, a.shape[:2]
+            raise DataError(
+                f"the images in {folder} differ in size: {paths[0]} is {h1}x{w1} and {p} is {h2}x{w2} "
+                f"(height x width). cnnlab keeps a data set as one uint8 tensor: set data.resize (e.g. "
+                f"data.resize={min(h1, w1, h2, w2)} or [height, width]) and data.resize_policy (stretch, crop "
+                f"or pad) to bring every image to one size when it is decoded.")
+    channels = 3 if any(a.ndim == 3 for a in arrays) else 1
+    out = torch.empty(len(arrays), channels, *first, dtype=torch.uint8)
+    view = out.numpy()
+    for i, a in enumerate(arrays):
+        view[i] = a if a.ndim == 2 else a.transpose(2, 0, 1)  # grey broadcasts over the channels
+    return out
+
+
+def _decode_tree(tree: Tree, decode: Decode) -> dict[str, Any]:
+    """The tree's images as uint8 tensors per split (in file order, bad images left out),
+    labels, classes, the relative paths, the bad images ``[(path, why)]`` and the skipped
+    non-image files; for a split layout also the training mean/std."""
     folder = tree.folder
-    decoded = {s: decode_all([p for p, _ in tree.files[s]]) for s in ("train", "test")}
-    channels = max(img.shape[0] for s in decoded for img in decoded[s])  # any colour image makes it RGB
-    blob: dict[str, Any] = {"classes": tree.classes}
-    for s in ("train", "test"):
-        blob[f"{s}_x"] = _stack(decoded[s], [p for p, _ in tree.files[s]], folder, channels)
-        blob[f"{s}_y"] = torch.tensor([c for _, c in tree.files[s]], dtype=torch.int64)
+    order = [(s, p, c) for s in tree.files for p, c in tree.files[s]]
+    decoded = decode_all([str(folder / p) for _, p, _ in order], decode)
+    bad = [(p, d) for (_, p, _), d in zip(order, decoded) if isinstance(d, str)]
+    good = [(s, p, c, d) for (s, p, c), d in zip(order, decoded) if not isinstance(d, str)]
     del decoded
-    tr, te = blob["train_x"].shape[-2:], blob["test_x"].shape[-2:]
-    if len(blob["test_x"]) and tr != te:
-        raise DataError(
-            f"the images in {folder} do not all have one size: {tr[0]}x{tr[1]} in train/ but {te[0]}x{te[1]} in "
-            f"test/. cnnlab keeps a data set as one uint8 tensor, so resize them to a common size first."
-        )
-    blob["mean"], blob["std"] = channel_stats(blob["train_x"])
+    if not good:
+        raise _bad_image_error(folder, *bad[0])
+    x = _stack([d for *_, d in good], [p for _, p, _, _ in good], folder)
+    blob: dict[str, Any] = {"classes": tree.classes, "layout": tree.layout, "bad": bad, "skipped": tree.skipped,
+                            "files": {}}
+    for s in tree.files:
+        keep = torch.tensor([i for i, g in enumerate(good) if g[0] == s], dtype=torch.int64)
+        blob[f"{s}_x"] = x[keep] if len(keep) else x[:0]
+        blob[f"{s}_y"] = torch.tensor([good[i][2] for i in keep.tolist()], dtype=torch.int64)
+        blob["files"][s] = [good[i][1] for i in keep.tolist()]
+    if "train" in tree.files:
+        blob["mean"], blob["std"] = channel_stats(blob["train_x"])
     return blob
 
 
-def read_tree(folder: Path, label: str) -> tuple[dict[str, Any], Tree, Optional[Path], bool]:
+def read_tree(folder: Path, label: str, decode: Decode = Decode(), skip_bad: bool = False
+              ) -> tuple[dict[str, Any], Tree, Optional[Path], bool]:
     """Decode (or load from the cache) an image tree: returns the tensors, the scan,
-    the cache file (None if none could be written) and whether it came from the cache."""
-    tree = scan_tree(folder, label)
-    blob, path = load_cached(label, folder, tree.fingerprint)
-    if blob is not None:
-        return blob, tree, path, True
-    blob = _decode_tree(tree)
-    return blob, tree, save_cached(blob, label, folder, tree.fingerprint), False
+    the cache file (None if none could be written) and whether it came from the cache.
+    An image that cannot be decoded raises a DataError naming it unless ``skip_bad``."""
+    tree = scan_tree(folder, label, decode)
+    key = f"{label}-{hashlib.sha256(decode.key().encode()).hexdigest()[:8]}" if decode.size else label
+    blob, path = load_cached(key, tree.folder, tree.fingerprint)
+    hit = blob is not None
+    if blob is None:
+        blob = _decode_tree(tree, decode)
+        path = save_cached(blob, key, tree.folder, tree.fingerprint)
+    if blob["bad"] and not skip_bad:
+        raise _bad_image_error(tree.folder, *blob["bad"][0])
+    return blob, tree, path, hit
 
 
 def kinds_text(kinds: set[str]) -> str:
-    return "JPEG, lossy" if kinds == {"JPEG"} else ("PNG" if kinds == {"PNG"} else "PNG and JPEG")
+    if kinds == {"JPEG"}:
+        return "JPEG, lossy"
+    return " and ".join(sorted(kinds)) if len(kinds) <= 2 else ", ".join(sorted(kinds))
 
 
-def load_imagefolder(root: Path, download: bool = False) -> RawData:
-    """Any ``train/<class>/*`` + ``test/<class>/*`` tree of PNG/JPEG images at ``root``.
-    Classes are the sorted folder names of train/; mean/std come from the training images."""
+def _skipped_text(skipped: list[str]) -> str:
+    if not skipped:
+        return ""
+    names = sorted({os.path.basename(p) for p in skipped})
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return f"; {len(skipped)} file{'s' if len(skipped) != 1 else ''} that are not images skipped ({shown})"
+
+
+def load_imagefolder(root: Path, download: bool = False, *, resize: Any = None, resize_policy: str = "stretch",
+                     resize_mode: str = "bilinear", skip_bad_images: bool = False) -> RawData:
+    """A flat ``root/<class>/...`` folder or a ``train/<class>/`` + ``test/<class>/`` (+ ``val/``)
+    tree at ``root``. Classes are the sorted class-folder names; mean/std come from the
+    training images (a flat folder's are computed after the split, by cnnlab.data.splits).
+    With ``resize`` every image is brought to that size when decoded (``resize_policy``,
+    interpolation ``resize_mode``); without it the images must share one size."""
     root = Path(root)
-    blob, tree, cache_path, hit = read_tree(root, "imagefolder")
+    blob, tree, cache_path, hit = read_tree(root, "imagefolder", Decode.of(resize, resize_policy, resize_mode),
+                                            skip_bad=skip_bad_images)
+    flat = blob["layout"] == "flat"
+    n = sum(len(v) for v in blob["files"].values())
+    bad = f"; {len(blob['bad'])} unreadable image(s) skipped" if blob["bad"] else ""
+    source = (f"image folder ({'flat, ' if flat else ''}{n:,} {kinds_text(tree.kinds)} images) at {root}"
+              f"{_skipped_text(blob['skipped'])}{bad}")
+    x = blob["all_x" if flat else "train_x"]
+    mean, std = (blob["mean"], blob["std"]) if not flat else ((0.0,) * x.shape[1], (1.0,) * x.shape[1])
     return RawData(
-        blob["train_x"], blob["train_y"], blob["test_x"], blob["test_y"], list(blob["classes"]),
-        tuple(blob["mean"]), tuple(blob["std"]), source=f"image folder ({kinds_text(tree.kinds)}) at {root}",
-        cache_path=cache_path, from_cache=hit,
-    )  # fmt: skip
+        x, blob["all_y" if flat else "train_y"],
+        x[:0] if flat else blob["test_x"], blob["all_y"][:0] if flat else blob["test_y"],
+        list(blob["classes"]), tuple(mean), tuple(std), source=source, cache_path=cache_path, from_cache=hit,
+        val_x=blob.get("val_x"), val_y=blob.get("val_y"), layout=blob["layout"], root=root,
+        files={("train" if flat else s): list(v) for s, v in blob["files"].items()},
+        bad_images=[tuple(b) for b in blob["bad"]], skipped=list(blob["skipped"]),
+    )
 
 
 def describe_imagefolder(info: DatasetInfo, root: Path, check: bool) -> dict[str, Any]:
     root = Path(root)
-    if (root / "train").is_dir() and (root / "test").is_dir():
+    if root.is_dir():
         counts = count_tree(root)
-        return {
-            "name": info.name, "present": True, "ok": counts["train"] > 0 and counts["test"] > 0,
-            "location": str(root), "source": "image folder", "files": [], "images": counts,
-            "message": f"{counts['train']} training and {counts['test']} test images",
-        }  # fmt: skip
+        flat = "all" in counts
+        ok = counts["all"] > 0 if flat else counts["train"] > 0 and counts["test"] > 0
+        if ok or (root / "train").is_dir():
+            message = (f"{counts['all']} images in class folders (split when loaded)" if flat else
+                       f"{counts['train']} training and {counts['test']} test images")
+            return {
+                "name": info.name, "present": True, "ok": ok, "location": str(root), "source": "image folder",
+                "files": [], "images": counts, "message": message,
+            }  # fmt: skip
     return {
         "name": info.name, "present": False, "ok": False, "location": str(root), "source": None,
-        "files": [], "message": "not a train/<class>/ + test/<class>/ tree (set data.root to one to use it)",
+        "files": [], "message": "no <class>/ or train/<class>/ + test/<class>/ image folders (set data.root to one)",
     }  # fmt: skip
 
 
-DATASETS.register("imagefolder")(DataSource(IMAGEFOLDER, load_imagefolder, partial(describe_imagefolder, IMAGEFOLDER)))
+DATASETS.register("imagefolder")(DataSource(
+    IMAGEFOLDER, load_imagefolder, partial(describe_imagefolder, IMAGEFOLDER),
+    options=("resize", "resize_policy", "resize_mode", "skip_bad_images"),
+))
