@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from cnnlab import data as datamod
-from cnnlab import augment, metrics, runs, transfer
+from cnnlab import augment, checks, metrics, runs, transfer
 from cnnlab.config import Config, ConfigError, dump_yaml
 from cnnlab.models import info_of
 from cnnlab.results import is_finished
@@ -309,6 +309,8 @@ def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool =
     # at least one step for any positive epochs (0.001 epochs of a small set would round to none)
     total_steps = max(1, round(tc.epochs * steps_per_epoch)) if tc.epochs > 0 else 0
     sched_steps = total_steps if cfg.sched.interval == "step" else math.ceil(tc.epochs)
+    # refused at load when the data set's size is known; an image folder's only now (ConfigError)
+    warnings += checks.check_schedule(cfg, n_train)
     scheduler = build_scheduler(optimizer, cfg.sched, sched_steps)
     loss_fn = build_loss(cfg.loss, splits.num_classes)
     scaler = torch.amp.GradScaler(device.type) if tc.precision == "fp16" and device.type == "cuda" else None
