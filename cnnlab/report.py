@@ -116,7 +116,8 @@ def _environment():
 
 def _render(template: str, out: Path, **context) -> Path:
     html = _environment().get_template(template).render(**context)
-    runs.write_text(out, html)
+    # Names read from JSON may hold lone surrogates (undecodable folder names): written as U+FFFD, not an error.
+    runs.write_text(out, html.encode("utf-8", "replace").decode("utf-8"))
     return out
 
 
