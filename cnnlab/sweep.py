@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cnnlab import runs
-from cnnlab.config import Config, ConfigError, apply_overrides, check_name, read_yaml
+from cnnlab.config import Config, ConfigError, apply_overrides, check_name, name_problem, read_yaml
 from cnnlab.loader import build_config
 from cnnlab.results import (FINAL_STATUSES, PLAN, RESULTS, Status, append_row, load_plan,  # noqa: F401 - re-exported
                             load_results, read_summary, row_from_summary)
@@ -150,7 +150,8 @@ def _read_bases(base: Any, base_dir: Path, sweep_name: str, source: str) -> dict
             label = path.stem
         elif isinstance(item, dict):
             raw = dict(item)
-            label = str(raw.get("name") or (sweep_name if len(items) == 1 else f"base{i}"))
+            fallback = sweep_name if len(items) == 1 and name_problem(sweep_name) is None else f"base{i}"
+            label = str(raw.get("name") or fallback)
         else:
             raise ConfigError(f"{source}: base must be a study file path or a mapping, got {item!r}")
         raw.setdefault("name", label)
