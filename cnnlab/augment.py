@@ -379,3 +379,8 @@ class Preprocess:
         if self.repeat:
             x = repeat_channels(x, 3)
         return torch.addcmul(self._add, x, self._mul)
+
+
+def no_preprocessing(x: torch.Tensor, generator=None) -> torch.Tensor:
+    """The preprocessing of inputs that are already features (a frozen backbone's cached outputs)."""
+    return x

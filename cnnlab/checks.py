@@ -13,6 +13,7 @@ on PyTorch's ``meta`` device, so these checks cost no memory and almost no time.
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 from typing import Any
 
@@ -143,12 +144,128 @@ def check_config(cfg: Config) -> None:
         raise ConfigError("train.tensorboard: true needs the tensorboard package, which is not installed; "
                           "pip install 'cnnlab[tensorboard]' (or tensorboard), or set train.tensorboard to false")
 
+    check_schedule(cfg)
+
     if cfg.model.pretrained and cfg.model.weights_path:
         raise ConfigError("model.weights_path: set together with model.pretrained; choose one source of weights")
     for field in ("weights_path", "init_from"):
         path = getattr(cfg.model, field)
         if path is not None and not Path(path).expanduser().exists():
             raise ConfigError(f"model.{field}: {path} does not exist")
+
+
+# ----------------------------------------------------------------------------- schedules
+# The trainer steps a schedule once per epoch (sched.interval=epoch: ceil(train.epochs) steps in a run)
+# or once per iteration (interval=step: round(train.epochs × iterations per epoch) steps). A warm-up
+# (sched.warmup_steps, counted in the same scheduler steps) comes first and delays the schedule's own
+# steps by that many. A schedule that cannot take effect within those steps is refused; one that can
+# but looks like a slip is a warning.
+
+LR_FLOOR = 1e-6  # a decayed rate below this × optim.lr: warn (training has effectively stopped)
+
+
+def training_images(cfg: Config) -> int | None:
+    """The number of training images a run will use, when the data set's sizes are known without reading it."""
+    info = dataset_info(cfg.data.name)
+    if info.train_size is None:
+        return None
+    val = cfg.data.val_size if cfg.data.val_size is not None else (
+        info.default_val_size if info.default_val_size is not None else info.train_size // 10)
+    n = max(0, info.train_size - val)
+    return min(n, cfg.data.train_limit) if cfg.data.train_limit is not None else n
+
+
+def scheduler_steps(cfg: Config, n_train: int | None) -> int | None:
+    """How many times the trainer steps the schedule in the whole run (None: unknown before reading the data)."""
+    epochs = cfg.train.epochs
+    if cfg.sched.interval == "epoch":
+        return math.ceil(epochs)
+    if n_train is None:
+        return None
+    per_epoch = max(1, math.ceil(n_train / cfg.train.batch_size))
+    return max(1, round(epochs * per_epoch)) if epochs > 0 else 0
+
+
+def schedule_problems(cfg: Config, n_train: int | None = None) -> tuple[list[str], list[str]]:
+    """(impossible, suspicious) messages about the schedule over this run's length, each naming its field."""
+    s, tc = cfg.sched, cfg.train
+    errors: list[str] = []
+    warnings: list[str] = []
+    total = scheduler_steps(cfg, n_train)
+    if tc.epochs == 0 or total is None:
+        return errors, warnings
+    unit = "epoch" if s.interval == "epoch" else "iteration"
+    how = (f"with sched.interval={s.interval} the schedule steps once per {unit}, {total} time"
+           f"{'s' if total != 1 else ''} in this run (train.epochs={tc.epochs:g}"
+           + (f", {n_train:,} training images, batch size {tc.batch_size}" if s.interval == "step" else "") + ")")
+    warm = s.warmup_steps if s.name not in ("none", "plateau") else 0
+    after = f" after the {warm} warm-up steps" if warm else ""
+    room = total - warm  # scheduler steps left to the schedule itself
+
+    if s.warmup_steps and s.name in ("none", "plateau"):
+        warnings.append(f"sched.warmup_steps={s.warmup_steps} is ignored with sched.name={s.name} (a warm-up only "
+                        "precedes step, multistep, exponential, cosine and onecycle schedules)")
+    if warm and warm >= total:
+        errors.append(f"sched.warmup_steps: {warm} is not shorter than the run: {how}, so the warm-up would never "
+                      f"end and the schedule never start; use at most {max(0, total - 1)} or train longer")
+    elif warm and warm > total / 2:
+        warnings.append(f"sched.warmup_steps={warm} takes more than half of the run ({how})")
+    if warm and s.interval == "epoch":
+        warnings.append(f"sched.warmup_steps={warm} counts scheduler steps, which are epochs with sched.interval=epoch")
+
+    if s.name == "multistep":
+        late = [m for m in s.milestones if m >= room]
+        if late:
+            errors.append(
+                f"sched.milestones: {', '.join(map(str, late))} {'is' if len(late) == 1 else 'are'} past the end of "
+                f"the run: {how}, and a milestone m lowers the rate after the m-th step{after}, so only milestones "
+                f"below {room} take effect; lower them or train longer")
+        decays = sum(m < room for m in s.milestones)
+    elif s.name == "step":
+        if s.step_size >= room:
+            errors.append(
+                f"sched.step_size: {s.step_size} is not shorter than the run: {how}, so the rate would never be "
+                f"lowered{after}; use a step_size below {room} or train longer")
+        decays = max(0, (room - 1) // s.step_size)
+    elif s.name == "exponential":
+        decays = max(0, room - 1)
+        if decays == 0:
+            warnings.append(f"sched.name=exponential never lowers the rate: {how}")
+    elif s.name == "onecycle":
+        # OneCycleLR rises from max_lr/25 for pct_start × N steps, then anneals to ~0; the run sees one rate
+        # per step. A cycle needs a rise of more than one step (pct_start × N > 1: torch divides by
+        # pct_start × N − 1, which is zero at exactly 1) and at least three steps (low, peak, falling).
+        if room < 3 or s.pct_start * room <= 1:
+            need = max(3, math.floor(1 / s.pct_start) + 1)
+            errors.append(
+                f"sched.name: onecycle cannot make a cycle here: {how}{after}, and one cycle (a rise from "
+                f"max_lr/25 over sched.pct_start={s.pct_start:g} of the steps, then a fall to ~0) needs at least 3 "
+                f"steps and a rise longer than one step (pct_start × steps > 1); with less the run sits at "
+                f"a few fixed rates. Use sched.interval=step, at least {need + warm} "
+                f"{'epochs' if s.interval == 'epoch' else 'steps'}, or a larger sched.pct_start")
+        decays = 0
+    else:
+        decays = 0
+    if s.name == "cosine" and room < 2:
+        warnings.append(f"sched.name=cosine never changes the rate: {how}; use sched.interval=step")
+    if s.name in ("step", "multistep", "exponential") and decays:
+        if s.gamma == 1:
+            warnings.append(f"sched.gamma=1 with sched.name={s.name}: the rate never changes")
+        elif s.gamma ** decays < LR_FLOOR:
+            warnings.append(f"sched.{'step_size' if s.name == 'step' else 'gamma'}: the rate is multiplied by "
+                            f"{s.gamma:g} {decays} times ({how}), down to {s.gamma ** decays:.1e} × optim.lr; "
+                            "check sched.interval")
+    return errors, warnings
+
+
+def check_schedule(cfg: Config, n_train: int | None = None) -> list[str]:
+    """Refuse a schedule that cannot do what it says over this run (ConfigError); return the warnings."""
+    if n_train is None:
+        n_train = training_images(cfg)
+    errors, warnings = schedule_problems(cfg, n_train)
+    if errors:
+        raise ConfigError(f"invalid config: {'; '.join(errors)}")
+    return warnings
 
 
 # ----------------------------------------------------------------------------- warnings: the run goes on

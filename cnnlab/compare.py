@@ -126,14 +126,15 @@ def label(value: Any) -> str:
 
 
 def metric_value(row: dict, metric: str) -> float | None:
+    """The row's metric as a finite float; None when missing, not a number, NaN or infinite (never a best cell)."""
     node: Any = row
     for part in metric.split("."):
         node = node.get(part) if isinstance(node, dict) else None
-    return float(node) if isinstance(node, (int, float)) and not isinstance(node, bool) else None
+    return results.number(node) if isinstance(node, (int, float)) else None
 
 
 def compare(sweep_dir: str | Path, by: list[str], metric: str = "test.accuracy",
-            columns: list[str] | None = None) -> CompareResult:
+            columns: list[str] | None = None, log=results.warn) -> CompareResult:
     """Group a sweep's runs by the ``by`` keys and test every cell against the best.
 
     Rows are the ``by`` keys not in ``columns``; ``columns`` defaults to ``by[1:]``.
@@ -148,11 +149,11 @@ def compare(sweep_dir: str | Path, by: list[str], metric: str = "test.accuracy",
     if set(columns) - set(by):
         raise ConfigError(f"compare: columns {sorted(set(columns) - set(by))} must be among the --by keys {by}")
     row_keys = [k for k in by if k not in columns]
-    rows = load_results(sweep_dir)
+    rows = load_results(sweep_dir, log=log)
     if not rows:
         raise ConfigError(f"{sweep_dir}: no results.jsonl rows; run the sweep first (cnnlab sweep FILE --out DIR)")
     notes: list[str] = []
-    plan = load_plan(sweep_dir)
+    plan = load_plan(sweep_dir, log=log)
     if plan:
         planned = {r["run_id"] for r in plan["runs"]}
         stale = [r for r in rows if r["run_id"] not in planned]
@@ -255,9 +256,9 @@ def compare(sweep_dir: str | Path, by: list[str], metric: str = "test.accuracy",
 
 
 def write_compare(sweep_dir: str | Path, by: list[str], metric: str = "test.accuracy",
-                  columns: list[str] | None = None) -> str:
+                  columns: list[str] | None = None, log=results.warn) -> str:
     """Write compare.md and compare.csv into the sweep folder; returns the Markdown to print."""
-    result = compare(sweep_dir, by, metric, columns)
+    result = compare(sweep_dir, by, metric, columns, log=log)
     text = result.markdown()
     runs.write_text(Path(sweep_dir) / "compare.md", text)
     runs.write_text(Path(sweep_dir) / "compare.csv", result.csv())

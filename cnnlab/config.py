@@ -12,6 +12,7 @@ the CLI turns that into exit code 2.
 from __future__ import annotations
 
 import copy
+import unicodedata
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -21,6 +22,41 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 
 class ConfigError(ValueError):
     """A study or sweep file (or an override) that cannot be run, with why."""
+
+
+# ----------------------------------------------------------------------------- plain names
+
+MAX_NAME_LENGTH = 100
+# Shown in every refusal: what a name used to build a folder may be.
+NAME_RULE = (f"a plain name of 1 to {MAX_NAME_LENGTH} characters without path separators (/ or \\), "
+             "'..', control characters or leading/trailing spaces, e.g. 'study_a_mnist'")
+
+
+def name_problem(name: Any) -> Optional[str]:
+    """Why ``name`` cannot be a folder name inside runs/ or sweeps/ (None when it is plain)."""
+    if not isinstance(name, str):
+        return f"must be text, got {type(name).__name__}"
+    if not name:
+        return "is empty"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"is {len(name)} characters long"
+    if "/" in name or "\\" in name:
+        return f"{name!r} holds a path separator"
+    if ".." in name or name == ".":
+        return f"{name!r} would name a parent or the same folder ('..' or '.')"
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
+        return f"{name!r} holds a control character"
+    if name != name.strip():
+        return f"{name!r} starts or ends with a space"
+    return None
+
+
+def check_name(name: Any, field: str, source: str = "config") -> str:
+    """``name`` if it is plain (see NAME_RULE), else ConfigError naming ``field``."""
+    problem = name_problem(name)
+    if problem:
+        raise ConfigError(f"invalid {source}: {field}: {problem}; it names a folder, so it must be {NAME_RULE}")
+    return name
 
 
 class _Section(BaseModel):
@@ -218,6 +254,15 @@ class Config(_Section):
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        # the name becomes a folder (runs/<time>-<name>): it must stay inside its parent
+        problem = name_problem(v)
+        if problem:
+            raise ValueError(f"{problem}; it names a folder, so it must be {NAME_RULE}")
+        return v
+
     @model_validator(mode="after")
     def _combinations(self) -> "Config":
         if self.train.finetune == "none" and self.train.epochs > 0:
@@ -235,10 +280,62 @@ class Config(_Section):
 # --------------------------------------------------------------------------- loading
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping that gives one key twice (YAML itself would silently keep the last value)."""
+
+    def __init__(self, key: Any, where: str, first_line: int, second_line: int):
+        self.key, self.where, self.lines = key, where, (first_line, second_line)
+        super().__init__(f"key {key!r} is given twice {where}(lines {first_line} and {second_line}); "
+                         "YAML would keep only the last value, so remove or merge one of them")
+
+
+class StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in any mapping, at any depth.
+
+    The whole node tree is checked before anything is constructed, so the error names the
+    key, the mapping it sits in (``in train``) and both line numbers. Keys that come in
+    through a merge (``<<: *defaults``) may be overridden: that is what merges are for."""
+
+    def construct_document(self, node):
+        self._check_duplicates(node, [], set())
+        return super().construct_document(node)
+
+    def _check_duplicates(self, node, path: list[str], seen: set[int]) -> None:
+        if id(node) in seen:  # an alias met again (anchors may repeat a node)
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._check_duplicates(item, [*path, f"[{i}]"], seen)
+        elif isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True) if isinstance(key_node, yaml.ScalarNode) \
+                    else key_node.start_mark.line  # a complex key: compared by position only
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in first:
+                        where = f"in {'.'.join(path)} " if path else "at the top level "
+                        raise DuplicateKeyError(key, where, first[key], line)
+                    first[key] = line
+                except TypeError:  # unhashable key: yaml refuses it itself
+                    pass
+                self._check_duplicates(value_node, [*path, str(key)], seen)
+
+
+def load_yaml_text(text: str) -> Any:
+    """yaml.safe_load, but a key given twice in any mapping raises DuplicateKeyError."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - StrictLoader is a SafeLoader
+
+
 def parse_value(text: str) -> Any:
     """A command-line value: YAML scalars and lists (``0.01``, ``true``, ``[6,16]``)."""
     try:
-        return yaml.safe_load(text) if text != "" else ""
+        return load_yaml_text(text) if text != "" else ""
+    except DuplicateKeyError as e:
+        raise ConfigError(f"override value {text!r}: {e}") from None
     except yaml.YAMLError:
         return text
 
@@ -275,7 +372,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if p.is_dir():
         raise ConfigError(f"{p} is a directory; expected a YAML study file")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = load_yaml_text(p.read_text())
+    except DuplicateKeyError as e:
+        raise ConfigError(f"{p}: {e}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if data is None:

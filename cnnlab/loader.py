@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab import checks
-from cnnlab.config import Config, apply_overrides, read_yaml, validate
+from cnnlab.config import Config, apply_overrides, check_name, read_yaml, validate
 
 
 def build_config(raw: dict[str, Any], source: str = "config") -> Config:
@@ -27,5 +27,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
     """A study file (None: the defaults) with ``key=value`` overrides, validated and checked."""
     raw = read_yaml(path) if path is not None else {}
     if path is not None and "name" not in raw:
+        # the name becomes a folder (runs/<time>-<name>): a file name that is not plain must be replaced
+        check_name(Path(path).stem, "name (not set in the file, so taken from the file name; set name: in "
+                   "the study file)", str(path))
         raw["name"] = Path(path).stem
     return build_config(apply_overrides(raw, overrides), str(path or "config"))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from cnnlab.results import shown
+
 
 def confusion_matrix(true: torch.Tensor, pred: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Rows are true classes, columns predicted classes (scikit-learn's layout)."""
@@ -45,6 +47,7 @@ def scores(confusion: torch.Tensor) -> dict:
 def format_per_class(split_scores: dict, classes: list[str]) -> str:
     """A plain-text per-class table (class | precision | recall | F1 | support)."""
     pc = split_scores["per_class"]
+    classes = [shown(c) for c in classes]  # a class folder's name is any text: printable, not too long
     width = max(8, *(len(c) for c in classes))
     lines = [f"{'class':<{width}}  precision  recall     f1  support"]
     for i, name in enumerate(classes):

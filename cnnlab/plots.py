@@ -16,16 +16,35 @@ import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import functools
+import warnings
+
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
 from cnnlab import runs
+from cnnlab.results import shown
 
 DPI = 100
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
           "#bcbd22", "#17becf")
 MAX_CONFUSION_ANNOTATED = 20  # above this many classes the cells are too small for numbers
 MAX_LEGEND_ENTRIES = 12
+
+
+# Every text in a figure is literal: a class name or a setting such as "$\\undefinedmacro{$" is drawn as
+# written, never parsed as math text or handed to LaTeX. Text artists read these settings when they are
+# created, and tick labels are created while drawing, so both the figure builders and png_bytes run in it.
+LITERAL_TEXT = {"text.parse_math": False, "text.usetex": False}
+
+
+def literal_text(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(LITERAL_TEXT):
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 def _num(v: Any) -> float:
@@ -42,10 +61,13 @@ def column(rows: Sequence[dict], key: str) -> np.ndarray:
     return np.array([_num(r.get(key)) for r in rows], dtype=float)
 
 
+@literal_text
 def png_bytes(fig: Figure) -> bytes:
     buf = io.BytesIO()
     # A lighter zlib level: files grow ~10 % but encode about twice as fast.
-    fig.savefig(buf, format="png", dpi=DPI, pil_kwargs={"compress_level": 3})
+    with warnings.catch_warnings():  # a class name in a script the font lacks is drawn as boxes, not warned
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        fig.savefig(buf, format="png", dpi=DPI, pil_kwargs={"compress_level": 3})
     return buf.getvalue()
 
 
@@ -77,6 +99,7 @@ def best_index(rows: Sequence[dict], best_step: Optional[float] = None) -> Optio
 # ----------------------------------------------------------------------------- one run
 
 
+@literal_text
 def curves_figure(rows: Sequence[dict], best_step: Optional[float] = None) -> Figure:
     """Loss, accuracy and learning rate against iterations, epochs on the top axis, best checkpoint marked."""
     # Fixed margins instead of constrained layout: this figure is drawn after every run, and solving the
@@ -136,6 +159,7 @@ def plot_curves(metrics_rows: Sequence[dict], out_png: Optional[Path] = None, *,
     return data
 
 
+@literal_text
 def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str], title: str = "") -> Figure:
     """Heat map coloured by the share of each true class (row), annotated with the counts."""
     cm = np.asarray(confusion, dtype=float)
@@ -146,7 +170,7 @@ def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str],
     ax = fig.subplots()
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    names = [str(c) for c in classes] if len(classes) == n else [str(i) for i in range(n)]
+    names = [shown(c, 24) for c in classes] if len(classes) == n else [str(i) for i in range(n)]
     ax.set_xticks(range(n), names, rotation=45 if max(map(len, names)) > 2 else 0, ha="right", fontsize=8)
     ax.set_yticks(range(n), names, fontsize=8)
     ax.set_xlabel("predicted")
@@ -162,6 +186,7 @@ def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str],
     return fig
 
 
+@literal_text
 def misclassified_figure(images, true, pred, confidence, classes: Sequence[str], columns: int = 8) -> Figure:
     """A grid of images (uint8 [K, C, H, W]) captioned 'true -> predicted (confidence)'.
 
@@ -186,7 +211,7 @@ def misclassified_figure(images, true, pred, confidence, classes: Sequence[str],
     ax.set_axis_off()
 
     def name(i: int) -> str:
-        return str(classes[i]) if 0 <= i < len(classes) else str(i)
+        return shown(classes[i], 16) if 0 <= i < len(classes) else str(i)
 
     for idx in range(k):
         r, q = divmod(idx, cols)
@@ -199,6 +224,7 @@ def misclassified_figure(images, true, pred, confidence, classes: Sequence[str],
 # ----------------------------------------------------------------------------- sweeps
 
 
+@literal_text
 def factor_figure(series: dict[str, list[tuple[float, float, float]]], factor: str, metric: str,
                   log_x: bool) -> Figure:
     """The metric against one numeric factor: a line per series (mean) with a ± sd band over seeds.
@@ -213,18 +239,19 @@ def factor_figure(series: dict[str, list[tuple[float, float, float]]], factor: s
         mean = np.array([p[1] for p in pts], dtype=float)
         sd = np.array([0.0 if p[2] is None else p[2] for p in pts], dtype=float)
         color = COLORS[i % len(COLORS)]
-        ax.plot(x, mean, marker="o", color=color, label=label if i < MAX_LEGEND_ENTRIES else None)
+        ax.plot(x, mean, marker="o", color=color, label=shown(label, 80) if i < MAX_LEGEND_ENTRIES else None)
         ax.fill_between(x, mean - sd, mean + sd, color=color, alpha=0.18, linewidth=0)
     if log_x:
         ax.set_xscale("log")
-    ax.set_xlabel(factor)
-    ax.set_ylabel(f"{metric} (mean ± sd over seeds)")
+    ax.set_xlabel(shown(factor, 80))
+    ax.set_ylabel(f"{shown(metric, 40)} (mean ± sd over seeds)")
     ax.grid(alpha=0.3)
     if len(series) > 1:
         ax.legend(fontsize=8)
     return fig
 
 
+@literal_text
 def bars_figure(groups: dict[str, list[tuple[str, float, float]]], factor: str, metric: str) -> Figure:
     """Bars of the metric for each value of a categorical factor (mean, sd error bar), grouped by series."""
     fig = Figure(figsize=(6, 4), layout="constrained")
@@ -241,22 +268,23 @@ def bars_figure(groups: dict[str, list[tuple[str, float, float]]], factor: str, 
         means = [by_cat[c][0] for c in categories if c in by_cat]
         sds = [by_cat[c][1] or 0.0 for c in categories if c in by_cat]
         ax.bar(xs, means, width=width, yerr=sds, capsize=3, color=COLORS[i % len(COLORS)],
-               label=label if i < MAX_LEGEND_ENTRIES else None)
-    ax.set_xticks(range(len(categories)), categories, rotation=20 if len(categories) > 4 else 0)
+               label=shown(label, 80) if i < MAX_LEGEND_ENTRIES else None)
+    ax.set_xticks(range(len(categories)), [shown(c, 24) for c in categories], rotation=20 if len(categories) > 4 else 0)
     finite = [m for pts in groups.values() for _, m, _ in pts if np.isfinite(m)]
     if finite:
         # Accuracies of competing settings differ in the second decimal: zoom the y axis to show it.
         lo, hi = min(finite), max(finite)
         pad = max(0.02, (hi - lo) * 0.5)
         ax.set_ylim(max(0.0, lo - pad) if lo >= 0 else lo - pad, hi + pad)
-    ax.set_xlabel(factor)
-    ax.set_ylabel(f"{metric} (mean ± sd over seeds)")
+    ax.set_xlabel(shown(factor, 80))
+    ax.set_ylabel(f"{shown(metric, 40)} (mean ± sd over seeds)")
     ax.grid(alpha=0.3, axis="y")
     if len(groups) > 1:
         ax.legend(fontsize=8)
     return fig
 
 
+@literal_text
 def sweep_curves_figure(curves: dict[str, dict[str, np.ndarray]]) -> Figure:
     """Validation loss and accuracy against iterations, one line per setting (mean over its seeds).
 
@@ -268,7 +296,7 @@ def sweep_curves_figure(curves: dict[str, dict[str, np.ndarray]]) -> Figure:
         color = COLORS[i % len(COLORS)] if len(curves) <= len(COLORS) else None
         for ax, key in ((ax_loss, "val_loss"), (ax_acc, "val_accuracy")):
             ax.plot(c["step"], c[key], marker="o", markersize=2.5, color=color,
-                    label=label if i < MAX_LEGEND_ENTRIES else None)
+                    label=shown(label, 80) if i < MAX_LEGEND_ENTRIES else None)
     for ax, title in ((ax_loss, "validation loss"), (ax_acc, "validation accuracy")):
         ax.set_title(f"{title} (mean over seeds)")
         ax.set_xlabel("iteration")

@@ -18,6 +18,7 @@ import base64
 import json
 import math
 import statistics
+from urllib.parse import quote
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Optional
@@ -42,6 +43,16 @@ class ReportError(ConfigError):
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _why(e: BaseException) -> str:
+    """An exception as one non-empty line: its type, and its message when it has one."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else f"{type(e).__name__} (no message)"
+
+
+def _mapping(v: Any) -> dict:
+    return v if isinstance(v, dict) else {}
 
 
 def _b64(png: bytes) -> str:
@@ -91,10 +102,12 @@ def _dig(d: Any, dotted: str) -> Any:
 
 
 def _environment():
-    from jinja2 import Environment, FileSystemLoader, select_autoescape
+    from jinja2 import Environment, FileSystemLoader
 
+    # Every value in every template is escaped (autoescape on for all of them, whatever their name):
+    # class names, settings and errors come from files anyone can write.
     env = Environment(loader=FileSystemLoader(str(Path(__file__).parent / "templates")),
-                      autoescape=select_autoescape(["html", "j2"]),
+                      autoescape=True,
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["fmt"] = _fmt
     env.filters["seconds"] = _seconds
@@ -103,7 +116,8 @@ def _environment():
 
 def _render(template: str, out: Path, **context) -> Path:
     html = _environment().get_template(template).render(**context)
-    runs.write_text(out, html)
+    # Names read from JSON may hold lone surrogates (undecodable folder names): written as U+FFFD, not an error.
+    runs.write_text(out, html.encode("utf-8", "replace").decode("utf-8"))
     return out
 
 
@@ -125,29 +139,36 @@ def finish_run(out_dir, log=print, html: bool = True) -> Optional[dict]:
         return None
     summary["findings"] = doctor.diagnose_run(out_dir)
     runs.write_json(out_dir / "summary.json", summary)
-    best_step = results.number((summary.get("best") or {}).get("step"))
+    best_step = results.number(_mapping(summary.get("best")).get("step"))
+    # Each file on its own: a failure of one is logged naming the file, and the others are still written.
     try:
         plots.plot_curves(results.read_metrics(out_dir), out_dir / "curves.png",
                           best_step=int(best_step) if best_step else None)
-        if html:
-            write_run_report(out_dir)
     except Exception as e:  # noqa: BLE001 - a plotting problem must not cost the trained run
-        log(f"warning: could not write the plots/report: {type(e).__name__}: {e}")
+        log(f"warning: could not write {out_dir / 'curves.png'}: {_why(e)}")
+    if html:
+        try:
+            write_run_report(out_dir, log=lambda m: log(f"warning: {m}"))
+        except Exception as e:  # noqa: BLE001 - nor a report problem
+            log(f"warning: could not write {out_dir / REPORT_NAME}: {_why(e)}")
     for f in summary["findings"]:
         log(f"doctor [{f['severity']}] {f['code']}: {f['message']}")
     return summary
 
 
 
-def build_report(path) -> Path:
-    """Write report.html into a run folder or a sweep folder (detected from its files); return its path."""
+def build_report(path, log=results.warn) -> Path:
+    """Write report.html into a run folder or a sweep folder (detected from its files); return its path.
+
+    What cannot be read (a malformed results row, a truncated summary.json, a row whose run_dir
+    points outside the sweep folder) is reported through ``log`` naming the file, and left out."""
     path = Path(path)
     if not path.is_dir():
         raise ReportError(f"report: {path} is not a folder; give a run folder or a sweep folder")
     if (path / "results.jsonl").exists():
-        return write_sweep_report(path)
+        return write_sweep_report(path, log=log)
     if any((path / name).exists() for name in RUN_MARKERS):
-        return write_run_report(path)
+        return write_run_report(path, log=log)
     raise ReportError(
         f"report: {path} is neither a run folder ({', '.join(RUN_MARKERS)}) nor a sweep folder "
         "(results.jsonl); point at the folder that `cnnlab train --out` or `cnnlab sweep --out` wrote")
@@ -183,12 +204,34 @@ def _layers(model: dict) -> tuple[list[str], list[list[str]]]:
     return cols, [[_fmt(r.get(c)) if c == "params" else str(r.get(c, "")) for c in cols] for r in layers]
 
 
-def run_context(run_dir: Path) -> dict:
-    """Everything the run template shows, read from the run folder."""
+def run_context(run_dir: Path, log=results.warn) -> dict:
+    """Everything the run template shows, read from the run folder.
+
+    Every part is read on its own: a part a damaged or hand-edited file cannot give is left out,
+    with a warning naming the file (through ``log`` and on the page)."""
     run_dir = Path(run_dir)
-    summary = runs.read_json(run_dir / "summary.json") if (run_dir / "summary.json").exists() else {}
-    history = runs.read_jsonl(run_dir / "metrics.jsonl")
-    classes = [str(c) for c in summary.get("classes") or []]
+    problems: list[str] = []
+
+    def note(message: str) -> None:
+        problems.append(message)
+        log(message)
+
+    def guarded(what: str, fn, default):
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - one bad part must not cost the whole report
+            note(f"{what} left out of the report: {_why(e)}")
+            return default
+
+    summary = results.read_summary(run_dir)
+    if summary is None:
+        summary = {}
+        if (run_dir / "summary.json").exists():
+            note(f"{run_dir / 'summary.json'}: not a readable JSON object (truncated or damaged); "
+                 "the report shows what the other files hold")
+    history = results.read_metrics(run_dir)
+    raw_classes = summary.get("classes")
+    classes = [str(c) for c in raw_classes] if isinstance(raw_classes, list) else []
     splits = [s for s in ("train", "val", "test") if isinstance(summary.get(s), dict)]
 
     metric_rows = [{"split": s, **{k: summary[s].get(k) for k in
@@ -196,48 +239,67 @@ def run_context(run_dir: Path) -> dict:
                    for s in splits]
     per_class = {}
     for s in splits:
-        pc = summary[s].get("per_class") or {}
-        n = len(pc.get("support") or [])
-        per_class[s] = [{"cls": classes[i] if i < len(classes) else str(i),
-                         "precision": pc["precision"][i], "recall": pc["recall"][i], "f1": pc["f1"][i],
-                         "support": pc["support"][i]} for i in range(n)]
+        def rows_of(s=s):
+            pc = _mapping(summary[s].get("per_class"))
+            n = len(pc.get("support") or [])
+            return [{"cls": classes[i] if i < len(classes) else str(i),
+                     "precision": pc["precision"][i], "recall": pc["recall"][i], "f1": pc["f1"][i],
+                     "support": pc["support"][i]} for i in range(n)]
+        per_class[s] = guarded(f"{run_dir / 'summary.json'}: {s}.per_class", rows_of, [])
 
-    best = summary.get("best") or {}
+    best = _mapping(summary.get("best"))
     images: dict[str, str] = {}
     if history:
-        images["curves"] = _b64(plots.png_bytes(plots.curves_figure(history, best.get("step"))))
-    confusion_split = next((s for s in ("test", "val") if (summary.get(s) or {}).get("confusion")), None)
+        curves = guarded(f"{run_dir / 'metrics.jsonl'}: the learning curves",
+                         lambda: _b64(plots.png_bytes(plots.curves_figure(history, best.get("step")))), None)
+        if curves:
+            images["curves"] = curves
+    confusion_split = next((s for s in ("test", "val") if _mapping(summary.get(s)).get("confusion")), None)
     if confusion_split:
-        images["confusion"] = _b64(plots.png_bytes(plots.confusion_figure(
-            summary[confusion_split]["confusion"], classes, f"{confusion_split} split")))
-    mis = _load_misclassified(run_dir)
+        confusion = guarded(f"{run_dir / 'summary.json'}: the {confusion_split} confusion matrix",
+                            lambda: _b64(plots.png_bytes(plots.confusion_figure(
+                                summary[confusion_split]["confusion"], classes, f"{confusion_split} split"))), None)
+        if confusion:
+            images["confusion"] = confusion
+        else:
+            confusion_split = None
+    mis = guarded(f"{run_dir / 'misclassified.pt'}", lambda: _load_misclassified(run_dir), None)
     if mis and mis["count"]:
-        images["misclassified"] = _b64(plots.png_bytes(plots.misclassified_figure(
-            mis["images"], mis["true"], mis["pred"], mis["confidence"], classes)))
+        grid = guarded(f"{run_dir / 'misclassified.pt'}: the misclassified images",
+                       lambda: _b64(plots.png_bytes(plots.misclassified_figure(
+                           mis["images"], mis["true"], mis["pred"], mis["confidence"], classes))), None)
+        if grid:
+            images["misclassified"] = grid
 
     findings = summary.get("findings")
     findings_source = "stored by the trainer"
-    if findings is None:
-        findings, findings_source = doctor.diagnose_run(run_dir), "computed now from the run folder"
+    if not isinstance(findings, list):
+        findings, findings_source = guarded(f"{run_dir}: the run doctor",
+                                            lambda: doctor.diagnose_run(run_dir), []), "computed now from the run folder"
+    findings = [f for f in findings if isinstance(f, dict)]
 
-    model = summary.get("model") or {}
-    layer_cols, layer_rows = _layers(model)
-    t = summary.get("time") or {}
-    epoch_s = [x for x in (t.get("epoch_s") or []) if _num(x) is not None]
-    config_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else None
+    model = _mapping(summary.get("model"))
+    layer_cols, layer_rows = guarded(f"{run_dir / 'summary.json'}: model.layers", lambda: _layers(model), ([], []))
+    t = _mapping(summary.get("time"))
+    epoch_s = [x for x in (t.get("epoch_s") if isinstance(t.get("epoch_s"), list) else []) if _num(x) is not None]
+    config_text = guarded(f"{run_dir / 'config.yaml'}", lambda: (run_dir / "config.yaml").read_text(errors="replace")
+                          if (run_dir / "config.yaml").exists() else None, None)
     if config_text is None and summary.get("config"):
         import yaml
 
-        config_text = yaml.safe_dump(summary["config"], sort_keys=False)
-    env = summary.get("env") or {}
+        config_text = guarded(f"{run_dir / 'summary.json'}: config",
+                              lambda: yaml.safe_dump(summary["config"], sort_keys=False), None)
+    env = _mapping(summary.get("env"))
+    warnings = summary.get("warnings") if isinstance(summary.get("warnings"), list) else []
     return {
-        "title": summary.get("name") or run_dir.name,
+        "title": str(summary.get("name") or run_dir.name),
         "run_dir": str(run_dir.resolve()),
         "status": summary.get("status", "unknown (no summary.json)"),
         "error": summary.get("error"),
         "seed": summary.get("seed"),
         "data_source": summary.get("data_source"),
-        "warnings": summary.get("warnings") or [],
+        "warnings": [str(w) for w in warnings],
+        "problems": problems,
         "findings": findings,
         "findings_source": findings_source,
         "best": best,
@@ -252,19 +314,19 @@ def run_context(run_dir: Path) -> dict:
         "time": {
             "total_s": t.get("total_s"), "train_s": t.get("train_s"), "eval_s": t.get("eval_s"),
             "data_s": t.get("data_s"), "images_per_s": t.get("train_images_per_s"),
-            "epoch_mean_s": statistics.fmean(epoch_s) if epoch_s else None, "epoch_s": epoch_s,
+            "epoch_mean_s": statistics.fmean(_num(x) for x in epoch_s) if epoch_s else None, "epoch_s": epoch_s,
         },
         "n_evaluations": len(history),
         "last_eval": history[-1] if history else {},
         "config_text": config_text,
-        "env": [(k, v if isinstance(v, str) else ("" if v is None else str(v))) for k, v in env.items()],
+        "env": [(str(k), v if isinstance(v, str) else ("" if v is None else str(v))) for k, v in env.items()],
     }
 
 
-def write_run_report(run_dir) -> Path:
+def write_run_report(run_dir, log=results.warn) -> Path:
     """Write ``report.html`` into a run folder; return its path."""
     run_dir = Path(run_dir)
-    return _render("run.html.j2", run_dir / REPORT_NAME, **run_context(run_dir))
+    return _render("run.html.j2", run_dir / REPORT_NAME, **run_context(run_dir, log=log))
 
 
 # ----------------------------------------------------------------------------- sweep report
@@ -356,17 +418,19 @@ def _factor_plots(rows: list[dict], keys: list[str], metric: str, plan: Optional
     return figures
 
 
-def _mean_curves(sweep_dir: Path, groups: "OrderedDict[str, list[dict]]") -> dict:
-    """Per setting, the validation curves averaged over its seeds at each recorded step."""
+def _mean_curves(run_dirs: dict, groups: "OrderedDict[str, list[dict]]") -> dict:
+    """Per setting, the validation curves averaged over its seeds at each recorded step.
+
+    ``run_dirs`` maps run ids to their checked run folders (inside the sweep folder)."""
     import numpy as np
 
     curves = {}
     for label, members in groups.items():
         at_step: dict[float, dict[str, list[float]]] = {}
         for r in members:
-            if not r.get("run_dir"):
+            if run_dirs.get(r["run_id"]) is None:
                 continue
-            for row in runs.read_jsonl(sweep_dir / r["run_dir"] / "metrics.jsonl"):
+            for row in results.read_metrics(run_dirs[r["run_id"]]):
                 step = _num(row.get("step"))
                 if step is None:
                     continue
@@ -404,7 +468,7 @@ def _compare_tables(sweep_dir: Path, keys: list[str], metric: str) -> list[dict]
     for by in wanted:
         title = f"{metric} by {' × '.join(by)}"
         try:
-            result = compare.compare(sweep_dir, by=by, metric=metric)
+            result = compare.compare(sweep_dir, by=by, metric=metric, log=lambda m: None)  # warned once already
         except Exception as e:  # noqa: BLE001 - one table failing must not lose the rest of the report
             tables.append({"title": title, "error": f"{type(e).__name__}: {e}"})
             continue
@@ -424,10 +488,33 @@ def _compare_tables(sweep_dir: Path, keys: list[str], metric: str) -> list[dict]
     return tables
 
 
-def sweep_context(sweep_dir: Path, metric: str = DEFAULT_SWEEP_METRIC, build_run_reports: bool = True) -> dict:
+def run_link(sweep_dir: Path, run_dir: Path) -> str:
+    """The href of a run's report: a relative, percent-encoded path below the sweep folder.
+
+    ``run_dir`` has been checked to lie inside the sweep folder (results.run_dir_of); encoding every
+    segment (``:`` too) means no part of it can read as a scheme, a query or another folder."""
+    rel = run_dir.relative_to(Path(sweep_dir).resolve())
+    return "./" + "/".join(quote(part, safe="") for part in rel.parts) + "/" + REPORT_NAME
+
+
+def sweep_context(sweep_dir: Path, metric: str = DEFAULT_SWEEP_METRIC, build_run_reports: bool = True,
+                  log=results.warn) -> dict:
     sweep_dir = Path(sweep_dir)
-    rows = results.load_results(sweep_dir)
-    plan = results.load_plan(sweep_dir) or {}
+    problems: list[str] = []
+
+    def note(message: str) -> None:
+        problems.append(message)
+        log(message)
+
+    rows, run_dirs = [], {}
+    for r in results.load_results(sweep_dir, log=note):
+        run_dir, problem = results.run_dir_of(sweep_dir, r)
+        if problem:  # never read, link or write outside the sweep folder
+            note(f"{sweep_dir / results.RESULTS}: run {r['run_id']!r}: {problem}; row skipped")
+            continue
+        rows.append(r)
+        run_dirs[r["run_id"]] = run_dir
+    plan = results.load_plan(sweep_dir, log=note) or {}
     keys = [k for k in plan.get("keys") or [] if k != "seed"] or _swept_keys(rows)
     groups: "OrderedDict[str, list[dict]]" = OrderedDict()
     for r in rows:
@@ -449,27 +536,35 @@ def sweep_context(sweep_dir: Path, metric: str = DEFAULT_SWEEP_METRIC, build_run
     run_rows = []
     for r in rows:
         link = None
-        if r.get("run_dir"):
-            run_dir = sweep_dir / r["run_dir"]
+        run_dir = run_dirs.get(r["run_id"])
+        if run_dir is not None:
             if build_run_reports and not (run_dir / REPORT_NAME).exists() and (
                     (run_dir / "summary.json").exists() or (run_dir / "metrics.jsonl").exists()):
                 try:
-                    write_run_report(run_dir)
-                except Exception:  # noqa: BLE001 - a broken run keeps its row, just without a link
-                    pass
-            if (run_dir / REPORT_NAME).exists():
-                link = Path(r["run_dir"]).as_posix().rstrip("/") + "/" + REPORT_NAME
+                    write_run_report(run_dir, log=note)
+                except Exception as e:  # noqa: BLE001 - a broken run keeps its row, just without a link
+                    note(f"could not write {run_dir / REPORT_NAME}: {_why(e)}")
+            if (run_dir / REPORT_NAME).is_file():
+                link = run_link(sweep_dir, run_dir)
         run_rows.append({"run_id": r.get("run_id"), "label": _label(r.get("settings") or {}, keys),
                          "seed": r.get("seed"), "status": r.get("status"), "metric": _dig(r, metric),
                          "best_val": _dig(r, "best.val_accuracy"), "best_epoch": _dig(r, "best.epoch"),
                          "time_s": r.get("time_s"), "link": link})
-    curves = _mean_curves(sweep_dir, groups)
+    curves = _mean_curves(run_dirs, groups)
     images = {}
     if curves:
-        images["curves"] = _b64(plots.png_bytes(plots.sweep_curves_figure(curves)))
+        try:
+            images["curves"] = _b64(plots.png_bytes(plots.sweep_curves_figure(curves)))
+        except Exception as e:  # noqa: BLE001 - the tables still show
+            note(f"{sweep_dir / REPORT_NAME}: the learning curves per setting left out: {_why(e)}")
     statuses: dict[str, int] = {}
     for r in rows:
         statuses[str(r.get("status"))] = statuses.get(str(r.get("status")), 0) + 1
+    try:
+        factor_plots = _factor_plots(rows, keys, metric, plan)
+    except Exception as e:  # noqa: BLE001 - the tables still show
+        factor_plots = []
+        note(f"{sweep_dir / REPORT_NAME}: the factor plots left out: {_why(e)}")
     return {
         "title": sweep_dir.resolve().name,
         "sweep_dir": str(sweep_dir.resolve()),
@@ -480,13 +575,14 @@ def sweep_context(sweep_dir: Path, metric: str = DEFAULT_SWEEP_METRIC, build_run
         "settings_table": settings_table,
         "best_label": best_label,
         "compare_tables": _compare_tables(sweep_dir, keys, metric) if rows else [],
-        "factor_plots": _factor_plots(rows, keys, metric, plan),
+        "factor_plots": factor_plots,
         "images": images,
         "run_rows": run_rows,
+        "problems": problems,
     }
 
 
-def write_sweep_report(sweep_dir, metric: str = DEFAULT_SWEEP_METRIC) -> Path:
+def write_sweep_report(sweep_dir, metric: str = DEFAULT_SWEEP_METRIC, log=results.warn) -> Path:
     """Write ``report.html`` into a sweep folder (and each run's report that is missing); return its path."""
     sweep_dir = Path(sweep_dir)
-    return _render("sweep.html.j2", sweep_dir / REPORT_NAME, **sweep_context(sweep_dir, metric))
+    return _render("sweep.html.j2", sweep_dir / REPORT_NAME, **sweep_context(sweep_dir, metric, log=log))

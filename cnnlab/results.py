@@ -11,9 +11,11 @@ plotting code, so reading results costs no more than reading JSON.
 from __future__ import annotations
 
 import enum
+import json
 import math
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from cnnlab import runs
 
@@ -61,6 +63,19 @@ def at_chance(accuracy: float | None, num_classes: int | None) -> bool:
     if accuracy is None or not num_classes or num_classes < 2 or not math.isfinite(accuracy):
         return False
     return abs(accuracy - chance_level(num_classes)) <= CHANCE_MARGIN + 1e-12
+
+
+# ----------------------------------------------------------------------------- names as text
+
+NAME_SHOWN = 48  # characters of a class or setting name shown in a plot or a terminal table
+
+
+def shown(name: Any, limit: int | None = NAME_SHOWN) -> str:
+    """A name (a class folder, a setting) as plain printable text: undecodable bytes (lone surrogates)
+    and control characters become U+FFFD, and a name longer than ``limit`` is cut with an ellipsis."""
+    text = str(name).encode("utf-8", "replace").decode("utf-8")
+    text = "".join("\ufffd" if (ord(c) < 32 or 0x7F <= ord(c) < 0xA0) else c for c in text)
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -126,25 +141,133 @@ def append_row(path: str | Path, row: dict) -> None:
     runs.append_jsonl(Path(path), row)
 
 
-def load_results(sweep_dir: str | Path) -> list[dict]:
-    """One row per run_id (the last one written wins), in order of each run's first row."""
+def warn(message: str) -> None:
+    """The default ``log`` of the readers below: one line on stderr (the report and the table still follow)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+# A results row: the fields every reader needs, with the types they must have; others are optional.
+ROW_FIELDS = {"run_id": (str,), "settings": (dict,), "seed": (int,), "status": (str,)}
+OPTIONAL_ROW_FIELDS = {"test": (dict,), "best": (dict,), "run_dir": (str,), "error": (str,),
+                       "time_s": (int, float), "final_train_loss": (int, float)}
+
+
+def row_problem(row: Any) -> str | None:
+    """Why a results.jsonl row cannot be used (None when it can): not a mapping, a missing or mistyped field."""
+    if not isinstance(row, dict):
+        return f"the row is a JSON {type(row).__name__}, not an object"
+    for key, types in ROW_FIELDS.items():
+        if key not in row:
+            return f"the row has no {key!r}"
+        v = row[key]
+        if isinstance(v, bool) or not isinstance(v, types):
+            return f"{key!r} is a {type(v).__name__}, not a {'/'.join(t.__name__ for t in types)}"
+    if not row["run_id"]:
+        return "'run_id' is empty"
+    for key, types in OPTIONAL_ROW_FIELDS.items():
+        v = row.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, types)):
+            return f"{key!r} is a {type(v).__name__}, not a {'/'.join(t.__name__ for t in types)} or null"
+    if any(not isinstance(k, str) for k in row["settings"]):
+        return "'settings' has a key that is not text"
+    return None
+
+
+def load_results(sweep_dir: str | Path, log: Callable[[str], None] | None = warn) -> list[dict]:
+    """One row per run_id (the last usable one written wins), in order of each run's first row.
+
+    A line that is not JSON, or a row that is not usable (:func:`row_problem`), is skipped and
+    reported through ``log`` with the file and line number, so it never displaces a run's good row.
+    A torn last line (no newline: a writer killed mid-line) is skipped silently."""
+    path = Path(sweep_dir) / RESULTS
     rows: dict[str, dict] = {}
-    for row in runs.read_jsonl(Path(sweep_dir) / RESULTS):
-        if isinstance(row, dict) and "run_id" in row:
-            rows[row["run_id"]] = row
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        if log:
+            log(f"{path}: cannot be read ({e.strerror or e}); no results")
+        return []
+    lines = text.split("\n")
+    for number_, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            if number_ == len(lines):  # the last line without a newline: torn by a kill, skipped silently
+                continue
+            if log:
+                log(f"{path} line {number_}: not valid JSON; line skipped")
+            continue
+        problem = row_problem(row)
+        if problem:
+            if log:
+                log(f"{path} line {number_}: {problem}; row skipped")
+            continue
+        rows[row["run_id"]] = row
     return list(rows.values())
 
 
-def load_plan(sweep_dir: str | Path) -> dict | None:
-    """The sweep's plan.json (swept keys, factors, ofat, base settings, runs), or None when absent."""
+def run_dir_of(sweep_dir: str | Path, row: dict) -> tuple[Path | None, str | None]:
+    """A row's run folder when it lies inside the sweep folder: ``(path, None)``; else ``(None, why)``.
+
+    ``run_dir`` must be a relative path that stays inside the sweep folder once resolved (no
+    scheme, no absolute path, no ``..`` escape, no symlink out). A row without one gives (None, None)."""
+    rd = row.get("run_dir")
+    if rd is None:
+        return None, None
+    if not isinstance(rd, str) or not rd.strip() or "\x00" in rd:
+        return None, f"run_dir {rd!r} is not a folder name"
+    if "\\" in rd or ":" in rd.split("/")[0] or Path(rd).is_absolute():
+        return None, f"run_dir {rd!r} is not a relative path inside the sweep folder"
+    root = Path(sweep_dir).resolve()
+    try:
+        target = (root / rd).resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a name too long
+        return None, f"run_dir {rd!r} cannot be resolved"
+    if target == root or root not in target.parents:
+        return None, f"run_dir {rd!r} points outside the sweep folder {root}"
+    return target, None
+
+
+def load_plan(sweep_dir: str | Path, log: Callable[[str], None] | None = warn) -> dict | None:
+    """The sweep's plan.json (swept keys, factors, ofat, base settings, runs), or None when absent or unusable."""
     path = Path(sweep_dir) / PLAN
-    return runs.read_json(path) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        plan = runs.read_json(path)
+    except (OSError, ValueError) as e:
+        if log:
+            log(f"{path}: not readable JSON ({type(e).__name__}); the plan is ignored")
+        return None
+    problem = None
+    if not isinstance(plan, dict):
+        problem = f"a JSON {type(plan).__name__}, not an object"
+    elif not isinstance(plan.get("runs", []), list) or any(
+            not isinstance(r, dict) or not isinstance(r.get("run_id"), str) or not isinstance(r.get("settings"), dict)
+            or not isinstance(r.get("seed"), int) for r in plan.get("runs", [])):
+        problem = "'runs' is not a list of {run_id, settings, seed}"
+    elif not isinstance(plan.get("keys", []), list) or not isinstance(plan.get("base_settings", {}), dict) \
+            or not all(isinstance(k, str) for k in plan.get("keys", [])) \
+            or not isinstance(plan.get("factors", []), list) or not all(
+                isinstance(g, list) and all(isinstance(k, str) for k in g) for g in plan.get("factors", [])):
+        problem = "'keys', 'factors' or 'base_settings' has the wrong type"
+    if problem:
+        if log:
+            log(f"{path}: {problem}; the plan is ignored")
+        return None
+    plan.setdefault("runs", [])
+    return plan
 
 
 def num_classes(sweep_dir: str | Path, rows: list[dict], default: int = 10) -> int:
     """The class count from the first run summary that names its classes (``default`` when none does)."""
     for r in rows:
-        summary = read_summary(Path(sweep_dir) / str(r.get("run_dir", "")))
-        if summary and summary.get("classes"):
+        run_dir, _ = run_dir_of(sweep_dir, r)
+        summary = read_summary(run_dir) if run_dir else None
+        if summary and isinstance(summary.get("classes"), list) and len(summary["classes"]) >= 2:
             return len(summary["classes"])
     return default

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cnnlab import runs
-from cnnlab.config import Config, ConfigError, apply_overrides, read_yaml
+from cnnlab.config import Config, ConfigError, apply_overrides, check_name, name_problem, read_yaml
 from cnnlab.loader import build_config
 from cnnlab.results import (FINAL_STATUSES, PLAN, RESULTS, Status, append_row, load_plan,  # noqa: F401 - re-exported
                             load_results, read_summary, row_from_summary)
@@ -150,7 +150,8 @@ def _read_bases(base: Any, base_dir: Path, sweep_name: str, source: str) -> dict
             label = path.stem
         elif isinstance(item, dict):
             raw = dict(item)
-            label = str(raw.get("name") or (sweep_name if len(items) == 1 else f"base{i}"))
+            fallback = sweep_name if len(items) == 1 and name_problem(sweep_name) is None else f"base{i}"
+            label = str(raw.get("name") or fallback)
         else:
             raise ConfigError(f"{source}: base must be a study file path or a mapping, got {item!r}")
         raw.setdefault("name", label)
@@ -546,6 +547,8 @@ def run_sweep(sweep_path: str | Path, out_dir: str | Path | None = None, workers
     if set(resources) - {"cpu", "gpu"} or not all(isinstance(v, (int, float)) and v >= 0 for v in resources.values()):
         raise ConfigError(f"resources must be {{cpu: N, gpu: M}} with numbers ≥ 0, got {resources!r}")
     sweep = load_sweep(sweep_path)  # validates every config before anything is written
+    if out_dir is None:  # the default folder is built from the file name: it must stay inside sweeps/
+        check_name(sweep.name, "the sweep file name (the default --out is sweeps/<file stem>)", str(sweep_path))
     out = Path(out_dir) if out_dir is not None else Path("sweeps") / sweep.name
     rows = {r["run_id"]: r for r in load_results(out)}
     states = {r.run_id: _state(out, r, rows) for r in sweep.runs}

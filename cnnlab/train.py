@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from cnnlab import checks, runs, transfer
 from cnnlab import data as datamod
-from cnnlab.augment import Preprocess
+from cnnlab.augment import Preprocess, no_preprocessing
 from cnnlab.data.batches import train_batches
 from cnnlab.config import Config, dump_yaml
 from cnnlab.evaluate import Evaluator, fmt, print_results, score_splits
@@ -157,7 +157,9 @@ def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainStat
         model.to(memory_format=torch.channels_last)
     model_info = {"name": cfg.model.name, "output_kind": info.output_kind,
                   **summarize(model, splits.input_shape, device=device)}
-    warnings = [*model_log, *checks.config_warnings(cfg, info.output_kind, device)]
+    # a schedule that cannot act over the run: refused at load when the data set's size is known, else here
+    warnings = [*model_log, *checks.config_warnings(cfg, info.output_kind, device),
+                *checks.check_schedule(cfg, len(splits.train_y))]
 
     eval_pre = Preprocess(splits, cfg.data, train=False)
     if info.needs_whitening_init and not resume and cfg.model.init_from is None:
@@ -196,10 +198,10 @@ def train_head_on_cached_features(s: TrainState) -> None:
         return
     t0 = time.perf_counter()
     s.inputs = transfer.cached_features(backbone, s.splits, s.evaluator)
-    s.net, s.train_pre, s.channels_last = head, identity, False
+    s.net, s.train_pre, s.channels_last = head, no_preprocessing, False
     if s.cfg.train.tta == "none":  # test-time augmentation transforms images: it scores the whole network
         s.scored, s.eval_inputs = head, s.inputs
-        s.evaluator = Evaluator(identity, s.evaluator.batch_size, s.evaluator.precision, s.device,
+        s.evaluator = Evaluator(no_preprocessing, s.evaluator.batch_size, s.evaluator.precision, s.device,
                                 s.evaluator.output_kind, s.evaluator.num_classes)
     n = len(s.splits.train_y) + len(s.splits.val_y) + len(s.splits.test_y)
     s.warnings.append(f"frozen backbone: features of all {n:,} images computed once "
@@ -386,10 +388,6 @@ def finish(s: TrainState, status: str, error: str | None, score: bool = True) ->
 
 
 # ----------------------------------------------------------------------------- small helpers
-
-
-def identity(x: torch.Tensor, generator=None) -> torch.Tensor:
-    return x
 
 
 def progress_bar(s: TrainState, epoch: int, done: int):

@@ -256,7 +256,7 @@ def test_sweep_report_in_chromium(real_sweep, chromium, tmp_path):
         row = by_id[cells[0]]
         assert cells[4] == f"{row['test']['accuracy']:.4f}"
         assert (out / row["run_dir"] / "report.html").exists()
-    links = re.findall(r'<a href="([^"]+)">', dom)
+    links = re.findall(r'<a href="([^"]+)"', dom)
     assert len(links) == 8 and all(not link.startswith(("/", "file:", "http")) for link in links)
     assert all((out / link).is_file() for link in links)
 
@@ -431,8 +431,8 @@ def test_crafted_sweep_report_in_chromium(tmp_path, chromium):
 
     run_rows = table_cells(dom, "runs")[1:]
     assert len(run_rows) == 9
-    links = re.findall(r'<a href="([^"]+)">', dom)
-    assert links == [f"runs/run{i}/report.html" for i in range(8)]  # the failed run has no folder, no link
+    links = re.findall(r'<a href="([^"]+)"', dom)
+    assert links == [f"./runs/run{i}/report.html" for i in range(8)]  # the failed run has no folder, no link
     assert [r[3] for r in run_rows].count("diverged") == 1
 
 

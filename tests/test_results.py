@@ -29,9 +29,10 @@ def test_row_from_summary_keeps_finite_numbers_only():
 
 def test_load_results_keeps_the_last_row_per_run_and_skips_a_torn_line(tmp_path):
     path = tmp_path / results.RESULTS
-    results.append_row(path, {"run_id": "a", "status": "failed"})
-    results.append_row(path, {"run_id": "b", "status": "completed"})
-    results.append_row(path, {"run_id": "a", "status": "completed", "test": {"loss": math.nan}})
+    row = {"settings": {}, "seed": 0}  # the fields every row has (results.row_problem)
+    results.append_row(path, {**row, "run_id": "a", "status": "failed"})
+    results.append_row(path, {**row, "run_id": "b", "status": "completed"})
+    results.append_row(path, {**row, "run_id": "a", "status": "completed", "test": {"loss": math.nan}})
     with open(path, "a") as f:
         f.write('{"run_id": "c", "sta')
     rows = results.load_results(tmp_path)

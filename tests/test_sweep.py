@@ -165,7 +165,8 @@ def test_ray_executor_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
 def _append_many(path: str, writer: int, count: int) -> None:
     pad = "x" * 3000  # long lines: a torn or interleaved write would show
     for i in range(count):
-        append_row(path, {"run_id": f"{writer}-{i}", "writer": writer, "i": i, "pad": pad})
+        append_row(path, {"run_id": f"{writer}-{i}", "settings": {}, "seed": 0, "status": "completed",
+                          "writer": writer, "i": i, "pad": pad})
 
 
 def test_concurrent_appends_keep_every_line_whole(tmp_path):
@@ -186,9 +187,10 @@ def test_concurrent_appends_keep_every_line_whole(tmp_path):
 
 def test_rows_are_plain_json_and_the_last_row_per_run_wins(tmp_path):
     path = tmp_path / RESULTS
-    append_row(path, {"run_id": "a", "status": "failed", "test": {"loss": float("nan")}})
-    append_row(path, {"run_id": "b", "status": "completed"})
-    append_row(path, {"run_id": "a", "status": "completed", "test": {"loss": 0.1}})
+    row = {"settings": {}, "seed": 0}  # the fields every row has (results.row_problem)
+    append_row(path, {**row, "run_id": "a", "status": "failed", "test": {"loss": float("nan")}})
+    append_row(path, {**row, "run_id": "b", "status": "completed"})
+    append_row(path, {**row, "run_id": "a", "status": "completed", "test": {"loss": 0.1}})
     assert "NaN" not in path.read_text()
     rows = load_results(tmp_path)
     assert [(r["run_id"], r["status"]) for r in rows] == [("a", "completed"), ("b", "completed")]
