@@ -54,6 +54,11 @@ def use_channels_last(model: nn.Module, setting: bool | None, precision: str, de
     return any(isinstance(m, nn.Conv2d) for m in model.modules()) and (precision != "fp32" or device.type == "cpu")
 
 
+def identity(x: torch.Tensor, generator=None) -> torch.Tensor:
+    """A preprocessing step that does nothing (a head trained on cached features takes them as they are)."""
+    return x
+
+
 class RunStopped(Exception):
     """Raised inside the loop when a stop signal (SIGINT/SIGTERM) arrived."""
 
