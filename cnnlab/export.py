@@ -103,7 +103,9 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
         return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     files = {TORCHSCRIPT_EXTRA: ""}
-    torch.jit.load(str(path), _extra_files=files)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+        torch.jit.load(str(path), _extra_files=files)
     return json.loads(files[TORCHSCRIPT_EXTRA])
 
 
@@ -113,7 +115,8 @@ def max_difference(run: LoadedRun, path: str | Path, fmt: str, n: int = 4, seed:
     with torch.no_grad():
         expected = run.model(x).float()
     if fmt == "torchscript":
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             got = torch.jit.load(str(path))(x).float()
     else:
         try:
