@@ -76,4 +76,4 @@ def test_config_printed_as_differences_unless_verbose():
     from cnnlab.loader import load_config
 
     lines = config_diff_lines(load_config(None, {"optim.lr": 0.01, "model.widths": [6, 16, 120]}))
-    assert lines[1:] == ["  optim.lr: 0.01", "  model.widths: [6, 16, 120]"] and "config.yaml" in lines[0]
+    assert lines[1:] == ["  model.widths: [6, 16, 120]", "  optim.lr: 0.01"] and "config.yaml" in lines[0]
