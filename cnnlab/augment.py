@@ -386,6 +386,8 @@ def preprocess_record(splits: Splits, data_cfg: Optional[DataConfig] = None, tta
     checkpoints and summary.json): the class names, the input shape (C, H, W) and channels,
     the normalisation applied after scaling pixels to 0..1, and the resize policy."""
     c, h, w = splits.input_shape
+    if hasattr(splits, "preprocessing"):  # the data layer's own record (resize policy, interpolation), when it has one
+        return {**splits.preprocessing(), "stored_channels": int(splits.train_x.shape[1]), "tta": tta}
     return {
         "classes": list(splits.classes), "input_shape": [c, h, w], "channels": c,
         "stored_channels": int(splits.train_x.shape[1]), "mean": [float(m) for m in splits.mean],

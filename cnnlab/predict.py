@@ -84,12 +84,16 @@ class Transform:
 
     def __repr__(self) -> str:
         r = self.record
-        return (f"Transform(input_shape={tuple(r['input_shape'])}, resize_mode={r['resize_mode']!r}, "
+        policy = r.get('resize_policy', r.get('resize_mode'))
+        return (f"Transform(input_shape={tuple(r['input_shape'])}, resize={policy!r}, "
                 f"mean={[round(m, 4) for m in r['mean']]}, std={[round(s, 4) for s in r['std']]})")
 
     def read(self, source: Any) -> torch.Tensor:
         """A path or PIL image as the uint8 ``[C, H, W]`` the model's input is made from."""
-        return read_image(source, self.channels, (self.height, self.width), self.record.get("resize_mode", ""))
+        r = self.record  # resize_policy (stretch | crop | pad) + interpolation, or the older resize_mode
+        mode = r.get("resize_policy") or r.get("resize_mode", "")
+        mode = "bicubic" if mode == "stretch" and r.get("interpolation") == "bicubic" else mode
+        return read_image(source, self.channels, (self.height, self.width), mode)
 
     def conform(self, x: torch.Tensor) -> torch.Tensor:
         """A uint8 batch in the run's channels and input size."""
@@ -97,8 +101,8 @@ class Transform:
             x = (x.float() * _LUMA.to(x.device)).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
         elif x.shape[1] == 1 and self.channels == 3:
             x = x.expand(-1, 3, -1, -1)
-        return resize(x, (self.height, self.width), "bicubic" if self.record.get("resize_mode") == "bicubic"
-                      else "bilinear")
+        bicubic = "bicubic" in (self.record.get("resize_mode"), self.record.get("interpolation"))
+        return resize(x, (self.height, self.width), "bicubic" if bicubic else "bilinear")
 
     def batch(self, x: torch.Tensor, generator=None) -> torch.Tensor:
         x = self.conform(x).float().div_(255)
