@@ -384,3 +384,19 @@ class Preprocess:
 def no_preprocessing(x: torch.Tensor, generator=None) -> torch.Tensor:
     """The preprocessing of inputs that are already features (a frozen backbone's cached outputs)."""
     return x
+
+
+def preprocess_record(splits: Splits, data_cfg: Optional[DataConfig] = None, tta: str = "none") -> dict:
+    """What a trained model needs to be used on new images, as plain values (saved in the
+    checkpoints and summary.json): the class names, the input shape (C, H, W) and channels,
+    the normalisation applied after scaling pixels to 0..1, and the resize policy."""
+    c, h, w = splits.input_shape
+    if hasattr(splits, "preprocessing"):  # the data layer's own record (resize policy, interpolation), when it has one
+        return {**splits.preprocessing(), "stored_channels": int(splits.train_x.shape[1]), "tta": tta}
+    return {
+        "classes": list(splits.classes), "input_shape": [c, h, w], "channels": c,
+        "stored_channels": int(splits.train_x.shape[1]), "mean": [float(m) for m in splits.mean],
+        "std": [float(s) for s in splits.std], "scale": "x / 255, then (x - mean) / std per channel",
+        "resize": getattr(data_cfg, "resize", None), "resize_mode": getattr(data_cfg, "resize_mode", "bilinear"),
+        "tta": tta,
+    }

@@ -87,7 +87,7 @@ def cmd_train(args) -> int:
         out = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
     before = _stamp(out / "summary.json")
     try:
-        summary = train.run(cfg, out, resume=bool(args.resume), force=args.force)
+        summary = train.run(cfg, out, resume=bool(args.resume), force=args.force, verbose=args.verbose)
     except Exception:
         # A run that failed while training still gets its findings and curves: train.run wrote its
         # summary.json before raising. A folder refused before training is left exactly as it was.
@@ -108,10 +108,48 @@ def _stamp(path: Path):
 
 
 def cmd_eval(args) -> int:
-    from cnnlab.evaluate import evaluate_run
+    if args.overrides:  # another data set: every image of it, with the run's own preprocessing
+        from cnnlab.predict import evaluate_on
 
-    result = evaluate_run(Path(args.run_dir), splits=args.split.split(","), checkpoint=args.checkpoint)
+        result = evaluate_on(Path(args.run_dir), args.overrides, checkpoint=args.checkpoint,
+                             split=args.split or "all")
+    else:
+        from cnnlab.evaluate import evaluate_run
+
+        result = evaluate_run(Path(args.run_dir), splits=(args.split or "test").split(","), checkpoint=args.checkpoint)
     print(json.dumps(result, indent=2) if args.json else result["text"])
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from cnnlab.predict import format_table, load_run, predict_paths, write_predictions
+
+    if args.top_k < 1:
+        raise _config_error(f"--top-k must be at least 1, got {args.top_k}")
+    if args.out and Path(args.out).suffix.lower() not in (".csv", ".json"):
+        raise _config_error(f"--out {args.out}: must end in .csv or .json")
+    run = load_run(Path(args.run_dir), args.checkpoint)
+    if args.tta and run.preprocess.get("tta", "none") == "none":
+        raise _config_error(f"--tta: {args.run_dir} was trained with train.tta=none; there is no test-time "
+                            "augmentation to apply")
+    rows, problems = predict_paths(run, args.paths, top_k=args.top_k, tta=args.tta)
+    for line in problems:
+        print(f"cnnlab: skipped {line}", file=sys.stderr)
+    print(format_table(rows))
+    if args.out:
+        print(f"wrote {write_predictions(args.out, rows)} ({len(rows)} images)")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from cnnlab.export import export, max_difference
+    from cnnlab.predict import load_run
+
+    t0 = time.perf_counter()
+    path = export(Path(args.run_dir), args.format, args.out, checkpoint=args.checkpoint)
+    diff = max_difference(load_run(Path(args.run_dir), args.checkpoint), path, args.format)
+    check = "" if diff is None else f"; max |difference| from PyTorch on 4 random inputs: {diff:.2e}"
+    print(f"wrote {path} ({args.format}, {path.stat().st_size:,} bytes) in {time.perf_counter() - t0:.1f} s{check}")
     return 0
 
 
@@ -195,7 +233,10 @@ def _config_error(message: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cnnlab.version import __version__
+
     p = argparse.ArgumentParser(prog="cnnlab", description="Image-classification studies from one study file.")
+    p.add_argument("--version", action="version", version=f"cnnlab {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train one study file into a run folder")
@@ -204,45 +245,71 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run folder (default runs/<timestamp>-<study>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     t.add_argument("--force", action="store_true", help="overwrite a run folder that already holds a run")
+    t.add_argument("--verbose", action="store_true",
+                   help="print the whole config at the start (default: only the settings that differ from the "
+                        "defaults; config.yaml always holds all of them)")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="re-evaluate a run's best checkpoint")
-    e.add_argument("run_dir")
-    e.add_argument("--split", default="test", help="comma-separated: train,val,test")
-    e.add_argument("--checkpoint", default="best.pt", help="best.pt or last.pt")
-    e.add_argument("--json", action="store_true")
+    e = sub.add_parser("eval", help="re-score a run's best checkpoint, or score it on another labelled data set")
+    e.add_argument("run_dir", help="a run folder")
+    e.add_argument("overrides", nargs="*",
+                   help="data.key=value to score another labelled data set with the run's preprocessing, e.g. "
+                        "data.root=photos/ (its class names must be the run's); every image of it is scored")
+    e.add_argument("--split", help="comma-separated train,val,test of the run's data (default test); with data "
+                                   "overrides: all (default), train or test part of the other data set")
+    e.add_argument("--checkpoint", default="best.pt", help="best.pt (default) or last.pt")
+    e.add_argument("--json", action="store_true", help="print the scores as JSON")
     e.set_defaults(func=cmd_eval)
 
+    pr = sub.add_parser("predict", help="classify image files with a trained run")
+    pr.add_argument("run_dir", help="a run folder (its best checkpoint and saved preprocessing are used)")
+    pr.add_argument("paths", nargs="+", help="image files, folders (searched recursively) or glob patterns")
+    pr.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
+    pr.add_argument("--out", help="also write the predictions to this .csv or .json file")
+    pr.add_argument("--tta", action="store_true",
+                    help="average over the run's test-time augmented views (only for runs trained with train.tta)")
+    pr.add_argument("--checkpoint", default="best.pt", help="best.pt (default) or last.pt")
+    pr.set_defaults(func=cmd_predict)
+
+    x = sub.add_parser("export", help="write a run's best checkpoint as ONNX or TorchScript, preprocessing included")
+    x.add_argument("run_dir", help="a run folder")
+    x.add_argument("--format", choices=["onnx", "torchscript"], required=True,
+                   help="onnx (needs the export extra: pip install 'cnnlab[export]') or torchscript")
+    x.add_argument("--out", required=True, help="file to write, e.g. model.onnx or model.pt")
+    x.add_argument("--checkpoint", default="best.pt", help="best.pt (default) or last.pt")
+    x.set_defaults(func=cmd_export)
+
     s = sub.add_parser("summary", help="layer table, parameters and FLOPs of a model")
-    s.add_argument("model")
+    s.add_argument("model", help="a model name (see the model registry), e.g. lenet5 or resnet20")
     s.add_argument("overrides", nargs="*", help="key=value, e.g. model.activation=relu")
-    s.add_argument("--dataset", default="mnist")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--dataset", default="mnist", help="the data set whose image size and classes to assume")
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.set_defaults(func=cmd_summary)
 
     w = sub.add_parser("sweep", help="run a sweep file (settings × seeds)")
-    w.add_argument("sweep")
-    w.add_argument("--out")
-    w.add_argument("--workers", type=int, default=1)
-    w.add_argument("--executor", choices=["local", "ray"], default="local")
+    w.add_argument("sweep", help="sweep YAML file")
+    w.add_argument("--out", help="sweep folder (default sweeps/<sweep name>)")
+    w.add_argument("--workers", type=int, default=1, help="runs at the same time (default 1)")
+    w.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local processes (default) or a Ray cluster")
     w.add_argument("--address", help="Ray cluster address (default: start a local instance)")
-    w.add_argument("--dry-run", action="store_true")
+    w.add_argument("--dry-run", action="store_true", help="print the planned runs and write nothing")
     w.set_defaults(func=cmd_sweep)
 
     c = sub.add_parser("compare", help="compare a sweep's runs: mean ± sd, CI, Welch's test")
-    c.add_argument("dir")
+    c.add_argument("dir", help="a sweep folder")
     c.add_argument("--by", required=True, help="key1[,key2]: rows, then columns")
-    c.add_argument("--metric", default="test.accuracy")
+    c.add_argument("--metric", default="test.accuracy", help="the metric to compare (default test.accuracy)")
     c.set_defaults(func=cmd_compare)
 
     r = sub.add_parser("report", help="write report.html for a run or a sweep folder")
-    r.add_argument("dir")
+    r.add_argument("dir", help="a run folder or a sweep folder")
     r.set_defaults(func=cmd_report)
 
     d = sub.add_parser("data", help="which data sets are present, and their checksums")
-    d.add_argument("action", choices=["list", "check"])
+    d.add_argument("action", choices=["list", "check"], help="list: what is present; check: also verify checksums")
     d.add_argument("--root", help="data root (default $CNNLAB_DATA or ~/.cache/cnnlab)")
-    d.add_argument("--json", action="store_true")
+    d.add_argument("--json", action="store_true", help="print the result as JSON")
     d.set_defaults(func=cmd_data)
     return p
 

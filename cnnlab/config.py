@@ -425,3 +425,26 @@ def _allowed_keys(loc: tuple) -> list[str]:
 
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict as ``{"optim.lr": 0.01, ...}`` (dotted keys, leaves only)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_diff_lines(cfg: Config) -> list[str]:
+    """The settings of ``cfg`` that differ from the defaults, one ``key: value`` line each (what a run
+    prints at its start; the whole config is always saved as config.yaml)."""
+    defaults, values = flatten(Config().to_dict()), flatten(cfg.to_dict())
+    changed = [k for k, v in values.items() if defaults.get(k, object()) != v]
+    lines = [f"config: {len(changed)} settings differ from the defaults (all settings: config.yaml)"]
+    for key in changed:
+        text = yaml.safe_dump(values[key], default_flow_style=True, width=1_000_000).strip()
+        lines.append(f"  {key}: {text.removesuffix(chr(10) + '...').strip()}")
+    return lines

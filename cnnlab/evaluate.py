@@ -10,6 +10,7 @@ TTA through the whole network.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -77,7 +78,7 @@ class Evaluator:
         return out.softmax(1)
 
     @torch.inference_mode()
-    def score(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, full: bool = False) -> dict:
+    def score(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, full: bool = False, bar=None) -> dict:
         """Mean loss and accuracy (and with ``full`` the confusion-matrix metrics and the worst mistakes).
 
         An empty split (``data.val_size=0``) scores None: there is nothing to measure."""
@@ -98,6 +99,8 @@ class Evaluator:
             out = self.outputs(model, xb)
             loss_sum += nll_of(out, yb, kind).double().sum()
             preds.append(out.argmax(1))
+            if bar is not None:
+                bar.update(len(yb))
             if full:
                 confs.append(out.float().softmax(1).amax(1) if kind == "logits" else
                              (out.exp() if kind == "log_probs" else out).amax(1))
@@ -115,15 +118,25 @@ class Evaluator:
         return result
 
 
-def score_splits(evaluator: Evaluator, model: nn.Module, inputs, test_images: torch.Tensor) -> tuple[dict, dict]:
-    """Full scores of train / val / test, and the test split's most confident mistakes (with their images)."""
+def score_splits(evaluator: Evaluator, model: nn.Module, inputs, test_images: torch.Tensor,
+                 progress: bool = False) -> tuple[dict, dict]:
+    """Full scores of train / val / test, and the test split's most confident mistakes (with their images);
+    with ``progress`` a bar over the images scored when stderr is a terminal."""
     results, mistakes = {}, None
+    bar = None
+    if progress and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        total = sum(len(getattr(inputs, f"{split}_y")) for split in SPLITS)
+        bar = tqdm(total=total, desc="final scoring", unit="img", leave=False, dynamic_ncols=True)
     for split in SPLITS:
-        r = evaluator.score(model, getattr(inputs, f"{split}_x"), getattr(inputs, f"{split}_y"), full=True)
+        r = evaluator.score(model, getattr(inputs, f"{split}_x"), getattr(inputs, f"{split}_y"), full=True, bar=bar)
         m = r.pop("_mistakes")
         if split == "test":
             mistakes = {"images": test_images[m.pop("index")].cpu(), **m}
         results[split] = r
+    if bar is not None:
+        bar.close()
     return results, mistakes
 
 
@@ -183,5 +196,7 @@ def evaluate_run(run_dir: Path, splits: list[str] = ("test",), checkpoint: str =
         result[s] = r
         lines.append(f"{s}: accuracy {r['accuracy']:.4f}, loss {r['loss']:.4f}, f1_macro {r['f1_macro']:.4f}")
         lines.append(metrics.format_per_class(r, list(data.classes)))
+        lines.append("confusion (rows: true, columns: predicted):\n" + metrics.format_confusion(r["confusion"],
+                                                                                           list(data.classes)))
     result["text"] = "\n".join(lines)
     return result

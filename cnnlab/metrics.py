@@ -56,3 +56,14 @@ def format_per_class(split_scores: dict, classes: list[str]) -> str:
                  f"{split_scores['f1_macro']:.4f}  {sum(pc['support']):7d}")
     lines.append(f"accuracy {split_scores['accuracy']:.4f}")
     return "\n".join(lines)
+
+
+def format_confusion(confusion, classes: list[str]) -> str:
+    """A confusion matrix as text: one row per true class, one column per predicted class."""
+    cells = [[str(int(v)) for v in row] for row in confusion]
+    name_w = max(4, *(len(c) for c in classes))
+    col_w = max(3, *(len(c[:8]) for c in classes), *(len(v) for row in cells for v in row))
+    lines = [f"{'true':<{name_w}}  " + " ".join(f"{c[:8]:>{col_w}}" for c in classes)]
+    for name, row in zip(classes, cells):
+        lines.append(f"{name:<{name_w}}  " + " ".join(f"{v:>{col_w}}" for v in row))
+    return "\n".join(lines)

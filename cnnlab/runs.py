@@ -216,7 +216,7 @@ def environment(device: torch.device | str) -> dict:
     import numpy
     import torchvision
 
-    import cnnlab
+    from cnnlab.version import __version__
 
     env = {
         "python": platform.python_version(),
@@ -227,7 +227,7 @@ def environment(device: torch.device | str) -> dict:
         "processor": platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
         "device": str(device),
-        "cnnlab": cnnlab.__version__,
+        "cnnlab": __version__,
         "git_commit": _git_commit(),
         "argv": sys.argv,
     }
@@ -268,7 +268,15 @@ def checkpoint_state(s) -> dict:
         "rng": {"torch": torch.get_rng_state(), "augment": s.aug_gen.get_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         "config": s.cfg.to_dict(),
+        "preprocess": preprocess_of(s),
     }
+
+
+def preprocess_of(s) -> dict:
+    """How the run turns an image into the model's input (:func:`cnnlab.augment.preprocess_record`)."""
+    from cnnlab.augment import preprocess_record
+
+    return preprocess_record(s.splits, s.cfg.data, s.cfg.train.tta)
 
 
 def restore(path: Path, s) -> None:

@@ -582,7 +582,8 @@ def run_sweep(sweep_path: str | Path, out_dir: str | Path | None = None, workers
 
     def on_row(row: dict) -> None:
         done[0] += 1
-        print(f"[{done[0]}/{len(tasks)}] {format_row(row)}", flush=True)
+        print(f"[{done[0]}/{len(tasks)}] {format_row(row)}{eta(done[0], len(tasks), time.perf_counter() - t0)}",
+              flush=True)
 
     t0 = time.perf_counter()
     try:
@@ -602,6 +603,15 @@ def run_sweep(sweep_path: str | Path, out_dir: str | Path | None = None, workers
           + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
           + f"\nresults: {out / RESULTS}; table: cnnlab compare {out} --by {_compare_hint(sweep)}", flush=True)
     return result
+
+
+def eta(done: int, total: int, elapsed: float) -> str:
+    """`` (12.3 s elapsed, about 1 min 5 s left)`` after ``done`` of ``total`` runs, at their mean pace so far."""
+    if done >= total or done == 0:
+        return f" ({elapsed:.1f} s elapsed)"
+    left = elapsed / done * (total - done)
+    text = f"{left:.0f} s" if left < 90 else f"{left // 60:.0f} min {left % 60:.0f} s"
+    return f" ({elapsed:.1f} s elapsed, about {text} left)"
 
 
 def _compare_hint(sweep: Sweep) -> str:

@@ -35,7 +35,7 @@ from cnnlab import checks, runs, transfer
 from cnnlab import data as datamod
 from cnnlab.augment import Preprocess, no_preprocessing
 from cnnlab.data.batches import train_batches
-from cnnlab.config import Config, dump_yaml
+from cnnlab.config import Config, config_diff_lines, dump_yaml
 from cnnlab.evaluate import Evaluator, fmt, print_results, score_splits
 from cnnlab.models import info_of
 from cnnlab.optim import Schedule, build_loss, build_optimizer, build_schedule, lrs_of
@@ -111,14 +111,16 @@ def say(message: str) -> None:
 # ----------------------------------------------------------------------------- the run
 
 
-def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool = False, log=say) -> dict:
-    """Train one study config into ``out_dir`` and return its summary (also in summary.json)."""
+def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool = False, log=say,
+        verbose: bool = False) -> dict:
+    """Train one study config into ``out_dir`` and return its summary (also in summary.json); the
+    config is logged as the settings that differ from the defaults (``verbose``: all of them)."""
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     runs.prepare_out_dir(out_dir, resume, force, finished=is_finished(out_dir))
     s = set_up(cfg, out_dir, resume, log)  # nothing is written until data and model are ready
     s.t_start = t_start
-    open_run_folder(s, resume)
+    open_run_folder(s, resume, verbose)
     status, error, stop = "completed", None, {}
     try:
         with stop_on_signals(stop):
@@ -208,7 +210,7 @@ def train_head_on_cached_features(s: TrainState) -> None:
                       f"({time.perf_counter() - t0:.1f} s); only the head trains")
 
 
-def open_run_folder(s: TrainState, resume: bool) -> None:
+def open_run_folder(s: TrainState, resume: bool, verbose: bool = False) -> None:
     """Write config.yaml (or restore last.pt and drop the curve points after it) and say what runs."""
     cfg, splits, log, info = s.cfg, s.splits, s.log, s.model_info
     metrics_file = s.out_dir / "metrics.jsonl"
@@ -220,7 +222,7 @@ def open_run_folder(s: TrainState, resume: bool) -> None:
     else:
         runs.write_text(s.out_dir / "config.yaml", dump_yaml(cfg))
         runs.write_split_record(s.out_dir, splits.record())  # image folders: each split's files
-    log(f"── cnnlab run → {s.out_dir}\n{dump_yaml(cfg)}")
+    log(f"── cnnlab run → {s.out_dir}\n" + (dump_yaml(cfg) if verbose else "\n".join(config_diff_lines(cfg))))
     log(f"data: {splits.source}; train {len(splits.train_y):,} / val {len(splits.val_y):,} / test "
         f"{len(splits.test_y):,} images of {tuple(splits.train_x.shape[1:])} on {s.device} "
         f"(loaded in {s.data_seconds:.1f} s)")
@@ -364,13 +366,13 @@ def finish(s: TrainState, status: str, error: str | None, score: bool = True) ->
     if score:
         if (s.out_dir / "best.pt").exists():
             runs.load_weights(s.out_dir / "best.pt", s)
-        results, mistakes = score_splits(s.evaluator, s.scored, s.eval_inputs, s.splits.test_x)
+        results, mistakes = score_splits(s.evaluator, s.scored, s.eval_inputs, s.splits.test_x, s.cfg.train.progress)
         runs.save_misclassified(s.out_dir, mistakes)
     eval_seconds = time.perf_counter() - t0
     p, cfg, images = s.progress, s.cfg, s.progress.step * s.cfg.train.batch_size
     summary = {
         "status": status, "error": error, "name": cfg.name, "seed": cfg.seed, "config": cfg.to_dict(),
-        "classes": list(s.splits.classes), "data_source": s.splits.source,
+        "classes": list(s.splits.classes), "data_source": s.splits.source, "preprocess": runs.preprocess_of(s),
         "best": {"epoch": p.best_epoch, "step": p.best_step, "val_accuracy": p.best_val_accuracy,
                  "val_loss": p.best_val_loss},
         **results,

@@ -54,3 +54,34 @@ def print_summary_line(request, line: str) -> None:
             reporter.write_line(line)
     else:
         print(line)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, data_root):
+    """One tiny finished MNIST run (a few seconds), trained once per session through the Python API."""
+    import cnnlab
+
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    run = cnnlab.train({"name": "tiny"}, tiny_overrides(), out=out, report=False)
+    assert run.status == "completed"
+    return run
+
+
+def write_image_folder(root: Path, classes: list[str], per_class: int = 3, size=(28, 28), seed: int = 0,
+                       modes=("L",)) -> list[Path]:
+    """PNG and JPEG files under root/<class>/ (mixed modes when asked); returns the files."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    files = []
+    for ci, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            mode = modes[(ci + i) % len(modes)]
+            shape = (size[0], size[1]) if mode == "L" else (size[0], size[1], len(mode))
+            img = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode)
+            path = root / name / (f"{i}.png" if i % 2 == 0 or mode == "RGBA" else f"{i}.jpg")
+            img.save(path)
+            files.append(path)
+    return files

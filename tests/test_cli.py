@@ -57,3 +57,23 @@ def test_train_and_eval_commands(tmp_path, data_root):
     result = json.loads(r.stdout)
     summary = json.loads((out / "summary.json").read_text())
     assert result["test"]["accuracy"] == summary["test"]["accuracy"]
+
+
+def test_version_and_help_text_on_every_option():
+    r = cnnlab("--version")
+    assert r.returncode == 0 and r.stdout.startswith("cnnlab ")
+    from cnnlab.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    missing = [f"{name} {a.dest}" for name, p in sub.choices.items() for a in p._actions
+               if a.dest != "help" and not a.help]
+    assert not missing, f"options without help text: {missing}"
+
+
+def test_config_printed_as_differences_unless_verbose():
+    from cnnlab.config import config_diff_lines
+    from cnnlab.loader import load_config
+
+    lines = config_diff_lines(load_config(None, {"optim.lr": 0.01, "model.widths": [6, 16, 120]}))
+    assert lines[1:] == ["  model.widths: [6, 16, 120]", "  optim.lr: 0.01"] and "config.yaml" in lines[0]

@@ -1,0 +1,143 @@
+"""The Python API (``import cnnlab``): train, sweep, compare and load from a notebook or a script.
+
+``cnnlab.train(study, overrides, out)`` runs one study (a YAML path, a dict or a Config)
+and finishes its folder for reporting, returning a :class:`Run`; ``cnnlab.sweep`` and
+``cnnlab.compare`` do what the commands of the same name do; ``cnnlab.load(run_dir)``
+gives the trained model ready to predict (:class:`cnnlab.predict.LoadedRun`). Errors are
+:class:`~cnnlab.config.ConfigError` (or DataError / CheckpointError) naming the fields
+and arguments of these functions, not command-line flags.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cnnlab import runs
+from cnnlab.config import Config, ConfigError, apply_overrides
+from cnnlab.loader import build_config, load_config
+from cnnlab.predict import LoadedRun, load_run
+from cnnlab.results import read_metrics, read_summary
+
+Overrides = dict[str, Any] | list[str] | None
+
+
+@dataclass
+class Run:
+    """A finished (or stopped) run: its folder and summary, with shortcuts to what is inside."""
+
+    dir: Path
+    summary: dict = field(repr=False)
+
+    @property
+    def status(self) -> str:
+        return self.summary.get("status")
+
+    @property
+    def test_accuracy(self) -> float | None:
+        return (self.summary.get("test") or {}).get("accuracy")
+
+    @property
+    def config(self) -> dict:
+        return self.summary.get("config", {})
+
+    @property
+    def metrics(self) -> list[dict]:
+        """The learning-curve rows of metrics.jsonl."""
+        return read_metrics(self.dir)
+
+    def load(self, checkpoint: str = "best.pt", device: str = "cpu") -> LoadedRun:
+        return load_run(self.dir, checkpoint, device)
+
+    def __repr__(self) -> str:
+        acc = self.test_accuracy
+        return f"Run({str(self.dir)!r}, status={self.status!r}" + (f", test_accuracy={acc:.4f})" if acc is not None
+                                                                   else ")")
+
+
+def config_of(study: str | Path | dict | Config, overrides: Overrides = None) -> Config:
+    """A study (YAML path, nested dict or Config) with dotted overrides ({"optim.lr": 0.01}), validated."""
+    overrides = overrides or {}
+    if isinstance(study, (str, Path)):
+        return load_config(study, overrides)
+    if isinstance(study, Config):
+        study = study.to_dict()
+    if not isinstance(study, dict):
+        raise ConfigError(f"study: expected a path to a YAML file, a dict or a Config, got {type(study).__name__}")
+    return build_config(apply_overrides(study, overrides), "study")
+
+
+def train(study: str | Path | dict | Config, overrides: Overrides = None, out: str | Path | None = None, *,
+          resume: bool = False, force: bool = False, report: bool = True, verbose: bool = False) -> Run:
+    """Train one study into ``out`` (default ``runs/<timestamp>-<name>``); with ``report`` also the
+    doctor's findings, curves.png and report.html (``cnnlab.report.finish_run``). ``resume=True``
+    continues the run in ``out`` (``study`` may then be None: its config.yaml is used)."""
+    from cnnlab import report as reporting
+    from cnnlab.train import run as run_training
+
+    if resume:
+        if out is None:
+            raise ConfigError("resume=True needs out=RUN_DIR, the run folder to continue")
+        cfg = config_of(study if study is not None else Path(out) / "config.yaml", overrides)
+    else:
+        cfg = config_of(study, overrides)
+    out = Path(out) if out is not None else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
+    try:
+        summary = run_training(cfg, out, resume=resume, force=force, verbose=verbose)
+    except runs.RunExistsError as e:
+        raise ConfigError(api_words(str(e))) from None
+    if report:
+        summary = reporting.finish_run(out, html=True) or summary
+    return Run(out, summary)
+
+
+@dataclass
+class SweepResult:
+    """A sweep folder and its results rows (one per planned run)."""
+
+    dir: Path
+    rows: list[dict]
+
+    def compare(self, by: str | list[str], metric: str = "test.accuracy") -> str:
+        return compare(self.dir, by, metric)
+
+
+def sweep(sweep_file: str | Path, out: str | Path | None = None, *, workers: int = 1, executor: str = "local",
+          address: str | None = None, dry_run: bool = False) -> SweepResult:
+    """Run a sweep file (settings × seeds) into ``out`` (default ``sweeps/<name>``)."""
+    from cnnlab.sweep import load_sweep, run_sweep
+
+    try:
+        rows = run_sweep(sweep_file, out_dir=out, workers=workers, executor=executor, address=address,
+                         dry_run=dry_run)
+    except ConfigError as e:
+        raise ConfigError(api_words(str(e))) from None
+    return SweepResult(Path(out) if out is not None else Path("sweeps") / load_sweep(sweep_file).name, rows)
+
+
+def compare(sweep_dir: str | Path, by: str | list[str], metric: str = "test.accuracy") -> str:
+    """The comparison table of a sweep's runs (Markdown; also written as compare.md / compare.csv)."""
+    from cnnlab.compare import write_compare
+
+    keys = by.split(",") if isinstance(by, str) else list(by)
+    return write_compare(Path(sweep_dir), by=keys, metric=metric)
+
+
+def load(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "cpu") -> LoadedRun:
+    """A run's trained model ready to use: ``.model``, ``.classes``, ``.input_shape``, ``.transform``,
+    ``.predict(images_or_paths)``."""
+    return load_run(run_dir, checkpoint, device)
+
+
+def summary(run_dir: str | Path) -> dict | None:
+    """A run folder's summary.json (None when there is none yet)."""
+    return read_summary(Path(run_dir))
+
+
+def api_words(message: str) -> str:
+    """A message written for the command line, in this API's terms."""
+    for flag, arg in (("--resume", "resume=True"), ("--force", "force=True"), ("--out", "out"),
+                      ("--workers", "workers"), ("--address", "address")):
+        message = message.replace(flag, arg)
+    return message
