@@ -268,15 +268,8 @@ def checkpoint_state(s) -> dict:
         "rng": {"torch": torch.get_rng_state(), "augment": s.aug_gen.get_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         "config": s.cfg.to_dict(),
-        "preprocess": preprocess_of(s),
+        "preprocess": s.preprocess,
     }
-
-
-def preprocess_of(s) -> dict:
-    """How the run turns an image into the model's input (:func:`cnnlab.augment.preprocess_record`)."""
-    from cnnlab.augment import preprocess_record
-
-    return preprocess_record(s.splits, s.cfg.data, s.cfg.train.tta)
 
 
 def restore(path: Path, s) -> None:

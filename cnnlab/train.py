@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from cnnlab import checks, runs, transfer
 from cnnlab import data as datamod
-from cnnlab.augment import Preprocess, no_preprocessing
+from cnnlab.augment import Preprocess, no_preprocessing, preprocess_record
 from cnnlab.data.batches import train_batches
 from cnnlab.config import Config, config_diff_lines, dump_yaml
 from cnnlab.evaluate import Evaluator, fmt, print_results, score_splits
@@ -94,6 +94,7 @@ class TrainState:
     progress: Progress = field(default_factory=Progress)  # step, best-so-far, timing, running loss
     history: list = field(default_factory=list)  # the metrics.jsonl rows
     model_info: dict = field(default_factory=dict)
+    preprocess: dict = field(default_factory=dict)  # how an image becomes the model's input (for predict/export)
     warnings: list = field(default_factory=list)
     data_seconds: float = 0.0
     t_start: float = field(default_factory=time.perf_counter)
@@ -113,8 +114,7 @@ def say(message: str) -> None:
 
 def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool = False, log=say,
         verbose: bool = False) -> dict:
-    """Train one study config into ``out_dir`` and return its summary (also in summary.json); the
-    config is logged as the settings that differ from the defaults (``verbose``: all of them)."""
+    """Train ``cfg`` into ``out_dir``; returns the summary (also summary.json). ``verbose``: log all the config."""
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     runs.prepare_out_dir(out_dir, resume, force, finished=is_finished(out_dir))
@@ -182,7 +182,7 @@ def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainStat
         net=torch.compile(model) if tc.compile else model, inputs=splits,
         train_pre=Preprocess(splits, cfg.data, train=True), channels_last=channels_last,
         optimizer=optimizer, schedule=build_schedule(optimizer, cfg.sched, total_steps, tc.epochs),
-        loss_fn=build_loss(cfg.loss, splits.num_classes),
+        loss_fn=build_loss(cfg.loss, splits.num_classes), preprocess=preprocess_record(splits, cfg.data, tc.tta),
         scaler=torch.amp.GradScaler(device.type) if tc.precision == "fp16" and device.type == "cuda" else None,
         ema=ema, aug_gen=torch.Generator(device=device).manual_seed(cfg.seed + 1), evaluator=evaluator,
         scored=ema.module if ema is not None else model, eval_inputs=splits, steps_per_epoch=steps_per_epoch,
@@ -372,7 +372,7 @@ def finish(s: TrainState, status: str, error: str | None, score: bool = True) ->
     p, cfg, images = s.progress, s.cfg, s.progress.step * s.cfg.train.batch_size
     summary = {
         "status": status, "error": error, "name": cfg.name, "seed": cfg.seed, "config": cfg.to_dict(),
-        "classes": list(s.splits.classes), "data_source": s.splits.source, "preprocess": runs.preprocess_of(s),
+        "classes": list(s.splits.classes), "data_source": s.splits.source, "preprocess": s.preprocess,
         "best": {"epoch": p.best_epoch, "step": p.best_step, "val_accuracy": p.best_val_accuracy,
                  "val_loss": p.best_val_loss},
         **results,

@@ -201,7 +201,7 @@ def test_restore_moves_rng_states_to_the_cpu_and_skips_gpus_not_visible(tmp_path
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     gen = torch.Generator().manual_seed(1)
     s = SimpleNamespace(model=model, optimizer=opt, schedule=build_schedule(opt, cfg.sched, 10, 1), ema=None,
-                        aug_gen=gen, progress=train.Progress(step=3), cfg=cfg, device=torch.device("cpu"))
+                        aug_gen=gen, progress=train.Progress(step=3), cfg=cfg, device=torch.device("cpu"), preprocess={})
     state = runs.checkpoint_state(s)
     moved, cuda_set = [], []
     state["rng"] = {"torch": _OnDevice(state["rng"]["torch"], moved), "augment": _OnDevice(gen.get_state(), moved),
