@@ -262,7 +262,7 @@ def test_warnings_reach_the_summary(tmp_path, tiny_config):
     from cnnlab import train
 
     cfg = tiny_config(**{"sched.name": "none", "sched.warmup_steps": 2, "train.epochs": 0.2})
-    summary = train.run(cfg, tmp_path / "run", report=False, log=lambda m: None)
+    summary = train.run(cfg, tmp_path / "run", log=lambda m: None)
     assert any("sched.warmup_steps=2 is ignored" in w for w in summary["warnings"])
 
 
