@@ -2,9 +2,11 @@
 an EMA and a scaler that need none, determinism flags set and restored per run, ``train.device: cuda:N``,
 one GPU per sweep worker, out-of-memory and nondeterministic-op errors as one paragraph."""
 import multiprocessing
+import sys
 
 import pytest
 import torch
+from torch.optim.optimizer import _get_value
 from torch.optim import swa_utils
 
 from cnnlab import runtime, sweep, train
@@ -16,13 +18,16 @@ HOST_READS = ("item", "tolist", "__float__", "__int__", "__bool__")
 
 
 def count_host_reads(monkeypatch, active) -> list:
-    """Patch the Tensor methods that copy a value to the host; record calls while ``active()``."""
-    calls = []
+    """Patch the Tensor methods that copy a value to the host; record calls while ``active()``.
+
+    Not counted: torch's foreach optimizers reading their step counters, which they keep on the host
+    (torch.optim.optimizer._get_value) unless fused, so that read never waits on a GPU."""
+    calls, host_steps = [], _get_value.__code__
     for name in HOST_READS:
         real = getattr(torch.Tensor, name)
 
         def counted(self, *a, _real=real, _name=name, **k):
-            if active():
+            if active() and sys._getframe(1).f_code is not host_steps:
                 calls.append(_name)
             return _real(self, *a, **k)
 
@@ -54,7 +59,7 @@ def test_the_step_loop_reads_nothing_back_between_evaluation_points(tmp_path, ti
     calls = count_host_reads(monkeypatch, lambda: where["loop"] and not where["eval"])
     # EMA (with batch norm's integer buffer), crop + flip, 2 epochs of 10 steps, an evaluation every 5 steps
     cfg = tiny_config(**{"train.ema": 0.9, "data.augment.flip": True, "data.augment.crop_padding": 2,
-                         "model.name": "simple_cnn", "train.epochs": 2, "train.eval_every": 5})
+                         "model.batch_norm": True, "train.epochs": 2, "train.eval_every": 5})
     summary = train.run(cfg, tmp_path / "r", log=lambda *_: None)
     assert summary["status"] == "completed" and summary["time"]["steps"] == 20
     # one read per evaluation point (is the running loss finite?), none per step
@@ -129,9 +134,10 @@ def test_a_nondeterministic_op_names_the_fix(tiny_config):
     cfg = tiny_config(**{"train.deterministic": True})
     with pytest.raises(ConfigError) as e:
         with runtime.run_flags(cfg.train):
-            torch._C._alert_not_deterministic("adaptive_avg_pool2d_backward_cuda")  # what CUDA raises
+            # put_ raises on the CPU too, with the message CUDA's adaptive pooling and NLL backward raise
+            torch.zeros(5).put_(torch.tensor([0, 1]), torch.tensor([1.0, 2.0]))
     text = str(e.value)
-    assert "adaptive_avg_pool2d_backward_cuda" in text and "train.deterministic: false" in text
+    assert "(put_)" in text and "train.deterministic: false" in text
     assert "\n" not in text and not torch.are_deterministic_algorithms_enabled()
 
 
