@@ -178,3 +178,31 @@ def test_each_sweep_worker_gets_its_own_gpu(monkeypatch):
         sweep._worker_init(torch.get_num_threads(), started, ("0", "1"))
         got.append(__import__("os").environ["CUDA_VISIBLE_DEVICES"])
     assert got == ["0", "1", "0"]
+
+
+def test_the_splits_go_to_the_device_only_when_they_fit(monkeypatch, data_root):
+    from cnnlab.data import batches, splits
+    from cnnlab.data.common import DataError
+
+    assert batches.fits_on_device(10**12, "cpu")  # a CPU is not measured
+    monkeypatch.setattr(batches, "free_memory", lambda device: 1000)  # a nearly full GPU, on any machine
+    assert batches.fits_on_device(500, "cuda") and not batches.fits_on_device(501, "cuda")
+    monkeypatch.setattr(splits, "free_memory", lambda device: 1000)
+    monkeypatch.setattr(splits, "fits_on_device", batches.fits_on_device)
+    with pytest.raises(DataError, match="data.train_limit.*train.device: cpu"):
+        splits.load_splits({"name": "mnist", "train_limit": 100, "val_size": 10}, "cuda")
+
+
+def test_evaluation_halves_its_batch_when_memory_runs_out():
+    from cnnlab.evaluate import Evaluator
+
+    class Small(torch.nn.Module):  # runs out of memory above 64 images, as a GPU would
+        def forward(self, x):
+            if len(x) > 64:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+            return x.flatten(1)[:, :3]
+
+    ev = Evaluator(lambda x, g: x.float(), 1000, "fp32", torch.device("cpu"), "logits", 3, tta="flip")
+    x, y = torch.randint(0, 255, (300, 1, 4, 4), dtype=torch.uint8), torch.randint(0, 3, (300,))
+    result = ev.score(Small(), x, y)
+    assert ev.batch_size == 62 and 0 <= result["accuracy"] <= 1

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 
+from cnnlab.data.batches import fits_on_device, free_memory
 from cnnlab.data.common import DataError, RawData, channel_stats, resolve_root
 from cnnlab.data.sources import dataset_info
 from cnnlab.registry import DATASETS
@@ -143,6 +144,14 @@ def load_splits(data_cfg: DataSettings = None, device: Union[str, torch.device] 
     resize = setting(data_cfg, "resize")
     image_size: Union[int, tuple[int, int]] = resize if resize else (h if h == w else (h, w))
     dev = torch.device(device)
+    per_image = train_x[0].numel() * train_x.element_size()  # uint8; the labels are negligible
+    nbytes = per_image * (len(train_index) + len(val_index) + len(test_x))
+    if not fits_on_device(nbytes, dev):
+        free = free_memory(dev) or 0
+        raise DataError(f"the {name} splits take {nbytes / 2**30:.1f} GiB as uint8, more than half of the "
+                        f"{free / 2**30:.1f} GiB free on {dev}, and cnnlab keeps them on the device. Use fewer "
+                        "images (data.train_limit), a GPU with more free memory (nvidia-smi shows what else runs "
+                        "there), or train.device: cpu.")
     return Splits(
         train_x=train_x[train_index].to(dev),
         train_y=raw.train_y[train_index].to(dev),
