@@ -1,10 +1,14 @@
 """Where and how a run computes: device, seeding, mixed precision, memory format, stop signals.
 
 Small process-level choices shared by training and evaluation, kept out of the loop so it
-reads as the method: :func:`pick_device` (``train.device``), :func:`seed_everything`
-(``seed``, ``train.deterministic``), :func:`autocast_for` (``train.precision``),
-:func:`use_channels_last` (``train.channels_last``) and :func:`stop_on_signals`, which
-turns SIGINT/SIGTERM into a flag the training loop checks between steps.
+reads as the method: :func:`pick_device` (``train.device``: auto, cpu, cuda, cuda:N),
+:func:`visible_gpus` (one per sweep worker), :func:`seed_everything` (``seed``),
+:func:`run_flags` (``train.deterministic``'s process-wide flags, set for one run and restored
+after it; errors a setting fixes, a nondeterministic op or CUDA out of memory, explained in one
+paragraph), :class:`EMA` (``train.ema`` without host syncs), :func:`make_scaler` (fp16),
+:func:`autocast_for` (``train.precision``), :func:`use_channels_last` (``train.channels_last``)
+and :func:`stop_on_signals`, which turns SIGINT/SIGTERM into a flag the training loop checks
+between steps.
 """
 from __future__ import annotations
 
