@@ -111,8 +111,8 @@ def test_determinism_flags_are_set_per_run_and_restored(tmp_path, tiny_config, d
     seen, real_set_up = [], train.set_up
 
     def set_up(cfg, *a):
-        seen.append((torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-                     torch.backends.cudnn.deterministic))
+        seen.append((torch.are_deterministic_algorithms_enabled(),
+                     torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.deterministic))
         return real_set_up(cfg, *a)
 
     monkeypatch.setattr(train, "set_up", set_up)
