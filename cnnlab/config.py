@@ -222,7 +222,7 @@ class TrainConfig(_Section):
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: Optional[bool] = None  # None = on for conv nets on CPU, and with bf16/fp16 on GPU
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (N < the number of visible GPUs, checked at the run)
     deterministic: bool = False  # torch.use_deterministic_algorithms (GPU reproducibility)
     threads: Optional[int] = Field(None, ge=1, le=512)  # torch intra-op threads
     compile: bool = False  # torch.compile the model (compile time reported apart)
@@ -232,6 +232,14 @@ class TrainConfig(_Section):
     tta: Literal["none", "flip", "translate", "flip_translate"] = "none"  # test-time augmentation
     progress: bool = True
     tensorboard: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, v: str) -> str:
+        head, _, index = v.partition(":")
+        if v in ("auto", "cpu", "cuda") or (head == "cuda" and index.isdigit()):
+            return v
+        raise ValueError("must be auto, cpu, cuda or cuda:N (N = a GPU index, e.g. cuda:1)")
 
     @field_validator("finetune")
     @classmethod

@@ -60,13 +60,13 @@ class Evaluator:
                              "(features, not images); score it through the whole network")
         with self.autocast():
             out = model(x).float()
-            if self.tta != "none":
-                views = [x.flip(3)] if "flip" in self.tta else []  # mirror image (not for digits)
+            if self.tta != "none":  # each view built when scored: one extra batch in memory at a time
+                views = [lambda: x.flip(3)] if "flip" in self.tta else []  # mirror image (not for digits)
                 if "translate" in self.tta:  # one pixel diagonally each way
-                    views += [torch.roll(x, shifts=(d, d), dims=(2, 3)) for d in (1, -1)]
+                    views += [lambda d=d: torch.roll(x, shifts=(d, d), dims=(2, 3)) for d in (1, -1)]
                 out = self._to_probs(out)
                 for view in views:
-                    out = out + self._to_probs(model(view).float())
+                    out = out + self._to_probs(model(view()).float())
                 out = (out / (1 + len(views))).clamp_min(1e-12).log()  # averaged probabilities, as log-probs
         return out
 
@@ -93,17 +93,17 @@ class Evaluator:
         was_training = model.training
         model.eval()
         kind = "log_probs" if self.tta != "none" else self.output_kind
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        preds, confs = [], []
-        for xb, yb in eval_batches(x, y, self.batch_size):
-            out = self.outputs(model, xb)
-            loss_sum += nll_of(out, yb, kind).double().sum()
-            preds.append(out.argmax(1))
-            if bar is not None:
-                bar.update(len(yb))
-            if full:
-                confs.append(out.float().softmax(1).amax(1) if kind == "logits" else
-                             (out.exp() if kind == "log_probs" else out).amax(1))
+        while True:
+            try:
+                loss_sum, preds, confs = self._walk(model, x, y, kind, full, bar)
+                break
+            except torch.OutOfMemoryError:
+                if self.batch_size == 1:
+                    raise
+                # out of memory (224-px images, TTA views): halve the batch for this and later evaluations
+                self.batch_size = max(1, self.batch_size // 2)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
         transfer.set_train_mode(model, was_training)  # frozen batch norm stays in eval mode
         pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long, device=self.device)
         n = max(1, len(x))
@@ -116,6 +116,20 @@ class Evaluator:
             result["_mistakes"] = {"index": top, "true": y[top].cpu(), "pred": pred[top].cpu(),
                                    "confidence": torch.cat(confs)[top].float().cpu()}
         return result
+
+    def _walk(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str, full: bool, bar=None):
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        preds, confs = [], []
+        for xb, yb in eval_batches(x, y, self.batch_size):
+            out = self.outputs(model, xb)
+            loss_sum += nll_of(out, yb, kind).double().sum()
+            preds.append(out.argmax(1))
+            if bar is not None:
+                bar.update(len(yb))
+            if full:
+                confs.append(out.float().softmax(1).amax(1) if kind == "logits" else
+                             (out.exp() if kind == "log_probs" else out).amax(1))
+        return loss_sum, preds, confs
 
 
 def score_splits(evaluator: Evaluator, model: nn.Module, inputs, test_images: torch.Tensor,

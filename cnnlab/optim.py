@@ -25,39 +25,47 @@ FAST = {"foreach": True}
 
 
 @OPTIMIZERS.register("sgd")
-def sgd(params, cfg):
+def sgd(params, cfg, fast=FAST):
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                           weight_decay=cfg.weight_decay, **FAST)
+                           weight_decay=cfg.weight_decay, **fast)
 
 
 @OPTIMIZERS.register("adam")
-def adam(params, cfg):
+def adam(params, cfg, fast=FAST):
     return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps or 1e-8,
-                            weight_decay=cfg.weight_decay, **FAST)
+                            weight_decay=cfg.weight_decay, **fast)
 
 
 @OPTIMIZERS.register("adamw")
-def adamw(params, cfg):
+def adamw(params, cfg, fast=FAST):
     # AdamW's own default decay (0.01) only applies when the study leaves weight_decay at 0.
     wd = cfg.weight_decay if "weight_decay" in cfg.model_fields_set else 0.01
     return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps or 1e-8,
-                             weight_decay=wd, **FAST)
+                             weight_decay=wd, **fast)
 
 
 @OPTIMIZERS.register("adadelta")
-def adadelta(params, cfg):
+def adadelta(params, cfg, fast=FAST):
     return torch.optim.Adadelta(params, lr=cfg.lr, eps=cfg.eps or 1e-6, weight_decay=cfg.weight_decay,
-                                **FAST)
+                                **fast)
 
 
 @OPTIMIZERS.register("rmsprop")
-def rmsprop(params, cfg):
+def rmsprop(params, cfg, fast=FAST):
     return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum, eps=cfg.eps or 1e-8,
-                               weight_decay=cfg.weight_decay, **FAST)
+                               weight_decay=cfg.weight_decay, **fast)
 
 
-def build_optimizer(param_groups, cfg) -> torch.optim.Optimizer:
-    return OPTIMIZERS.get(cfg.name)(param_groups, cfg)
+# On CUDA the fused kernels do the whole update in one launch, and with fp16 they take GradScaler's inf
+# check themselves, sparing it a .item() (a host-device sync) per step.
+FUSED = {"fused": True}
+HAS_FUSED = ("sgd", "adam", "adamw")
+
+
+def build_optimizer(param_groups, cfg, fused: bool = False) -> torch.optim.Optimizer:
+    """``fused``: use torch's fused kernels where this optimizer has them (the trainer asks on CUDA)."""
+    builder = OPTIMIZERS.get(cfg.name)
+    return builder(param_groups, cfg, FUSED) if fused and cfg.name in HAS_FUSED else builder(param_groups, cfg)
 
 
 # ----------------------------------------------------------------------------- schedules

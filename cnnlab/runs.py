@@ -298,7 +298,7 @@ def restore(path: Path, s) -> None:
 
 def load_weights(path: Path, s) -> None:
     """Load only the weights (the model's and the EMA's) of a checkpoint into the trainer's state."""
-    state = load_checkpoint(path, map_location=s.device)
+    state = load_checkpoint(path, map_location="cpu")  # copied onto the device by load_state_dict
     s.model.load_state_dict(state["model"])
     if s.ema is not None and state["ema"]:
         s.ema.load_state_dict(state["ema"])

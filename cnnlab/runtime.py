@@ -1,10 +1,14 @@
 """Where and how a run computes: device, seeding, mixed precision, memory format, stop signals.
 
 Small process-level choices shared by training and evaluation, kept out of the loop so it
-reads as the method: :func:`pick_device` (``train.device``), :func:`seed_everything`
-(``seed``, ``train.deterministic``), :func:`autocast_for` (``train.precision``),
-:func:`use_channels_last` (``train.channels_last``) and :func:`stop_on_signals`, which
-turns SIGINT/SIGTERM into a flag the training loop checks between steps.
+reads as the method: :func:`pick_device` (``train.device``: auto, cpu, cuda, cuda:N),
+:func:`visible_gpus` (one per sweep worker), :func:`seed_everything` (``seed``),
+:func:`run_flags` (``train.deterministic``'s process-wide flags, set for one run and restored
+after it; errors a setting fixes, a nondeterministic op or CUDA out of memory, explained in one
+paragraph), :class:`EMA` (``train.ema`` without host syncs), :func:`make_scaler` (fp16),
+:func:`autocast_for` (``train.precision``), :func:`use_channels_last` (``train.channels_last``)
+and :func:`stop_on_signals`, which turns SIGINT/SIGTERM into a flag the training loop checks
+between steps.
 """
 from __future__ import annotations
 
@@ -15,27 +19,101 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
+from torch.optim import swa_utils
 
 from cnnlab.config import ConfigError
 
 
 def pick_device(name: str) -> torch.device:
+    """``train.device``: auto | cpu | cuda | cuda:N (N counts the GPUs this process sees)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: 'cuda' was asked for but no CUDA device is available; use auto or cpu")
-    return torch.device(name)
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name!r} was asked for but no CUDA device is available; use auto or cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        seen = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise ConfigError(f"train.device: {name!r} names GPU {device.index}, but this process sees {n} "
+                          f"(cuda:0 to cuda:{n - 1}" + (f"; CUDA_VISIBLE_DEVICES={seen}" if seen is not None else "")
+                          + "); use auto, cuda or a visible index")
+    return device
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
+def visible_gpus() -> tuple[str, ...]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries (for giving each sweep worker its own);
+    counted without creating a CUDA context (NVML), so spawned workers can still pick theirs."""
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    names = [d.strip() for d in listed.split(",") if d.strip()] if listed is not None else [str(i) for i in range(n)]
+    return tuple(names[:n])
+
+
+def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
-    if deterministic:
-        # Needed for bit-reproducible GPU runs (CUBLAS needs this before its first call).
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    elif torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True
+
+
+# What a run's determinism settings change process-wide (restored by run_flags when the run ends).
+NONDETERMINISTIC_FIX = (
+    "train.deterministic: true makes PyTorch raise on an operation without a deterministic implementation "
+    "on this device, and this run uses one ({op}). Either set train.deterministic: false (results then vary "
+    "slightly from run to run on a GPU), or change the network so it avoids that operation (e.g. a fixed-size "
+    "pooling instead of adaptive pooling, or a loss other than nll/cross-entropy's backward on CUDA).")
+
+
+@contextmanager
+def run_flags(train_cfg):
+    """Set ``train.deterministic``'s process-wide flags for one run and put the caller's back after it,
+    so one run's setting never leaks into the next run of a sweep in the same process; errors whose fix
+    is a setting (a nondeterministic op, CUDA out of memory) come out as one paragraph naming it."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+             os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    try:
+        if train_cfg.deterministic:
+            # cuBLAS needs a fixed workspace to be deterministic; an error (not a warning) on any op without
+            # a deterministic implementation, so `deterministic: true` means what it says.
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+        else:
+            torch.use_deterministic_algorithms(False)
+            torch.backends.cudnn.benchmark = torch.cuda.is_available()  # fixed shapes: let cuDNN pick kernels
+            torch.backends.cudnn.deterministic = False
+        yield
+    except Exception as e:  # noqa: BLE001 - re-raised, explained when a setting is the fix
+        known = explain_failure(e, train_cfg)
+        if known is None:
+            raise
+        raise known from e
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
+        if saved[4] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = saved[4]
+
+
+def explain_failure(e: BaseException, train_cfg) -> ConfigError | None:
+    """One paragraph naming the setting to change, for the errors a setting fixes; None for the others."""
+    text = str(e)
+    if isinstance(e, RuntimeError) and "does not have a deterministic implementation" in text:
+        op = text.split(" does not have")[0].strip().split("\n")[-1][:120]
+        return ConfigError(NONDETERMINISTIC_FIX.format(op=op))
+    if isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "CUDA out of memory" in text):
+        return ConfigError(
+            f"the GPU ran out of memory ({' '.join(text.split())[:160]}). Lower what this run keeps on the card: "
+            f"train.batch_size (now {train_cfg.batch_size}), train.eval_batch_size (now {train_cfg.eval_batch_size}), "
+            "data.resize (smaller images), or use precision bf16/fp16 (now "
+            f"{train_cfg.precision}); other processes on the GPU (nvidia-smi) also take memory.")
+    return None
+
+
+def failure_text(e: BaseException, train_cfg) -> str:
+    """What summary.json records of a failed run: the explained paragraph when there is one."""
+    e = explain_failure(e, train_cfg) or e
+    return f"{type(e).__name__}: {e}"
 
 
 def autocast_for(precision: str, device: torch.device):
@@ -52,6 +130,46 @@ def use_channels_last(model: nn.Module, setting: bool | None, precision: str, de
     # On CPU, oneDNN's convs are faster in channels_last even in fp32 (train step, 1 thread, measured in
     # one process: LeNet-5 1.4x, mnist_fast 1.7x, ResNet-20 1.24x, airbench 1.23x; mnist_cnn 0.91x).
     return any(isinstance(m, nn.Conv2d) for m in model.modules()) and (precision != "fp32" or device.type == "cpu")
+
+
+class EMA(swa_utils.AveragedModel):
+    """An exponential moving average of a model's weights and buffers (``train.ema``) whose update never
+    waits on the device: the copy is built with ``device=`` so its counter ``n_averaged`` lives beside the
+    weights, and whether an update copies (the first) or averages is read from a host-side count.
+    torch's own ``update_parameters`` reads the counter with ``bool()`` and moves it with a blocking
+    ``.to(device)`` each call: host-device syncs every step on a GPU. Same state dict, same numbers."""
+
+    def __init__(self, model: nn.Module, decay: float, device: torch.device):
+        super().__init__(model, device=device, multi_avg_fn=swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True)
+        self.decay = decay
+        self.updates = 0  # host copy of n_averaged
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        mine = [*self.module.parameters(), *self.module.buffers()]
+        theirs = [t.detach() for t in (*model.parameters(), *model.buffers())]
+        if self.updates == 0:
+            torch._foreach_copy_(mine, theirs)
+        else:
+            floats = [(a, b) for a, b in zip(mine, theirs) if a.is_floating_point()]
+            torch._foreach_lerp_([a for a, _ in floats], [b for _, b in floats], 1 - self.decay)
+            for a, b in zip(mine, theirs):  # integer buffers (batch norm's step count), as torch does them
+                if not a.is_floating_point():
+                    a.copy_(a * self.decay + b * (1 - self.decay))
+        self.n_averaged += 1
+        self.updates += 1
+
+    def load_state_dict(self, state_dict, *args, **kwargs):
+        result = super().load_state_dict(state_dict, *args, **kwargs)
+        self.updates = int(self.n_averaged)  # once, at resume
+        return result
+
+
+def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """fp16 on a GPU needs loss scaling. With a fused optimizer (optim.build_optimizer's ``fused``, on CUDA
+    for sgd/adam/adamw) the scaler hands the inf check to the optimizer's kernel instead of ``.item()``-ing
+    it every step; other optimizers keep that one sync per step."""
+    return torch.amp.GradScaler(device.type) if precision == "fp16" and device.type == "cuda" else None
 
 
 class RunStopped(Exception):

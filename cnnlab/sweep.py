@@ -415,7 +415,11 @@ def execute_task(task: dict) -> dict:
     return row
 
 
-def _worker_init(threads: int) -> None:
+def _worker_init(threads: int, started=None, gpus: tuple = ()) -> None:
+    if gpus:  # several GPUs: worker k sees only GPU k mod n (set before torch touches CUDA), as its cuda:0
+        with started.get_lock():
+            k, started.value = started.value, started.value + 1
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[k % len(gpus)]
     import torch
 
     # Workers share the machine's cores: N workers × (cores // N) threads, never oversubscribed.
@@ -444,10 +448,14 @@ def _run_local(tasks: list[dict], on_row: Callable[[dict], None], on_start: Call
 def _run_processes(tasks: list[dict], workers: int, on_row: Callable[[dict], None]) -> None:
     import multiprocessing
 
+    from cnnlab.runtime import visible_gpus  # here: planning a sweep does not import torch
+
     # 'spawn': a fresh interpreter per worker; forking a process that already ran torch threads can hang.
     ctx = multiprocessing.get_context("spawn")
     threads = max(1, _cores() // workers)
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,))
+    gpus = visible_gpus()
+    initargs = (threads, ctx.Value("i", 0), gpus if len(gpus) > 1 else ())
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=initargs)
     try:
         futures = {pool.submit(execute_task, t): t for t in tasks}
         for fut in as_completed(futures):

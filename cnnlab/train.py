@@ -28,7 +28,6 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.optim import swa_utils
 from tqdm import tqdm
 
 from cnnlab import checks, runs, transfer
@@ -40,7 +39,8 @@ from cnnlab.evaluate import Evaluator, fmt, print_results, score_splits
 from cnnlab.models import info_of
 from cnnlab.optim import Schedule, build_loss, build_optimizer, build_schedule, lrs_of
 from cnnlab.results import is_finished
-from cnnlab.runtime import RunStopped, autocast_for, pick_device, seed_everything, stop_on_signals, use_channels_last
+from cnnlab.runtime import (EMA, RunStopped, autocast_for, failure_text, make_scaler, pick_device, run_flags,
+                            seed_everything, stop_on_signals, use_channels_last)
 from cnnlab.summary import summarize
 
 DIVERGENCE_CHECK_EVERY = 50  # iterations between host syncs that look for a non-finite loss
@@ -83,7 +83,7 @@ class TrainState:
     schedule: Schedule
     loss_fn: Callable
     scaler: torch.amp.GradScaler | None
-    ema: swa_utils.AveragedModel | None
+    ema: EMA | None
     aug_gen: torch.Generator  # the augmentation's random numbers (checkpointed)
     evaluator: Evaluator
     scored: nn.Module  # what evaluation scores (the EMA, the model, or the head on cached features)
@@ -118,24 +118,25 @@ def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool =
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     runs.prepare_out_dir(out_dir, resume, force, finished=is_finished(out_dir))
-    s = set_up(cfg, out_dir, resume, log)  # nothing is written until data and model are ready
-    s.t_start = t_start
-    open_run_folder(s, resume, verbose)
-    status, error, stop = "completed", None, {}
-    try:
-        with stop_on_signals(stop):
-            status = train_loop(s, stop)
-    except RunStopped:
-        status, error = "interrupted", f"stopped by {stop.get('stop', 'a signal')} at step {s.progress.step}"
-    except KeyboardInterrupt:
-        status, error = "interrupted", f"interrupted at step {s.progress.step}"
-    except Exception as e:  # noqa: BLE001 - recorded in summary.json, then re-raised
-        finish(s, "failed", f"{type(e).__name__}: {e}", score=False)
-        raise
-    finally:
-        if s.board is not None:
-            s.board.close()
-    return finish(s, status, error, score=status != "interrupted")
+    with run_flags(cfg.train):  # deterministic flags for this run only; CUDA errors explained (runtime.py)
+        s = set_up(cfg, out_dir, resume, log)  # nothing is written until data and model are ready
+        s.t_start = t_start
+        open_run_folder(s, resume, verbose)
+        status, error, stop = "completed", None, {}
+        try:
+            with stop_on_signals(stop):
+                status = train_loop(s, stop)
+        except RunStopped:
+            status, error = "interrupted", f"stopped by {stop.get('stop', 'a signal')} at step {s.progress.step}"
+        except KeyboardInterrupt:
+            status, error = "interrupted", f"interrupted at step {s.progress.step}"
+        except Exception as e:  # noqa: BLE001 - recorded in summary.json, then re-raised
+            finish(s, "failed", failure_text(e, cfg.train), score=False)
+            raise
+        finally:
+            if s.board is not None:
+                s.board.close()
+        return finish(s, status, error, score=status != "interrupted")
 
 
 def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainState:
@@ -144,7 +145,7 @@ def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainStat
     if tc.threads:
         torch.set_num_threads(tc.threads)
     device = pick_device(tc.device)
-    seed_everything(cfg.seed, tc.deterministic)
+    seed_everything(cfg.seed)
     t0 = time.perf_counter()
     saved = runs.read_split_record(out_dir) if resume else None  # an image folder's split, as saved
     splits = datamod.load_splits(cfg.data, device, saved=saved)
@@ -169,12 +170,11 @@ def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainStat
 
         init_whitening(model, eval_pre(splits.train_x[:5000], None))
 
-    optimizer = build_optimizer(transfer.param_groups(model, cfg.optim), cfg.optim)
+    optimizer = build_optimizer(transfer.param_groups(model, cfg.optim), cfg.optim, fused=device.type == "cuda")
     steps_per_epoch = max(1, math.ceil(len(splits.train_y) / tc.batch_size))
     # at least one step for any positive epochs (0.001 epochs of a small set would round to none)
     total_steps = max(1, round(tc.epochs * steps_per_epoch)) if tc.epochs > 0 else 0
-    ema = (swa_utils.AveragedModel(model, multi_avg_fn=swa_utils.get_ema_multi_avg_fn(tc.ema), use_buffers=True)
-           if tc.ema else None)
+    ema = EMA(model, tc.ema, device) if tc.ema else None  # no host sync per update
     evaluator = Evaluator(eval_pre, tc.eval_batch_size, tc.precision, device, info.output_kind, splits.num_classes,
                           tta=tc.tta, channels_last=channels_last)
     s = TrainState(
@@ -183,7 +183,7 @@ def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainStat
         train_pre=Preprocess(splits, cfg.data, train=True), channels_last=channels_last,
         optimizer=optimizer, schedule=build_schedule(optimizer, cfg.sched, total_steps, tc.epochs),
         loss_fn=build_loss(cfg.loss, splits.num_classes), preprocess=preprocess_record(splits, cfg.data, tc.tta),
-        scaler=torch.amp.GradScaler(device.type) if tc.precision == "fp16" and device.type == "cuda" else None,
+        scaler=make_scaler(tc.precision, device),
         ema=ema, aug_gen=torch.Generator(device=device).manual_seed(cfg.seed + 1), evaluator=evaluator,
         scored=ema.module if ema is not None else model, eval_inputs=splits, steps_per_epoch=steps_per_epoch,
         total_steps=total_steps, log=log, model_info=model_info, warnings=warnings, data_seconds=data_seconds)

@@ -44,6 +44,25 @@ def eval_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterator[
         yield x[i : i + batch_size], y[i : i + batch_size]
 
 
+# The stored splits may take at most this share of the device's free memory: the rest is for the
+# weights, optimizer state and activations (a 224-px ResNet's activations dwarf MNIST's images).
+DEVICE_SHARE = 0.5
+
+
+def free_memory(device: Device) -> int | None:
+    """Free bytes on ``device`` (``torch.cuda.mem_get_info``); None where it is not measured (CPU)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return torch.cuda.mem_get_info(device)[0]
+
+
+def fits_on_device(nbytes: int, device: Device) -> bool:
+    """Whether ``nbytes`` of stored images may go to ``device`` (always on a CPU)."""
+    free = free_memory(device)
+    return free is None or nbytes <= DEVICE_SHARE * free
+
+
 def _check(batch_size: int) -> None:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 
+from cnnlab.data.batches import fits_on_device, free_memory
 from cnnlab.data.common import DataError, RawData, channel_stats, resolve_root
 from cnnlab.data.sources import dataset_info
 from cnnlab.registry import DATASETS
@@ -302,6 +303,14 @@ def load_splits(data_cfg: DataSettings = None, device: Union[str, torch.device] 
         if image_size[0] == image_size[1]:
             image_size = image_size[0]
     dev = torch.device(device)
+    per_image = train_x[0].numel() * train_x.element_size()  # uint8; the labels are negligible
+    nbytes = per_image * (len(train_index) + len(val_index) + len(test_x))
+    if not fits_on_device(nbytes, dev):
+        free = free_memory(dev) or 0
+        raise DataError(f"the {name} splits take {nbytes / 2**30:.1f} GiB as uint8, more than half of the "
+                        f"{free / 2**30:.1f} GiB free on {dev}, and cnnlab keeps them on the device. Use fewer "
+                        "images (data.train_limit), a GPU with more free memory (nvidia-smi shows what else runs "
+                        "there), or train.device: cpu.")
     return Splits(
         train_x=xs["train"].to(dev), train_y=ys["train"].to(dev),
         val_x=xs["val"].to(dev), val_y=ys["val"].to(dev),
