@@ -19,9 +19,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
-
-class ConfigError(ValueError):
-    """A study or sweep file (or an override) that cannot be run, with why."""
+from cnnlab.errors import ConfigError  # noqa: F401 - re-exported: cnnlab.config.ConfigError
 
 
 # ----------------------------------------------------------------------------- plain names

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import torch
 
-from cnnlab.config import ConfigError
+from cnnlab.errors import ConfigError
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "best.pt", "last.pt", "curves.png")
 

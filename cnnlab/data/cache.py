@@ -14,11 +14,12 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
+
+from cnnlab import runs
 
 VERSION = 1
 SUBDIR = "decoded"  # beside what else may live in the cache directory one day
@@ -72,7 +73,7 @@ def save_cached(blob: dict[str, Any], label: str, folder: Path, fingerprint: str
         if not _writable(_nearest_existing(directory)):
             return None
         directory.mkdir(parents=True, exist_ok=True)
-        _save_atomic({**blob, "version": VERSION, "fingerprint": fingerprint}, path)
+        runs.save_checkpoint(path, {**blob, "version": VERSION, "fingerprint": fingerprint})
     except OSError:
         return None
     for old in directory.glob(f"{_stem(label, folder)}-*.pt"):
@@ -97,21 +98,3 @@ def _nearest_existing(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
-
-
-def _save_atomic(blob: dict[str, Any], path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename over the target,
-    so a reader never sees half a cache and a crash leaves none."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + path.name, dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a cache may be shared
-        with os.fdopen(fd, "wb") as f:
-            torch.save(blob, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -303,8 +303,7 @@ def load_splits(data_cfg: DataSettings = None, device: Union[str, torch.device] 
         if image_size[0] == image_size[1]:
             image_size = image_size[0]
     dev = torch.device(device)
-    per_image = train_x[0].numel() * train_x.element_size()  # uint8; the labels are negligible
-    nbytes = per_image * (len(train_index) + len(val_index) + len(test_x))
+    nbytes = sum(x.numel() * x.element_size() for x in xs.values())  # uint8; the labels are negligible
     if not fits_on_device(nbytes, dev):
         free = free_memory(dev) or 0
         raise DataError(f"the {name} splits take {nbytes / 2**30:.1f} GiB as uint8, more than half of the "
