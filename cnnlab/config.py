@@ -50,6 +50,7 @@ class DataConfig(_Section):
     resize_mode: Literal["bilinear", "bicubic"] = "bilinear"
     channels: Optional[Literal[1, 3]] = None  # 3 on a grey data set repeats the channel
     download: bool = True
+    allow_modified: bool = False  # train on MNIST / Fashion-MNIST files whose MD5 is not the official one
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 

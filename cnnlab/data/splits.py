@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 # that these are DataConfig's own defaults).
 DEFAULTS: dict[str, Any] = {
     "name": "mnist", "root": None, "download": True, "val_size": None, "split_seed": 0, "train_limit": None,
-    "resize": None, "channels": None,
+    "resize": None, "channels": None, "allow_modified": False,
 }  # fmt: skip
 
 DataSettings = Union["DataConfig", dict, None]
@@ -80,7 +80,8 @@ class Splits:
 def load_raw(data_cfg: DataSettings = None) -> RawData:
     """The whole data set named by ``data.name``, on the CPU."""
     name = setting(data_cfg, "name")
-    return DATASETS.get(name).load(resolve_root(data_cfg), setting(data_cfg, "download"))
+    return DATASETS.get(name).load(resolve_root(data_cfg), setting(data_cfg, "download"),
+                                   allow_modified=setting(data_cfg, "allow_modified"))
 
 
 def split_indices(

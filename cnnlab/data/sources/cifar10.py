@@ -109,7 +109,7 @@ def _export(folder: Path) -> RawData:
     )  # fmt: skip
 
 
-def load_cifar10(root: Path, download: bool = False) -> RawData:
+def load_cifar10(root: Path, download: bool = False, allow_modified: bool = False) -> RawData:
     """CIFAR-10 from the official python batches (``<root>/cifar-10-batches-py``) or,
     failing those, an image-folder export (``<root>/cifar10-jpg`` or ``<root>/cifar10``
     or ``<root>`` itself holding ``train/<class>/`` and ``test/<class>/``)."""

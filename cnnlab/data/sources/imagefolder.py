@@ -204,7 +204,7 @@ def kinds_text(kinds: set[str]) -> str:
     return "JPEG, lossy" if kinds == {"JPEG"} else ("PNG" if kinds == {"PNG"} else "PNG and JPEG")
 
 
-def load_imagefolder(root: Path, download: bool = False) -> RawData:
+def load_imagefolder(root: Path, download: bool = False, allow_modified: bool = False) -> RawData:
     """Any ``train/<class>/*`` + ``test/<class>/*`` tree of PNG/JPEG images at ``root``.
     Classes are the sorted folder names of train/; mean/std come from the training images."""
     root = Path(root)
