@@ -92,4 +92,6 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def _show(v: Any) -> str:
+    if isinstance(v, float):
+        return format(v, "g")
     return "null" if v is None else repr(v) if isinstance(v, str) else str(v)

@@ -9,6 +9,7 @@ export is read through :func:`read_tree` too.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import warnings
@@ -192,7 +193,13 @@ def _decode_tree(tree: Tree) -> dict[str, Any]:
 def read_tree(folder: Path, label: str) -> tuple[dict[str, Any], Tree, Optional[Path], bool]:
     """Decode (or load from the cache) an image tree: returns the tensors, the scan,
     the cache file (None if none could be written) and whether it came from the cache."""
-    tree = scan_tree(folder, label)
+    try:
+        tree = scan_tree(folder, label)
+    except OSError as e:  # a symbolic link loop (ELOOP), an unreadable folder, a file that vanished
+        where = e.filename or folder
+        loop = " (a symbolic link that points back into itself)" if e.errno == errno.ELOOP else ""
+        raise DataError(f"{label}: cannot read {where}: {e.strerror or e}{loop}; fix or remove it, "
+                        f"or point data.root elsewhere") from None
     blob, path = load_cached(label, folder, tree.fingerprint)
     if blob is not None:
         return blob, tree, path, True
