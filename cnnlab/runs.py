@@ -356,12 +356,13 @@ class FolderLock:
     """An exclusive ``fcntl.flock`` on ``<folder>/<name>``, held while the folder is written.
 
     The kernel drops the lock when its holder ends in any way (kill -9 included), so a lock file left
-    behind is never stale. The file holds the holder's pid, start time and command, which a refusal
-    quotes. ``wait``: False refuses at once (:class:`BusyError` naming the holder), True blocks,
+    behind by a kill is never stale. The file holds the holder's pid, start time and command, which a refusal
+    quotes; the holder removes it as it lets go. ``wait``: False refuses at once (:class:`BusyError` naming the holder), True blocks,
     a number blocks at most that many seconds."""
 
     def __init__(self, folder: Path, name: str = LOCK_NAME, what: str = "run folder", wait: bool | float = False):
         self.folder, self.path, self.what, self.wait, self.fd = Path(folder), Path(folder) / name, what, wait, None
+        self.made: list[Path] = []
 
     def __enter__(self) -> "FolderLock":
         self.acquire()
@@ -373,26 +374,32 @@ class FolderLock:
     def acquire(self) -> None:
         if self.folder.exists() and not self.folder.is_dir():
             raise ConfigError(f"{self.folder} is a file, not a folder; choose another --out")
+        self.made = [d for d in (self.folder, *self.folder.parents) if not d.exists()]  # removed again if unused
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
         except OSError as e:
             raise ConfigError(f"cannot use {self.folder} as a {self.what}: {e.strerror or e}") from None
-        if fcntl is None:  # Windows: no advisory locks; one writer is the user's to ensure
-            self.fd = fd
-            return
         deadline = None if self.wait is True else time.monotonic() + float(self.wait or 0)
         told = False
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+            except OSError as e:
+                raise ConfigError(f"cannot use {self.folder} as a {self.what}: {e.strerror or e}") from None
+            if fcntl is None:  # Windows: no advisory locks; one writer is the user's to ensure
                 break
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                # The holder removes the file as it lets go: a lock on a removed file locks nothing, retry.
+                if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+                os.close(fd)
+                continue
             except BlockingIOError:
+                os.close(fd)
                 if deadline is not None and time.monotonic() >= deadline:
-                    holder = self.holder()
-                    os.close(fd)
-                    raise BusyError(f"{self.folder} is in use: {holder} is writing this {self.what}; wait for it "
-                                    "to end (or stop it), or choose another folder") from None
+                    raise BusyError(f"{self.folder} is in use: {self.holder()} is writing this {self.what}; wait "
+                                    "for it to end (or stop it), or choose another folder") from None
                 if not told and self.wait is True:
                     print(f"waiting for {self.holder()} to finish with {self.folder} ...", flush=True)
                     told = True
@@ -416,8 +423,19 @@ class FolderLock:
 
     def release(self) -> None:
         if self.fd is not None:
-            os.close(self.fd)  # closing drops the flock; the file stays (removing it would race a waiter)
+            # Remove the file while still holding it (a waiter re-checks the inode it locked), then let go;
+            # a folder this lock created and nothing else used goes too, so a refused run leaves nothing.
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            os.close(self.fd)
             self.fd = None
+            for d in self.made:
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
 
 
 def is_locked(folder: Path, name: str = LOCK_NAME) -> bool:
