@@ -98,18 +98,25 @@ def cmd_train(args) -> int:
                                 f"RUN_DIR{hint}")
         cfg = load_config(args.study, args.overrides)
         out = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
-    started = time.time()
+    written = out / "summary.json"
+    before = _mtime(written)
     try:
         summary = train.run(cfg, out, resume=bool(args.resume), force=args.force)
     except Exception:
         # A run that failed while training still gets its findings and curves: train.run wrote its
         # summary.json before raising (an older run's folder, refused before training, is left alone).
-        written = out / "summary.json"
-        if written.exists() and written.stat().st_mtime >= started - 1:
+        if _mtime(written) not in (None, before):
             report.finish_run(out)
         raise
     summary = report.finish_run(out) or summary
     return 0 if succeeded(summary["status"]) else 1
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def cmd_eval(args) -> int:

@@ -67,7 +67,7 @@ def check(cfg: Config, out_dir: Path) -> dict[str, list]:
             why.append("train.epochs may only grow, and not under sched.name=cosine or onecycle, whose schedule "
                        "spans the whole run")
         raise ConfigError(
-            f"--resume {out_dir}: the run was trained with other settings; a resume continues the same run, so only "
+            f"--resume {out_dir}: its last.pt was trained with other settings; a resume continues the same run, so only "
             f"{', '.join(RESUMABLE)} may change. Refused:\n" + "\n".join(lines)
             + ("\n" + "; ".join(why) if why else "")
             + f"\nPut these fields back in {Path(out_dir) / 'config.yaml'} (or drop the overrides), or start a new "
