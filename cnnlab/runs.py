@@ -15,6 +15,7 @@ Checkpoints hold only tensors and plain Python values so they load with
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -378,14 +379,14 @@ class FolderLock:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise ConfigError(f"cannot use {self.folder} as a {self.what}: {e.strerror or e}") from None
+            raise self._error(e) from None
         deadline = None if self.wait is True else time.monotonic() + float(self.wait or 0)
         told = False
         while True:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
             except OSError as e:
-                raise ConfigError(f"cannot use {self.folder} as a {self.what}: {e.strerror or e}") from None
+                raise self._error(e) from None
             if fcntl is None:  # Windows: no advisory locks; one writer is the user's to ensure
                 break
             try:
@@ -408,6 +409,12 @@ class FolderLock:
         os.write(fd, json_text({"pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                                 "command": " ".join(sys.argv)}).encode())
         self.fd = fd
+
+    def _error(self, e: OSError) -> Exception:
+        """A path through a file is bad input (exit 2); a read-only or full disk cannot save (exit 1)."""
+        if e.errno in (errno.ENOTDIR, errno.EEXIST, errno.ELOOP, errno.ENAMETOOLONG):
+            return ConfigError(f"cannot use {self.folder} as a {self.what}: {e.strerror}")
+        return _naming(e, self.path)
 
     def holder(self) -> str:
         try:
