@@ -123,6 +123,15 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(f"data.test_size: {cfg.data.name!r} has its own {info.test_size:,} test images; "
                           "data.test_size splits a flat image folder (data.name=imagefolder) only. Remove it.")
     if size is not None and size < min_size:
+        # Blame what made the images too small: options that raised the model's minimum (more stages
+        # in model.widths) before the data set, which only the default network fits.
+        culprits = [k for k in options if MODELS.info(cfg.model.name).min_input_size < min_size
+                    and _min_size_with(builder, num_classes, in_channels, {k: options[k]}) > size]
+        if culprits:
+            fields = ", ".join(f"model.{k}={options[k]!r}" for k in culprits)
+            raise ConfigError(f"{fields}: makes {cfg.model.name!r} need inputs of at least {min_size}×{min_size} "
+                              f"pixels, but images would be {size}×{size}; use fewer stages or set data.resize "
+                              f"to {min_size} or more")
         field = "data.resize" if cfg.data.resize else "data.name"
         raise ConfigError(f"{field}: {cfg.model.name!r} needs inputs of at least {min_size}×{min_size} pixels, "
                           f"but images would be {size}×{size}; set data.resize to {min_size} or more")
@@ -152,6 +161,15 @@ def check_config(cfg: Config) -> None:
         path = getattr(cfg.model, field)
         if path is not None and not Path(path).expanduser().exists():
             raise ConfigError(f"model.{field}: {path} does not exist")
+
+
+def _min_size_with(builder, num_classes: int, in_channels: int, options: dict) -> int:
+    """The smallest input the network built with only these options takes (built on the meta device)."""
+    try:
+        with torch.device("meta"):
+            return info_of(builder(num_classes=num_classes, in_channels=in_channels, **options)).min_input_size
+    except (ValueError, TypeError, ConfigError):
+        return 0
 
 
 # ----------------------------------------------------------------------------- schedules

@@ -76,13 +76,26 @@ def cmd_train(args) -> int:
     from cnnlab.loader import load_config
     from cnnlab.results import succeeded
 
+    # argparse gives the first positional to `study`: with --resume (or when it is no file) a key=value
+    # there is the first override, never a study path.
+    if args.study and "=" in args.study and (args.resume or not Path(args.study).exists()):
+        args.study, args.overrides = None, [args.study, *args.overrides]
     if args.resume:
+        if args.study:
+            raise _config_error(f"--resume {args.resume} continues that run with its own config.yaml; give changes "
+                                f"as key=value overrides, not a study file ({args.study})")
         run_dir = Path(args.resume)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise _config_error(f"--resume {run_dir}: not a run folder (it is a file)")
         cfg = load_config(run_dir / "config.yaml", args.overrides)
         out = run_dir
+        if not (run_dir / "last.pt").exists() and not (run_dir / "summary.json").exists():
+            print(f"{run_dir} has no last.pt (stopped before its first checkpoint): starting it afresh", flush=True)
     else:
         if not args.study:
-            raise _config_error("train needs a study file (cnnlab train STUDY.yaml) or --resume RUN_DIR")
+            hint = f" ({args.overrides[0]} is an override)" if args.overrides else ""
+            raise _config_error(f"train needs a study file (cnnlab train STUDY.yaml [key=value ...]) or --resume "
+                                f"RUN_DIR{hint}")
         cfg = load_config(args.study, args.overrides)
         out = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
     before = _stamp(out / "summary.json")
@@ -178,7 +191,7 @@ def cmd_sweep(args) -> int:
     from cnnlab.sweep import run_sweep
 
     rows = run_sweep(args.sweep, out_dir=args.out, workers=args.workers, executor=args.executor,
-                     address=args.address, dry_run=args.dry_run)
+                     address=args.address, dry_run=args.dry_run, wait=args.wait)
     if args.dry_run:
         return 0
     return 0 if all(r.get("status") in FINAL_STATUSES for r in rows) else 1
@@ -294,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local processes (default) or a Ray cluster")
     w.add_argument("--address", help="Ray cluster address (default: start a local instance)")
     w.add_argument("--dry-run", action="store_true", help="print the planned runs and write nothing")
+    w.add_argument("--wait", action="store_true",
+                   help="if another sweep command is writing the same --out, wait for it instead of refusing")
     w.set_defaults(func=cmd_sweep)
 
     c = sub.add_parser("compare", help="compare a sweep's runs: mean ± sd, CI, Welch's test")

@@ -98,6 +98,7 @@ class DataConfig(_Section):
     channels: Optional[Literal[1, 3]] = None  # None: 3 if any image is colour, else 1; 3 on grey repeats
     skip_bad_images: bool = False  # image folders: skip (and list) unreadable images instead of stopping
     download: bool = True
+    allow_modified: bool = False  # train on MNIST / Fashion-MNIST files whose MD5 is not the official one
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
     @field_validator("val_size", "test_size", mode="before")

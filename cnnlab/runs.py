@@ -15,6 +15,7 @@ Checkpoints hold only tensors and plain Python values so they load with
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -22,6 +23,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 
 try:
@@ -201,14 +203,35 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for bad files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"cannot load checkpoint {path}: {first}. The file is truncated, corrupted, or holds objects other "
-            "than tensors and plain values (cnnlab never unpickles code); re-create it or point at another file."
-        ) from None
+        raise CheckpointError(f"cannot load checkpoint {path}: it {why_not_loadable(path, e)}; re-create it or "
+                              "point at another file") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     return state
+
+
+def why_not_loadable(path: Path, e: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in cnnlab's words ("is not a checkpoint",
+    "holds objects other than tensors ...", "is truncated or corrupted"). torch's advice to retry with
+    weights_only=False is never passed on: for an untrusted file it means running its code."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError as err:
+        return f"cannot be read ({err.strerror})"
+    # torch.save writes a zip (PK..) or, in the legacy format, a pickle (protocol byte 0x80)
+    if not (head == b"PK" or head[:1] == b"\x80"):
+        return "is not a checkpoint (neither a torch.save zip nor a pickle; text or another format)"
+    text = str(e)
+    if "Unsupported global" in text or "GLOBAL" in text or "Unsupported operand" in text:
+        named = [line.strip() for line in text.splitlines() if "Unsupported global" in line or "GLOBAL" in line]
+        detail = f" ({named[0][:160]})" if named else ""
+        return ("holds Python objects other than tensors and plain values, which cnnlab never unpickles "
+                f"(that could run code){detail}")
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and "weights_only" not in line and "Weights only load failed" not in line
+             and "trust" not in line]
+    return f"is truncated or corrupted ({type(e).__name__}: {(lines or ['unreadable'])[0][:160]})"
 
 
 def environment(device: torch.device | str) -> dict:
@@ -324,20 +347,148 @@ class RunExistsError(ConfigError):
     """The output folder already holds a run; resume it or pass --force."""
 
 
-def prepare_out_dir(out_dir: Path, resume: bool, force: bool, finished: bool = False) -> None:
-    """Refuse to overwrite a run unless asked; --force clears only cnnlab's own files.
+class BusyError(ConfigError):
+    """A run or sweep folder that another process is writing (exit code 2)."""
+
+
+LOCK_NAME = ".cnnlab.lock"  # in a run folder: one training process at a time (sweep folders: .sweep.lock)
+
+
+class FolderLock:
+    """An exclusive ``fcntl.flock`` on ``<folder>/<name>``, held while the folder is written.
+
+    The kernel drops the lock when its holder ends in any way (kill -9 included), so a lock file left
+    behind by a kill is never stale. The file holds the holder's pid, start time and command, which a refusal
+    quotes; the holder removes it as it lets go. ``wait``: False refuses at once (:class:`BusyError` naming the holder), True blocks,
+    a number blocks at most that many seconds."""
+
+    def __init__(self, folder: Path, name: str = LOCK_NAME, what: str = "run folder", wait: bool | float = False):
+        self.folder, self.path, self.what, self.wait, self.fd = Path(folder), Path(folder) / name, what, wait, None
+        self.made: list[Path] = []
+
+    def __enter__(self) -> "FolderLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ConfigError(f"{self.folder} is a file, not a folder; choose another --out")
+        self.made = [d for d in (self.folder, *self.folder.parents) if not d.exists()]  # removed again if unused
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise self._error(e) from None
+        deadline = None if self.wait is True else time.monotonic() + float(self.wait or 0)
+        told = False
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+            except OSError as e:
+                raise self._error(e) from None
+            if fcntl is None:  # Windows: no advisory locks; one writer is the user's to ensure
+                break
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                # The holder removes the file as it lets go: a lock on a removed file locks nothing, retry.
+                if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+                os.close(fd)
+                continue
+            except BlockingIOError:
+                os.close(fd)
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise BusyError(f"{self.folder} is in use: {self.holder()} is writing this {self.what}; wait "
+                                    "for it to end (or stop it), or choose another folder") from None
+                if not told and self.wait is True:
+                    print(f"waiting for {self.holder()} to finish with {self.folder} ...", flush=True)
+                    told = True
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.write(fd, json_text({"pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                "command": " ".join(sys.argv)}).encode())
+        self.fd = fd
+
+    def _error(self, e: OSError) -> Exception:
+        """A path through a file is bad input (exit 2); a read-only or full disk cannot save (exit 1)."""
+        if e.errno in (errno.ENOTDIR, errno.EEXIST, errno.ELOOP, errno.ENAMETOOLONG):
+            return ConfigError(f"cannot use {self.folder} as a {self.what}: {e.strerror}")
+        return _naming(e, self.path)
+
+    def holder(self) -> str:
+        try:
+            h = json.loads(self.path.read_text() or "{}")
+            return f"process {h['pid']} ({h['command']}, started {h['started']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process"
+
+    def acquire_and_release(self) -> None:
+        """Wait (as ``wait`` says) until no other process holds the lock; hold nothing afterwards."""
+        self.acquire()
+        self.release()
+
+    def release(self) -> None:
+        if self.fd is not None:
+            # Remove the file while still holding it (a waiter re-checks the inode it locked), then let go;
+            # a folder this lock created and nothing else used goes too, so a refused run leaves nothing.
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+            for d in self.made:
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
+
+
+def is_locked(folder: Path, name: str = LOCK_NAME) -> bool:
+    """Whether some process holds the folder's lock now (a test of the lock, not a wait)."""
+    path = Path(folder) / name
+    if fcntl is None or not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+# What a run folder may hold besides progress worth keeping: a folder with only these (a run killed
+# before its first checkpoint) is started afresh without --force.
+LEFTOVERS = ("config.yaml", "metrics.jsonl", "train.log", "report.html", "curves.png", LOCK_NAME)
+
+
+def prepare_out_dir(out_dir: Path, resume: bool, force: bool, finished: bool = False) -> bool:
+    """Refuse to overwrite a run unless asked; --force clears only cnnlab's own files. Returns whether
+    the run resumes: ``--resume`` of a folder without ``last.pt`` (killed before its first checkpoint)
+    starts afresh, and so does a plain re-run of such a folder.
 
     ``finished`` (the folder holds a run with a final status) only words the refusal."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir} is a file, not a folder; choose another --out")
     # A kill while a file was being written leaves its temporary (.last.pt.x1y2.tmp) behind: drop them.
-    if (resume or force) and out_dir.is_dir():
+    if out_dir.is_dir():
         for name in (*RUN_FILES, "report.html", "misclassified.pt"):
             for tmp in out_dir.glob(f".{name}.*tmp"):
                 tmp.unlink(missing_ok=True)
-    if resume:
-        if not (out_dir / "last.pt").exists():
-            raise RunExistsError(f"--resume: {out_dir} has no last.pt to resume from")
-        return
-    if out_dir.exists() and any(out_dir.iterdir()):
+    has_checkpoint = (out_dir / "last.pt").exists()
+    if resume and has_checkpoint:
+        return True
+    names = {p.name for p in out_dir.iterdir()} if out_dir.is_dir() else set()
+    if names and (resume or not force) and not has_checkpoint and not (out_dir / "summary.json").exists() \
+            and names <= set(LEFTOVERS) | {"tensorboard"}:
+        force = True  # killed before its first checkpoint: nothing to keep, nothing to resume
+    elif resume:
+        raise RunExistsError(f"--resume: {out_dir} has no last.pt to resume from")
+    if names - {LOCK_NAME}:
         if not force:
             state = "a finished run" if finished else "an unfinished run"
             raise RunExistsError(
@@ -346,6 +497,7 @@ def prepare_out_dir(out_dir: Path, resume: bool, force: bool, finished: bool = F
             )
         for name in (*RUN_FILES, "report.html", "misclassified.pt", "train.log"):
             (out_dir / name).unlink(missing_ok=True)
+    return False
 
 
 def tensorboard_writer(out_dir: Path):

@@ -28,6 +28,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -43,6 +44,8 @@ from cnnlab.results import (FINAL_STATUSES, PLAN, RESULTS, Status, append_row, l
                             load_results, read_summary, row_from_summary)
 
 SWEEP_KEYS = ("description", "base", "axes", "zip", "ofat", "random", "seeds")
+SWEEP_LOCK = ".sweep.lock"  # in the sweep folder: one sweep command writes it at a time
+RUN_LOCK_WAIT_S = 30  # how long a run waits for another process to let go of its run folder
 ID_LENGTH = 10  # hex digits of the run id: collisions stay negligible for millions of runs
 
 
@@ -147,6 +150,8 @@ def _read_bases(base: Any, base_dir: Path, sweep_name: str, source: str) -> dict
         if isinstance(item, str):
             path = Path(item) if Path(item).is_absolute() else base_dir / item
             raw = read_yaml(path)
+            if "base" in raw or "axes" in raw:
+                raise ConfigError(_sweep_as_base(Path(source), path))
             label = path.stem
         elif isinstance(item, dict):
             raw = dict(item)
@@ -159,6 +164,25 @@ def _read_bases(base: Any, base_dir: Path, sweep_name: str, source: str) -> dict
             raise ConfigError(f"{source}: two bases are both called {label!r}; give inline bases distinct names")
         out[label] = raw
     return out
+
+
+def _sweep_as_base(source: Path, path: Path) -> str:
+    """The message for a base that is itself a sweep file, naming the chain of files (and its cycle)."""
+    chain, current = [source, path], path
+    while True:
+        try:
+            nxt = read_yaml(current).get("base")
+        except ConfigError:
+            break
+        if not isinstance(nxt, str):
+            break
+        current = Path(nxt) if Path(nxt).is_absolute() else current.parent / nxt
+        seen = [c.resolve() for c in chain]
+        chain.append(current)
+        if current.resolve() in seen:
+            return (f"{source}: the sweep files' base entries form a cycle: {' → '.join(map(str, chain))}; base must "
+                    "name a study file (data, model, optim ... sections), not a sweep file")
+    return f"{source}: base {path} is a sweep file (it has base/axes), not a study file; base must name a study file"
 
 
 def _factors(spec: dict, source: str) -> list[_Factor]:
@@ -358,7 +382,7 @@ def _state(out: Path, run: PlannedRun, rows: dict[str, dict]) -> str:
         return "done" if row and row.get("status") == summary["status"] else "recover"
     if (run_dir / "last.pt").exists():
         return "resume"
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and any(p.name != runs.LOCK_NAME for p in run_dir.iterdir()):
         return "rerun"
     return "new"
 
@@ -396,6 +420,9 @@ def execute_task(task: dict) -> dict:
     t0 = time.perf_counter()
     try:
         cfg = build_config(task["config"])
+        # The sweep folder's lock keeps other sweeps out; a run folder can still be held by a worker of a
+        # killed sweep that is ending, or by `cnnlab train --resume`: wait a little for it, then refuse.
+        runs.FolderLock(run_dir, wait=RUN_LOCK_WAIT_S).acquire_and_release()
         # report.html is skipped here: `cnnlab report SWEEP_DIR` builds the runs' reports it links to
         summary = train.run(cfg, run_dir, resume=task["resume"], force=task["force"], log=log)
         summary = report.finish_run(run_dir, log=log, html=False) or summary
@@ -415,15 +442,47 @@ def execute_task(task: dict) -> dict:
     return row
 
 
-def _worker_init(threads: int, started=None, gpus: tuple = ()) -> None:
+def _worker_init(threads: int, parent: int, started=None, gpus: tuple = ()) -> None:
     if gpus:  # several GPUs: worker k sees only GPU k mod n (set before torch touches CUDA), as its cuda:0
         with started.get_lock():
             k, started.value = started.value, started.value + 1
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[k % len(gpus)]
     import torch
 
+    die_with_parent(parent)
     # Workers share the machine's cores: N workers × (cores // N) threads, never oversubscribed.
     torch.set_num_threads(threads)
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent: int, poll_s: float = 0.5) -> None:
+    """End this worker process when the sweep process ``parent`` ends, however it ends (kill -9
+    included), so no worker trains on, or idles, after its sweep. Linux: the kernel sends SIGKILL
+    (prctl PR_SET_PDEATHSIG); everywhere: a daemon thread that watches the parent pid. A worker
+    killed mid-run is like a run killed with -9: the next sweep resumes it from last.pt."""
+    import signal
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watchdog below still does it
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+
+    threading.Thread(target=watch, name="cnnlab-parent-watchdog", daemon=True).start()
 
 
 def _cores() -> int:
@@ -454,7 +513,7 @@ def _run_processes(tasks: list[dict], workers: int, on_row: Callable[[dict], Non
     ctx = multiprocessing.get_context("spawn")
     threads = max(1, _cores() // workers)
     gpus = visible_gpus()
-    initargs = (threads, ctx.Value("i", 0), gpus if len(gpus) > 1 else ())
+    initargs = (threads, os.getpid(), ctx.Value("i", 0), gpus if len(gpus) > 1 else ())
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=initargs)
     try:
         futures = {pool.submit(execute_task, t): t for t in tasks}
@@ -537,13 +596,15 @@ def _import_ray():
 
 def run_sweep(sweep_path: str | Path, out_dir: str | Path | None = None, workers: int = 1,
               executor: str = "local", address: str | None = None, dry_run: bool = False,
-              resources: dict | None = None) -> list[dict]:
+              resources: dict | None = None, wait: bool = False) -> list[dict]:
     """Run (or with ``dry_run`` only plan) a sweep file; returns one row per planned run.
 
     Output goes to ``out_dir`` (default ``sweeps/<sweep file stem>``): ``runs/<run_id>/``,
     ``results.jsonl``, ``plan.json`` and a copy of the sweep file. Runs already finished are
     skipped; interrupted ones resume from ``last.pt``; failed ones run again. A dry run
     returns the plan (each row's ``state`` says what a real run would do) and writes nothing.
+    One sweep command writes a sweep folder at a time (a lock on ``.sweep.lock``): another one
+    refuses, naming the running command, or with ``wait`` waits for it to end.
     """
     if executor not in ("local", "ray"):
         raise ConfigError(f"executor must be 'local' or 'ray', got {executor!r}")
@@ -558,19 +619,31 @@ def run_sweep(sweep_path: str | Path, out_dir: str | Path | None = None, workers
     if out_dir is None:  # the default folder is built from the file name: it must stay inside sweeps/
         check_name(sweep.name, "the sweep file name (the default --out is sweeps/<file stem>)", str(sweep_path))
     out = Path(out_dir) if out_dir is not None else Path("sweeps") / sweep.name
-    rows = {r["run_id"]: r for r in load_results(out)}
-    states = {r.run_id: _state(out, r, rows) for r in sweep.runs}
-
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder; choose another --out")
     if dry_run:
-        print(format_plan(sweep, states, out), flush=True)
-        return [{"run_id": r.run_id, "settings": r.settings, "seed": r.seed, "run_dir": r.run_dir,
-                 "state": states[r.run_id],
-                 "status": rows[r.run_id]["status"] if states[r.run_id] == "done" else Status.PLANNED}
-                for r in sweep.runs]
+        return _dry_run(sweep, out)
     if executor == "ray":
         _import_ray()  # fail before writing anything when Ray is missing
+    with runs.FolderLock(out, SWEEP_LOCK, what="sweep folder", wait=wait):
+        return _run_locked(sweep, sweep_path, out, workers, executor, address, resources)
 
-    out.mkdir(parents=True, exist_ok=True)
+
+def _dry_run(sweep: Sweep, out: Path) -> list[dict]:
+    rows = {r["run_id"]: r for r in load_results(out)}
+    states = {r.run_id: _state(out, r, rows) for r in sweep.runs}
+    print(format_plan(sweep, states, out), flush=True)
+    return [{"run_id": r.run_id, "settings": r.settings, "seed": r.seed, "run_dir": r.run_dir,
+             "state": states[r.run_id],
+             "status": rows[r.run_id]["status"] if states[r.run_id] == "done" else Status.PLANNED}
+            for r in sweep.runs]
+
+
+def _run_locked(sweep: Sweep, sweep_path: str | Path, out: Path, workers: int, executor: str,
+                address: str | None, resources: dict) -> list[dict]:
+    """run_sweep's work, with the sweep folder's lock held (the states are read under it)."""
+    rows = {r["run_id"]: r for r in load_results(out)}
+    states = {r.run_id: _state(out, r, rows) for r in sweep.runs}
     runs.write_text(out / "sweep.yaml", Path(sweep_path).read_text())
     runs.write_json(out / PLAN, sweep.to_dict())
     for r in sweep.runs:

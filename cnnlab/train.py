@@ -1,21 +1,18 @@
 """The training loop: ``run(config, out_dir) -> summary``, readable top to bottom.
 
-1. :func:`set_up`: seed, load the data splits onto the device (uint8), build the model,
-   optimizer, schedule and loss from the registries, gathered in one :class:`TrainState`.
-2. :func:`train_loop`: each iteration slices a per-epoch random permutation of the training
-   split, augments and normalises the batch on the device, and takes one step. No DataLoader,
-   no per-sample Python; the host waits on the device only at evaluation points (and every
-   ``DIVERGENCE_CHECK_EVERY`` steps).
-3. :func:`evaluation_point`, every ``train.eval_every`` iterations and at each epoch end: a
-   learning-curve row in ``metrics.jsonl``, ``best.pt`` by the validation metric, ``last.pt``
-   (enough to resume bit-identically), early stopping.
-4. :func:`finish`: score the best weights on train / validation / test and write
-   ``summary.json``. The doctor, ``curves.png`` and the report are the caller's
-   (``cnnlab.report.finish_run``).
+1. :func:`set_up`: seed, load the data splits onto the device (uint8), build the model, optimizer,
+   schedule and loss from the registries, gathered in one :class:`TrainState`.
+2. :func:`train_loop`: each iteration slices a per-epoch random permutation of the training split,
+   augments and normalises the batch on the device, and takes one step. No DataLoader, no per-sample
+   Python; the host waits on the device only at evaluation points (and every ``DIVERGENCE_CHECK_EVERY`` steps).
+3. :func:`evaluation_point`, every ``train.eval_every`` iterations and at each epoch end: a learning-curve
+   row in ``metrics.jsonl``, ``best.pt`` by the validation metric, ``last.pt`` (enough to resume
+   bit-identically), early stopping.
+4. :func:`finish`: score the best weights on train / validation / test and write ``summary.json``. The
+   doctor, ``curves.png`` and the report are the caller's (``cnnlab.report.finish_run``).
 
-A non-finite loss stops the run as ``diverged``; SIGINT/SIGTERM stop it at the next step
-boundary as ``interrupted`` after writing ``last.pt``; any other error leaves ``summary.json``
-with status ``failed``. In every case the folder is complete.
+A non-finite loss stops the run as ``diverged``; SIGINT/SIGTERM stop it at the next step boundary as
+``interrupted`` after writing ``last.pt``; any other error leaves ``summary.json`` with status ``failed``.
 """
 from __future__ import annotations
 
@@ -30,7 +27,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from cnnlab import checks, runs, transfer
+from cnnlab import checks, resuming, runs, transfer
 from cnnlab import data as datamod
 from cnnlab.augment import Preprocess, no_preprocessing, preprocess_record
 from cnnlab.data.batches import train_batches
@@ -59,11 +56,11 @@ class Progress:
     evals_since_best: int = 0
     train_seconds: float = 0.0
     epoch_seconds: list = field(default_factory=list)
-    # running training loss / accuracy since the last evaluation (kept so a stop between
-    # evaluations resumes with the same learning-curve point)
+    # running training loss / accuracy since the last evaluation (a stop between evaluations resumes the same point)
     accum_loss: float = 0.0
     accum_correct: int = 0
     accum_seen: int = 0
+    resumes: list = field(default_factory=list)  # summary.json's "resumed": [{step, changes}] (cnnlab.resuming)
 
 
 @dataclass
@@ -114,14 +111,15 @@ def say(message: str) -> None:
 
 def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool = False, log=say,
         verbose: bool = False) -> dict:
-    """Train ``cfg`` into ``out_dir``; returns the summary (also summary.json). ``verbose``: log all the config."""
-    t_start = time.perf_counter()
-    out_dir = Path(out_dir)
-    runs.prepare_out_dir(out_dir, resume, force, finished=is_finished(out_dir))
-    with run_flags(cfg.train):  # deterministic flags for this run only; CUDA errors explained (runtime.py)
+    """Train ``cfg`` into ``out_dir``; returns the summary (also summary.json). One process trains a run folder at
+    a time (its lock); a resume may change only what cnnlab.resuming allows. ``verbose``: log all the config."""
+    t_start, out_dir = time.perf_counter(), Path(out_dir)
+    with runs.FolderLock(out_dir), run_flags(cfg.train):  # flags for this run only; CUDA errors explained
+        resume = runs.prepare_out_dir(out_dir, resume, force, finished=is_finished(out_dir))
+        changes = resuming.check(cfg, out_dir) if resume else None  # refused before any data is read
         s = set_up(cfg, out_dir, resume, log)  # nothing is written until data and model are ready
         s.t_start = t_start
-        open_run_folder(s, resume, verbose)
+        open_run_folder(s, changes, verbose)
         status, error, stop = "completed", None, {}
         try:
             with stop_on_signals(stop):
@@ -210,13 +208,15 @@ def train_head_on_cached_features(s: TrainState) -> None:
                       f"({time.perf_counter() - t0:.1f} s); only the head trains")
 
 
-def open_run_folder(s: TrainState, resume: bool, verbose: bool = False) -> None:
-    """Write config.yaml (or restore last.pt and drop the curve points after it) and say what runs."""
+def open_run_folder(s: TrainState, changes: dict | None, verbose: bool = False) -> None:
+    """Write config.yaml (or, resuming with these ``changes``, restore last.pt, record the changes and drop
+    the curve points after it) and say what runs."""
     cfg, splits, log, info = s.cfg, s.splits, s.log, s.model_info
     metrics_file = s.out_dir / "metrics.jsonl"
     s.out_dir.mkdir(parents=True, exist_ok=True)
-    if resume:
+    if changes is not None:
         runs.restore(s.out_dir / "last.pt", s)
+        resuming.record(s, changes)
         runs.write_jsonl(metrics_file, [r for r in runs.read_jsonl(metrics_file) if r["step"] <= s.progress.step])
         log(f"resuming {s.out_dir} at step {s.progress.step}/{s.total_steps}")
     else:
@@ -382,7 +382,7 @@ def finish(s: TrainState, status: str, error: str | None, score: bool = True) ->
                  "data_s": round(s.data_seconds, 3), "total_s": round(time.perf_counter() - s.t_start, 3),
                  "train_images_per_s": round(images / p.train_seconds, 1) if p.train_seconds else None,
                  "epoch_s": [round(t, 3) for t in p.epoch_seconds], "steps": p.step},
-        "warnings": s.warnings, "env": runs.environment(s.device),
+        "warnings": s.warnings, "resumed": p.resumes, "env": runs.environment(s.device),
     }
     runs.write_json(s.out_dir / "summary.json", summary)
     print_results(summary, s.log)

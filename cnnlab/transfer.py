@@ -15,7 +15,6 @@ features of a frozen backbone once instead of at every step.
 """
 from __future__ import annotations
 
-import pickle
 import socket
 import urllib.error
 from collections import OrderedDict
@@ -29,6 +28,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parameter import is_lazy
 
 from cnnlab.registry import MODELS, attach_info, find_info, info_of
+from cnnlab.runs import why_not_loadable
 
 DOWNLOAD_TIMEOUT_S = 60  # per socket operation, so a black-holed network fails instead of hanging
 SHOWN_KEYS = 5  # mismatched keys listed in an error
@@ -120,25 +120,13 @@ def read_weights(path: Union[str, Path], field: str) -> dict:
         raise TransferError(f"{field}: {path} does not exist or is not a file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise TransferError(
-            f"{field}: refused to load {path}: it holds Python objects other than tensors and plain values, "
-            f"and unpickling them could run code ({_unpickling_reason(e)}). cnnlab only loads weights_only "
-            "files; re-save the weights as a plain state dict (torch.save(model.state_dict(), path))") from None
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds for truncated or foreign files
-        raise TransferError(f"{field}: cannot read {path} as a PyTorch weights file ({type(e).__name__}: "
-                            f"{str(e).strip()[:200]}); it is truncated, corrupted or not a torch.save file") from None
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for truncated, foreign or unsafe files
+        raise TransferError(f"{field}: refused {path}: it {why_not_loadable(path, e)}. cnnlab loads only "
+                            "weights-only files: save weights as a plain state dict "
+                            "(torch.save(model.state_dict(), path))") from None
     if not isinstance(state, dict):
         raise TransferError(f"{field}: {path} holds a {type(state).__name__}, expected a state dict")
     return state
-
-
-def _unpickling_reason(e: Exception) -> str:
-    # torch's message starts with advice about weights_only=False, which must not be followed
-    # for an untrusted file; the line naming the offending global is the useful one.
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    named = [line for line in lines if "Unsupported global" in line or "GLOBAL" in line]
-    return (named or lines or ["not a weights-only file"])[0][:200]
 
 
 def run_checkpoint_path(init_from: Union[str, Path]) -> Path:
@@ -210,12 +198,10 @@ def load_imagenet(model: nn.Module) -> list[str]:
             f"machine with internet access download that URL and place the file as {folder / file_name} (the folder is "
             "$TORCH_HOME/hub/checkpoints; TORCH_HOME defaults to ~/.cache/torch), or set model.weights_path "
             "to a copy of it") from None
-    except pickle.UnpicklingError as e:
-        raise TransferError(f"model.pretrained=imagenet: refused to load {folder / file_name}: it holds objects "
-                            f"other than tensors ({_unpickling_reason(e)})") from None
-    except Exception as e:  # noqa: BLE001 - a truncated cache file, typically
-        raise TransferError(f"model.pretrained=imagenet: cannot read {folder / file_name} ({type(e).__name__}: "
-                            f"{str(e).strip()[:200]}); delete it and place a complete copy there") from None
+    except Exception as e:  # noqa: BLE001 - a truncated or unsafe cache file
+        raise TransferError(f"model.pretrained=imagenet: refused {folder / file_name}: it "
+                            f"{why_not_loadable(folder / file_name, e)}; delete it and place a complete copy there"
+                            ) from None
     finally:
         socket.setdefaulttimeout(old_timeout)
     return [f"loaded torchvision's {weights} ImageNet weights ({file_name})"] + load_state(model, state, file_name)

@@ -75,7 +75,10 @@ def test_failed_download_is_reported_and_leaves_nothing(tmp_path):
 @pytest.mark.parametrize("gz", [False, True])
 def test_tiny_idx_files_load_exactly(tmp_path, gz):
     arrays = write_idx(tmp_path / "MNIST" / "raw", gz=gz)
-    raw = data.load_mnist(tmp_path)
+    with pytest.raises(DataError, match="not the official file.*allow_modified"):  # not MNIST's own files
+        data.load_mnist(tmp_path)
+    raw = data.load_mnist(tmp_path, allow_modified=True)
+    assert raw.source.startswith("modified IDX files")
     assert np.array_equal(raw.train_x[:, 0].numpy(), arrays["train"][0])
     assert np.array_equal(raw.train_y.numpy(), arrays["train"][1])
     assert np.array_equal(raw.test_x[:, 0].numpy(), arrays["t10k"][0])

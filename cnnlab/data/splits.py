@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 DEFAULTS: dict[str, Any] = {
     "name": "mnist", "root": None, "download": True, "val_size": None, "split_seed": 0, "train_limit": None,
     "resize": None, "channels": None, "test_size": None, "resize_mode": "bilinear", "resize_policy": "stretch",
-    "skip_bad_images": False,
+    "skip_bad_images": False, "allow_modified": False,
 }  # fmt: skip
 
 DataSettings = Union["DataConfig", dict, None]

@@ -109,7 +109,7 @@ def _export(folder: Path) -> RawData:
     )  # fmt: skip
 
 
-def load_cifar10(root: Path, download: bool = False) -> RawData:
+def load_cifar10(root: Path, download: bool = False, allow_modified: bool = False) -> RawData:
     """CIFAR-10 from the official python batches (``<root>/cifar-10-batches-py``) or,
     failing those, an image-folder export (``<root>/cifar10-jpg`` or ``<root>/cifar10``
     or ``<root>`` itself holding ``train/<class>/`` and ``test/<class>/``)."""
@@ -166,4 +166,5 @@ def describe_cifar10(info: DatasetInfo, root: Path, check: bool) -> dict[str, An
     }  # fmt: skip
 
 
-DATASETS.register("cifar10")(DataSource(CIFAR10, load_cifar10, partial(describe_cifar10, CIFAR10)))
+DATASETS.register("cifar10")(DataSource(CIFAR10, load_cifar10, partial(describe_cifar10, CIFAR10),
+                                         options=("allow_modified",)))

@@ -6,6 +6,7 @@ download them. Both sets are registered here with their facts.
 """
 from __future__ import annotations
 
+import hashlib
 import struct
 from functools import partial
 from pathlib import Path
@@ -67,9 +68,12 @@ def find(raw_dir: Path, name: str) -> Optional[Path]:
     return None
 
 
-def parse(path: Path, images: bool) -> np.ndarray:
-    """Parse one IDX file: [N, H, W] uint8 for images, [N] for labels."""
+def parse(path: Path, images: bool, digests: Optional[dict] = None) -> np.ndarray:
+    """Parse one IDX file: [N, H, W] uint8 for images, [N] for labels. ``digests`` (a dict) receives
+    the MD5 of the uncompressed bytes under ``path``: hashed from memory, it costs no second read."""
     data = read_bytes(path)
+    if digests is not None:
+        digests[path] = hashlib.md5(memoryview(data)).hexdigest()
     header = 16 if images else 8
     what = "image" if images else "label"
     expected_magic = IMAGES_MAGIC if images else LABELS_MAGIC
@@ -97,8 +101,9 @@ def parse(path: Path, images: bool) -> np.ndarray:
     return data[header:].reshape(shape)
 
 
-def load_idx_set(info: DatasetInfo, root: Path, download: bool) -> RawData:
-    """Read (downloading first if asked and missing) the IDX set described by ``info``."""
+def load_idx_set(info: DatasetInfo, root: Path, download: bool, allow_modified: bool = False) -> RawData:
+    """Read (downloading first if asked and missing) the IDX set described by ``info``; a file whose MD5
+    is not the official one is refused (DataError) unless ``allow_modified``."""
     root, folder, title = Path(root), info.folder, info.title
     raw_dir = root / folder / "raw"
     paths = {name: find(raw_dir, name) for name in FILES}
@@ -120,7 +125,8 @@ def load_idx_set(info: DatasetInfo, root: Path, download: bool) -> RawData:
             f"files in {raw_dir}, or point data.root or CNNLAB_DATA at a folder that holds {folder}/raw/, "
             f"or run with data.download=true where the internet can be reached."
         )
-    xs = {n: parse(p, images="images" in n) for n, p in paths.items()}  # type: ignore[arg-type]
+    digests: dict[Path, str] = {}
+    xs = {n: parse(p, images="images" in n, digests=digests) for n, p in paths.items()}  # type: ignore[arg-type]
     classes = list(info.classes or ())
     out = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
@@ -136,9 +142,23 @@ def load_idx_set(info: DatasetInfo, root: Path, download: bool) -> RawData:
                 f"{len(classes)} classes: the file is corrupt. Replace it with the official file."
             )
         out[split] = (torch.from_numpy(x).unsqueeze(1), torch.from_numpy(y.astype(np.int64)))
+    # The official files' MD5s: a file with one byte changed parses fine and would be trained on as MNIST.
+    expected = dict(info.files)
+    bad = [n for n in FILES if n in expected and digests[paths[n]] != expected[n]]  # type: ignore[index]
+    modified = [f"{paths[n]} (MD5 {digests[paths[n]]}, the official file's is {expected[n]})"  # type: ignore[index]
+                for n in bad]
+    if modified and not allow_modified:
+        raise DataError(
+            f"{title}: {'; '.join(modified)}: not the official file{'s' if len(modified) > 1 else ''} (modified or "
+            f"corrupt). Replace {'them' if len(modified) > 1 else 'it'} with the official file (or delete and run "
+            f"with data.download=true), or set data.allow_modified: true to train on it anyway (summary.json's "
+            f"data_source then says so)."
+        )
     return RawData(
         out["train"][0], out["train"][1], out["test"][0], out["test"][1], classes, tuple(info.mean or ()),
-        tuple(info.std or ()), source=f"official IDX files at {raw_dir}",
+        tuple(info.std or ()),
+        source=(f"modified IDX files at {raw_dir} (data.allow_modified: {', '.join(bad)} not the official "
+                "file's MD5)" if bad else f"official IDX files at {raw_dir} (MD5 checked)"),
     )  # fmt: skip
 
 
@@ -166,17 +186,17 @@ def describe_idx_set(info: DatasetInfo, root: Path, check: bool) -> dict[str, An
     }  # fmt: skip
 
 
-def load_mnist(root: Path, download: bool = False) -> RawData:
+def load_mnist(root: Path, download: bool = False, allow_modified: bool = False) -> RawData:
     """MNIST from ``<root>/MNIST/raw`` (torchvision's layout)."""
-    return load_idx_set(MNIST, root, download)
+    return load_idx_set(MNIST, root, download, allow_modified)
 
 
-def load_fashion_mnist(root: Path, download: bool = False) -> RawData:
+def load_fashion_mnist(root: Path, download: bool = False, allow_modified: bool = False) -> RawData:
     """Fashion-MNIST from ``<root>/FashionMNIST/raw`` (torchvision's layout)."""
-    return load_idx_set(FASHION_MNIST, root, download)
+    return load_idx_set(FASHION_MNIST, root, download, allow_modified)
 
 
-DATASETS.register("mnist")(DataSource(MNIST, load_mnist, partial(describe_idx_set, MNIST)))
+DATASETS.register("mnist")(DataSource(MNIST, load_mnist, partial(describe_idx_set, MNIST), options=("allow_modified",)))
 DATASETS.register("fashion_mnist")(
-    DataSource(FASHION_MNIST, load_fashion_mnist, partial(describe_idx_set, FASHION_MNIST))
+    DataSource(FASHION_MNIST, load_fashion_mnist, partial(describe_idx_set, FASHION_MNIST), options=("allow_modified",))
 )

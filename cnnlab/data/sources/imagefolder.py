@@ -17,6 +17,7 @@ are the sorted class-folder names; the CIFAR-10 image-folder export is read thro
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import sys
@@ -296,7 +297,13 @@ def read_tree(folder: Path, label: str, decode: Decode = Decode(), skip_bad: boo
     """Decode (or load from the cache) an image tree: returns the tensors, the scan,
     the cache file (None if none could be written) and whether it came from the cache.
     An image that cannot be decoded raises a DataError naming it unless ``skip_bad``."""
-    tree = scan_tree(folder, label, decode)
+    try:
+        tree = scan_tree(folder, label, decode)
+    except OSError as e:  # a symbolic link loop (ELOOP), an unreadable folder, a file that vanished
+        where = e.filename or folder
+        loop = " (a symbolic link that points back into itself)" if e.errno == errno.ELOOP else ""
+        raise DataError(f"{label}: cannot read {where}: {e.strerror or e}{loop}; fix or remove it, "
+                        f"or point data.root elsewhere") from None
     key = f"{label}-{hashlib.sha256(decode.key().encode()).hexdigest()[:8]}" if decode.size else label
     blob, path = load_cached(key, tree.folder, tree.fingerprint)
     hit = blob is not None
