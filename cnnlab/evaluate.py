@@ -190,15 +190,7 @@ def evaluate_run(run_dir: Path, splits: list[str] = ("test",), checkpoint: str =
         update={"init_from": None, "pretrained": None, "weights_path": None})}), data.num_classes, data.in_channels)
     model.to(device)
     state = runs.load_checkpoint(run_dir / checkpoint, map_location=device)
-    try:
-        if cfg.train.ema and state.get("ema"):
-            ema_model = torch.optim.swa_utils.AveragedModel(model, use_buffers=True)
-            ema_model.load_state_dict(state["ema"])
-            model = ema_model.module
-        else:
-            model.load_state_dict(state["model"])
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        raise runs.does_not_fit(run_dir / checkpoint, e) from None
+    model = runs.trained_network(model, state, run_dir / checkpoint)
     evaluator = Evaluator(Preprocess(data, cfg.data, train=False), cfg.train.eval_batch_size,
                           cfg.train.precision, device, info_of(model).output_kind, data.num_classes,
                           tta=cfg.train.tta)

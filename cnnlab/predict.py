@@ -218,16 +218,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str | tor
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
         with torch.no_grad():  # lazy layers take their size from one input
             model.eval()(torch.zeros(1, c, h, w, device=device))
-    try:
-        if state.get("ema"):
-            averaged = torch.optim.swa_utils.AveragedModel(model, use_buffers=True)
-            averaged.load_state_dict(state["ema"])
-            model = averaged.module
-        else:
-            model.load_state_dict(state["model"])
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        raise runs.does_not_fit(path, e) from None
-    model.eval()
+    model = runs.trained_network(model, state, path).eval()
     return LoadedRun(run_dir=run_dir if run_dir.is_dir() else run_dir.parent, model=model,
                      classes=list(record["classes"]), input_shape=(c, h, w), transform=Transform(record),
                      preprocess=record, output_kind=info_of(model).output_kind, config=cfg, device=device,

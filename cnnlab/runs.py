@@ -327,6 +327,20 @@ def load_weights(path: Path, s) -> None:
         s.ema.load_state_dict(state["ema"])
 
 
+def trained_network(model: torch.nn.Module, state: dict, path: Path) -> torch.nn.Module:
+    """``model`` (freshly built) with the weights a run kept in checkpoint ``state``: the EMA's when the
+    run averaged its weights, else the model's own."""
+    try:
+        if state.get("ema"):
+            averaged = torch.optim.swa_utils.AveragedModel(model, use_buffers=True)
+            averaged.load_state_dict(state["ema"])
+            return averaged.module
+        model.load_state_dict(state["model"])
+        return model
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise does_not_fit(path, e) from None
+
+
 def does_not_fit(path: Path, e: BaseException) -> CheckpointError:
     """A well-formed checkpoint of another network, optimizer or cnnlab version."""
     text = " ".join(str(e).split())
