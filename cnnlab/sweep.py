@@ -443,10 +443,8 @@ def execute_task(task: dict) -> dict:
 
 
 def _worker_init(threads: int, parent: int, started=None, gpus: tuple = ()) -> None:
-    if gpus:  # several GPUs: worker k sees only GPU k mod n (set before torch touches CUDA), as its cuda:0
-        with started.get_lock():
-            k, started.value = started.value, started.value + 1
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[k % len(gpus)]
+    if gpus:
+        assign_gpu(started, gpus)
     import torch
 
     die_with_parent(parent)
@@ -455,6 +453,14 @@ def _worker_init(threads: int, parent: int, started=None, gpus: tuple = ()) -> N
 
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def assign_gpu(started, gpus: tuple) -> None:
+    """Several GPUs: the k-th worker to start sees only GPU k mod n, as its cuda:0 (set before torch
+    touches CUDA). ``started`` is a shared counter of the workers started so far."""
+    with started.get_lock():
+        k, started.value = started.value, started.value + 1
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpus[k % len(gpus)]
 
 
 def die_with_parent(parent: int, poll_s: float = 0.5) -> None:

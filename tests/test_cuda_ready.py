@@ -175,7 +175,7 @@ def test_each_sweep_worker_gets_its_own_gpu(monkeypatch):
     assert runtime.visible_gpus() == ("0", "1")
     started, got = multiprocessing.get_context("spawn").Value("i", 0), []
     for _ in range(3):  # what each new worker process runs first
-        sweep._worker_init(torch.get_num_threads(), started, ("0", "1"))
+        sweep.assign_gpu(started, ("0", "1"))  # (the rest of _worker_init ties the worker to its parent)
         got.append(__import__("os").environ["CUDA_VISIBLE_DEVICES"])
     assert got == ["0", "1", "0"]
 
