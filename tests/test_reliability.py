@@ -142,7 +142,7 @@ REFUSED = [  # (overrides or config.yaml edits, the field that must be named)
     (["model.dropout=0.5"], "model.dropout"),
     (["seed=3"], "seed"),
     (["train.batch_size=50"], "train.batch_size"),
-    (["sched.name=step", "sched.step_size=1"], "sched.name"),
+    (["sched.name=exponential"], "sched.name"),
     (["data.augment.flip=true"], "data.augment.flip"),
     (["train.precision=bf16"], "train.precision"),
     (["loss.label_smoothing=0.1"], "loss.label_smoothing"),

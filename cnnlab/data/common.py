@@ -8,6 +8,7 @@ its loader, its facts (:class:`~cnnlab.registry.DatasetInfo`) and how
 """
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import os
@@ -108,8 +109,11 @@ def md5(path: Path) -> str:
 
 
 def short(e: BaseException, limit: int = 300) -> str:
-    """An exception as one line of at most ``limit`` characters."""
-    text = " ".join(str(e).split()) or type(e).__name__
+    """An exception as one line of at most ``limit`` characters (an OS error as its plain reason, no errno)."""
+    if isinstance(e, OSError) and e.strerror:
+        text = e.strerror + (" (a symbolic link that points back into itself)" if e.errno == errno.ELOOP else "")
+    else:
+        text = " ".join(str(e).split()) or type(e).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
