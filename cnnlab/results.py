@@ -30,12 +30,13 @@ class Status(enum.StrEnum):
     EARLY_STOPPED = "early_stopped"  # stopped by early stopping: a normal, finished run
     DIVERGED = "diverged"  # the loss became non-finite: finished, with no usable result
     INTERRUPTED = "interrupted"  # SIGINT/SIGTERM: last.pt kept, resumable
+    PRUNED = "pruned"  # stopped early by a sweep scheduler (Ray Tune's ASHA, median): finished, not in statistics
     FAILED = "failed"  # an error: a sweep runs it again
     PENDING = "pending"  # a planned run with no row yet (sweep tables)
     PLANNED = "planned"  # a dry run's rows
 
 
-FINAL_STATUSES = (Status.COMPLETED, Status.EARLY_STOPPED, Status.DIVERGED)  # a sweep does not run these again
+FINAL_STATUSES = (Status.COMPLETED, Status.EARLY_STOPPED, Status.DIVERGED, Status.PRUNED)  # a sweep does not run these again
 SUCCEEDED = (Status.COMPLETED, Status.EARLY_STOPPED)  # metrics that count; the CLI exits 0
 
 

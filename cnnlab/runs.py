@@ -514,21 +514,6 @@ def prepare_out_dir(out_dir: Path, resume: bool, force: bool, finished: bool = F
     return False
 
 
-def tensorboard_writer(out_dir: Path):
-    """A TensorBoard event writer in ``<run>/tensorboard`` (``tensorboard --logdir runs``)."""
-    from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package (checked at load)
-
-    return SummaryWriter(str(out_dir / "tensorboard"))
-
-
-def write_scalars(board, row: dict) -> None:
-    """One evaluation point's numbers as train/loss, val/accuracy, lr, ... at its step."""
-    for key, value in row.items():
-        if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-            board.add_scalar(key.replace("train_", "train/", 1).replace("val_", "val/", 1), value, row["step"])
-    board.flush()  # live curves: TensorBoard reads the file while the run goes on
-
-
 # ----------------------------------------------------------------------------- an image folder's split
 
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from cnnlab import checks, resuming, runs, transfer
+from cnnlab import checks, resuming, runs, tracking, transfer
 from cnnlab import data as datamod
 from cnnlab.augment import Preprocess, no_preprocessing, preprocess_record
 from cnnlab.data.batches import train_batches
@@ -96,7 +96,7 @@ class TrainState:
     data_seconds: float = 0.0
     t_start: float = field(default_factory=time.perf_counter)
     t_mark: float = 0.0  # start of the training time not yet added to progress.train_seconds
-    board: Any = None  # TensorBoard writer (train.tensorboard)
+    trackers: list = field(default_factory=list)  # cnnlab.tracking: TensorBoard, a Ray Tune reporter, ...
     loss_sum: torch.Tensor | None = None  # training loss summed since the last evaluation (on the device:
     correct: torch.Tensor | None = None  # no host sync per step), correct predictions and images seen
     seen: int = 0
@@ -110,16 +110,17 @@ def say(message: str) -> None:
 
 
 def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool = False, log=say,
-        verbose: bool = False) -> dict:
+        verbose: bool = False, trackers: tuple = ()) -> dict:
     """Train ``cfg`` into ``out_dir``; returns the summary (also summary.json). One process trains a run folder at
-    a time (its lock); a resume may change only what cnnlab.resuming allows. ``verbose``: log all the config."""
+    a time (its lock); a resume may change only what cnnlab.resuming allows. ``verbose``: log all the config.
+    ``trackers``: :mod:`cnnlab.tracking` objects told of each evaluation point, besides the config's own."""
     t_start, out_dir = time.perf_counter(), Path(out_dir)
     with runs.FolderLock(out_dir), run_flags(cfg.train):  # flags for this run only; CUDA errors explained
         resume = runs.prepare_out_dir(out_dir, resume, force, finished=is_finished(out_dir))
         changes = resuming.check(cfg, out_dir) if resume else None  # refused before any data is read
         s = set_up(cfg, out_dir, resume, log)  # nothing is written until data and model are ready
         s.t_start = t_start
-        open_run_folder(s, changes, verbose)
+        open_run_folder(s, changes, verbose, trackers)
         status, error, stop = "completed", None, {}
         try:
             with stop_on_signals(stop):
@@ -131,9 +132,6 @@ def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool =
         except Exception as e:  # noqa: BLE001 - recorded in summary.json, then re-raised
             finish(s, "failed", failure_text(e, cfg.train), score=False)
             raise
-        finally:
-            if s.board is not None:
-                s.board.close()
         return finish(s, status, error, score=status != "interrupted")
 
 
@@ -208,7 +206,7 @@ def train_head_on_cached_features(s: TrainState) -> None:
                       f"({time.perf_counter() - t0:.1f} s); only the head trains")
 
 
-def open_run_folder(s: TrainState, changes: dict | None, verbose: bool = False) -> None:
+def open_run_folder(s: TrainState, changes: dict | None, verbose: bool = False, trackers: tuple = ()) -> None:
     """Write config.yaml (or, resuming with these ``changes``, restore last.pt, record the changes and drop
     the curve points after it) and say what runs."""
     cfg, splits, log, info = s.cfg, s.splits, s.log, s.model_info
@@ -231,7 +229,7 @@ def open_run_folder(s: TrainState, changes: dict | None, verbose: bool = False) 
     for w in s.warnings:
         log(f"warning: {w}")
     s.history = runs.read_jsonl(metrics_file)
-    s.board = runs.tensorboard_writer(s.out_dir) if cfg.train.tensorboard else None
+    s.trackers = [*tracking.trackers_for(cfg, s.out_dir), *trackers]
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -285,9 +283,7 @@ def train_loop(s: TrainState, stop: dict) -> str:
                 p.epoch_seconds.append(time.perf_counter() - t_epoch)
                 t_epoch = time.perf_counter()
                 s.schedule.after_epoch()
-                if bar is not None:
-                    bar.close()
-                    bar = None
+                bar = bar.close() if bar is not None else None
             if eval_now and (status := evaluation_point(s)):
                 return status
             if stop.get("stop"):
@@ -312,13 +308,10 @@ def evaluation_point(s: TrainState) -> str | None:
            "val_loss": val["loss"], "val_accuracy": val["accuracy"], "elapsed_s": round(p.train_seconds, 3)}
     s.history.append(row)
     runs.append_jsonl(s.out_dir / "metrics.jsonl", row)
-    if s.board is not None:
-        runs.write_scalars(s.board, row)
     s.log(f"step {row['step']:>6} epoch {row['epoch']:6.2f}  lr {row['lr']:.3g}  train loss "
           f"{row['train_loss']:.4f} acc {row['train_accuracy']:.4f}  val loss {fmt(row['val_loss'])} "
           f"acc {fmt(row['val_accuracy'])}  ({p.step * tc.batch_size / max(p.train_seconds, 1e-9):,.0f} img/s)")
-    s.loss_sum.zero_()
-    s.correct.zero_()
+    s.loss_sum.zero_(), s.correct.zero_()
     s.seen = p.accum_loss = p.accum_correct = p.accum_seen = 0
     improved = track_best(s.cfg, row, p)
     # best.pt before last.pt: a kill between the two resumes from the older last.pt and
@@ -332,6 +325,9 @@ def evaluation_point(s: TrainState) -> str | None:
     if tc.early_stopping.patience and p.evals_since_best >= tc.early_stopping.patience:
         s.log(f"early stopping: no improvement in {p.evals_since_best} evaluations")
         return "early_stopped"
+    for tracker in s.trackers:  # a tracker may stop the run: a Ray Tune scheduler pruning a hopeless one
+        if status := tracker.on_eval(row):
+            return status
     s.t_mark = time.perf_counter()
 
 
@@ -386,6 +382,9 @@ def finish(s: TrainState, status: str, error: str | None, score: bool = True) ->
     }
     runs.write_json(s.out_dir / "summary.json", summary)
     print_results(summary, s.log)
+    for tracker in s.trackers:  # told last, closed in any case (finish is called for failed runs too)
+        tracker.on_finish(summary)
+        tracker.close()
     return summary
 
 

@@ -12,7 +12,8 @@ def test_statuses_are_plain_strings_in_json():
     assert Status.EARLY_STOPPED == "early_stopped"
     assert json.dumps({"status": Status.DIVERGED}) == '{"status": "diverged"}'
     assert f"{Status.FAILED}" == "failed"
-    assert set(results.FINAL_STATUSES) == {"completed", "early_stopped", "diverged"}
+    assert set(results.FINAL_STATUSES) == {"completed", "early_stopped", "diverged", "pruned"}
+    assert not results.succeeded("pruned")  # a pruned run is finished but left out of the statistics
     assert results.succeeded("completed") and results.succeeded("early_stopped") and not results.succeeded("diverged")
 
 
