@@ -222,7 +222,7 @@ def open_run_folder(s: TrainState, changes: dict | None, verbose: bool = False, 
         runs.write_split_record(s.out_dir, splits.record())  # image folders: each split's files
     log(f"── cnnlab run → {s.out_dir}\n" + (dump_yaml(cfg) if verbose else "\n".join(config_diff_lines(cfg))))
     log(f"data: {splits.source}; train {len(splits.train_y):,} / val {len(splits.val_y):,} / test "
-        f"{len(splits.test_y):,} images of {tuple(splits.train_x.shape[1:])} on {s.device} "
+        f"{len(splits.test_y):,} images of {tuple(splits.train_x.shape[1:])} on {s.device}{splits.placement_note} "
         f"(loaded in {s.data_seconds:.1f} s)")
     log(f"model: {cfg.model.name}, {info['params_total']:,} parameters ({info['params_trainable']:,} trainable), "
         f"{info['flops_per_image']:,} FLOPs per image")
@@ -368,9 +368,9 @@ def finish(s: TrainState, status: str, error: str | None, score: bool = True) ->
     p, cfg, images = s.progress, s.cfg, s.progress.step * s.cfg.train.batch_size
     summary = {
         "status": status, "error": error, "name": cfg.name, "seed": cfg.seed, "config": cfg.to_dict(),
-        "classes": list(s.splits.classes), "data_source": s.splits.source, "preprocess": s.preprocess,
-        "best": {"epoch": p.best_epoch, "step": p.best_step, "val_accuracy": p.best_val_accuracy,
-                 "val_loss": p.best_val_loss},
+        "classes": list(s.splits.classes), "data_source": s.splits.source, "data_placement": s.splits.placement,
+        "preprocess": s.preprocess, "best": {"epoch": p.best_epoch, "step": p.best_step,
+                                             "val_accuracy": p.best_val_accuracy, "val_loss": p.best_val_loss},
         **results,
         "final_train_loss": s.history[-1]["train_loss"] if s.history else None,
         "model": s.model_info,

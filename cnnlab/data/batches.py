@@ -5,8 +5,9 @@ A training epoch is the slices of one permutation drawn from ``(seed, epoch)`` a
 (on the CPU, with its own generator, then moved to the device once), so resuming
 in the middle of an epoch rebuilds exactly the same order and the order never
 depends on the device or on anything drawn before. Evaluation walks a split in
-consecutive slices. Batches are views/gathers of tensors already on the device:
-no DataLoader, no per-sample Python.
+consecutive slices. Batches are views/gathers of tensors already on the device
+(or, for splits too big for it, gathers on the host copied over by
+:class:`~cnnlab.data.placement.HostImages`): no DataLoader, no per-sample Python.
 """
 from __future__ import annotations
 
@@ -29,12 +30,18 @@ def train_batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``(x[idx], y[idx])`` for the slices ``idx`` of :func:`epoch_permutation`, from
     batch index ``start`` (to resume mid-epoch); the last short batch is kept.
-    The permutation goes to ``device``, by default where ``x`` is."""
+    The permutation goes to ``device``, by default where ``x`` is. Images kept on the host
+    (:class:`~cnnlab.data.placement.HostImages`) are gathered there by the same permutation
+    on the CPU, and the labels by its copy on their device."""
     _check(batch_size)
-    perm = epoch_permutation(len(y), seed, epoch, x.device if device is None else device)
+    if isinstance(x, torch.Tensor):
+        perm = epoch_permutation(len(y), seed, epoch, x.device if device is None else device)
+        perm_y = perm
+    else:
+        perm = epoch_permutation(len(y), seed, epoch)
+        perm_y = perm.to(y.device)
     for i in range(start * batch_size, len(perm), batch_size):
-        idx = perm[i : i + batch_size]
-        yield x[idx], y[idx]
+        yield x[perm[i : i + batch_size]], y[perm_y[i : i + batch_size]]
 
 
 def eval_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -42,25 +49,6 @@ def eval_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterator[
     _check(batch_size)
     for i in range(0, len(y), batch_size):
         yield x[i : i + batch_size], y[i : i + batch_size]
-
-
-# The stored splits may take at most this share of the device's free memory: the rest is for the
-# weights, optimizer state and activations (a 224-px ResNet's activations dwarf MNIST's images).
-DEVICE_SHARE = 0.5
-
-
-def free_memory(device: Device) -> int | None:
-    """Free bytes on ``device`` (``torch.cuda.mem_get_info``); None where it is not measured (CPU)."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return None
-    return torch.cuda.mem_get_info(device)[0]
-
-
-def fits_on_device(nbytes: int, device: Device) -> bool:
-    """Whether ``nbytes`` of stored images may go to ``device`` (always on a CPU)."""
-    free = free_memory(device)
-    return free is None or nbytes <= DEVICE_SHARE * free
 
 
 def _check(batch_size: int) -> None:
