@@ -332,6 +332,9 @@ def evaluate_on(run_dir: str | Path, overrides: list[str] | dict, checkpoint: st
     if split not in ("all", "train", "test"):
         raise ConfigError(f"split: {split!r}; on another data set use all, train or test")
     raw = datamod.load_raw(cfg.data)
+    if split != "all" and raw.layout == "flat":
+        raise ConfigError(f"--split {split}: {raw.root} is one folder per class, with no train/ and test/ parts; "
+                          "leave --split out to score every image of it")
     parts = {"train": [(raw.train_x, raw.train_y)], "test": [(raw.test_x, raw.test_y)]}
     pieces = parts.get(split) or parts["train"] + parts["test"]
     x, y = torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
