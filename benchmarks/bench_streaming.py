@@ -4,11 +4,13 @@ The real training loop (``cnnlab.train.run``) trains a small conv net (``lenet5_
 CIFAR-10 JPEG copy for a fixed number of images, once with the splits in memory (the default
 ``data.max_memory: auto``) and once with ``data.max_memory`` too small for them, so every batch
 is gathered from the cache file under ``$CNNLAB_CACHE`` (``data_placement: streamed from ...``).
-The two are run alternately (A/B/A/B...), so a burst of load from other processes on a shared
-machine hits both; the figure is the median of ``summary.json``'s ``train_images_per_s`` (the
-training loop alone: data loading and final scoring are timed apart) and their ratio. With
-``--cold`` the cache file's pages are dropped from the page cache (``posix_fadvise DONTNEED``)
-before each streamed run, so its batches are read from disk as for a set bigger than RAM.
+The two are run alternately (A B B A A B ..., so neither always goes first), so a burst of load
+from other processes on a shared machine hits both; the figure is the median of ``summary.json``'s
+``train_images_per_s`` (the training loop alone: data loading and final scoring are timed apart)
+and their ratio. The data path alone (``train_batches`` + the augmentation, no network) is then
+timed the same way, to show what streaming itself costs per batch. With ``--cold`` the cache
+file's pages are dropped from the page cache (``posix_fadvise DONTNEED``) before each streamed
+measurement, so its batches are read from disk as for a set bigger than RAM.
 
     .venv/bin/python benchmarks/bench_streaming.py                 # 3 x (in memory, streamed)
     .venv/bin/python benchmarks/bench_streaming.py --cold --repeat 2
@@ -21,6 +23,7 @@ import platform
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -77,11 +80,12 @@ def main(argv=None) -> dict:
     print(f"lenet5_cifar on {args.images:,} CIFAR-10 JPEG-copy images, batch 128, crop + flip, "
           f"{args.threads} thread(s), {args.repeat} x (in memory, streamed{', cold' if args.cold else ''})")
     speeds: dict[str, list[float]] = {"in memory": [], "streamed": []}
+    cache_file = None
     with tempfile.TemporaryDirectory(prefix="bench-streaming-") as work:
         for i in range(args.repeat):
-            for kind in ("in memory", "streamed"):
+            for kind in (("in memory", "streamed") if i % 2 == 0 else ("streamed", "in memory")):
                 streamed = kind == "streamed"
-                if streamed and args.cold and i > 0:
+                if streamed and args.cold and cache_file is not None:
                     drop_from_page_cache(cache_file)
                 summary = one_run(args.root, Path(work) / f"{i}-{kind.replace(' ', '-')}", args.images,
                                   args.threads, streamed)
@@ -93,9 +97,38 @@ def main(argv=None) -> dict:
                 print(f"  run {i + 1} {kind:<9} {speeds[kind][-1]:8,.0f} images/s  ({placement})", flush=True)
     med = {k: statistics.median(v) for k, v in speeds.items()}
     ratio = med["streamed"] / med["in memory"]
-    print(f"median: in memory {med['in memory']:,.0f} images/s, streamed {med['streamed']:,.0f} images/s; "
-          f"streamed / in memory = {ratio:.2f}x")
-    return {"median": med, "ratio": ratio, "runs": speeds}
+    print(f"training loop, median: in memory {med['in memory']:,.0f} images/s, streamed {med['streamed']:,.0f} "
+          f"images/s; streamed / in memory = {ratio:.2f}x")
+    path_speeds = data_path(args, cache_file)
+    path_med = {k: statistics.median(v) for k, v in path_speeds.items()}
+    path_ratio = path_med["streamed"] / path_med["in memory"]
+    print(f"data path alone, median: in memory {path_med['in memory']:,.0f} images/s, streamed "
+          f"{path_med['streamed']:,.0f} images/s; streamed / in memory = {path_ratio:.2f}x")
+    return {"median": med, "ratio": ratio, "runs": speeds, "data_path": path_med, "data_path_ratio": path_ratio}
+
+
+def data_path(args, cache_file) -> dict[str, list[float]]:
+    """Images/s of ``train_batches`` + augmentation alone (no network), both placements alternated."""
+    from cnnlab import augment
+    from cnnlab import data as datamod
+    from cnnlab.config import DataConfig
+
+    settings = dict(name="cifar10", root=str(args.root), download=False, train_limit=args.images, val_size=1000,
+                    augment={"crop_padding": 4, "flip": True})
+    out: dict[str, list[float]] = {"in memory": [], "streamed": []}
+    for i in range(args.repeat):
+        for kind in (("in memory", "streamed") if i % 2 == 0 else ("streamed", "in memory")):
+            if kind == "streamed" and args.cold and cache_file is not None:
+                drop_from_page_cache(cache_file)
+            cfg = DataConfig(**settings, **({"max_memory": "1MB"} if kind == "streamed" else {}))
+            splits = datamod.load_splits(cfg, "cpu")
+            pre, gen = augment.Preprocess(splits, cfg, train=True), torch.Generator().manual_seed(0)
+            t0 = time.perf_counter()
+            for x, y in datamod.train_batches(splits.train_x, splits.train_y, 128, seed=0, epoch=i):
+                pre(x, gen)
+            out[kind].append(len(splits.train_y) / (time.perf_counter() - t0))
+            print(f"  data path {i + 1} {kind:<9} {out[kind][-1]:9,.0f} images/s", flush=True)
+    return out
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from cnnlab.config import Config, ConfigError, dump_yaml
 
 RESUMABLE = ("train.epochs", "train.eval_every", "train.eval_batch_size", "train.early_stopping.patience",
              "train.early_stopping.min_delta", "train.threads", "train.progress", "train.tensorboard",
-             "data.download")
+             "data.download", "data.max_memory")  # where the images are kept changes no batch (cnnlab.data.placement)
 LENGTH_BOUND_SCHEDULES = ("cosine", "onecycle")
 
 

@@ -194,3 +194,18 @@ def test_a_streamed_run_gives_the_in_memory_run_s_metrics_bit_for_bit(tmp_path, 
     from cnnlab.evaluate import evaluate_run
 
     assert evaluate_run(streamed.dir)["test"] == {k: v for k, v in b["test"].items()}
+
+
+def test_a_resume_may_stream_what_the_run_kept_in_memory(tmp_path):
+    import cnnlab
+
+    root = photos(tmp_path / "photos")
+    whole = _train(root, tmp_path / "whole")
+    _train(root, tmp_path / "split", **{"train.epochs": 1})
+    resumed = cnnlab.train(None, {"train.epochs": 2, "data.max_memory": 1}, out=tmp_path / "split", resume=True,
+                           report=False)
+    assert resumed.summary["data_placement"].startswith("streamed from ")
+    assert resumed.summary["resumed"][0]["changes"]["data.max_memory"] == ["auto", 1]
+    rows = [[{k: v for k, v in json.loads(line).items() if k != "elapsed_s"}
+             for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (whole.dir, resumed.dir)]
+    assert rows[0] == rows[1]
