@@ -312,7 +312,8 @@ def read_tree(folder: Path, label: str, decode: Decode = Decode(), skip_bad: boo
         blob = _decode_tree(tree, decode)
         path = save_cached(blob, key, tree.folder, tree.fingerprint)
         if path is not None:  # read back memory-mapped, as a later run reads it: the decoded copy is freed
-            blob = load_cached(key, tree.folder, tree.fingerprint)[0] or blob
+            mapped = load_cached(key, tree.folder, tree.fingerprint)[0]
+            blob, path = (mapped, path) if mapped is not None else (blob, None)  # None: unusable as a cache
     if blob["bad"] and not skip_bad:
         raise _bad_image_error(tree.folder, *blob["bad"][0])
     return blob, tree, path, hit
