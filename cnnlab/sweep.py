@@ -661,6 +661,8 @@ def _run_locked(sweep: Sweep, sweep_path: str | Path, out: Path, workers: int, e
           f"{len(todo)} to run) → {out}" + (f" [{executor}, {workers} workers]" if workers > 1 else ""), flush=True)
     quiet = workers > 1 or executor == "ray"  # progress bars of parallel runs would garble the terminal
     tasks = [_task(r, out, states[r.run_id], quiet) for r in todo]
+    for task in tasks:  # which sweep run each is: trackers group the sweep's runs, named by their settings
+        task["config"]["train"]["sweep"] = {"name": sweep.name, "run_id": task["run_id"], "settings": task["settings"]}
     done = [0]
 
     def on_start(task: dict) -> None:
