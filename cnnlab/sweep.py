@@ -362,10 +362,12 @@ def run_id(cfg: Config) -> str:
 
     Only values that differ from the defaults enter the hash, so a default spelled out
     (``optim.name: adam``) and the same default left implicit give the same run, and a new
-    config field added later with a default does not change the ids of existing runs.
+    config field added later with a default does not change the ids of existing runs. Where a run is
+    tracked (``train.mlflow``) is not which run it is: turning MLflow on keeps a sweep's finished runs.
     """
     defaults = _defaults()
-    resolved = {k: v for k, v in _flatten(cfg.to_dict()).items() if k != "seed" and defaults.get(k, object()) != v}
+    resolved = {k: v for k, v in _flatten(cfg.to_dict()).items()
+                if k not in ("seed", "train.mlflow") and defaults.get(k, object()) != v}
     text = json.dumps({"config": resolved, "seed": cfg.seed}, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:ID_LENGTH]
 

@@ -200,6 +200,15 @@ def test_an_unreachable_server_warns_once_and_the_run_goes_on(tmp_path, data_roo
     assert err.count(f"warning: MLflow at {uri} failed") == 1 and "training goes on" in err
 
 
+def test_turning_mlflow_on_keeps_a_sweeps_run_ids():
+    from cnnlab.sweep import plan_sweep
+
+    spec = {"base": TINY, "axes": {"optim.lr": [0.003, 0.001]}}
+    tracked = {"base": {**TINY, "train": {**TINY["train"], "mlflow": "http://127.0.0.1:5000"}},
+               "axes": {"optim.lr": [0.003, 0.001]}}
+    assert [r.run_id for r in plan_sweep(spec).runs] == [r.run_id for r in plan_sweep(tracked).runs]
+
+
 def run_tiny_sweep(folder: Path, uri: str) -> tuple[Path, list[dict]]:
     spec = {"base": {**TINY, "train": {**TINY["train"], "mlflow": uri, "tensorboard": True}},
             "axes": {"optim.lr": [0.003, 0.001]}, "seeds": [1]}
