@@ -165,10 +165,8 @@ class MLflow:
         resumed = saved and saved.get("tracking_uri") == self.uri and (self.out_dir / "last.pt").exists()
         self.run_id = saved["run_id"] if resumed else None
         self.sent_step = int(saved.get("sent_step", -1)) if resumed else -1
-        self.client = _client(self.uri)
-        if self.run_id is not None:
-            self._try(lambda: self.client.update_run(self.run_id, status="RUNNING"))
-        self._try(self._send_points)
+        self.client, self.reopen = None, bool(resumed)  # reopen: mark the resumed MLflow run RUNNING again
+        self._try(self._send_points)  # the run shows in MLflow from its start
 
     # each call to the server goes through _try: a failure warns once and leaves the rest for later
     def _try(self, action: Callable[[], Any], force: bool = False) -> bool:
@@ -217,8 +215,13 @@ class MLflow:
         """Every metrics.jsonl point after the last one sent (all of them after an outage or a resume)."""
         from mlflow.entities import Metric
 
+        if self.client is None:  # made here, not in __init__: a file store it cannot open raises at once
+            self.client = _client(self.uri)
         if self.run_id is None:
             self._start()
+        elif self.reopen:
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.reopen = False
         rows = [r for r in runs.read_jsonl(self.out_dir / "metrics.jsonl") if r.get("step", -1) > self.sent_step]
         if not rows:
             return

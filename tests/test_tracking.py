@@ -200,6 +200,32 @@ def test_an_unreachable_server_warns_once_and_the_run_goes_on(tmp_path, data_roo
     assert err.count(f"warning: MLflow at {uri} failed") == 1 and "training goes on" in err
 
 
+class Unblock:
+    """At the run's first evaluation point, removes the file that stands where the MLflow store goes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_eval(self, row):
+        self.path.unlink(missing_ok=True)
+
+    def on_finish(self, summary):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_a_store_that_comes_back_gets_every_point_by_the_end_of_the_run(tmp_path, data_root, capfd):
+    store = tmp_path / "store"
+    store.write_text("not a folder: MLflow cannot open the store until the run's first point")
+    uri = f"file:{store}"
+    summary = train.run(load_config(None, {**_flat(TINY), "train.mlflow": uri}), tmp_path / "r", log=quiet,
+                        trackers=[Unblock(store)])
+    assert summary["status"] == "completed" and capfd.readouterr().err.count("warning: MLflow at") == 1
+    check_tracked_run(client_for(uri), tmp_path / "r", experiment="tiny")  # both points, status, artifacts
+
+
 def test_turning_mlflow_on_keeps_a_sweeps_run_ids():
     from cnnlab.sweep import plan_sweep
 
