@@ -59,7 +59,7 @@ def run_label(cfg: Config) -> str | None:
         return None
     shown = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in sweep.settings.items()]
     label = ",".join([*shown, f"seed={cfg.seed}"]).replace("/", "_").replace("\\", "_")
-    return label if len(label) <= LABEL_LENGTH else f"{label[:LABEL_LENGTH - 12]}…,{sweep.run_id}"
+    return label if len(label) <= LABEL_LENGTH else f"{label[:LABEL_LENGTH - 14]}...,{sweep.run_id}"
 
 
 class TensorBoard:
@@ -165,7 +165,8 @@ class MLflow:
         resumed = saved and saved.get("tracking_uri") == self.uri and (self.out_dir / "last.pt").exists()
         self.run_id = saved["run_id"] if resumed else None
         self.sent_step = int(saved.get("sent_step", -1)) if resumed else -1
-        self.client, self.reopen = None, bool(resumed)  # reopen: mark the resumed MLflow run RUNNING again
+        # reopen: mark the resumed MLflow run RUNNING again; its params were sent by the run it continues
+        self.client, self.reopen, self.params_sent = None, bool(resumed), bool(resumed)
         self._try(self._send_points)  # the run shows in MLflow from its start
 
     # each call to the server goes through _try: a failure warns once and leaves the rest for later
@@ -185,8 +186,6 @@ class MLflow:
 
     def _start(self) -> None:
         """Create the MLflow run (its experiment too, when new) and note it in the run folder."""
-        from mlflow.entities import Param
-
         sweep = self.cfg.train.sweep
         name = sweep.name if sweep else self.cfg.name
         experiment = self.client.get_experiment_by_name(name)
@@ -203,17 +202,15 @@ class MLflow:
         run = self.client.create_run(experiment_id, tags=tags, run_name=run_label(self.cfg) or self.out_dir.name)
         self.run_id = run.info.run_id
         self._save_link()
-        params = [Param(k, v) for k, v in _params(self.cfg).items()]
-        for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
-            self.client.log_batch(self.run_id, params=params[i:i + 100])
 
     def _save_link(self) -> None:
         runs.write_json(self.out_dir / MLFLOW_FILE, {"tracking_uri": self.uri, "run_id": self.run_id,
                                                      "sent_step": self.sent_step})
 
     def _send_points(self) -> None:
-        """Every metrics.jsonl point after the last one sent (all of them after an outage or a resume)."""
-        from mlflow.entities import Metric
+        """Every metrics.jsonl point after the last one sent (all of them after an outage or a resume); the
+        MLflow run and its params first, when not sent yet."""
+        from mlflow.entities import Metric, Param
 
         if self.client is None:  # made here, not in __init__: a file store it cannot open raises at once
             self.client = _client(self.uri)
@@ -222,6 +219,11 @@ class MLflow:
         elif self.reopen:
             self.client.update_run(self.run_id, status="RUNNING")
             self.reopen = False
+        if not self.params_sent:
+            params = [Param(k, v) for k, v in _params(self.cfg).items()]
+            for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+                self.client.log_batch(self.run_id, params=params[i:i + 100])
+            self.params_sent = True
         rows = [r for r in runs.read_jsonl(self.out_dir / "metrics.jsonl") if r.get("step", -1) > self.sent_step]
         if not rows:
             return
