@@ -250,6 +250,18 @@ class EarlyStoppingConfig(_Section):
     min_delta: float = Field(0.0, ge=0)
 
 
+class SweepRunConfig(_Section):
+    """Which sweep run this is: set by ``cnnlab sweep`` on each of its runs (after the run id is taken), so
+    trackers group a sweep's runs (one MLflow experiment) and name each by its settings, not its hash."""
+
+    name: str  # the sweep's name (its file's stem)
+    run_id: str
+    settings: dict[str, Any] = Field(default_factory=dict)  # the swept keys' values in this run
+
+
+MLFLOW_URIS = "a file: store (file:./mlruns or file:///abs/path) or a tracking server (http://host:port, https://...)"
+
+
 class TrainConfig(_Section):
     epochs: float = Field(10, ge=0, le=10_000)  # fractional epochs allowed for quick runs
     batch_size: int = Field(64, ge=1, le=65_536)
@@ -269,6 +281,20 @@ class TrainConfig(_Section):
     tta: Literal["none", "flip", "translate", "flip_translate"] = "none"  # test-time augmentation
     progress: bool = True
     tensorboard: bool = False
+    mlflow: Optional[str] = Field(None, description=(  # checked at load: the scheme here, mlflow installed in checks
+        "where each run is tracked in MLflow (params, metrics at each evaluation, tags, artifacts): "
+        f"{MLFLOW_URIS}; null = off"))
+    sweep: Optional[SweepRunConfig] = None  # set by cnnlab sweep, not by hand
+
+    @field_validator("mlflow")
+    @classmethod
+    def _mlflow_uri(cls, v: Optional[str]) -> Optional[str]:
+        if v is None:
+            return v
+        scheme, _, rest = v.partition(":")
+        if (scheme == "file" and rest.strip("/")) or (scheme in ("http", "https") and rest[2:] and rest[:2] == "//"):
+            return v
+        raise ValueError(f"{v!r} is not an MLflow tracking URI; use {MLFLOW_URIS}, or null for no MLflow")
 
     @field_validator("device")
     @classmethod

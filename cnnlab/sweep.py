@@ -362,10 +362,12 @@ def run_id(cfg: Config) -> str:
 
     Only values that differ from the defaults enter the hash, so a default spelled out
     (``optim.name: adam``) and the same default left implicit give the same run, and a new
-    config field added later with a default does not change the ids of existing runs.
+    config field added later with a default does not change the ids of existing runs. Where a run is
+    tracked (``train.mlflow``) is not which run it is: turning MLflow on keeps a sweep's finished runs.
     """
     defaults = _defaults()
-    resolved = {k: v for k, v in _flatten(cfg.to_dict()).items() if k != "seed" and defaults.get(k, object()) != v}
+    resolved = {k: v for k, v in _flatten(cfg.to_dict()).items()
+                if k not in ("seed", "train.mlflow") and defaults.get(k, object()) != v}
     text = json.dumps({"config": resolved, "seed": cfg.seed}, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:ID_LENGTH]
 
@@ -661,6 +663,8 @@ def _run_locked(sweep: Sweep, sweep_path: str | Path, out: Path, workers: int, e
           f"{len(todo)} to run) → {out}" + (f" [{executor}, {workers} workers]" if workers > 1 else ""), flush=True)
     quiet = workers > 1 or executor == "ray"  # progress bars of parallel runs would garble the terminal
     tasks = [_task(r, out, states[r.run_id], quiet) for r in todo]
+    for task in tasks:  # which sweep run each is: trackers group the sweep's runs, named by their settings
+        task["config"]["train"]["sweep"] = {"name": sweep.name, "run_id": task["run_id"], "settings": task["settings"]}
     done = [0]
 
     def on_start(task: dict) -> None:
