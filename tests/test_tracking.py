@@ -192,6 +192,23 @@ def test_a_resume_continues_the_same_mlflow_run_and_a_pruned_run_is_killed(tmp_p
     assert run.info.run_id == run_id and "train.epochs" in run.data.tags["resumed"]
 
 
+class Crash(Recorder):
+    def on_eval(self, row):
+        raise RuntimeError("a crash at the first evaluation point")
+
+
+def test_a_failed_run_is_failed_in_mlflow_with_what_it_had(tmp_path, data_root):
+    uri = f"file:{tmp_path / 'store'}"
+    with pytest.raises(RuntimeError, match="a crash"):
+        train.run(load_config(None, {**_flat(TINY), "train.mlflow": uri}), tmp_path / "r", log=quiet,
+                  trackers=[Crash()])
+    link = json.loads((tmp_path / "r" / "mlflow.json").read_text())
+    run = client_for(uri).get_run(link["run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["status"] == "failed"
+    assert [m.step for m in client_for(uri).get_metric_history(run.info.run_id, "val_accuracy")] == [5]
+    assert "summary.json" in {a.path for a in client_for(uri).list_artifacts(run.info.run_id)}
+
+
 def test_an_unreachable_server_warns_once_and_the_run_goes_on(tmp_path, data_root, capfd):
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     summary = train.run(load_config(None, {**_flat(TINY), "train.mlflow": uri}), tmp_path / "r", log=quiet)
