@@ -1,7 +1,22 @@
-"""cnnlab.tracking: trackers see every evaluation point and the summary, may stop a run, and are closed."""
+"""cnnlab.tracking: trackers see every evaluation point and the summary, may stop a run, and are closed;
+MLflow (a file: store and a real server) and TensorBoard get what the run folder holds."""
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
-from cnnlab import train, tracking
+import pytest
+import yaml
+
+from cnnlab import report, runs, train, tracking
+from cnnlab.config import ConfigError, flatten
+from cnnlab.loader import load_config
+from cnnlab.sweep import run_sweep
 
 
 class Recorder:
@@ -44,23 +59,6 @@ def test_the_config_asks_for_tensorboard_only_when_set(tmp_path, tiny_config):
 
 
 # ----------------------------------------------------------------------------- MLflow (real stores, real server)
-
-import os  # noqa: E402 - the MLflow tests' own imports
-import signal  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import urllib.request  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-import yaml  # noqa: E402
-
-from cnnlab import report, runs  # noqa: E402
-from cnnlab.config import ConfigError  # noqa: E402
-from cnnlab.loader import load_config  # noqa: E402
-from cnnlab.sweep import run_sweep  # noqa: E402
 
 TINY = {"name": "tiny", "data": {"name": "mnist", "train_limit": 1000, "val_size": 500},
         "model": {"name": "lenet5"}, "optim": {"name": "adam", "lr": 0.003},
@@ -171,7 +169,7 @@ def test_train_mlflow_without_mlflow_installed_says_how_to_install_it(monkeypatc
 
 def test_a_run_is_tracked_in_a_file_store(tmp_path, data_root):
     uri = f"file:{tmp_path / 'store'}"
-    cfg = load_config(None, {**_flat(TINY), "train.mlflow": uri})
+    cfg = load_config(None, {**flatten(TINY), "train.mlflow": uri})
     train.run(cfg, tmp_path / "r", log=quiet)
     report.finish_run(tmp_path / "r", log=quiet)  # curves.png, report.html: sent to the same MLflow run
     run = check_tracked_run(client_for(uri), tmp_path / "r", experiment="tiny")
@@ -181,20 +179,37 @@ def test_a_run_is_tracked_in_a_file_store(tmp_path, data_root):
 
 def test_a_resume_continues_the_same_mlflow_run_and_a_pruned_run_is_killed(tmp_path, data_root):
     uri = f"file:{tmp_path / 'store'}"
-    half = load_config(None, {**_flat(TINY), "train.mlflow": uri, "train.epochs": 0.5})
+    half = load_config(None, {**flatten(TINY), "train.mlflow": uri, "train.epochs": 0.5})
     first = train.run(half, tmp_path / "r", log=quiet, trackers=[Recorder(stop_at_eval=1)])
     run_id = json.loads((tmp_path / "r" / "mlflow.json").read_text())["run_id"]
     assert first["status"] == "pruned" and client_for(uri).get_run(run_id).info.status == "KILLED"
-    whole = load_config(None, {**_flat(TINY), "train.mlflow": uri})
+    whole = load_config(None, {**flatten(TINY), "train.mlflow": uri})
     train.run(whole, tmp_path / "r", resume=True, log=quiet)
     assert json.loads((tmp_path / "r" / "mlflow.json").read_text())["run_id"] == run_id
     run = check_tracked_run(client_for(uri), tmp_path / "r", experiment="tiny")  # each point once
     assert run.info.run_id == run_id and "train.epochs" in run.data.tags["resumed"]
 
 
+class Crash(Recorder):
+    def on_eval(self, row):
+        raise RuntimeError("a crash at the first evaluation point")
+
+
+def test_a_failed_run_is_failed_in_mlflow_with_what_it_had(tmp_path, data_root):
+    uri = f"file:{tmp_path / 'store'}"
+    with pytest.raises(RuntimeError, match="a crash"):
+        train.run(load_config(None, {**flatten(TINY), "train.mlflow": uri}), tmp_path / "r", log=quiet,
+                  trackers=[Crash()])
+    link = json.loads((tmp_path / "r" / "mlflow.json").read_text())
+    run = client_for(uri).get_run(link["run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["status"] == "failed"
+    assert [m.step for m in client_for(uri).get_metric_history(run.info.run_id, "val_accuracy")] == [5]
+    assert "summary.json" in {a.path for a in client_for(uri).list_artifacts(run.info.run_id)}
+
+
 def test_an_unreachable_server_warns_once_and_the_run_goes_on(tmp_path, data_root, capfd):
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    summary = train.run(load_config(None, {**_flat(TINY), "train.mlflow": uri}), tmp_path / "r", log=quiet)
+    summary = train.run(load_config(None, {**flatten(TINY), "train.mlflow": uri}), tmp_path / "r", log=quiet)
     assert summary["status"] == "completed" and len(runs.read_jsonl(tmp_path / "r" / "metrics.jsonl")) == 2
     err = capfd.readouterr().err
     assert err.count(f"warning: MLflow at {uri} failed") == 1 and "training goes on" in err
@@ -220,7 +235,7 @@ def test_a_store_that_comes_back_gets_every_point_by_the_end_of_the_run(tmp_path
     store = tmp_path / "store"
     store.write_text("not a folder: MLflow cannot open the store until the run's first point")
     uri = f"file:{store}"
-    summary = train.run(load_config(None, {**_flat(TINY), "train.mlflow": uri}), tmp_path / "r", log=quiet,
+    summary = train.run(load_config(None, {**flatten(TINY), "train.mlflow": uri}), tmp_path / "r", log=quiet,
                         trackers=[Unblock(store)])
     assert summary["status"] == "completed" and capfd.readouterr().err.count("warning: MLflow at") == 1
     check_tracked_run(client_for(uri), tmp_path / "r", experiment="tiny")  # both points, status, artifacts
@@ -287,7 +302,7 @@ def test_tensorboard_names_sweep_runs_by_their_settings_with_hparams(file_sweep)
 
 @pytest.mark.slow
 def test_a_run_is_tracked_on_a_real_mlflow_server(mlflow_server, tmp_path, data_root):
-    cfg = load_config(None, {**_flat(TINY), "name": "served", "train.mlflow": mlflow_server})
+    cfg = load_config(None, {**flatten(TINY), "name": "served", "train.mlflow": mlflow_server})
     train.run(cfg, tmp_path / "r", log=quiet)
     report.finish_run(tmp_path / "r", log=quiet)
     run = check_tracked_run(client_for(mlflow_server), tmp_path / "r", experiment="served")
@@ -298,9 +313,3 @@ def test_a_run_is_tracked_on_a_real_mlflow_server(mlflow_server, tmp_path, data_
 def test_a_sweep_lands_in_one_experiment_on_a_real_mlflow_server(mlflow_server, tmp_path, data_root):
     out, rows = run_tiny_sweep(tmp_path, mlflow_server)
     check_sweep_experiment(client_for(mlflow_server), out, rows)
-
-
-def _flat(study: dict) -> dict:
-    from cnnlab.config import flatten
-
-    return flatten(study)
