@@ -328,3 +328,21 @@ def test_study_recipes_have_the_studies_shapes():
     assert sorted({r.settings["base"] for r in c.runs}) == ["study_c_lenet5", "study_c_lenet5_regularised",
                                                             "study_c_mlp"]
     assert len(c.runs) == 15
+
+
+SHORTENED = {"train": ("epochs", "threads"), "data": ("train_limit",)}  # what a *_cpu.yaml sweep may change
+
+
+@pytest.mark.parametrize("path", [p for p in RECIPES if p.stem.endswith("_cpu")], ids=lambda p: p.stem)
+def test_shortened_sweeps_run_their_full_sweeps_settings(path):
+    # docs/studies/ re-ran these on a shared CPU; their inline study files must not drift from the originals.
+    def normal(cfg):
+        d = cfg.to_dict()
+        for section, keys in SHORTENED.items():
+            for k in keys:
+                d[section].pop(k)
+        return json.dumps(d, sort_keys=True)
+
+    full = {normal(r.config) for r in load_sweep(path.with_name(path.stem.removesuffix("_cpu") + ".yaml")).runs}
+    short = load_sweep(path).runs
+    assert short and all(normal(r.config) in full for r in short)
