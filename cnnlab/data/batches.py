@@ -26,13 +26,15 @@ def epoch_permutation(n: int, seed: int, epoch: int, device: Device = None) -> t
 
 def train_batches(
     x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, epoch: int, start: int = 0, device: Device = None,
+    drop_last: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``(x[idx], y[idx])`` for the slices ``idx`` of :func:`epoch_permutation`, from
-    batch index ``start`` (to resume mid-epoch); the last short batch is kept.
-    The permutation goes to ``device``, by default where ``x`` is."""
+    batch index ``start`` (to resume mid-epoch); the last short batch is kept unless ``drop_last``
+    (a compiled step keeps one batch shape). The permutation goes to ``device``, by default where ``x`` is."""
     _check(batch_size)
     perm = epoch_permutation(len(y), seed, epoch, x.device if device is None else device)
-    for i in range(start * batch_size, len(perm), batch_size):
+    end = len(perm) - len(perm) % batch_size if drop_last else len(perm)
+    for i in range(start * batch_size, end, batch_size):
         idx = perm[i : i + batch_size]
         yield x[idx], y[idx]
 
