@@ -79,7 +79,13 @@ class Step:
         with autocast_for(p.precision, p.device):
             out = p.net(x)
             loss = p.loss_fn(out, y)
-        return loss, (out.detach().argmax(1) == y).sum()
+        return loss, self._hits(out, y)
+
+    @staticmethod
+    def _hits(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The batch's correct predictions, summed on the device (the running training accuracy); argmax's
+        integer output carries no gradient, so ``out`` needs no detach (one op fewer)."""
+        return (out.argmax(1) == y).sum()
 
     def _backward(self, loss: torch.Tensor) -> None:
         (self.parts.scaler.scale(loss) if self.parts.scaler is not None else loss).backward()
@@ -97,9 +103,10 @@ class Step:
             self.parts.ema.update_parameters(self.parts.model)
 
     @staticmethod
+    @torch.no_grad()
     def _accumulate(loss: torch.Tensor, hits: torch.Tensor, n: int, loss_sum: torch.Tensor,
                     correct: torch.Tensor) -> None:
-        loss_sum.add_(loss.detach(), alpha=n)  # on the device: no host sync per step
+        loss_sum.add_(loss, alpha=n)  # on the device: no host sync per step; no_grad: no detach op
         correct.add_(hits)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, loss_sum: torch.Tensor, correct: torch.Tensor) -> float:

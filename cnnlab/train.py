@@ -171,7 +171,7 @@ def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainStat
 
         init_whitening(model, eval_pre(splits.train_x[:5000], None))
 
-    optimizer = build_optimizer(transfer.param_groups(model, cfg.optim), cfg.optim, fused=device.type == "cuda")
+    optimizer = build_optimizer(transfer.param_groups(model, cfg.optim), cfg.optim, fused=True)
     drop_last = drops_last(tc.drop_last, tc.compile, len(splits.train_y), tc.batch_size)
     spe = steps_per_epoch(len(splits.train_y), tc.batch_size, drop_last)
     # at least one step for any positive epochs (0.001 epochs of a small set would round to none)

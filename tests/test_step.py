@@ -86,3 +86,21 @@ def test_a_compiled_run_completes_without_recompiles_and_matches_eager(tiny_conf
     assert math.isclose(compiled["final_train_loss"], ref["final_train_loss"], rel_tol=1e-3)
     assert abs(compiled["test"]["accuracy"] - ref["test"]["accuracy"]) <= 0.01
     assert eager["time"]["steps"] == 22
+
+
+def test_what_the_loop_adds_per_step_stays_small(tmp_path, data_root):
+    """Counted, not timed (benchmarks/bench_step_ops.py): the quick start's LeNet-5 dispatches 69 aten
+    operators per step for its own forward, loss and backward; the loop around it added 78 with crop,
+    flip and EMA and 42 without before fused Adam, the one-gather crop+flip, EMA without detaches and
+    sums without temporaries (27 and 11 after). The bounds catch a return of most of that."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_step_ops", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_step_ops.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for augment_and_ema, bound in ((True, 32), (False, 14)):
+        parts, _, steps = bench.count(augment_and_ema, augment_and_ema, 8, tmp_path / str(augment_and_ema))
+        assert steps == 6 and sum(parts[p] for p in bench.MODEL_PARTS) > 0
+        assert bench.loop_adds(parts, steps) <= bound, dict(parts)
