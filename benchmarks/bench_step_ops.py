@@ -79,11 +79,9 @@ class Counting(TorchDispatchMode):
 
 def count(augment: bool, ema: bool, steps: int, out: Path) -> tuple[Counter, Counter, int]:
     """(ops per part, ops by (part, name), steps counted) for one shortened quick-start run."""
-    extra = {"data.augment.crop_padding": 2, "data.augment.flip": True, "train.ema": 0.99} if augment or ema else {}
-    if not augment:
-        extra = {k: v for k, v in extra.items() if not k.startswith("data.augment")}
-    if not ema:
-        extra.pop("train.ema", None)
+    extra = {"data.augment.crop_padding": 2, "data.augment.flip": True} if augment else {}
+    if ema:
+        extra["train.ema"] = 0.99
     cfg = load_config(QUICKSTART, {"data.train_limit": 64 * steps, "data.val_size": 64, "train.epochs": 1,
                                    "train.threads": 1, "train.progress": False, **extra})
     state = {"s": None, "eval": False}
