@@ -274,7 +274,11 @@ class TrainConfig(_Section):
     device: str = "auto"  # auto | cpu | cuda | cuda:N (N < the number of visible GPUs, checked at the run)
     deterministic: bool = False  # torch.use_deterministic_algorithms (GPU reproducibility)
     threads: Optional[int] = Field(None, ge=1, le=512)  # torch intra-op threads
-    compile: bool = False  # torch.compile the model (compile time reported apart)
+    compile: bool = False  # torch.compile the step: forward + loss + backward (cnnlab.step; compile time apart)
+    # drop each epoch's short last batch (None = when compiling: one batch shape, no recompile, CUDA graphs)
+    drop_last: Optional[bool] = None
+    # TF32 matmuls/convolutions in fp32 runs: auto = on for CUDA GPUs of compute capability >= 8.0 (Ampere on)
+    tf32: Union[Literal["auto"], bool] = "auto"
     finetune: Union[str, list[str]] = "all"  # all | head | layer1..layer4 | none | [name prefixes]
     freeze_bn: Optional[bool] = None  # None = keep batch-norm statistics frozen in frozen parts
     ema: Optional[float] = Field(None, gt=0, lt=1)  # decay of an exponential moving average of weights

@@ -27,12 +27,13 @@ def epoch_permutation(n: int, seed: int, epoch: int, device: Device = None) -> t
 
 def train_batches(
     x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, epoch: int, start: int = 0, device: Device = None,
+    drop_last: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``(x[idx], y[idx])`` for the slices ``idx`` of :func:`epoch_permutation`, from
-    batch index ``start`` (to resume mid-epoch); the last short batch is kept.
-    The permutation goes to ``device``, by default where ``x`` is. Images kept on the host
-    (:class:`~cnnlab.data.placement.HostImages`) are gathered there by the same permutation
-    on the CPU, and the labels by its copy on their device."""
+    batch index ``start`` (to resume mid-epoch); the last short batch is kept unless ``drop_last``
+    (a compiled step keeps one batch shape). The permutation goes to ``device``, by default where ``x`` is.
+    Images kept on the host (:class:`~cnnlab.data.placement.HostImages`) are gathered there by the same
+    permutation on the CPU, and the labels by its copy on their device."""
     _check(batch_size)
     if isinstance(x, torch.Tensor):
         perm = epoch_permutation(len(y), seed, epoch, x.device if device is None else device)
@@ -40,7 +41,8 @@ def train_batches(
     else:
         perm = epoch_permutation(len(y), seed, epoch)
         perm_y = perm.to(y.device)
-    for i in range(start * batch_size, len(perm), batch_size):
+    end = len(perm) - len(perm) % batch_size if drop_last else len(perm)
+    for i in range(start * batch_size, end, batch_size):
         yield x[perm[i : i + batch_size]], y[perm_y[i : i + batch_size]]
 
 
