@@ -560,8 +560,20 @@ def run_sweep(sweep_path: str | Path, out_dir: str | Path | None = None, workers
         raise ConfigError("--address is empty; give the HOST:PORT of a Ray cluster's head, or leave it out")
     if executor == "ray":
         _import_ray()  # fail before writing anything when Ray is missing
+        from cnnlab.sweep_ray import probe
+
+        probe(address or os.environ.get("RAY_ADDRESS"))  # an address nobody answers: said now, in seconds
     with runs.FolderLock(out, SWEEP_LOCK, what="sweep folder", wait=wait):
-        return _run_locked(sweep, sweep_path, out, workers, executor, address)
+        if executor != "ray":
+            return _run_locked(sweep, sweep_path, out, workers, executor, address)
+        from cnnlab import sweep_ray  # joined (or started) before anything is written: its errors cost nothing
+
+        started = sweep_ray.connect(address)
+        try:
+            return _run_locked(sweep, sweep_path, out, workers, executor, address)
+        finally:
+            if started:
+                sweep_ray.disconnect()
 
 
 def _dry_run(sweep: Sweep, out: Path) -> list[dict]:

@@ -188,7 +188,7 @@ def connect(address: str | None) -> bool:
     if address is None:
         ray.init(address="local", include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
         return True
-    _probe(address)
+    probe(address)
     try:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
     except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError or ValueError here
@@ -196,8 +196,10 @@ def connect(address: str | None) -> bool:
     return True
 
 
-def _probe(address: str) -> None:
+def probe(address: str | None) -> None:
     """Ray waits minutes on an address nobody answers: find out in seconds, and say how to fix it."""
+    if not address or address in ("local", "auto"):
+        return
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"--address {address!r} is not HOST:PORT; give the address `ray start --head` printed "
@@ -220,10 +222,14 @@ def connection_problem(address: str, e: BaseException) -> str:
                 "install the cluster's Ray version here (pip install 'ray[tune]==X.Y.Z') or restart the cluster "
                 "with this one")
     if "auth" in low or "token" in low or "permission" in low:
-        return (f"the Ray cluster at {address} refused this client ({text[:300]}): it requires authentication; "
-                "set the cluster's token (RAY_AUTH_TOKEN) in this shell as `ray start` was given it")
-    return (f"cannot join the Ray cluster at {address}: {text[:300]}; check that `ray status --address {address}` "
-            "works from this machine, or leave --address out to start a private local Ray instance")
+        return (f"the Ray cluster at {address} refused this client ({text[:300]}): it uses token authentication; "
+                "run with RAY_AUTH_MODE=token and RAY_AUTH_TOKEN set to the cluster's token (the one `ray start "
+                "--head` used, from its ~/.ray/auth_token or RAY_AUTH_TOKEN)")
+    return (f"cannot join the Ray cluster at {address}: {text[:300]}. It answers, so either it uses token "
+            "authentication (then run with RAY_AUTH_MODE=token and RAY_AUTH_TOKEN set to the token the head was "
+            "started with; `ray start --head` turns it on when ~/.ray/auth_token exists) or it runs another Ray "
+            "version than this machine (compare `ray --version` on both); `ray status --address "
+            f"{address}` from this shell shows which, or leave --address out to start a private local Ray instance")
 
 
 def run_resources(requested: dict, devices: tuple, cluster: dict, nodes: list[dict]) -> dict:
@@ -248,7 +254,7 @@ def run_job(job: RayJob, on_row: Callable[[dict], None]) -> None:
     from ray import tune
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    started = connect(job.address)
+    started = connect(job.address)  # run_sweep has joined already: this is for callers of run_job alone
     try:
         nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
         res = run_resources(job.resources, job.devices, ray.cluster_resources(), nodes)
@@ -256,6 +262,8 @@ def run_job(job: RayJob, on_row: Callable[[dict], None]) -> None:
         sink = ray.remote(num_cpus=0)(Sink).options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)).remote(str(job.out))
         done = _Rows(job, sink, on_row)
+        if not _samples(job, done):
+            return
         for task in job.tasks:
             if task["force"]:  # leftovers of a crashed run: the trial starts afresh, so does the copy here
                 _clear(job.out / task["run_dir"])
@@ -280,7 +288,13 @@ def run_job(job: RayJob, on_row: Callable[[dict], None]) -> None:
                 done.record(_ended_without_row(task, job.out, r.error))
     finally:
         if started:
-            ray.shutdown()
+            disconnect()
+
+
+def disconnect() -> None:
+    import ray
+
+    ray.shutdown()
 
 
 def _samples(job: RayJob, done: "_Rows") -> int:
