@@ -541,6 +541,7 @@ def _trainable_class():
 
         def _begin(self, config: dict) -> None:
             self.events, self.answers, self.waiting, self.last_epoch = queue.Queue(), queue.Queue(), False, 0.0
+            self.last_result = {name: None for name in REPORTED}
             self.thread = threading.Thread(target=self._work, args=(dict(config),), name="cnnlab-run", daemon=True)
             self.thread.start()
 
@@ -565,11 +566,13 @@ def _trainable_class():
             kind, payload = self.events.get()
             if kind == "eval":
                 self.waiting = True
-                return {name: payload.get(field_) for name, field_ in REPORTED.items()}
+                self.last_result = {name: payload.get(field_) for name, field_ in REPORTED.items()}
+                return self.last_result
             if kind == "error":
                 raise RuntimeError(payload)
-            return {"status": payload["status"], "test.accuracy": (payload.get("test") or {}).get("accuracy"),
-                    "done": True}
+            # the last evaluation point again (searchers read the metric from a trial's final result)
+            return {**self.last_result, "status": payload["status"],
+                    "test.accuracy": (payload.get("test") or {}).get("accuracy"), "done": True}
 
         def _end(self) -> None:
             """Stopped by Tune (a scheduler): the run ends as pruned, and finishes here. At its last
