@@ -280,6 +280,9 @@ def run_job(job: RayJob, on_row: Callable[[dict], None]) -> None:
                                       storage_path=str(scratch_root() / "tune"), verbose=0,
                                       callbacks=[_progress(done)], failure_config=tune.FailureConfig(max_failures=0)),
         )
+        # Ctrl-C must leave the runs resumable (their last.pt is here), not let Tune stop them, which a trial
+        # could not tell from a scheduler's stop and would record as pruned
+        os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
         results = tuner.fit()
         done.collect()
         for r in results:

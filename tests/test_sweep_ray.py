@@ -3,6 +3,7 @@ clear connection errors, and real Ray: a local instance with ASHA pruning and an
 two-node cluster started with `ray start` whose nodes train in their own scratch folders."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -309,3 +310,4 @@ def test_two_node_cluster_without_a_shared_folder(tmp_path, data_root):
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
+        shutil.rmtree(root, ignore_errors=True)
