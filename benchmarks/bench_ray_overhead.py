@@ -6,7 +6,8 @@ timed wall clock from start to exit (so Ray's start-up counts), alternating the 
 times so a busy machine slows both alike. The Ray variant starts its own private local instance (no
 ``--address``) with 1 CPU per run, the same 2-at-a-time as ``--workers 2``. Besides the wall times it
 prints where the Ray command's time goes, read from its output and its run folders: start-up until the
-first trial starts, the runs' own training time (summary ``time.total_s``), and the rest.
+first run starts (the sweep's "done in" subtracted from the wall time: imports, planning and, for Ray,
+its start-up; the old executor started Ray inside that figure), and the runs' own time (summary ``time.total_s``).
 
     PYTHONPATH=$PWD CNNLAB_DATA=/work/shared/datasets python benchmarks/bench_ray_overhead.py [--repeat 2]
     # the code of another checkout (e.g. before a change): --code /path/to/that/checkout
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -59,7 +61,8 @@ def run_once(code: Path, folder: Path, flags: list[str]) -> dict:
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and all(r["status"] == "completed" for r in rows), rows
     train = sum(json.loads((out / r["run_dir"] / "summary.json").read_text())["time"]["total_s"] for r in rows)
-    return {"wall": wall, "train_sum": train}
+    found = re.search(r"done in ([0-9.]+) s", done.stdout)
+    return {"wall": wall, "train_sum": train, "sweep": float(found.group(1)) if found else float("nan")}
 
 
 def main() -> None:
@@ -77,8 +80,9 @@ def main() -> None:
         for name, flags in VARIANTS.items():
             r = run_once(args.code, folder, flags)
             results[name].append(r)
-            print(f"round {i + 1}: {name:<16} {r['wall']:6.1f} s wall, runs' own time {r['train_sum']:6.1f} s "
-                  f"(sum over 8 runs)", flush=True)
+            print(f"round {i + 1}: {name:<16} {r['wall']:6.1f} s wall = {r['wall'] - r['sweep']:5.1f} s before the "
+                  f"first run (imports, plan{', Ray start-up' if 'ray' in name else ''}) + {r['sweep']:6.1f} s running "
+                  f"the runs; the runs' own time {r['train_sum']:6.1f} s (sum over 8)", flush=True)
     med = {name: statistics.median(r["wall"] for r in rs) for name, rs in results.items()}
     print(f"\nmedian wall: --workers 2 {med['--workers 2']:.1f} s, --executor ray {med['--executor ray']:.1f} s, "
           f"ratio {med['--executor ray'] / med['--workers 2']:.2f} (goal ≤ 1.15)")

@@ -9,13 +9,15 @@ case instead. Every config is built and validated before anything runs, so a typ
 costs seconds, not the hours of the runs before it. Each run gets an id that is a
 hash of its resolved config and seed, so re-running a sweep skips finished runs,
 resumes interrupted ones from ``last.pt`` and re-runs failed ones. Runs execute one
-after another in this process, in ``workers`` spawned processes, or as Ray Tune
-trials; each writes its own row to ``results.jsonl``.
+after another in this process, in ``workers`` spawned processes (each writes its own row to
+``results.jsonl``), or as Ray Tune trials (:mod:`cnnlab.sweep_ray`: the driver writes their rows). A sweep
+file may also ask Ray for ``resources`` per run, a ``scheduler`` (ASHA, median stopping) and a ``search``
+(Optuna over axes given as ranges); those need ``--executor ray``.
 
 The results file is append-only: a re-run of a failed run appends a new row, and
 readers (:func:`cnnlab.results.load_results`) keep the last row per ``run_id``.
 Rows are appended through :func:`cnnlab.runs.append_jsonl` (exclusive ``flock``,
-one ``O_APPEND`` write), so concurrent writers (workers, Ray trials) never
+one ``O_APPEND`` write), so concurrent writers (workers) never
 interleave or lose lines. After each run the sweep asks :func:`cnnlab.report.finish_run`
 for the doctor's findings and ``curves.png`` (the runs' report.html pages are built
 by ``cnnlab report SWEEP_DIR``).

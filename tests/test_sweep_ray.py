@@ -190,6 +190,8 @@ def test_asha_prunes_a_hopeless_run_which_keeps_its_curve_and_best_weights(tmp_p
     for r in rows:
         if r["status"] == "completed":
             assert len((out / r["run_dir"] / "metrics.jsonl").read_text().splitlines()) == 2
+        summary = json.loads((out / r["run_dir"] / "summary.json").read_text())
+        assert summary["env"]["cpu_threads"] == 1  # torch threads follow the run's 1 CPU
     # Tune saw each run's settings as its config, and each evaluation point as a result
     trials = tune_trials(local_ray)
     assert sorted((c["optim.name"], c["optim.lr"], c["seed"]) for c, _ in trials) == [
