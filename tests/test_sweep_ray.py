@@ -274,6 +274,11 @@ def test_two_node_cluster_without_a_shared_folder(tmp_path, data_root):
         cmd = [sys.executable, "-m", "cnnlab.cli", "sweep", str(sweep_file(tmp_path, spec)), "--out", str(out),
                "--executor", "ray", "--address", f"127.0.0.1:{port}"]
         env = {**base_env, "CNNLAB_SCRATCH": str(scratch["driver"])}
+        # a wrong token: one paragraph naming the fix, exit 2, nothing of the sweep written
+        refused = subprocess.run(cmd, env={**env, "RAY_AUTH_TOKEN": "not-the-token"}, capture_output=True, text=True,
+                                 timeout=300)
+        assert refused.returncode == 2 and "RAY_AUTH_TOKEN" in refused.stderr, refused.stdout + refused.stderr
+        assert not (out / "plan.json").exists()
         # the driver dies after the first row; the second driver resumes: finished rows are not re-run
         first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.time() + 400
