@@ -31,6 +31,7 @@ import socket
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -543,10 +544,11 @@ def _trainable_class():
             self._begin(config)
 
         def _begin(self, config: dict) -> None:
+            """Ready a trial; its run starts at the first step(). Tune may set an actor up for one trial and
+            hand it another (reuse_actors), so nothing runs before Tune asks this actor for results."""
             self.events, self.answers, self.waiting, self.last_epoch = queue.Queue(), queue.Queue(), False, 0.0
             self.last_result = {name: None for name in REPORTED}
             self.thread = threading.Thread(target=self._work, args=(dict(config),), name="cnnlab-run", daemon=True)
-            self.thread.start()
 
         def _work(self, config: dict) -> None:
             try:
@@ -563,6 +565,8 @@ def _trainable_class():
             return self.answers.get()
 
         def step(self):
+            if not self.thread.is_alive() and self.thread.ident is None:
+                self.thread.start()
             if self.waiting:  # Tune asks for more: the run goes on past its last evaluation point
                 self.waiting = False
                 self.answers.put(None)
@@ -580,11 +584,10 @@ def _trainable_class():
         def _end(self) -> None:
             """Stopped by Tune (a scheduler): the run ends as pruned, and finishes here. At its last
             evaluation point (ASHA stops every trial that reaches max_t) it is simply done."""
-            if self.thread.is_alive():
-                if self.waiting:
-                    self.waiting = False
-                    last = self.last_epoch >= getattr(self, "planned_epochs", math.inf) - 1e-9
-                    self.answers.put(None if last else Status.PRUNED.value)
+            if self.thread.is_alive():  # at an evaluation point, or (should Tune stop it mid-step) at its next
+                self.waiting = False
+                last = self.last_epoch >= getattr(self, "planned_epochs", math.inf) - 1e-9
+                self.answers.put(None if last else Status.PRUNED.value)
                 self.thread.join()
 
         def cleanup(self):
@@ -609,7 +612,7 @@ def run_in_scratch(ctx: TrialContext, config: dict, trial) -> dict:
     goes to the sink too. ``trial.on_eval`` is the tracker's step (it ships, reports and waits)."""
     import ray
 
-    local_out = scratch_root() / ctx.scratch
+    local_out = scratch_root() / ctx.scratch / uuid.uuid4().hex[:12]  # one folder per execution, never shared
     task = ctx.task_for(config, str(local_out))
     local = local_out / task["run_dir"]
     shutil.rmtree(local, ignore_errors=True)  # an older copy on this node is stale: the driver's is the truth

@@ -304,13 +304,13 @@ def test_two_node_cluster_without_a_shared_folder(tmp_path, data_root):
             assert not (run / ".cnnlab.lock").exists()
         for rid, mtime in finished.items():  # the first driver's runs: not trained again
             assert (out / "runs" / rid / "summary.json").stat().st_mtime_ns == mtime
-        trained = {n: {p.parent.name for p in scratch[n].glob("*/runs/*/summary.json")} for n in ("head", "node2")}
+        trained = {n: {p.parent.name for p in scratch[n].glob("**/runs/*/summary.json")} for n in ("head", "node2")}
         assert trained["head"] and trained["node2"]  # both nodes trained, each in its own scratch folder
-        assert trained["head"] | trained["node2"] == set(ids) and not list(scratch["driver"].glob("*/runs"))
-        for node, names in trained.items():
-            for rid in names:
-                assert (scratch[node] / next(scratch[node].iterdir()).name / "runs" / rid / "best.pt").read_bytes() \
-                    == (out / "runs" / rid / "best.pt").read_bytes()
+        assert trained["head"] | trained["node2"] == set(ids) and not list(scratch["driver"].glob("**/runs"))
+        for node in ("head", "node2"):
+            for summary in scratch[node].glob("**/runs/*/summary.json"):
+                assert (summary.parent / "best.pt").read_bytes() == (out / "runs" / summary.parent.name /
+                                                                     "best.pt").read_bytes()
     finally:
         for pid in _descendants_and(marks):
             try:
