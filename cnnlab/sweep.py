@@ -572,6 +572,8 @@ def run_sweep(sweep_path: str | Path, out_dir: str | Path | None = None, workers
 
         started = sweep_ray.connect(address)
         try:
+            # resources no node can hold: said before anything is written
+            sweep_ray.cluster_resources(sweep.resources, _ray_job(sweep, [], out, workers, address).devices)
             return _run_locked(sweep, sweep_path, out, workers, executor, address)
         finally:
             if started:

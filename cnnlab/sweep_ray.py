@@ -249,6 +249,14 @@ def run_resources(requested: dict, devices: tuple, cluster: dict, nodes: list[di
     return {"cpu": cpu, "gpu": gpu}
 
 
+def cluster_resources(requested: dict, devices: tuple) -> dict:
+    """:func:`run_resources` against the cluster Ray is connected to."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    return run_resources(requested, devices, ray.cluster_resources(), nodes)
+
+
 def run_job(job: RayJob, on_row: Callable[[dict], None]) -> None:
     """Run the job's trials with Ray Tune; every run ends with one row, written here only."""
     import ray
@@ -257,8 +265,7 @@ def run_job(job: RayJob, on_row: Callable[[dict], None]) -> None:
 
     started = connect(job.address)  # run_sweep has joined already: this is for callers of run_job alone
     try:
-        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-        res = run_resources(job.resources, job.devices, ray.cluster_resources(), nodes)
+        res = cluster_resources(job.resources, job.devices)
         here = ray.get_runtime_context().get_node_id()
         sink = ray.remote(num_cpus=0)(Sink).options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)).remote(str(job.out))

@@ -170,6 +170,14 @@ def tune_trials(scratch: Path) -> list[tuple[dict, list[dict]]]:
 
 
 @pytest.mark.slow
+def test_resources_no_node_has_are_refused_before_anything_is_written(tmp_path, local_ray):
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="asks Ray for 4 CPU and 0 GPU, but no node of the cluster has that much"):
+        run_sweep(sweep_file(tmp_path, {"base": FAST}), out_dir=out, executor="ray", resources={"cpu": 4})
+    assert not (out / "plan.json").exists() and not (out / "results.jsonl").exists()
+
+
+@pytest.mark.slow
 def test_asha_prunes_a_hopeless_run_which_keeps_its_curve_and_best_weights(tmp_path, data_root, local_ray):
     spec = {"base": {**FAST, "train": {**FAST["train"], "epochs": 2}},
             "zip": [{"optim.name": ["adam", "adam", "sgd"], "optim.lr": [0.01, 0.003, 1e-6]}],
