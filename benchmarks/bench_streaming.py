@@ -14,6 +14,7 @@ measurement, so its batches are read from disk as for a set bigger than RAM.
 
     .venv/bin/python benchmarks/bench_streaming.py                 # 3 x (in memory, streamed)
     .venv/bin/python benchmarks/bench_streaming.py --cold --repeat 2
+    .venv/bin/python benchmarks/bench_streaming.py --gather   # only the per-batch gather, in microseconds
 """
 from __future__ import annotations
 
@@ -74,13 +75,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeat", type=int, default=3, help="pairs of runs (in memory, streamed)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cold", action="store_true", help="drop the cache file from the page cache before streaming")
+    ap.add_argument("--gather", action="store_true", help="only time one batch's gather, each way (microseconds)")
     args = ap.parse_args(argv)
+    if args.gather:
+        return gather(args)
     print(f"CPU: {cpu_model()} ({os.cpu_count()} logical cores, capability "
           f"{torch.backends.cpu.get_cpu_capability()}); torch {torch.__version__}; python {platform.python_version()}")
     print(f"lenet5_cifar on {args.images:,} CIFAR-10 JPEG-copy images, batch 128, crop + flip, "
           f"{args.threads} thread(s), {args.repeat} x (in memory, streamed{', cold' if args.cold else ''})")
     speeds: dict[str, list[float]] = {"in memory": [], "streamed": []}
-    cache_file = None
+    cache_file = streamed_from(args) if args.cold else None  # known before the first streamed run
     with tempfile.TemporaryDirectory(prefix="bench-streaming-") as work:
         for i in range(args.repeat):
             for kind in (("in memory", "streamed") if i % 2 == 0 else ("streamed", "in memory")):
@@ -105,6 +109,44 @@ def main(argv=None) -> dict:
     print(f"data path alone, median: in memory {path_med['in memory']:,.0f} images/s, streamed "
           f"{path_med['streamed']:,.0f} images/s; streamed / in memory = {path_ratio:.2f}x")
     return {"median": med, "ratio": ratio, "runs": speeds, "data_path": path_med, "data_path_ratio": path_ratio}
+
+
+def streamed_from(args) -> Path:
+    """The cache file the streamed runs read (loading the set once, which also writes it if missing)."""
+    from cnnlab import data as datamod
+    from cnnlab.config import DataConfig
+
+    splits = datamod.load_splits(DataConfig(name="cifar10", root=str(args.root), download=False, max_memory="1MB"))
+    return Path(splits.placement.removeprefix("streamed from "))
+
+
+def gather(args) -> dict:
+    """Microseconds to gather one batch of 128 training images by a random permutation: advanced indexing
+    and index_select of an in-memory split, and HostImages over the memory-mapped cache (warm page cache)."""
+    from cnnlab import data as datamod
+    from cnnlab.config import DataConfig
+
+    torch.set_num_threads(args.threads)
+    print(f"CPU: {cpu_model()} (capability {torch.backends.cpu.get_cpu_capability()}); torch {torch.__version__}; "
+          f"{args.threads} thread(s)")
+    settings = dict(name="cifar10", root=str(args.root), download=False, train_limit=args.images, val_size=1000)
+    held = datamod.load_splits(DataConfig(**settings), "cpu").train_x
+    streamed = datamod.load_splits(DataConfig(**settings, max_memory="1MB")).train_x
+    g = torch.Generator().manual_seed(0)
+    perms = [torch.randperm(len(held), generator=g)[:128] for _ in range(200)]
+    ways = {"in memory, x[idx]": lambda p: held[p], "in memory, index_select": lambda p: held.index_select(0, p),
+            "memory map, HostImages": lambda p: streamed[p]}
+    times: dict[str, list[float]] = {k: [] for k in ways}
+    for _ in range(5):  # alternated, the best of 5 rounds of 200 batches each
+        for name, fn in ways.items():
+            t0 = time.perf_counter()
+            for p in perms:
+                fn(p)
+            times[name].append((time.perf_counter() - t0) / len(perms) * 1e6)
+    best = {k: min(v) for k, v in times.items()}
+    for name, us in best.items():
+        print(f"  {name:<26} {us:8,.0f} us per batch of 128")
+    return best
 
 
 def data_path(args, cache_file) -> dict[str, list[float]]:

@@ -140,9 +140,7 @@ class HostImages:
             ascending, order = rows.sort()
             batch = self.base.index_select(0, ascending)
             if len(order) > 1 and not bool((order[1:] > order[:-1]).all()):
-                out = torch.empty_like(batch)
-                out[order] = batch  # batch[j] is the image asked for at position order[j]
-                batch = out
+                batch = batch.index_select(0, order.argsort())  # back to the order asked for
         return to_grey(batch) if self.grey else batch
 
     def __getitem__(self, key: Union[slice, torch.Tensor, list]) -> torch.Tensor:
