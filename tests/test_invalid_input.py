@@ -238,6 +238,18 @@ def invalid_values(name: str, info) -> dict[str, st.SearchStrategy]:
         kinds["out of range"] = st.tuples(st.floats(0, 0.99), st.one_of(
             st.floats(min_value=1, max_value=1e6), st.floats(max_value=-1e-9, min_value=-1e6), non_finite)).map(
             lambda t: list(t) if hash(t) % 2 else [t[1], t[0]])
+    elif name == "data.max_memory":  # "auto", a size such as "2GB", or a number of bytes
+        kinds["wrong type"] = st.one_of(st.booleans(), small_lists, small_dicts)
+        kinds["unknown name"] = words  # "x...": no size, no unit
+        kinds["out of range"] = st.one_of(st.integers(max_value=0, min_value=-(10**12)),
+                                          st.floats(max_value=0.99, min_value=-1e9, allow_nan=False), non_finite)
+    elif name == "train.tf32":  # "auto" or a bool
+        kinds["unknown name"] = words
+        kinds["wrong type"] = st.one_of(st.integers().filter(lambda i: i not in (0, 1)), fractional, small_lists,
+                                        small_dicts)
+    elif name == "train.sweep":  # set by cnnlab sweep: {name, run_id, settings}
+        kinds["wrong type"] = st.one_of(words, st.integers(), small_lists,
+                                        st.dictionaries(st.just("nmae"), st.integers(0, 9), min_size=1))
     else:
         raise AssertionError(f"no invalid-value strategy for {name}: {info.annotation} - extend this test")
     return {k: v for k, v in kinds.items() if v is not None}
