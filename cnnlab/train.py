@@ -36,8 +36,8 @@ from cnnlab.evaluate import Evaluator, fmt, print_results, score_splits
 from cnnlab.models import info_of
 from cnnlab.optim import Schedule, build_loss, build_optimizer, build_schedule, lrs_of
 from cnnlab.results import is_finished
-from cnnlab.runtime import (EMA, RunStopped, autocast_for, failure_text, make_scaler, pick_device, run_flags,
-                            seed_everything, stop_on_signals, use_channels_last)
+from cnnlab.runtime import (EMA, Compute, RunStopped, autocast_for, failure_text, make_scaler, pick_device,
+                            plan_compute, run_flags, seed_everything, stop_on_signals)
 from cnnlab.summary import summarize
 
 DIVERGENCE_CHECK_EVERY = 50  # iterations between host syncs that look for a non-finite loss
@@ -76,6 +76,7 @@ class TrainState:
     inputs: Any  # the loop's inputs: the splits, or a frozen backbone's cached features of them
     train_pre: Callable  # fn(stored batch, generator) -> augmented, normalised batch
     channels_last: bool
+    compute: Compute  # the precision and memory format used, and why (summary.json)
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     loss_fn: Callable
@@ -151,8 +152,8 @@ def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainStat
     model.to(device)
     transfer.apply_finetune(model, tc.finetune, freeze_bn=tc.freeze_bn)
     info = info_of(model)
-    channels_last = use_channels_last(model, tc.channels_last, tc.precision, device)
-    if channels_last:
+    compute = plan_compute(tc, model, device)  # train.precision / channels_last resolved for this device
+    if channels_last := compute.channels_last:
         model.to(memory_format=torch.channels_last)
     model_info = {"name": cfg.model.name, "output_kind": info.output_kind,
                   **summarize(model, splits.input_shape, device=device)}
@@ -171,7 +172,7 @@ def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainStat
     # at least one step for any positive epochs (0.001 epochs of a small set would round to none)
     total_steps = max(1, round(tc.epochs * steps_per_epoch)) if tc.epochs > 0 else 0
     ema = EMA(model, tc.ema, device) if tc.ema else None  # no host sync per update
-    evaluator = Evaluator(eval_pre, tc.eval_batch_size, tc.precision, device, info.output_kind, splits.num_classes,
+    evaluator = Evaluator(eval_pre, tc.eval_batch_size, compute.precision, device, info.output_kind, splits.num_classes,
                           tta=tc.tta, channels_last=channels_last)
     s = TrainState(
         cfg=cfg, out_dir=out_dir, device=device, splits=splits, model=model,
@@ -179,7 +180,7 @@ def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainStat
         train_pre=Preprocess(splits, cfg.data, train=True), channels_last=channels_last,
         optimizer=optimizer, schedule=build_schedule(optimizer, cfg.sched, total_steps, tc.epochs),
         loss_fn=build_loss(cfg.loss, splits.num_classes), preprocess=preprocess_record(splits, cfg.data, tc.tta),
-        scaler=make_scaler(tc.precision, device),
+        scaler=make_scaler(compute.precision, device), compute=compute,
         ema=ema, aug_gen=torch.Generator(device=device).manual_seed(cfg.seed + 1), evaluator=evaluator,
         scored=ema.module if ema is not None else model, eval_inputs=splits, steps_per_epoch=steps_per_epoch,
         total_steps=total_steps, log=log, model_info=model_info, warnings=warnings, data_seconds=data_seconds)
@@ -225,7 +226,7 @@ def open_run_folder(s: TrainState, changes: dict | None, verbose: bool = False, 
         f"{len(splits.test_y):,} images of {tuple(splits.train_x.shape[1:])} on {s.device} "
         f"(loaded in {s.data_seconds:.1f} s)")
     log(f"model: {cfg.model.name}, {info['params_total']:,} parameters ({info['params_trainable']:,} trainable), "
-        f"{info['flops_per_image']:,} FLOPs per image")
+        f"{info['flops_per_image']:,} FLOPs per image\n{s.compute.line()}")
     for w in s.warnings:
         log(f"warning: {w}")
     s.history = runs.read_jsonl(metrics_file)
@@ -253,7 +254,7 @@ def train_loop(s: TrainState, stop: dict) -> str:
             x = s.train_pre(x, s.aug_gen)
             if s.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast_for(tc.precision, s.device):
+            with autocast_for(s.compute.precision, s.device):
                 out = s.net(x)
                 loss = s.loss_fn(out, y)
             s.optimizer.zero_grad(set_to_none=True)
@@ -378,7 +379,7 @@ def finish(s: TrainState, status: str, error: str | None, score: bool = True) ->
                  "data_s": round(s.data_seconds, 3), "total_s": round(time.perf_counter() - s.t_start, 3),
                  "train_images_per_s": round(images / p.train_seconds, 1) if p.train_seconds else None,
                  "epoch_s": [round(t, 3) for t in p.epoch_seconds], "steps": p.step},
-        "warnings": s.warnings, "resumed": p.resumes, "env": runs.environment(s.device),
+        "warnings": s.warnings, "resumed": p.resumes, "env": runs.environment(s.device), **s.compute.record(),
     }
     runs.write_json(s.out_dir / "summary.json", summary)
     print_results(summary, s.log)
