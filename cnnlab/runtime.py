@@ -186,10 +186,11 @@ def resolve_precision(asked: str, facts: DeviceFacts) -> tuple[str, str]:
     return "fp32", f"auto: no mixed-precision rule for device kind {facts.kind!r}"
 
 
-# Which memory format conv nets train faster in, per device kind, measured by benchmarks/bench_channels_last.py
-# (fp32 train steps, 1 thread, NCHW vs channels_last; BENCHMARKS.md). Mixed precision on a GPU: tensor cores
-# want channels_last. CPU: oneDNN's fp32 convolutions are faster in channels_last on AVX-512 (LeNet-5 1.4x,
-# mnist_fast 1.7x, ResNet-20 1.24x, airbench 1.23x, mnist_cnn 0.91x) and on AVX2 (see BENCHMARKS.md).
+# The (device kind, precision) pairs where conv nets train faster in channels_last. CPU: oneDNN's convolutions,
+# measured with benchmarks/bench_channels_last.py (BENCHMARKS.md, "precision and memory format"): on an AVX2
+# EPYC in fp32 channels_last won for every zoo conv net but one (LeNet-5 1.4x, mnist_fast 1.7x, ResNet-20
+# 1.24x, airbench 1.23x; mnist_cnn 0.91x), and bf16 pays only with it (ANCHORS.md, AVX-512 CPU). GPU: tensor
+# cores want channels_last in bf16 / fp16; fp32 stays NCHW (cuDNN's native layout).
 CHANNELS_LAST_FASTER = {"cpu": ("fp32", "bf16"), "cuda": ("bf16", "fp16")}
 
 
