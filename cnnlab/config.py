@@ -173,6 +173,8 @@ class OptimConfig(_Section):
     eps: Optional[float] = Field(None, gt=0)
     head_lr: Optional[float] = Field(None, gt=0)  # a separate lr for the classifier head
     no_decay_norm_bias: bool = False  # exclude norm weights and biases from weight decay
+    # airbench's larger lr for batch-norm shifts: their lr × this and weight decay ÷ this (lr × decay kept)
+    norm_bias_lr_scale: float = Field(1.0, gt=0, le=1000)
 
     @field_validator("betas")
     @classmethod
