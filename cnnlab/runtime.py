@@ -187,10 +187,10 @@ def resolve_precision(asked: str, facts: DeviceFacts) -> tuple[str, str]:
 
 
 # The (device kind, precision) pairs where conv nets train faster in channels_last. CPU: oneDNN's convolutions,
-# measured with benchmarks/bench_channels_last.py (BENCHMARKS.md, "precision and memory format"): on an AVX2
-# EPYC in fp32 channels_last won for every zoo conv net but one (LeNet-5 1.4x, mnist_fast 1.7x, ResNet-20
-# 1.24x, airbench 1.23x; mnist_cnn 0.91x), and bf16 pays only with it (ANCHORS.md, AVX-512 CPU). GPU: tensor
-# cores want channels_last in bf16 / fp16; fp32 stays NCHW (cuDNN's native layout).
+# measured with benchmarks/bench_channels_last.py (BENCHMARKS.md §8; AVX2 EPYC, fp32, train step, CPU time):
+# mnist_fast 1.68x, lenet5 1.18x, resnet20 1.13x, mnist_cnn 0.99x, alexnet_small 0.91x (and airbench 1.23x in
+# §3): it wins on most nets and by far the most on the speed-run nets; bf16 pays only with it (ANCHORS.md,
+# AVX-512 CPU). GPU: tensor cores want channels_last in bf16 / fp16; fp32 stays NCHW (cuDNN's native layout).
 CHANNELS_LAST_FASTER = {"cpu": ("fp32", "bf16"), "cuda": ("bf16", "fp16")}
 
 
