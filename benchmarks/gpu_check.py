@@ -4,12 +4,16 @@ versions, runs the CUDA-relevant tests, trains the quick start (recipes/quicksta
 shortened) at fp32 / bf16 / fp16 with and without EMA while counting the host-device syncs per
 training step (``torch.cuda.set_sync_debug_mode``; evaluation points excluded), interrupts a run
 with SIGINT and resumes it (weights compared with an uninterrupted run), resumes a CPU-made
-checkpoint on the GPU, trains a 224-px network under an 8 GB memory fraction (a laptop card), and
-checks that two local sweep workers land on different GPUs when there are two. It prints one table.
+checkpoint on the GPU, trains a 224-px network under an 8 GB memory fraction (a laptop card),
+checks that two local sweep workers land on different GPUs when there are two, trains the quick start
+with the compiled step (``train.compile``: CUDA graphs on a GPU; no recompile allowed, compile time
+apart, accuracy against the eager step) and records the TF32 decision for this GPU (``train.tf32``:
+auto). It prints one table.
 
 Without CUDA it says so, runs the device-independent part on the CPU (host reads of tensors
 counted instead of syncs) and exits 0 when that passes; ``--quick`` (what CI runs, through
-tests/test_gpu_check.py) keeps to the smallest runs and skips the test suite.
+tests/test_gpu_check.py) keeps to the smallest runs and skips the test suite (and, on a CPU, the
+compiled step: compiling takes minutes on a small CPU; tests/test_step.py's slow test covers it).
 
     .venv/bin/python benchmarks/gpu_check.py [--quick] [--out DIR] [--keep]
 
@@ -37,11 +41,13 @@ sys.path.insert(0, str(ROOT))
 
 from cnnlab import runs, sweep, train  # noqa: E402
 from cnnlab.loader import load_config  # noqa: E402
+from cnnlab.runtime import decide_tf32  # noqa: E402
 
 QUICKSTART = ROOT / "recipes" / "quickstart_lenet5_mnist.yaml"
 # CUDA-relevant tests: device handling, resume, determinism, memory, evaluation (CPU-run, but they
 # exercise the code paths a GPU takes; on a GPU machine `auto` picks the GPU in the tiny runs)
-TESTS = ["tests/test_cuda_ready.py", "tests/test_train.py", "tests/test_evaluate.py", "tests/test_runs.py"]
+TESTS = ["tests/test_cuda_ready.py", "tests/test_train.py", "tests/test_evaluate.py", "tests/test_runs.py",
+         "tests/test_step.py", "tests/test_runtime_tf32.py"]
 
 
 def quiet(*_):
@@ -232,6 +238,46 @@ def big_net_in_8gb(quick: bool, work: Path) -> tuple:
         torch.cuda.set_per_process_memory_fraction(1.0, 0)
 
 
+def compiled_step(quick: bool, work: Path) -> tuple:
+    """The quick start with the compiled step against the eager one on the same batches (the short last
+    batch dropped in both); any recompile (an epoch's last batch, an evaluation) fails the run."""
+    import torch._dynamo
+
+    extra = {"train.ema": 0.99, "data.augment.flip": True, "train.drop_last": True}
+    eager = train.run(quickstart(quick, **extra), work / "eager", log=quiet)
+    torch._dynamo.reset()
+    saved = torch._dynamo.config.error_on_recompile
+    torch._dynamo.config.error_on_recompile = True
+    try:
+        done = train.run(quickstart(quick, **extra, **{"train.compile": True}), work / "compiled", log=quiet)
+    finally:
+        torch._dynamo.config.error_on_recompile = saved
+    if done["status"] != "completed":
+        return ("compiled step", "FAIL", " ".join(str(done["error"]).split())[:200])
+    t, te = done["time"], eager["time"]
+    close = abs(done["test"]["accuracy"] - eager["test"]["accuracy"]) <= 0.01
+    ok = t["compile_s"] > 0 and close
+    return ("compiled step", "ok" if ok else "FAIL",
+            f"mode {done['step']['mode']}, compile {t['compile_s']:.1f} s (apart), no recompile; "
+            f"{t['train_images_per_s']:,.0f} img/s vs {te['train_images_per_s']:,.0f} eager; test acc "
+            f"{done['test']['accuracy']:.4f} vs {eager['test']['accuracy']:.4f} eager")
+
+
+def tf32_decision(quick: bool, cuda: bool, work: Path) -> tuple:
+    """What ``train.tf32: auto`` decides here, as a run records it, and the flags put back after the run."""
+    capability = torch.cuda.get_device_capability(0) if cuda else None
+    expected = decide_tf32("auto", "fp32", "cuda" if cuda else "cpu", capability)
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    summary = train.run(quickstart(True, **{"train.epochs": 0.2}), work, log=quiet)
+    after = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    got = summary["step"]["tf32"]
+    ok = got["on"] is expected and before == after
+    where = f"compute capability {got['compute_capability']}" if cuda else "no CUDA device"
+    return ("TF32 for fp32 (auto)", "ok" if ok else "FAIL",
+            f"{'on' if got['on'] else 'off'} ({where}); flags {'restored' if before == after else 'NOT restored'} "
+            "after the run")
+
+
 def _which_gpu(_: int) -> tuple[int, str]:
     time.sleep(1.0)  # keep this worker busy so the next task goes to the other one
     return os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES", "")
@@ -280,6 +326,9 @@ def main(argv=None) -> int:
          if cuda else None),
         ("224-px ResNet-50 in 8 GB", (lambda: [big_net_in_8gb(args.quick, work / "big")]) if cuda else None),
         ("two workers, two GPUs", (lambda: [workers_on_gpus(cuda)]) if cuda or not args.quick else None),
+        ("TF32 for fp32 (auto)", lambda: [tf32_decision(args.quick, cuda, work / "tf32")]),
+        ("compiled step", (lambda: [compiled_step(args.quick, work / "compiled")]) if cuda or not args.quick
+         else None),
     ]
     for name, check in checks:
         if check is None:

@@ -153,6 +153,10 @@ def check_config(cfg: Config) -> None:
         raise ConfigError("train.tensorboard: true needs the tensorboard package, which is not installed; "
                           "pip install 'cnnlab[tensorboard]' (or tensorboard), or set train.tensorboard to false")
 
+    if cfg.train.mlflow and importlib.util.find_spec("mlflow") is None:
+        raise ConfigError(f"train.mlflow: {cfg.train.mlflow} needs the mlflow package, which is not installed; "
+                          "pip install 'cnnlab[mlflow]' (or mlflow), or set train.mlflow to null")
+
     check_schedule(cfg)
 
     if cfg.model.pretrained and cfg.model.weights_path:

@@ -191,7 +191,8 @@ def cmd_sweep(args) -> int:
     from cnnlab.sweep import run_sweep
 
     rows = run_sweep(args.sweep, out_dir=args.out, workers=args.workers, executor=args.executor,
-                     address=args.address, dry_run=args.dry_run, wait=args.wait)
+                     address=args.address, dry_run=args.dry_run, wait=args.wait,
+                     resources={"cpu": args.cpus_per_run, "gpu": args.gpus_per_run})
     if args.dry_run:
         return 0
     return 0 if all(r.get("status") in FINAL_STATUSES for r in rows) else 1
@@ -305,7 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--workers", type=int, default=1, help="runs at the same time (default 1)")
     w.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local processes (default) or a Ray cluster")
-    w.add_argument("--address", help="Ray cluster address (default: start a local instance)")
+    w.add_argument("--address", help="Ray cluster address HOST:PORT, as `ray start --head` printed (default: "
+                   "$RAY_ADDRESS, else a private local Ray instance)")
+    w.add_argument("--cpus-per-run", type=float, help="Ray executor: CPUs each run asks for (fractions allowed; "
+                   "default: the sweep file's resources.cpu, else 1); the run's torch threads follow it")
+    w.add_argument("--gpus-per-run", type=float, help="Ray executor: GPUs each run asks for (0.5: two runs share "
+                   "a GPU; default: the sweep file's resources.gpu, else 1 when the cluster has GPUs and "
+                   "train.device is auto or cuda)")
     w.add_argument("--dry-run", action="store_true", help="print the planned runs and write nothing")
     w.add_argument("--wait", action="store_true",
                    help="if another sweep command is writing the same --out, wait for it instead of refusing")

@@ -40,6 +40,7 @@ class Cell:
     same_as_best: bool | None = None
     is_best: bool = False
     chance: bool = False
+    pruned: int = 0  # stopped early by a sweep scheduler (Ray Tune): not in the numbers
 
 
 @dataclass
@@ -64,6 +65,10 @@ class CompareResult:
             extra.append(f"diverged {cell.diverged}/{cell.total}")
         if cell.failed:
             extra.append(f"failed {cell.failed}/{cell.total}")
+        if cell.pruned:
+            extra.append(f"pruned {cell.pruned}/{cell.total}")
+        if not cell.values and cell.pruned and not cell.diverged and not cell.failed:
+            return f"pruned ({cell.pruned}/{cell.total})"
         if not cell.values:
             if cell.diverged:
                 return f"diverged ({cell.diverged}/{cell.total})" + (f", failed {cell.failed}/{cell.total}"
@@ -102,7 +107,7 @@ class CompareResult:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow([*self.row_keys, *self.col_keys, "metric", "n", "mean", "sd", "ci95_low", "ci95_high",
-                    "p_vs_best", "best", "same_as_best", "chance", "diverged", "failed", "total"])
+                    "p_vs_best", "best", "same_as_best", "chance", "diverged", "failed", "total", "pruned"])
         for r in self.rows:
             for c in self.cols:
                 cell = self.cells.get((r, c))
@@ -114,7 +119,7 @@ class CompareResult:
                               ((s.mean, s.sd, s.ci_low, s.ci_high) if s else (None,) * 4)),
                             "" if cell.p is None else cell.p, int(cell.is_best),
                             "" if cell.same_as_best is None else int(cell.same_as_best),
-                            int(cell.chance), cell.diverged, cell.failed, cell.total])
+                            int(cell.chance), cell.diverged, cell.failed, cell.total, cell.pruned])
         return buf.getvalue()
 
 
@@ -215,7 +220,8 @@ def compare(sweep_dir: str | Path, by: list[str], metric: str = "test.accuracy",
         values = [metric_value(r, metric) for r in members if r.get("status") in FINISHED]
         values = [v for v in values if v is not None]
         diverged = sum(r.get("status") == Status.DIVERGED for r in members)
-        cell = Cell(values, len(members), diverged, len(members) - diverged - len(values))
+        pruned = sum(r.get("status") == Status.PRUNED for r in members)
+        cell = Cell(values, len(members), diverged, len(members) - diverged - pruned - len(values), pruned=pruned)
         if values:
             cell.summary = stats.describe(values)
             cell.chance = percent and at_chance(cell.summary.mean, classes)
@@ -249,6 +255,9 @@ def compare(sweep_dir: str | Path, by: list[str], metric: str = "test.accuracy",
     if any(c.chance for c in cells.values()):
         notes.append(f"chance: mean accuracy within {100 * CHANCE_MARGIN:.0f} points of 1/classes "
                      f"({100 * results.chance_level(classes):.0f} % for {classes} classes): the network did not learn.")
+    if any(c.pruned for c in cells.values()):
+        notes.append("pruned k/n: k of the cell's n runs were stopped early by the sweep's scheduler (Ray Tune); "
+                     "they are left out of the numbers.")
     if any(c.failed for c in cells.values()):
         notes.append("failed k/n: runs that crashed, were interrupted or have not run yet (re-run the sweep).")
     return CompareResult(sweep_dir, metric, row_keys, columns, row_labels, col_labels, cells, best,

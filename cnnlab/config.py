@@ -12,6 +12,7 @@ the CLI turns that into exit code 2.
 from __future__ import annotations
 
 import copy
+import re
 import unicodedata
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -57,6 +58,30 @@ def check_name(name: Any, field: str, source: str = "config") -> str:
     return name
 
 
+SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+              "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(value: Any) -> Union[Literal["auto"], int, None]:
+    """``"auto"``, or a memory size as bytes: an int, or text such as ``"2GB"`` (powers of 1000) or
+    ``"1.5GiB"`` (powers of 1024); None when ``value`` is neither (or not above 0 bytes)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        number, unit = float(value), ""
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*", value)
+        if not m or m.group(2).lower() not in SIZE_UNITS:
+            return None
+        number, unit = float(m.group(1)), m.group(2).lower()
+    else:
+        return None
+    size = number * SIZE_UNITS[unit]
+    return int(size) if size >= 1 and size == size and size != float("inf") else None
+
+
 class _Section(BaseModel):
     # NaN and ±inf are never a usable setting (an infinite weight decay or jitter only yields NaNs)
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
@@ -99,6 +124,10 @@ class DataConfig(_Section):
     skip_bad_images: bool = False  # image folders: skip (and list) unreadable images instead of stopping
     download: bool = True
     allow_modified: bool = False  # train on MNIST / Fashion-MNIST files whose MD5 is not the official one
+    # how much memory the decoded uint8 images may take where training keeps them: "auto" (half of the free
+    # RAM on a CPU, half of the free GPU memory on a GPU), a size ("2GB", "500MB", "1.5GiB") or a number of
+    # bytes. A set that does not fit is kept in pinned host memory (GPU) or streamed from its cache file on disk
+    max_memory: Union[Literal["auto"], int] = "auto"
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
     @field_validator("val_size", "test_size", mode="before")
@@ -116,6 +145,15 @@ class DataConfig(_Section):
         if int(v) < least:
             raise ValueError(f"must be a count of at least {least} or a fraction between 0 and 1, got {v}")
         return int(v)
+
+    @field_validator("max_memory", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        size = parse_size(v)
+        if size is None:
+            raise ValueError(f'must be "auto", a size such as "2GB", "500MB" or "1.5GiB", or a number of bytes '
+                             f"above 0; got {v!r}")
+        return size
 
     @field_validator("resize", mode="before")
     @classmethod
@@ -214,6 +252,18 @@ class EarlyStoppingConfig(_Section):
     min_delta: float = Field(0.0, ge=0)
 
 
+class SweepRunConfig(_Section):
+    """Which sweep run this is: set by ``cnnlab sweep`` on each of its runs (after the run id is taken), so
+    trackers group a sweep's runs (one MLflow experiment) and name each by its settings, not its hash."""
+
+    name: str  # the sweep's name (its file's stem)
+    run_id: str
+    settings: dict[str, Any] = Field(default_factory=dict)  # the swept keys' values in this run
+
+
+MLFLOW_URIS = "a file: store (file:./mlruns or file:///abs/path) or a tracking server (http://host:port, https://...)"
+
+
 class TrainConfig(_Section):
     epochs: float = Field(10, ge=0, le=10_000)  # fractional epochs allowed for quick runs
     batch_size: int = Field(64, ge=1, le=65_536)
@@ -227,13 +277,31 @@ class TrainConfig(_Section):
     device: str = "auto"  # auto | cpu | cuda | cuda:N (N < the number of visible GPUs, checked at the run)
     deterministic: bool = False  # torch.use_deterministic_algorithms (GPU reproducibility)
     threads: Optional[int] = Field(None, ge=1, le=512)  # torch intra-op threads
-    compile: bool = False  # torch.compile the model (compile time reported apart)
+    compile: bool = False  # torch.compile the step: forward + loss + backward (cnnlab.step; compile time apart)
+    # drop each epoch's short last batch (None = when compiling: one batch shape, no recompile, CUDA graphs)
+    drop_last: Optional[bool] = None
+    # TF32 matmuls/convolutions in fp32 runs: auto = on for CUDA GPUs of compute capability >= 8.0 (Ampere on)
+    tf32: Union[Literal["auto"], bool] = "auto"
     finetune: Union[str, list[str]] = "all"  # all | head | layer1..layer4 | none | [name prefixes]
     freeze_bn: Optional[bool] = None  # None = keep batch-norm statistics frozen in frozen parts
     ema: Optional[float] = Field(None, gt=0, lt=1)  # decay of an exponential moving average of weights
     tta: Literal["none", "flip", "translate", "flip_translate"] = "none"  # test-time augmentation
     progress: bool = True
     tensorboard: bool = False
+    mlflow: Optional[str] = Field(None, description=(  # checked at load: the scheme here, mlflow installed in checks
+        "where each run is tracked in MLflow (params, metrics at each evaluation, tags, artifacts): "
+        f"{MLFLOW_URIS}; null = off"))
+    sweep: Optional[SweepRunConfig] = None  # set by cnnlab sweep, not by hand
+
+    @field_validator("mlflow")
+    @classmethod
+    def _mlflow_uri(cls, v: Optional[str]) -> Optional[str]:
+        if v is None:
+            return v
+        scheme, _, rest = v.partition(":")
+        if (scheme == "file" and rest.strip("/")) or (scheme in ("http", "https") and rest[2:] and rest[:2] == "//"):
+            return v
+        raise ValueError(f"{v!r} is not an MLflow tracking URI; use {MLFLOW_URIS}, or null for no MLflow")
 
     @field_validator("device")
     @classmethod

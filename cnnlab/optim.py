@@ -56,14 +56,15 @@ def rmsprop(params, cfg, fast=FAST):
                                weight_decay=cfg.weight_decay, **fast)
 
 
-# On CUDA the fused kernels do the whole update in one launch, and with fp16 they take GradScaler's inf
-# check themselves, sparing it a .item() (a host-device sync) per step.
+# The fused kernels do the whole update in one call (one launch on CUDA; on a CPU one operator instead of
+# ~29 for Adam, which also reads its step counters back per parameter: benchmarks/bench_step_ops.py), and
+# with fp16 they take GradScaler's inf check themselves, sparing it a .item() (a host-device sync) per step.
 FUSED = {"fused": True}
 HAS_FUSED = ("sgd", "adam", "adamw")
 
 
 def build_optimizer(param_groups, cfg, fused: bool = False) -> torch.optim.Optimizer:
-    """``fused``: use torch's fused kernels where this optimizer has them (the trainer asks on CUDA)."""
+    """``fused``: use torch's fused kernels where this optimizer has them (the trainer asks on every device)."""
     builder = OPTIMIZERS.get(cfg.name)
     return builder(param_groups, cfg, FUSED) if fused and cfg.name in HAS_FUSED else builder(param_groups, cfg)
 

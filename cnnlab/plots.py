@@ -251,6 +251,15 @@ def factor_figure(series: dict[str, list[tuple[float, float, float]]], factor: s
     return fig
 
 
+FRACTION_METRICS = ("accuracy", "precision", "recall", "f1")
+
+
+def is_fraction_metric(metric: str) -> bool:
+    """Whether a metric's values are fractions in [0, 1] (accuracy, precision, recall, F1), not a loss or time."""
+    last = metric.rsplit(".", 1)[-1].lower()
+    return any(last.startswith(name) or last.endswith(name) for name in FRACTION_METRICS)
+
+
 @literal_text
 def bars_figure(groups: dict[str, list[tuple[str, float, float]]], factor: str, metric: str) -> Figure:
     """Bars of the metric for each value of a categorical factor (mean, sd error bar), grouped by series."""
@@ -275,7 +284,10 @@ def bars_figure(groups: dict[str, list[tuple[str, float, float]]], factor: str, 
         # Accuracies of competing settings differ in the second decimal: zoom the y axis to show it.
         lo, hi = min(finite), max(finite)
         pad = max(0.02, (hi - lo) * 0.5)
-        ax.set_ylim(max(0.0, lo - pad) if lo >= 0 else lo - pad, hi + pad)
+        top = hi + pad
+        if is_fraction_metric(metric) and 0 <= lo and hi <= 1:
+            top = min(top, 1.0)  # a chance-level bar beside a 97 % one must not stretch the axis past 100 %
+        ax.set_ylim(max(0.0, lo - pad) if lo >= 0 else lo - pad, top)
     ax.set_xlabel(shown(factor, 80))
     ax.set_ylabel(f"{shown(metric, 40)} (mean ± sd over seeds)")
     ax.grid(alpha=0.3, axis="y")

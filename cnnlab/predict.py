@@ -332,9 +332,13 @@ def evaluate_on(run_dir: str | Path, overrides: list[str] | dict, checkpoint: st
     if split not in ("all", "train", "test"):
         raise ConfigError(f"split: {split!r}; on another data set use all, train or test")
     raw = datamod.load_raw(cfg.data)
+    if split != "all" and raw.layout == "flat":
+        raise ConfigError(f"--split {split}: {raw.root} is one folder per class, with no train/ and test/ parts; "
+                          "leave --split out to score every image of it")
     parts = {"train": [(raw.train_x, raw.train_y)], "test": [(raw.test_x, raw.test_y)]}
-    pieces = parts.get(split) or parts["train"] + parts["test"]
-    x, y = torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
+    pieces = [p for p in parts.get(split) or parts["train"] + parts["test"] if len(p[1])] or parts["test"]
+    # one part is scored where it is (a memory-mapped cache stays mapped on a CPU); two are joined
+    x, y = pieces[0] if len(pieces) == 1 else (torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces]))
     y = _match_classes(run.classes, list(raw.classes), y.to(torch.int64), cfg.data.root or cfg.data.name)
     device = run.device
     mode = cfg.train.tta if cfg.train.tta != "none" and run.preprocess.get("tta", "none") != "none" else "none"

@@ -23,7 +23,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Optional
 
-from cnnlab import doctor, plots, results, runs
+from cnnlab import doctor, plots, results, runs, tracking
 from cnnlab.config import ConfigError
 from cnnlab.plots import plot_curves  # noqa: F401 - kept as report.plot_curves for callers
 
@@ -151,6 +151,7 @@ def finish_run(out_dir, log=print, html: bool = True) -> Optional[dict]:
             write_run_report(out_dir, log=lambda m: log(f"warning: {m}"))
         except Exception as e:  # noqa: BLE001 - nor a report problem
             log(f"warning: could not write {out_dir / REPORT_NAME}: {_why(e)}")
+    tracking.upload_run_files(out_dir, log=log)  # the run's MLflow copies, when train.mlflow tracked it
     for f in summary["findings"]:
         log(f"doctor [{f['severity']}] {f['code']}: {f['message']}")
     return summary

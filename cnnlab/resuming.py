@@ -25,7 +25,8 @@ from cnnlab.config import Config, ConfigError, dump_yaml
 
 RESUMABLE = ("train.epochs", "train.eval_every", "train.eval_batch_size", "train.early_stopping.patience",
              "train.early_stopping.min_delta", "train.threads", "train.progress", "train.tensorboard",
-             "data.download")
+             "train.mlflow", "data.download", "data.max_memory")  # where images are kept changes no batch
+RESUMABLE_PREFIXES = ("train.sweep.",)  # which sweep a run belongs to (a renamed sweep file) is no training setting
 LENGTH_BOUND_SCHEDULES = ("cosine", "onecycle")
 
 
@@ -54,7 +55,7 @@ def check(cfg: Config, out_dir: Path) -> dict[str, list]:
     # Fields added to the schema since the checkpoint was written take their defaults there too.
     saved = _merge(Config().to_dict(), saved)
     diff = differences(saved, cfg.to_dict())
-    refused = {k: v for k, v in diff.items() if k not in RESUMABLE}
+    refused = {k: v for k, v in diff.items() if k not in RESUMABLE and not k.startswith(RESUMABLE_PREFIXES)}
     old_epochs, new_epochs = diff.get("train.epochs", (None, None))
     if new_epochs is not None and new_epochs < old_epochs:
         refused["train.epochs"] = (old_epochs, new_epochs)

@@ -477,7 +477,8 @@ def is_locked(folder: Path, name: str = LOCK_NAME) -> bool:
 
 # What a run folder may hold besides progress worth keeping: a folder with only these (a run killed
 # before its first checkpoint) is started afresh without --force.
-LEFTOVERS = ("config.yaml", "metrics.jsonl", "train.log", "report.html", "curves.png", LOCK_NAME)
+LEFTOVERS = ("config.yaml", "metrics.jsonl", "train.log", "report.html", "curves.png", LOCK_NAME,
+             "mlflow.json")  # mlflow.json: cnnlab.tracking's link to the MLflow run
 
 
 def prepare_out_dir(out_dir: Path, resume: bool, force: bool, finished: bool = False) -> bool:
@@ -509,7 +510,7 @@ def prepare_out_dir(out_dir: Path, resume: bool, force: bool, finished: bool = F
                 f"{out_dir} already holds {state}; pass --resume to continue it, --force to overwrite it, "
                 "or choose another --out"
             )
-        for name in (*RUN_FILES, "report.html", "misclassified.pt", "train.log"):
+        for name in (*RUN_FILES, "report.html", "misclassified.pt", "train.log", "mlflow.json"):
             (out_dir / name).unlink(missing_ok=True)
     return False
 

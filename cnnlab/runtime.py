@@ -187,7 +187,7 @@ def resolve_precision(asked: str, facts: DeviceFacts) -> tuple[str, str]:
 
 
 # The (device kind, precision) pairs where conv nets train faster in channels_last. CPU: oneDNN's convolutions,
-# measured with benchmarks/bench_channels_last.py (BENCHMARKS.md §8; AVX2 EPYC, fp32, train step, CPU time):
+# measured with benchmarks/bench_channels_last.py (BENCHMARKS.md §12; AVX2 EPYC, fp32, train step, CPU time):
 # mnist_fast 1.68x, lenet5 1.18x, resnet20 1.13x, mnist_cnn 0.99x, alexnet_small 0.91x (and airbench 1.23x in
 # §3): it wins on most nets and by far the most on the speed-run nets; bf16 pays only with it (ANCHORS.md,
 # AVX-512 CPU). GPU: tensor cores want channels_last in bf16 / fp16; fp32 stays NCHW (cuDNN's native layout).
@@ -257,7 +257,7 @@ class EMA(swa_utils.AveragedModel):
     @torch.no_grad()
     def update_parameters(self, model: nn.Module) -> None:
         mine = [*self.module.parameters(), *self.module.buffers()]
-        theirs = [t.detach() for t in (*model.parameters(), *model.buffers())]
+        theirs = [*model.parameters(), *model.buffers()]  # no .detach() (10 ops for LeNet): no_grad already
         if self.updates == 0:
             torch._foreach_copy_(mine, theirs)
         else:
@@ -305,3 +305,34 @@ def stop_on_signals(flag: dict):
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def decide_tf32(setting, precision: str, device_type: str, capability: tuple[int, int] | None) -> bool:
+    """``train.tf32`` for a run: TF32 runs fp32 matmuls and convolutions on tensor cores with a 10-bit
+    mantissa (about 2-8x faster on Ampere and later, results close to fp32 but not bit-equal). ``auto``
+    turns it on for fp32 runs on a CUDA GPU of compute capability >= 8.0 (the first with TF32); true or
+    false force it on a GPU (false: strict fp32, even for cuDNN convolutions, which torch allows TF32 by
+    default). ``auto`` leaves bf16/fp16 runs at strict fp32 for what autocast keeps in fp32."""
+    if device_type != "cuda":
+        return False
+    if setting != "auto":
+        return bool(setting)
+    return precision == "fp32" and capability is not None and tuple(capability) >= (8, 0)
+
+
+@contextmanager
+def tf32_flags(train_cfg):
+    """Set the TF32 flags (cuBLAS matmul, cuDNN) for one run as :func:`decide_tf32` says and put the
+    caller's back after it; yields the decision as summary.json records it."""
+    device = pick_device(train_cfg.device)
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    precision, _ = resolve_precision(train_cfg.precision, device_facts(device))  # train.precision auto resolved
+    on = decide_tf32(train_cfg.tf32, precision, device.type, capability)
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = on
+    try:
+        yield {"setting": train_cfg.tf32, "on": on,
+               "compute_capability": ".".join(map(str, capability)) if capability else None}
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -9,20 +9,21 @@ case instead. Every config is built and validated before anything runs, so a typ
 costs seconds, not the hours of the runs before it. Each run gets an id that is a
 hash of its resolved config and seed, so re-running a sweep skips finished runs,
 resumes interrupted ones from ``last.pt`` and re-runs failed ones. Runs execute one
-after another in this process, in ``workers`` spawned processes, or as Ray Tune
-trials; each writes its own row to ``results.jsonl``.
+after another in this process, in ``workers`` spawned processes (each writes its own row to
+``results.jsonl``), or as Ray Tune trials (:mod:`cnnlab.sweep_ray`: the driver writes their rows). A sweep
+file may also ask Ray for ``resources`` per run, a ``scheduler`` (ASHA, median stopping) and a ``search``
+(Optuna over axes given as ranges); those need ``--executor ray``.
 
 The results file is append-only: a re-run of a failed run appends a new row, and
 readers (:func:`cnnlab.results.load_results`) keep the last row per ``run_id``.
 Rows are appended through :func:`cnnlab.runs.append_jsonl` (exclusive ``flock``,
-one ``O_APPEND`` write), so concurrent writers (workers, Ray trials) never
+one ``O_APPEND`` write), so concurrent writers (workers) never
 interleave or lose lines. After each run the sweep asks :func:`cnnlab.report.finish_run`
 for the doctor's findings and ``curves.png`` (the runs' report.html pages are built
 by ``cnnlab report SWEEP_DIR``).
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -32,21 +33,20 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from cnnlab import runs
 from cnnlab.config import Config, ConfigError, apply_overrides, check_name, name_problem, read_yaml
 from cnnlab.loader import build_config
+from cnnlab.sweep_ray import check_range, check_resources, check_scheduler, check_search
+from cnnlab.sweep_exec import ID_LENGTH, RUN_LOCK_WAIT_S, execute_task, run_id  # noqa: F401 - re-exported
 from cnnlab.results import (FINAL_STATUSES, PLAN, RESULTS, Status, append_row, load_plan,  # noqa: F401 - re-exported
                             load_results, read_summary, row_from_summary)
 
-SWEEP_KEYS = ("description", "base", "axes", "zip", "ofat", "random", "seeds")
+SWEEP_KEYS = ("description", "base", "axes", "zip", "ofat", "random", "seeds", "resources", "scheduler", "search")
 SWEEP_LOCK = ".sweep.lock"  # in the sweep folder: one sweep command writes it at a time
-RUN_LOCK_WAIT_S = 30  # how long a run waits for another process to let go of its run folder
-ID_LENGTH = 10  # hex digits of the run id: collisions stay negligible for millions of runs
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -72,13 +72,21 @@ class Sweep:
     factors: list[list[str]]  # keys that vary together (an axis: one key; a zip group: several)
     ofat: bool
     base_settings: dict[str, Any]  # the base case's values of the swept keys
-    runs: list[PlannedRun]
+    runs: list[PlannedRun]  # a search's runs are not known in advance: empty (its plan.json lists the rows so far)
+    resources: dict = field(default_factory=dict)  # what one run asks Ray for ({cpu: N, gpu: G})
+    scheduler: dict | None = None  # Ray Tune's ASHA or median stopping (cnnlab.sweep_ray.check_scheduler)
+    search: dict | None = None  # Ray Tune's Optuna searcher (cnnlab.sweep_ray.check_search)
+    space: dict = field(default_factory=dict)  # a search's axes: {key: [values] | {loguniform: [lo, hi]} ...}
+    base: dict = field(default_factory=dict)  # a search's study mapping, each sampled run built from it
+    seed: int = 0  # a search's runs' seed
 
     def to_dict(self) -> dict:
         return {"name": self.name, "source": self.source, "keys": self.keys, "factors": self.factors,
                 "ofat": self.ofat,
                 "base_settings": self.base_settings,
-                "runs": [_run_info(r) for r in self.runs]}
+                "runs": [_run_info(r) for r in self.runs],
+                **({"search": self.search, "space": self.space} if self.search else {}),
+                **({"scheduler": self.scheduler} if self.scheduler else {})}
 
 
 @dataclass
@@ -106,6 +114,11 @@ def plan_sweep(spec: dict, base_dir: str | Path = ".", name: str = "sweep", sour
         raise ConfigError(f"{source}: 'base' is missing: a study file path (relative to the sweep file) "
                           "or an inline study mapping")
     bases = _read_bases(spec["base"], Path(base_dir), name, source)
+    tune_blocks = {"resources": check_resources(spec.get("resources"), source),
+                   "scheduler": check_scheduler(spec.get("scheduler"), source)}
+    search = check_search(spec.get("search"), source)
+    if search:
+        return _plan_search(spec, bases, search, tune_blocks, (name, source))
     factors = _factors(spec, source)
     if len(bases) > 1:
         factors.insert(0, _Factor("base", ["base"], [{"base": label} for label in bases]))
@@ -137,7 +150,39 @@ def plan_sweep(spec: dict, base_dir: str | Path = ".", name: str = "sweep", sour
                 planned.append(PlannedRun(rid, settings, seed, run_cfg))
     base_cfg = _build(bases, {}, (), factors, source)
     return Sweep(name, source, keys, [f.keys for f in factors], ofat, _settings_of(base_cfg, keys, first_label),
-                 planned)
+                 planned, **tune_blocks)
+
+
+def _plan_search(spec: dict, bases: dict[str, dict], search: dict, tune_blocks: dict, names: tuple) -> Sweep:
+    """A searched sweep: the axes are a search space (ranges or lists of values), sampled by Ray Tune's
+    Optuna searcher one trial at a time; each range's ends are validated against the study now."""
+    name, source = names
+    others = [k for k in ("zip", "random", "ofat") if spec.get(k)]
+    if others or len(bases) != 1:
+        raise ConfigError(f"{source}: a search samples the axes of one base study; "
+                          f"{', '.join(others) or 'a list of bases'} cannot be combined with search: (run a grid "
+                          "sweep for those)")
+    (label, base), = bases.items()
+    seeds = _seeds(spec.get("seeds"), base.get("seed", 0), source)
+    if len(seeds) != 1:
+        raise ConfigError(f"{source}: a search runs each sampled setting with one seed, got seeds {seeds}; re-run "
+                          "the best settings with several seeds in a grid sweep to compare them")
+    axes = spec.get("axes") or {}
+    if not isinstance(axes, dict) or not axes:
+        raise ConfigError(f"{source}: search needs axes to sample, e.g. axes: {{optim.lr: {{loguniform: [1e-4, 1e-1]}}}}")
+    for key, values in axes.items():
+        _check_key(key, source)
+        if isinstance(values, list) and not values:
+            raise ConfigError(f"{source}: axis {key} needs a non-empty list of values")
+        for v in values if isinstance(values, list) else check_range(key, values, source):
+            try:
+                build_config(apply_overrides(base, {key: v}))
+            except ConfigError as e:
+                raise ConfigError(f"{source}: axis {key} value {json.dumps(v)} is invalid: {e}") from None
+    cfg = build_config(base, source).model_copy(update={"seed": seeds[0]})
+    keys = list(axes)
+    return Sweep(name, source, keys, [[k] for k in keys], False, _settings_of(cfg, keys, label), [],
+                 search=search, space=dict(axes), base=base, seed=seeds[0], **tune_blocks)
 
 
 def _read_bases(base: Any, base_dir: Path, sweep_name: str, source: str) -> dict[str, dict]:
@@ -198,6 +243,9 @@ def _factors(spec: dict, source: str) -> list[_Factor]:
             factors += [_zip_factor(group, source) for group in values]
             continue
         _check_key(key, source)
+        if isinstance(values, dict):
+            raise ConfigError(f"{source}: axis {key} is a range ({values!r}); ranges are sampled by a searcher: add "
+                              "search: {name: optuna, trials: N} and run with --executor ray, or give a list of values")
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{source}: axis {key} needs a non-empty list of values, got {values!r}")
         factors.append(_Factor(key, [key], [{key: v} for v in values]))
@@ -341,35 +389,6 @@ def _settings_of(cfg: Config, keys: list[str], base_label: str) -> dict[str, Any
     return out
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-@lru_cache(maxsize=1)
-def _defaults() -> dict[str, Any]:
-    return _flatten(Config().to_dict())
-
-
-def run_id(cfg: Config) -> str:
-    """A short hash of the config's non-default values and seed: equal configs share an id.
-
-    Only values that differ from the defaults enter the hash, so a default spelled out
-    (``optim.name: adam``) and the same default left implicit give the same run, and a new
-    config field added later with a default does not change the ids of existing runs.
-    """
-    defaults = _defaults()
-    resolved = {k: v for k, v in _flatten(cfg.to_dict()).items() if k != "seed" and defaults.get(k, object()) != v}
-    text = json.dumps({"config": resolved, "seed": cfg.seed}, sort_keys=True)
-    return hashlib.sha1(text.encode()).hexdigest()[:ID_LENGTH]
-
-
 # ----------------------------------------------------------------------------- running one run
 
 
@@ -385,61 +404,6 @@ def _state(out: Path, run: PlannedRun, rows: dict[str, dict]) -> str:
     if run_dir.exists() and any(p.name != runs.LOCK_NAME for p in run_dir.iterdir()):
         return "rerun"
     return "new"
-
-
-class _FileLog:
-    """train.run's log, appended to the run folder's train.log (opened on first use, after
-    train.run has prepared the folder, so the file does not count as a leftover)."""
-
-    def __init__(self, path: Path):
-        self.path, self.f = path, None
-
-    def __call__(self, message: str) -> None:
-        if self.f is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.f = open(self.path, "a")
-        self.f.write(f"{message}\n")
-        self.f.flush()
-
-    def close(self) -> None:
-        if self.f is not None:
-            self.f.close()
-
-
-def execute_task(task: dict) -> dict:
-    """Run one planned run to an end state, append its row to results.jsonl, return the row.
-
-    ``task`` is plain data (so it crosses process boundaries): out_dir, run_id, run_dir,
-    settings, seed, config (dict), resume, force. A crash is recorded as ``failed`` with its
-    message rather than raised, so the sweep goes on; KeyboardInterrupt is not caught.
-    """
-    from cnnlab import report, train  # here, not at the top: planning a sweep needs neither (start-up time)
-
-    run_dir = Path(task["out_dir"]) / task["run_dir"]
-    log = _FileLog(run_dir / "train.log")
-    t0 = time.perf_counter()
-    try:
-        cfg = build_config(task["config"])
-        # The sweep folder's lock keeps other sweeps out; a run folder can still be held by a worker of a
-        # killed sweep that is ending, or by `cnnlab train --resume`: wait a little for it, then refuse.
-        runs.FolderLock(run_dir, wait=RUN_LOCK_WAIT_S).acquire_and_release()
-        # report.html is skipped here: `cnnlab report SWEEP_DIR` builds the runs' reports it links to
-        summary = train.run(cfg, run_dir, resume=task["resume"], force=task["force"], log=log)
-        summary = report.finish_run(run_dir, log=log, html=False) or summary
-        row = row_from_summary(task, summary)
-    except Exception as e:  # noqa: BLE001 - recorded in the row; one bad run must not end the sweep
-        # train.run leaves summary.json (status failed) when it got far enough to write one.
-        try:
-            report.finish_run(run_dir, log=log, html=False)
-        except Exception:  # noqa: BLE001 - the row below records the run's own error
-            pass
-        summary = read_summary(run_dir) or {}
-        summary["status"] = Status.FAILED
-        row = row_from_summary(task, summary, error=f"{type(e).__name__}: {e}", time_s=time.perf_counter() - t0)
-    finally:
-        log.close()
-    append_row(Path(task["out_dir"]) / RESULTS, row)
-    return row
 
 
 def _worker_init(threads: int, parent: int, started=None, gpus: tuple = ()) -> None:
@@ -539,53 +503,14 @@ def _run_processes(tasks: list[dict], workers: int, on_row: Callable[[dict], Non
     pool.shutdown(wait=True)
 
 
-def _ray_trial(config: dict, tasks: list[dict], threads: int) -> None:
-    import torch
-    from ray import tune
+def _ray_job(sweep: Sweep, tasks: list[dict], out: Path, workers: int, address: str | None):
+    from cnnlab.sweep_ray import RayJob
 
-    torch.set_num_threads(threads)
-    row = execute_task(tasks[config["index"]])  # writes the row to results.jsonl itself
-    tune.report({"status": row["status"], "test_accuracy": row["test"]["accuracy"], "row": json.dumps(row)})
-
-
-def _run_ray(tasks: list[dict], out: Path, workers: int, address: str | None, resources: dict,
-             on_row: Callable[[dict], None]) -> None:
-    ray, tune = _import_ray()
-    res = {"cpu": float(resources.get("cpu", 1)), "gpu": float(resources.get("gpu", 0))}
-    reported: set[str] = set()
-
-    class Progress(tune.Callback):
-        # Called in this (driver) process as each trial reports, so progress shows while the sweep runs.
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            row = json.loads(result["row"])
-            reported.add(row["run_id"])
-            on_row(row)
-
-    started = not ray.is_initialized()
-    if started:
-        env = {k: os.environ[k] for k in ("CNNLAB_DATA", "GLIBC_TUNABLES") if k in os.environ}
-        ray.init(address=address, include_dashboard=False, runtime_env={"env_vars": env} if env else None)
-    try:
-        trainable = tune.with_resources(
-            tune.with_parameters(_ray_trial, tasks=tasks, threads=max(1, int(res["cpu"]))), res)
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"index": tune.grid_search(list(range(len(tasks))))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=workers if workers > 1 else None),
-            run_config=tune.RunConfig(name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
-                                      storage_path=str((out / "ray_results").resolve()), verbose=0,
-                                      callbacks=[Progress()], failure_config=tune.FailureConfig(max_failures=0)),
-        )
-        results = tuner.fit()
-        errors = {r.config.get("index"): r.error for r in results if r.error}
-        for i, task in enumerate(tasks):
-            if task["run_id"] not in reported:  # the trial died before reporting (e.g. its worker was killed)
-                row = row_from_summary(task, {"status": Status.FAILED}, error=f"Ray trial failed: {errors.get(i)}")
-                append_row(out / RESULTS, row)
-                on_row(row)
-    finally:
-        if started:
-            ray.shutdown()
+    configs = [r.config for r in sweep.runs] or [build_config(sweep.base)]
+    return RayJob(out=out.resolve(), tasks=tasks, workers=workers, address=address, resources=sweep.resources,
+                  scheduler=sweep.scheduler, search=sweep.search, space=sweep.space, base=sweep.base, seed=sweep.seed,
+                  devices=tuple(sorted({c.train.device for c in configs})),
+                  epochs=max(c.train.epochs for c in configs))
 
 
 def _import_ray():
@@ -616,12 +541,16 @@ def run_sweep(sweep_path: str | Path, out_dir: str | Path | None = None, workers
         raise ConfigError(f"executor must be 'local' or 'ray', got {executor!r}")
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+    resources = {k: v for k, v in (resources or {}).items() if v is not None}
     if executor == "local" and (address or resources):
-        raise ConfigError("--address and resources apply to the ray executor only")
-    resources = dict(resources or {})
-    if set(resources) - {"cpu", "gpu"} or not all(isinstance(v, (int, float)) and v >= 0 for v in resources.values()):
-        raise ConfigError(f"resources must be {{cpu: N, gpu: M}} with numbers ≥ 0, got {resources!r}")
+        raise ConfigError("--address, --cpus-per-run and --gpus-per-run apply to the ray executor only "
+                          "(add --executor ray)")
+    resources = check_resources(resources, "--cpus-per-run / --gpus-per-run")
     sweep = load_sweep(sweep_path)  # validates every config before anything is written
+    if executor == "local" and (sweep.scheduler or sweep.search):
+        raise ConfigError(f"{sweep.source}: {'search' if sweep.search else 'scheduler'}: is Ray Tune's; run the sweep "
+                          "with --executor ray (on this machine, without --address, Ray starts a private instance)")
+    sweep.resources = {**sweep.resources, **resources}  # the command line wins over the sweep file
     if out_dir is None:  # the default folder is built from the file name: it must stay inside sweeps/
         check_name(sweep.name, "the sweep file name (the default --out is sweeps/<file stem>)", str(sweep_path))
     out = Path(out_dir) if out_dir is not None else Path("sweeps") / sweep.name
@@ -629,14 +558,36 @@ def run_sweep(sweep_path: str | Path, out_dir: str | Path | None = None, workers
         raise ConfigError(f"--out {out} is a file, not a folder; choose another --out")
     if dry_run:
         return _dry_run(sweep, out)
+    if address is not None and not address.strip():
+        raise ConfigError("--address is empty; give the HOST:PORT of a Ray cluster's head, or leave it out")
     if executor == "ray":
         _import_ray()  # fail before writing anything when Ray is missing
+        from cnnlab.sweep_ray import probe
+
+        probe(address or os.environ.get("RAY_ADDRESS"))  # an address nobody answers: said now, in seconds
     with runs.FolderLock(out, SWEEP_LOCK, what="sweep folder", wait=wait):
-        return _run_locked(sweep, sweep_path, out, workers, executor, address, resources)
+        if executor != "ray":
+            return _run_locked(sweep, sweep_path, out, workers, executor, address)
+        from cnnlab import sweep_ray  # joined (or started) before anything is written: its errors cost nothing
+
+        started = sweep_ray.connect(address)
+        try:
+            # resources no node can hold: said before anything is written
+            sweep_ray.cluster_resources(sweep.resources, _ray_job(sweep, [], out, workers, address).devices)
+            return _run_locked(sweep, sweep_path, out, workers, executor, address)
+        finally:
+            if started:
+                sweep_ray.disconnect()
 
 
 def _dry_run(sweep: Sweep, out: Path) -> list[dict]:
     rows = {r["run_id"]: r for r in load_results(out)}
+    if sweep.search:
+        print(f"sweep {sweep.name}: {sweep.search['name']} search of {sweep.search['trials']} trials on "
+              f"{sweep.search['metric']} ({len(rows)} rows already in {out}) over:", flush=True)
+        for key, spec in sweep.space.items():
+            print(f"  {key}: {json.dumps(spec)}", flush=True)
+        return []
     states = {r.run_id: _state(out, r, rows) for r in sweep.runs}
     print(format_plan(sweep, states, out), flush=True)
     return [{"run_id": r.run_id, "settings": r.settings, "seed": r.seed, "run_dir": r.run_dir,
@@ -646,7 +597,7 @@ def _dry_run(sweep: Sweep, out: Path) -> list[dict]:
 
 
 def _run_locked(sweep: Sweep, sweep_path: str | Path, out: Path, workers: int, executor: str,
-                address: str | None, resources: dict) -> list[dict]:
+                address: str | None) -> list[dict]:
     """run_sweep's work, with the sweep folder's lock held (the states are read under it)."""
     rows = {r["run_id"]: r for r in load_results(out)}
     states = {r.run_id: _state(out, r, rows) for r in sweep.runs}
@@ -657,11 +608,18 @@ def _run_locked(sweep: Sweep, sweep_path: str | Path, out: Path, workers: int, e
             append_row(out / RESULTS, row_from_summary(_run_info(r), read_summary(out / r.run_dir)))
 
     todo = [r for r in sweep.runs if states[r.run_id] in ("new", "resume", "rerun")]
-    print(f"sweep {sweep.name}: {len(sweep.runs)} runs ({len(sweep.runs) - len(todo)} already done, "
-          f"{len(todo)} to run) → {out}" + (f" [{executor}, {workers} workers]" if workers > 1 else ""), flush=True)
+    if sweep.search:
+        print(f"sweep {sweep.name}: {sweep.search['name']} search of {sweep.search['trials']} trials "
+              f"({len(rows)} already done) → {out}", flush=True)
+    else:
+        print(f"sweep {sweep.name}: {len(sweep.runs)} runs ({len(sweep.runs) - len(todo)} already done, "
+              f"{len(todo)} to run) → {out}" + (f" [{executor}, {workers} workers]" if workers > 1 else ""), flush=True)
     quiet = workers > 1 or executor == "ray"  # progress bars of parallel runs would garble the terminal
     tasks = [_task(r, out, states[r.run_id], quiet) for r in todo]
+    for task in tasks:  # which sweep run each is: trackers group the sweep's runs, named by their settings
+        task["config"]["train"]["sweep"] = {"name": sweep.name, "run_id": task["run_id"], "settings": task["settings"]}
     done = [0]
+    total = max(0, sweep.search["trials"] - len(rows)) if sweep.search else len(tasks)
 
     def on_start(task: dict) -> None:
         print(f"[{done[0] + 1}/{len(tasks)}] {task['run_id']} {_describe(task['settings'])} seed={task['seed']}"
@@ -669,19 +627,24 @@ def _run_locked(sweep: Sweep, sweep_path: str | Path, out: Path, workers: int, e
 
     def on_row(row: dict) -> None:
         done[0] += 1
-        print(f"[{done[0]}/{len(tasks)}] {format_row(row)}{eta(done[0], len(tasks), time.perf_counter() - t0)}",
+        print(f"[{done[0]}/{total}] {format_row(row)}{eta(done[0], total, time.perf_counter() - t0)}",
               flush=True)
 
     t0 = time.perf_counter()
     try:
-        if tasks and executor == "ray":
-            _run_ray(tasks, out, workers, address, resources, on_row)
+        if (tasks or sweep.search) and executor == "ray":
+            from cnnlab import sweep_ray  # here: planning and local sweeps do not import Ray
+
+            sweep_ray.run_job(_ray_job(sweep, tasks, out, workers, address), on_row)
         elif tasks and workers > 1:
             _run_processes(tasks, workers, on_row)
         else:
             _run_local(tasks, on_row, on_start)
     except KeyboardInterrupt:
         print(f"sweep interrupted: run the same command again to resume ({out})", flush=True)
+    if sweep.search:  # the sampled runs are the plan now (compare and report read it)
+        runs.write_json(out / PLAN, {**sweep.to_dict(), "runs": [
+            {k: r[k] for k in ("run_id", "settings", "seed", "run_dir")} for r in load_results(out, log=None)]})
     result = planned_rows(sweep, out)
     counts: dict[str, int] = {}
     for r in result:
@@ -707,8 +670,11 @@ def _compare_hint(sweep: Sweep) -> str:
 
 
 def planned_rows(sweep: Sweep, out: Path) -> list[dict]:
-    """The results row of every planned run, in plan order (status 'pending' where none exists)."""
+    """The results row of every planned run, in plan order (status 'pending' where none exists);
+    a search's rows in the order they were written."""
     rows = {r["run_id"]: r for r in load_results(out)}
+    if sweep.search:
+        return list(rows.values())
     return [rows.get(r.run_id) or {**_run_info(r), "status": Status.PENDING} for r in sweep.runs]
 
 

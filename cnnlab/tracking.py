@@ -8,16 +8,37 @@ A tracker is any object with three methods, called by the training loop (:mod:`c
 - ``on_finish(summary)``: the run's ``summary.json``, once written;
 - ``close()``: always called, also after a failure.
 
-:func:`trackers_for` builds the ones a config asks for (``train.tensorboard``); callers add their own
-(``train.run(..., trackers=[...])``).
+:func:`trackers_for` builds the ones a config asks for (``train.tensorboard``, ``train.mlflow``); callers
+add their own (``train.run(..., trackers=[...])``). A sweep run (``train.sweep``, set by ``cnnlab sweep``)
+is named by its settings (:func:`run_label`) in both, and grouped with its sweep's other runs.
+
+MLflow is a service shared across machines, so it must never cost a run: a tracker that cannot reach it
+warns once and trains on; what it could not send (points, artifacts, status) goes when the server answers
+again, at the latest when the run ends. ``<run>/mlflow.json`` names the MLflow run, so a resume continues
+it and :func:`upload_run_files` (called by ``report.finish_run`` once curves and report exist) finds it.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
+import sys
+import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Callable, Protocol
 
-from cnnlab.config import Config
+from cnnlab import runs
+from cnnlab.config import Config, flatten
+
+MLFLOW_FILE = "mlflow.json"  # in the run folder: the tracking URI, MLflow run id and the last step sent
+ARTIFACTS = ("summary.json", "metrics.jsonl", "curves.png", "report.html")
+MLFLOW_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "diverged": "FAILED", "failed": "FAILED",
+                 "interrupted": "KILLED", "pruned": "KILLED"}
+RETRY_AFTER_S = 60.0  # after a failed call, points wait this long (or for the run's end) before the next try
+# A dead server must not stall training for minutes (MLflow's defaults: 7 retries, 120 s timeout);
+# set in the environment to choose otherwise.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+LABEL_LENGTH = 200  # a run label names a folder: well under the usual 255-byte limit
 
 
 class Tracker(Protocol):
@@ -28,14 +49,33 @@ class Tracker(Protocol):
     def close(self) -> None: ...
 
 
+def run_label(cfg: Config) -> str | None:
+    """A sweep run's name from its settings and seed (``optim.lr=0.01,seed=1``); None outside a sweep.
+
+    It names folders (TensorBoard runs), so path separators become ``_``; a label too long for a
+    folder name is cut and ends with the run id, which keeps it unique."""
+    sweep = cfg.train.sweep
+    if sweep is None:
+        return None
+    shown = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in sweep.settings.items()]
+    label = ",".join([*shown, f"seed={cfg.seed}"]).replace("/", "_").replace("\\", "_")
+    return label if len(label) <= LABEL_LENGTH else f"{label[:LABEL_LENGTH - 14]}...,{sweep.run_id}"
+
+
 class TensorBoard:
     """Event files in ``<run>/tensorboard`` (``tensorboard --logdir runs``): train/loss, val/accuracy, lr, ...
-    at each evaluation point's step, flushed at once so TensorBoard shows live curves."""
+    at each evaluation point's step, flushed at once so TensorBoard shows live curves.
 
-    def __init__(self, out_dir: Path):
+    A sweep run writes to ``<run>/tensorboard/<its settings>`` and, at its end, its settings and final
+    metrics as hparams, so ``tensorboard --logdir <sweep folder>`` names runs by their settings and its
+    HParams tab compares them."""
+
+    def __init__(self, out_dir: Path, label: str | None = None, hparams: dict | None = None):
         from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package (checked at load)
 
-        self.writer = SummaryWriter(str(Path(out_dir) / "tensorboard"))
+        logdir = Path(out_dir) / "tensorboard"
+        self.writer = SummaryWriter(str(logdir / label if label else logdir))
+        self.hparams = hparams
 
     def on_eval(self, row: dict) -> None:
         for key, value in row.items():
@@ -45,12 +85,213 @@ class TensorBoard:
         self.writer.flush()
 
     def on_finish(self, summary: dict) -> None:
-        pass
+        if self.hparams is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        final = {"hparam/test_accuracy": (summary.get("test") or {}).get("accuracy"),
+                 "hparam/best_val_accuracy": (summary.get("best") or {}).get("val_accuracy"),
+                 "hparam/final_train_loss": summary.get("final_train_loss")}
+        final = {k: float(v) for k, v in final.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        values = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v) for k, v in self.hparams.items()}
+        # In this run's own folder, beside its curves: the HParams tab links the session to them.
+        for part in hparams({**values, "status": summary.get("status", "")}, final):
+            self.writer.file_writer.add_summary(part)
+        step = (summary.get("time") or {}).get("steps")
+        for key, value in final.items():
+            self.writer.add_scalar(key, value, step)
+        self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()
 
 
+# ----------------------------------------------------------------------------- MLflow
+
+
+def tracking_uri(uri: str) -> str:
+    """``train.mlflow`` as MLflow takes it: a relative ``file:`` store made absolute (a resume or a worker
+    elsewhere then finds the same store); servers as given."""
+    if uri.startswith("file:") and not uri.startswith("file:/"):
+        return Path(uri.removeprefix("file:")).resolve().as_uri()
+    return uri
+
+
+def _client(uri: str):
+    """An MlflowClient for ``uri``: short HTTP retries, and MLflow's file store allowed (``train.mlflow`` names
+    it on purpose; MLflow 3 refuses it by default in favour of a database)."""
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if uri.startswith("file:"):
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    from mlflow import MlflowClient  # the mlflow extra (checked at load); imported only when asked for: slow
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _why(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300] if text else ''}"
+
+
+def _params(cfg: Config) -> dict[str, str]:
+    """The flattened config as MLflow params (text), without where it is tracked or which sweep it is in."""
+    out = {}
+    for key, value in flatten(cfg.to_dict()).items():
+        if key == "train.mlflow" or key.startswith("train.sweep"):
+            continue
+        out[key] = (value if isinstance(value, str) else json.dumps(value))[:6000]
+    return out
+
+
+def _metrics(row: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in row.items()
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+class MLflow:
+    """One MLflow run per cnnlab run: the config as params, every evaluation point as metrics at its step,
+    tags (sweep, run_id, seed, status), the run folder's files as artifacts, and a status that mirrors
+    cnnlab's (FINISHED, FAILED, KILLED). Experiment: the sweep's name for a sweep run, else the study name."""
+
+    def __init__(self, cfg: Config, out_dir: Path, warn: Callable[[str], None] | None = None):
+        self.cfg, self.out_dir = cfg, Path(out_dir)
+        self.uri = tracking_uri(cfg.train.mlflow)
+        self.warn = warn or (lambda m: print(f"warning: {m}", file=sys.stderr, flush=True))
+        self.warned, self.retry_at, self.status = False, 0.0, "running"
+        saved = read_link(self.out_dir)
+        # Continue the MLflow run only for a resume (last.pt restored) into the same store: a fresh or
+        # --force run starts a new one.
+        resumed = saved and saved.get("tracking_uri") == self.uri and (self.out_dir / "last.pt").exists()
+        self.run_id = saved["run_id"] if resumed else None
+        self.sent_step = int(saved.get("sent_step", -1)) if resumed else -1
+        # reopen: mark the resumed MLflow run RUNNING again; its params were sent by the run it continues
+        self.client, self.reopen, self.params_sent = None, bool(resumed), bool(resumed)
+        self._try(self._send_points)  # the run shows in MLflow from its start
+
+    # each call to the server goes through _try: a failure warns once and leaves the rest for later
+    def _try(self, action: Callable[[], Any], force: bool = False) -> bool:
+        if not force and time.monotonic() < self.retry_at:
+            return False
+        try:
+            action()
+            return True
+        except Exception as e:  # noqa: BLE001 - a tracking server's trouble must never stop training
+            self.retry_at = time.monotonic() + RETRY_AFTER_S
+            if not self.warned:
+                self.warned = True
+                self.warn(f"MLflow at {self.uri} failed ({_why(e)}); training goes on, and what was not sent "
+                          "is sent when the server answers again (at the latest when the run ends)")
+            return False
+
+    def _start(self) -> None:
+        """Create the MLflow run (its experiment too, when new) and note it in the run folder."""
+        sweep = self.cfg.train.sweep
+        name = sweep.name if sweep else self.cfg.name
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            try:
+                experiment_id = self.client.create_experiment(name)
+            except Exception:  # another run of the sweep created it first
+                experiment_id = self.client.get_experiment_by_name(name).experiment_id
+        else:
+            experiment_id = experiment.experiment_id
+        tags = {"sweep": sweep.name if sweep else "", "run_id": sweep.run_id if sweep else self.out_dir.name,
+                "seed": str(self.cfg.seed), "status": self.status, "study": self.cfg.name,
+                "run_dir": str(self.out_dir.resolve())}
+        run = self.client.create_run(experiment_id, tags=tags, run_name=run_label(self.cfg) or self.out_dir.name)
+        self.run_id = run.info.run_id
+        self._save_link()
+
+    def _save_link(self) -> None:
+        runs.write_json(self.out_dir / MLFLOW_FILE, {"tracking_uri": self.uri, "run_id": self.run_id,
+                                                     "sent_step": self.sent_step})
+
+    def _send_points(self) -> None:
+        """Every metrics.jsonl point after the last one sent (all of them after an outage or a resume); the
+        MLflow run and its params first, when not sent yet."""
+        from mlflow.entities import Metric, Param
+
+        if self.client is None:  # made here, not in __init__: a file store it cannot open raises at once
+            self.client = _client(self.uri)
+        if self.run_id is None:
+            self._start()
+        elif self.reopen:
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.reopen = False
+        if not self.params_sent:
+            params = [Param(k, v) for k, v in _params(self.cfg).items()]
+            for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+                self.client.log_batch(self.run_id, params=params[i:i + 100])
+            self.params_sent = True
+        rows = [r for r in runs.read_jsonl(self.out_dir / "metrics.jsonl") if r.get("step", -1) > self.sent_step]
+        if not rows:
+            return
+        now = int(time.time() * 1000)
+        points = [Metric(k, v, now, int(r["step"])) for r in rows for k, v in _metrics(r).items()]
+        for i in range(0, len(points), 1000):  # MLflow takes at most 1,000 metrics per batch
+            self.client.log_batch(self.run_id, metrics=points[i:i + 1000])
+        self.sent_step = max(int(r["step"]) for r in rows)
+        self._save_link()
+
+    def on_eval(self, row: dict) -> None:
+        self._try(self._send_points)
+
+    def on_finish(self, summary: dict) -> None:
+        self.status = summary.get("status", "failed")
+
+        def end() -> None:
+            self._send_points()
+            self.client.set_tag(self.run_id, "status", self.status)
+            if summary.get("resumed"):
+                self.client.set_tag(self.run_id, "resumed", json.dumps(summary["resumed"])[:5000])
+            _upload(self.client, self.run_id, self.out_dir)
+            self.client.set_terminated(self.run_id, MLFLOW_STATUS.get(self.status, "FAILED"))
+
+        self._try(end, force=True)
+
+    def close(self) -> None:
+        pass
+
+
+def read_link(out_dir: Path) -> dict | None:
+    """``<run>/mlflow.json`` (which MLflow run tracks this folder), or None."""
+    path = Path(out_dir) / MLFLOW_FILE
+    try:
+        link = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return link if isinstance(link, dict) and isinstance(link.get("run_id"), str) else None
+
+
+def upload_run_files(out_dir: Path, log: Callable[[str], None] = print) -> list[str]:
+    """Send the run folder's files (:data:`ARTIFACTS` that exist) to its MLflow run, if it has one; returns
+    the names sent. ``report.finish_run`` calls this once curves.png and report.html exist (summary.json then
+    holds the doctor's findings); the tracker sent what existed as the run ended. A failure is logged."""
+    link = read_link(out_dir)
+    if link is None:
+        return []
+    try:
+        return _upload(_client(link["tracking_uri"]), link["run_id"], Path(out_dir))
+    except Exception as e:  # noqa: BLE001 - the run and its folder are fine without the copies
+        log(f"warning: could not send the run's files to MLflow at {link['tracking_uri']}: {_why(e)}")
+        return []
+
+
+def _upload(client, run_id: str, out_dir: Path) -> list[str]:
+    names = [n for n in ARTIFACTS if (out_dir / n).is_file()]
+    for name in names:
+        client.log_artifact(run_id, str(out_dir / name))
+    return names
+
+
 def trackers_for(cfg: Config, out_dir: Path) -> list:
     """The trackers ``cfg`` asks for."""
-    return [TensorBoard(out_dir)] if cfg.train.tensorboard else []
+    out: list = []
+    if cfg.train.tensorboard:
+        sweep = cfg.train.sweep
+        out.append(TensorBoard(out_dir, run_label(cfg),
+                               {**sweep.settings, "seed": cfg.seed} if sweep is not None else None))
+    if cfg.train.mlflow:
+        out.append(MLflow(cfg, out_dir))
+    return out

@@ -36,8 +36,9 @@ from cnnlab.evaluate import Evaluator, fmt, print_results, score_splits
 from cnnlab.models import info_of
 from cnnlab.optim import Schedule, build_loss, build_optimizer, build_schedule, lrs_of
 from cnnlab.results import is_finished
-from cnnlab.runtime import (EMA, Compute, RunStopped, autocast_for, failure_text, make_scaler, pick_device,
-                            plan_compute, run_flags, seed_everything, stop_on_signals)
+from cnnlab.runtime import (EMA, Compute, RunStopped, failure_text, make_scaler, pick_device, plan_compute, run_flags,
+                            seed_everything, stop_on_signals, tf32_flags)
+from cnnlab.step import build_step, drops_last, steps_per_epoch
 from cnnlab.summary import summarize
 
 DIVERGENCE_CHECK_EVERY = 50  # iterations between host syncs that look for a non-finite loss
@@ -54,7 +55,8 @@ class Progress:
     best_val_accuracy: float | None = None
     best_val_loss: float | None = None
     evals_since_best: int = 0
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # without compile_seconds (a compiled step's first steps' extra time)
+    compile_seconds: float = 0.0
     epoch_seconds: list = field(default_factory=list)
     # running training loss / accuracy since the last evaluation (a stop between evaluations resumes the same point)
     accum_loss: float = 0.0
@@ -72,7 +74,7 @@ class TrainState:
     device: torch.device
     splits: Any  # the data splits (uint8 images on the device)
     model: nn.Module  # the whole network: its state_dict is the checkpoint
-    net: nn.Module  # maps the loop's inputs to outputs: model, torch.compile(model), or the head alone
+    net: nn.Module  # maps the loop's inputs to outputs: the model, or the head alone
     inputs: Any  # the loop's inputs: the splits, or a frozen backbone's cached features of them
     train_pre: Callable  # fn(stored batch, generator) -> augmented, normalised batch
     channels_last: bool
@@ -101,6 +103,9 @@ class TrainState:
     loss_sum: torch.Tensor | None = None  # training loss summed since the last evaluation (on the device:
     correct: torch.Tensor | None = None  # no host sync per step), correct predictions and images seen
     seen: int = 0
+    train_step: Any = None  # cnnlab.step.Step: forward, loss, backward, update, EMA, running sums
+    drop_last: bool = False  # each epoch's short last batch dropped (static shapes for a compiled step)
+    tf32: dict = field(default_factory=dict)  # runtime.tf32_flags' decision
 
 
 def say(message: str) -> None:
@@ -116,11 +121,11 @@ def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool =
     a time (its lock); a resume may change only what cnnlab.resuming allows. ``verbose``: log all the config.
     ``trackers``: :mod:`cnnlab.tracking` objects told of each evaluation point, besides the config's own."""
     t_start, out_dir = time.perf_counter(), Path(out_dir)
-    with runs.FolderLock(out_dir), run_flags(cfg.train):  # flags for this run only; CUDA errors explained
+    with runs.FolderLock(out_dir), run_flags(cfg.train), tf32_flags(cfg.train) as tf32:  # for this run only
         resume = runs.prepare_out_dir(out_dir, resume, force, finished=is_finished(out_dir))
         changes = resuming.check(cfg, out_dir) if resume else None  # refused before any data is read
         s = set_up(cfg, out_dir, resume, log)  # nothing is written until data and model are ready
-        s.t_start = t_start
+        s.t_start, s.tf32 = t_start, tf32
         open_run_folder(s, changes, verbose, trackers)
         status, error, stop = "completed", None, {}
         try:
@@ -167,25 +172,28 @@ def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainStat
 
         init_whitening(model, eval_pre(splits.train_x[:5000], None))
 
-    optimizer = build_optimizer(transfer.param_groups(model, cfg.optim), cfg.optim, fused=device.type == "cuda")
-    steps_per_epoch = max(1, math.ceil(len(splits.train_y) / tc.batch_size))
+    optimizer = build_optimizer(transfer.param_groups(model, cfg.optim), cfg.optim, fused=True)
+    drop_last = drops_last(tc.drop_last, tc.compile, len(splits.train_y), tc.batch_size)
+    spe = steps_per_epoch(len(splits.train_y), tc.batch_size, drop_last)
     # at least one step for any positive epochs (0.001 epochs of a small set would round to none)
-    total_steps = max(1, round(tc.epochs * steps_per_epoch)) if tc.epochs > 0 else 0
+    total_steps = max(1, round(tc.epochs * spe)) if tc.epochs > 0 else 0
     ema = EMA(model, tc.ema, device) if tc.ema else None  # no host sync per update
     evaluator = Evaluator(eval_pre, tc.eval_batch_size, compute.precision, device, info.output_kind, splits.num_classes,
                           tta=tc.tta, channels_last=channels_last)
     s = TrainState(
         cfg=cfg, out_dir=out_dir, device=device, splits=splits, model=model,
-        net=torch.compile(model) if tc.compile else model, inputs=splits,
+        net=model, inputs=splits, drop_last=drop_last,
         train_pre=Preprocess(splits, cfg.data, train=True), channels_last=channels_last,
         optimizer=optimizer, schedule=build_schedule(optimizer, cfg.sched, total_steps, tc.epochs),
         loss_fn=build_loss(cfg.loss, splits.num_classes), preprocess=preprocess_record(splits, cfg.data, tc.tta),
         scaler=make_scaler(compute.precision, device), compute=compute,
         ema=ema, aug_gen=torch.Generator(device=device).manual_seed(cfg.seed + 1), evaluator=evaluator,
-        scored=ema.module if ema is not None else model, eval_inputs=splits, steps_per_epoch=steps_per_epoch,
+        scored=ema.module if ema is not None else model, eval_inputs=splits, steps_per_epoch=spe,
         total_steps=total_steps, log=log, model_info=model_info, warnings=warnings, data_seconds=data_seconds)
     if ema is None and not s.train_pre.random and tc.finetune != "all":
         train_head_on_cached_features(s)
+    static = drop_last or len(splits.train_y) % tc.batch_size == 0 or len(splits.train_y) < tc.batch_size
+    s.train_step = build_step(s, tc.compile, static)
     return s
 
 
@@ -223,7 +231,7 @@ def open_run_folder(s: TrainState, changes: dict | None, verbose: bool = False, 
         runs.write_split_record(s.out_dir, splits.record())  # image folders: each split's files
     log(f"── cnnlab run → {s.out_dir}\n" + (dump_yaml(cfg) if verbose else "\n".join(config_diff_lines(cfg))))
     log(f"data: {splits.source}; train {len(splits.train_y):,} / val {len(splits.val_y):,} / test "
-        f"{len(splits.test_y):,} images of {tuple(splits.train_x.shape[1:])} on {s.device} "
+        f"{len(splits.test_y):,} images of {tuple(splits.train_x.shape[1:])} on {s.device}{splits.placement_note} "
         f"(loaded in {s.data_seconds:.1f} s)")
     log(f"model: {cfg.model.name}, {info['params_total']:,} parameters ({info['params_trainable']:,} trainable), "
         f"{info['flops_per_image']:,} FLOPs per image\n{s.compute.line()}")
@@ -248,29 +256,17 @@ def train_loop(s: TrainState, stop: dict) -> str:
         epoch, i = divmod(p.step, s.steps_per_epoch)
         bar = progress_bar(s, epoch, i)
         # One permutation per epoch from (seed, epoch): resuming mid-epoch rebuilds it exactly.
-        for x, y in train_batches(s.inputs.train_x, s.inputs.train_y, bs, s.cfg.seed, epoch, start=i):
+        for x, y in train_batches(s.inputs.train_x, s.inputs.train_y, bs, s.cfg.seed, epoch, start=i,
+                                  drop_last=s.drop_last):
             if p.step == s.total_steps:  # a fraction of an epoch ends here
                 break
             x = s.train_pre(x, s.aug_gen)
             if s.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast_for(s.compute.precision, s.device):
-                out = s.net(x)
-                loss = s.loss_fn(out, y)
-            s.optimizer.zero_grad(set_to_none=True)
-            if s.scaler is not None:
-                s.scaler.scale(loss).backward()
-                s.scaler.step(s.optimizer)
-                s.scaler.update()
-            else:
-                loss.backward()
-                s.optimizer.step()
-            if s.ema is not None:
-                s.ema.update_parameters(s.model)
+            compile_s = s.train_step(x, y, s.loss_sum, s.correct)  # > 0 once when compiled: kept apart
+            p.train_seconds, p.compile_seconds = p.train_seconds - compile_s, p.compile_seconds + compile_s
             s.schedule.after_step()
             p.step += 1
-            s.loss_sum += loss.detach().float() * len(y)
-            s.correct += (out.detach().argmax(1) == y).sum()
             s.seen += len(y)
             if bar is not None:
                 bar.update(1)
@@ -369,17 +365,18 @@ def finish(s: TrainState, status: str, error: str | None, score: bool = True) ->
     p, cfg, images = s.progress, s.cfg, s.progress.step * s.cfg.train.batch_size
     summary = {
         "status": status, "error": error, "name": cfg.name, "seed": cfg.seed, "config": cfg.to_dict(),
-        "classes": list(s.splits.classes), "data_source": s.splits.source, "preprocess": s.preprocess,
-        "best": {"epoch": p.best_epoch, "step": p.best_step, "val_accuracy": p.best_val_accuracy,
-                 "val_loss": p.best_val_loss},
+        "classes": list(s.splits.classes), "data_source": s.splits.source, "data_placement": s.splits.placement,
+        "preprocess": s.preprocess, "best": {"epoch": p.best_epoch, "step": p.best_step,
+                                             "val_accuracy": p.best_val_accuracy, "val_loss": p.best_val_loss},
         **results,
         "final_train_loss": s.history[-1]["train_loss"] if s.history else None,
         "model": s.model_info,
         "time": {"train_s": round(p.train_seconds, 3), "eval_s": round(eval_seconds, 3),
-                 "data_s": round(s.data_seconds, 3), "total_s": round(time.perf_counter() - s.t_start, 3),
+                 "data_s": round(s.data_seconds, 3), "compile_s": round(p.compile_seconds, 3), "total_s": round(time.perf_counter() - s.t_start, 3),
                  "train_images_per_s": round(images / p.train_seconds, 1) if p.train_seconds else None,
                  "epoch_s": [round(t, 3) for t in p.epoch_seconds], "steps": p.step},
-        "warnings": s.warnings, "resumed": p.resumes, "env": runs.environment(s.device), **s.compute.record(),
+        "step": {**s.train_step.record(s.drop_last), "tf32": s.tf32}, **s.compute.record(),
+        "warnings": s.warnings, "resumed": p.resumes, "env": runs.environment(s.device),
     }
     runs.write_json(s.out_dir / "summary.json", summary)
     print_results(summary, s.log)

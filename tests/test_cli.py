@@ -16,6 +16,7 @@ def cnnlab(*args, cwd=None):
     (["optim.lr=-0.1"], "optim.lr"),
     (["model.name=nope"], "model.name"),
     (["train.batch_size=0"], "train.batch_size"),
+    (["train.mlflow=ftp://host"], "train.mlflow"),
     (["nonsense"], "key=value"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, args, needle):

@@ -193,3 +193,25 @@ def test_zip_partners_follow_their_factor(tmp_path):
     by_name = compare(d, by=["optim.name"])
     assert by_name.cells[(("sgd",), ())].total == 2
     assert "differ in optim.momentum" in by_name.markdown()
+
+
+def test_pruned_runs_are_shown_as_pruned_and_left_out_of_the_numbers(tmp_path):
+    from cnnlab.report import write_sweep_report
+
+    # a pruned run's metrics are those of a run stopped early: counted, its 0.50 would drag the mean down
+    rows = [row(f"a{s}", {"optim.lr": 0.01}, s, acc=0.98 + s / 1000) for s in range(2)]
+    rows += [row("a2", {"optim.lr": 0.01}, 2, status="pruned", acc=0.50)]
+    rows += [row(f"b{s}", {"optim.lr": 1e-5}, s, status="pruned", acc=0.2) for s in range(2)]
+    d = write_rows(tmp_path / "sw", rows)
+    res = compare(d, by=["optim.lr"])
+    text = {r[0]: res.cell_text(res.cells[(r, ())]) for r in res.rows}
+    assert text["0.01"].startswith("**98.05 ± ") and text["0.01"].endswith("pruned 1/3")  # mean of the two others
+    assert "failed" not in text["0.01"]
+    assert text["1e-05"] == "pruned (2/2)"
+    assert res.best == (("0.01",), ())
+    assert "pruned k/n" in res.markdown()
+    table = list(csv.DictReader(io.StringIO(res.csv())))
+    assert [(t["optim.lr"], t["n"], t["pruned"], t["failed"]) for t in table] == [("1e-05", "0", "2", "0"),
+                                                                                  ("0.01", "2", "1", "0")]
+    html = write_sweep_report(d).read_text()
+    assert "pruned" in html and "50.00" not in html  # shown by status, its accuracy in no statistic

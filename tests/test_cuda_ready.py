@@ -180,17 +180,14 @@ def test_each_sweep_worker_gets_its_own_gpu(monkeypatch):
     assert got == ["0", "1", "0"]
 
 
-def test_the_splits_go_to_the_device_only_when_they_fit(monkeypatch, data_root):
-    from cnnlab.data import batches, splits
-    from cnnlab.data.common import DataError
+def test_the_splits_go_to_the_device_only_when_they_fit():
+    from cnnlab.data.placement import choose_placement
 
-    assert batches.fits_on_device(10**12, "cpu")  # a CPU is not measured
-    monkeypatch.setattr(batches, "free_memory", lambda device: 1000)  # a nearly full GPU, on any machine
-    assert batches.fits_on_device(500, "cuda") and not batches.fits_on_device(501, "cuda")
-    monkeypatch.setattr(splits, "free_memory", lambda device: 1000)
-    monkeypatch.setattr(splits, "fits_on_device", batches.fits_on_device)
-    with pytest.raises(DataError, match="data.train_limit.*train.device: cpu"):
-        splits.load_splits({"name": "mnist", "train_limit": 100, "val_size": 10}, "cuda")
+    # a nearly full GPU (1000 bytes free) on any machine: half of it may hold the data, then host RAM
+    assert choose_placement(500, "cuda", 1000, 10**9) == "device"
+    assert choose_placement(501, "cuda", 1000, 10**9) == "pinned"
+    assert choose_placement(501, "cuda", 1000, 1000) == "stream"
+    assert choose_placement(10**12, "cpu", None, None) == "device"  # nothing measured: nothing refused
 
 
 def test_evaluation_halves_its_batch_when_memory_runs_out():

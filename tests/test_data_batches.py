@@ -61,3 +61,12 @@ def test_batch_size_must_be_positive():
         next(train_batches(x, y, 0, seed=0, epoch=0))
     with pytest.raises(ValueError, match="batch_size"):
         next(eval_batches(x, y, 0))
+
+
+def test_drop_last_leaves_out_the_short_batch_only():
+    x, y = torch.arange(53).view(53, 1, 1, 1), torch.arange(53)
+    got = list(train_batches(x, y, 10, seed=0, epoch=0, drop_last=True))
+    whole = list(train_batches(x, y, 10, seed=0, epoch=0))
+    assert [len(b) for _, b in got] == [10] * 5 and len(whole) == 6
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(got, whole))
+    assert [len(b) for _, b in train_batches(x, y, 10, seed=0, epoch=0, start=3, drop_last=True)] == [10, 10]

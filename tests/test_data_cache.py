@@ -7,7 +7,7 @@ import stat
 import torch
 from data_files import listing, make_tree
 
-from cnnlab import data
+from cnnlab import data, runs
 from cnnlab.data import cache
 
 
@@ -76,5 +76,7 @@ def test_a_cache_of_another_state_or_version_is_not_used(monkeypatch, tmp_path):
     assert path is not None and not [p for p in path.parent.iterdir() if p.name.startswith(".tmp")]
     blob, at = cache.load_cached("imagefolder", folder, fp)
     assert at == path and blob["fingerprint"] == fp and blob["version"] == cache.VERSION
-    torch.save({**blob, "version": cache.VERSION + 1}, path)
+    # replaced as cnnlab writes (a new file renamed over it): blob's tensors are memory-mapped from the old one,
+    # which writing in place would cut from under them
+    runs.save_checkpoint(path, {**blob, "version": cache.VERSION + 1})
     assert cache.load_cached("imagefolder", folder, fp)[0] is None

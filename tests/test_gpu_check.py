@@ -21,6 +21,8 @@ def test_the_cpu_path_runs_and_exits_0(capsys, data_root, tmp_path):
     assert load().main(["--quick", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "no CUDA device" in out
-    for row in ("quick start fp32 + EMA", "SIGINT + resume (cpu)", "224-px ResNet-50 in 8 GB"):
+    for row in ("quick start fp32 + EMA", "SIGINT + resume (cpu)", "224-px ResNet-50 in 8 GB", "TF32 for fp32 (auto)",
+                "compiled step"):
         assert row in out
+    assert "off (no CUDA device); flags restored" in out  # TF32: no GPU, nothing to turn on
     assert "FAIL" not in out

@@ -106,3 +106,11 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path):
 def test_environment_records_versions():
     env = runs.environment("cpu")
     assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["python"]
+
+
+def test_a_run_killed_before_its_first_checkpoint_restarts_and_drops_its_mlflow_link(tmp_path):
+    # mlflow.json is written as the run starts (cnnlab.tracking): it must not make the folder look finished work
+    for name in ("config.yaml", "metrics.jsonl", "mlflow.json"):
+        (tmp_path / name).write_text("{}")
+    assert runs.prepare_out_dir(tmp_path, resume=False, force=False) is False
+    assert not (tmp_path / "mlflow.json").exists()  # the new run gets a new MLflow run, not the killed one's

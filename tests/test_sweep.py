@@ -281,8 +281,9 @@ def test_workers_record_a_divergence_and_a_crash_and_go_on(tmp_path, data_root):
 
 
 @pytest.mark.slow
-def test_ray_executor_runs_the_same_sweep_as_tune_trials(tmp_path, data_root):
+def test_ray_executor_runs_the_same_sweep_as_tune_trials(tmp_path, data_root, monkeypatch):
     ray = pytest.importorskip("ray")
+    monkeypatch.setenv("CNNLAB_SCRATCH", str(tmp_path / "scratch"))  # the trials' node-local folders, not /tmp's
     path = sweep_file(tmp_path, GRID_2X2)
     out = tmp_path / "out"
     ray.init(num_cpus=2, include_dashboard=False)
@@ -291,7 +292,7 @@ def test_ray_executor_runs_the_same_sweep_as_tune_trials(tmp_path, data_root):
         rows = run_sweep(path, out_dir=out, executor="ray", resources={"cpu": 1})
         print(f"ray sweep of 4 runs: {time.perf_counter() - t0:.1f} s")
         assert [r["status"] for r in rows] == ["completed"] * 4
-        written = lines(out / RESULTS)  # each trial wrote its own row
+        written = lines(out / RESULTS)  # the driver wrote one row per trial
         assert sorted(r["run_id"] for r in written) == sorted(r.run_id for r in load_sweep(path).runs)
         for r in rows:
             assert json.loads((out / r["run_dir"] / "summary.json").read_text())["status"] == "completed"
@@ -328,3 +329,21 @@ def test_study_recipes_have_the_studies_shapes():
     assert sorted({r.settings["base"] for r in c.runs}) == ["study_c_lenet5", "study_c_lenet5_regularised",
                                                             "study_c_mlp"]
     assert len(c.runs) == 15
+
+
+SHORTENED = {"train": ("epochs", "threads"), "data": ("train_limit",)}  # what a *_cpu.yaml sweep may change
+
+
+@pytest.mark.parametrize("path", [p for p in RECIPES if p.stem.endswith("_cpu")], ids=lambda p: p.stem)
+def test_shortened_sweeps_run_their_full_sweeps_settings(path):
+    # docs/studies/ re-ran these on a shared CPU; their inline study files must not drift from the originals.
+    def normal(cfg):
+        d = cfg.to_dict()
+        for section, keys in SHORTENED.items():
+            for k in keys:
+                d[section].pop(k)
+        return json.dumps(d, sort_keys=True)
+
+    full = {normal(r.config) for r in load_sweep(path.with_name(path.stem.removesuffix("_cpu") + ".yaml")).runs}
+    short = load_sweep(path).runs
+    assert short and all(normal(r.config) in full for r in short)

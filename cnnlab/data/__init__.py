@@ -4,7 +4,8 @@ Each data set (MNIST, Fashion-MNIST, CIFAR-10, any ``train/<class>/`` +
 ``test/<class>/`` image folder) is read once by its source module
 (:mod:`cnnlab.data.sources`) into a :class:`RawData`, split deterministically into
 train / validation / test (:func:`load_splits`, :mod:`cnnlab.data.splits`) and
-moved to the device in one go. Training and evaluation then take batches from
+moved to the device in one go (or, when they do not fit, kept in pinned host memory
+or streamed from the cache on disk: :mod:`cnnlab.data.placement`). Training and evaluation then take batches from
 :mod:`cnnlab.data.batches` and turn them into normalised float input with
 :class:`cnnlab.augment.Preprocess`. Decoded image folders are cached under the
 cache directory (:mod:`cnnlab.data.cache`), never in the data root;

@@ -5,11 +5,13 @@ A training epoch is the slices of one permutation drawn from ``(seed, epoch)`` a
 (on the CPU, with its own generator, then moved to the device once), so resuming
 in the middle of an epoch rebuilds exactly the same order and the order never
 depends on the device or on anything drawn before. Evaluation walks a split in
-consecutive slices. Batches are views/gathers of tensors already on the device:
-no DataLoader, no per-sample Python.
+consecutive slices. Batches are views/gathers of tensors already on the device
+(or, for splits too big for it, gathers on the host copied over by
+:class:`~cnnlab.data.placement.HostImages`): no DataLoader, no per-sample Python.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Union
 
 import torch
@@ -26,41 +28,48 @@ def epoch_permutation(n: int, seed: int, epoch: int, device: Device = None) -> t
 
 def train_batches(
     x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, epoch: int, start: int = 0, device: Device = None,
+    drop_last: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``(x[idx], y[idx])`` for the slices ``idx`` of :func:`epoch_permutation`, from
-    batch index ``start`` (to resume mid-epoch); the last short batch is kept.
-    The permutation goes to ``device``, by default where ``x`` is."""
+    batch index ``start`` (to resume mid-epoch); the last short batch is kept unless ``drop_last``
+    (a compiled step keeps one batch shape). The permutation goes to ``device``, by default where ``x`` is.
+    Images kept on the host (:class:`~cnnlab.data.placement.HostImages`) are gathered there by the same
+    permutation on the CPU, and the labels by its copy on their device."""
     _check(batch_size)
-    perm = epoch_permutation(len(y), seed, epoch, x.device if device is None else device)
-    for i in range(start * batch_size, len(perm), batch_size):
-        idx = perm[i : i + batch_size]
-        yield x[idx], y[idx]
+    end = len(y) - len(y) % batch_size if drop_last else len(y)
+    starts = range(start * batch_size, end, batch_size)
+    if isinstance(x, torch.Tensor):
+        perm = epoch_permutation(len(y), seed, epoch, x.device if device is None else device)
+        for i in starts:  # index_select copies whole images; x[idx] went element by element (5x slower on CPU)
+            idx = perm[i : i + batch_size]
+            yield x.index_select(0, idx), y.index_select(0, idx)
+        return
+    perm = epoch_permutation(len(y), seed, epoch)
+    perm_y = perm.to(y.device)
+    batches = _gathered_ahead(x, [perm[i : i + batch_size] for i in starts])
+    for i, xb in zip(starts, batches):
+        yield xb, y.index_select(0, perm_y[i : i + batch_size])
 
 
 def eval_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Consecutive slices ``(x[i:i+b], y[i:i+b])`` covering the split once, in order."""
     _check(batch_size)
-    for i in range(0, len(y), batch_size):
-        yield x[i : i + batch_size], y[i : i + batch_size]
+    starts = range(0, len(y), batch_size)
+    xs = (x[i : i + batch_size] for i in starts) if isinstance(x, torch.Tensor) else \
+        _gathered_ahead(x, [slice(i, i + batch_size) for i in starts])
+    for i, xb in zip(starts, xs):
+        yield xb, y[i : i + batch_size]
 
 
-# The stored splits may take at most this share of the device's free memory: the rest is for the
-# weights, optimizer state and activations (a 224-px ResNet's activations dwarf MNIST's images).
-DEVICE_SHARE = 0.5
-
-
-def free_memory(device: Device) -> int | None:
-    """Free bytes on ``device`` (``torch.cuda.mem_get_info``); None where it is not measured (CPU)."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return None
-    return torch.cuda.mem_get_info(device)[0]
-
-
-def fits_on_device(nbytes: int, device: Device) -> bool:
-    """Whether ``nbytes`` of stored images may go to ``device`` (always on a CPU)."""
-    free = free_memory(device)
-    return free is None or nbytes <= DEVICE_SHARE * free
+def _gathered_ahead(x, keys: list) -> Iterator[torch.Tensor]:
+    """``x[key]`` for each key of host-kept images, the next batch gathered in a thread while the caller
+    works on this one (reads from a memory map, and the copy to the device, overlap the step)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cnnlab-batches") as pool:
+        ahead = pool.submit(x.__getitem__, keys[0]) if keys else None
+        for k in range(len(keys)):
+            batch = ahead.result()
+            ahead = pool.submit(x.__getitem__, keys[k + 1]) if k + 1 < len(keys) else None
+            yield batch
 
 
 def _check(batch_size: int) -> None:

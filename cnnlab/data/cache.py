@@ -7,7 +7,11 @@ a hash of the folder's absolute path and the folder's fingerprint (every image's
 path, size and mtime), so a changed folder is decoded again and the cache of its
 earlier state is removed. Files are written atomically (a temporary file renamed
 over the target) and read with ``weights_only=True``, so a damaged or hostile
-cache file is ignored and rebuilt, never unpickled.
+cache file is ignored and rebuilt, never unpickled. Cache files are read memory-mapped
+(``mmap=True``): pages come from disk when touched, so a data set larger than memory
+can be streamed from its cache (:mod:`cnnlab.data.placement`), and copying a cached set
+into memory costs no more than reading it. Sets read from their own files (MNIST, the
+CIFAR-10 python batches) get a cache file only when they must be streamed (:func:`mapped_copy`).
 """
 from __future__ import annotations
 
@@ -55,7 +59,7 @@ def load_cached(label: str, folder: Path, fingerprint: str) -> tuple[Optional[di
     if not path.is_file():
         return None, path
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = read_mapped(path)
     except Exception:  # unreadable or from another torch: decode again
         return None, path
     if not isinstance(blob, dict) or blob.get("version") != VERSION or blob.get("fingerprint") != fingerprint:
@@ -80,6 +84,39 @@ def save_cached(blob: dict[str, Any], label: str, folder: Path, fingerprint: str
         if old != path:
             old.unlink(missing_ok=True)
     return path
+
+
+def read_mapped(path: Path) -> Any:
+    """A cache file's contents, tensors memory-mapped from it (read-only use: pages are private copies)."""
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def mapped_copy(tensors: dict[str, torch.Tensor], label: str) -> tuple[Optional[dict[str, torch.Tensor]], Path]:
+    """``tensors`` saved once under the cache directory (named by ``label`` and a hash of their
+    bytes, so the same data reuses the file) and read back memory-mapped; None when the cache
+    directory cannot be written. For data sets without a decoded cache that must be streamed."""
+    h = hashlib.blake2b(digest_size=8)
+    for key in sorted(tensors):
+        t = tensors[key].contiguous()
+        h.update(f"{key}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+    path = decoded_dir() / f"{label}-stream-{h.hexdigest()}.pt"
+    for attempt in range(2):
+        if path.is_file():
+            try:
+                blob = read_mapped(path)
+                if isinstance(blob, dict) and set(blob) == set(tensors):
+                    return blob, path
+            except Exception:  # damaged: written again below
+                pass
+        if attempt or not _writable(_nearest_existing(decoded_dir())):
+            break
+        try:
+            decoded_dir().mkdir(parents=True, exist_ok=True)
+            runs.save_checkpoint(path, {k: t.contiguous() for k, t in tensors.items()})
+        except OSError:
+            break
+    return None, path
 
 
 def _writable(directory: Path) -> bool:

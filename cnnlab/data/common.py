@@ -37,7 +37,8 @@ class RawData:
     ``mean``/``std`` are per channel on the 0..1 scale. ``source`` says what was read
     (official files or an image-folder export, and where). ``cache_path`` is the decoded
     tensor cache of an image folder (None for the others), ``from_cache`` whether this
-    load came from it.
+    load came from it, ``mapped`` whether the image tensors are memory-mapped from it (pages
+    read from disk when touched, see :mod:`cnnlab.data.placement`).
     """
 
     train_x: torch.Tensor
@@ -50,6 +51,7 @@ class RawData:
     source: str
     cache_path: Optional[Path] = None
     from_cache: bool = False
+    mapped: bool = False
     # image folders: a val/ folder's images; "flat" when train_x holds every image of a root/<class>/
     # folder (test_x empty; cnnlab.data.splits splits it); the data root; each split's files (paths
     # relative to root, in tensor order); images skipped as unreadable [(path, why)]; non-image files
@@ -136,14 +138,24 @@ def try_download(fn: Callable[[], Any], made: list[Path]) -> Optional[str]:
 def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Exact per-channel mean and (population) std of uint8 images on the 0..1 scale,
     from a 256-bin histogram per channel (far cheaper than widening every pixel)."""
-    c = x.shape[1]
-    if x.numel() == 0:
-        return (0.0,) * c, (1.0,) * c
+    return stats_of_histograms(channel_histograms(x)) if x.numel() else ((0.0,) * x.shape[1], (1.0,) * x.shape[1])
+
+
+def channel_histograms(x: torch.Tensor) -> torch.Tensor:
+    """``[C, 256]`` pixel counts per channel of uint8 images; summed over chunks they give the
+    histograms of the whole set (how a streamed split's statistics are computed)."""
+    return torch.stack([torch.bincount(x[:, ch].reshape(-1), minlength=256) for ch in range(x.shape[1])])
+
+
+def stats_of_histograms(hists: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std on the 0..1 scale from :func:`channel_histograms`."""
     values = torch.arange(256, dtype=torch.float64)
     mean, std = [], []
-    for ch in range(c):
-        hist = torch.bincount(x[:, ch].reshape(-1), minlength=256).double()
+    for hist in hists.double():
         n = hist.sum()
+        if n == 0:
+            mean.append(0.0), std.append(1.0)
+            continue
         m = (hist * values).sum() / n
         var = ((hist * values * values).sum() / n - m * m).clamp(min=0)
         mean.append(float(m) / 255)
@@ -151,3 +163,11 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
         std.append(s if s > 0 else 1.0)  # a constant channel: avoid dividing by zero later
     return tuple(mean), tuple(std)
 
+
+def to_grey(x: torch.Tensor) -> torch.Tensor:
+    """RGB uint8 -> one-channel uint8 luma (rounded), done in chunks to bound memory."""
+    out = torch.empty(x.shape[0], 1, *x.shape[2:], dtype=torch.uint8)
+    w = torch.tensor([0.2989, 0.587, 0.114]).view(1, 3, 1, 1)
+    for i in range(0, len(x), 4096):
+        out[i : i + 4096] = (x[i : i + 4096].float() * w).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
+    return out

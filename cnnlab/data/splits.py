@@ -9,7 +9,9 @@ anything drawn before; ``data.train_limit`` then keeps the first N images of the
 split into train / validation / test here, stratified by class (:func:`stratified_split`),
 or by the file lists a run saved (``splits.json``, :meth:`Splits.record`), so eval and
 resume see the same split. ``data.channels`` turns RGB into grey here, once. All
-tensors move to the device in one go, as uint8.
+tensors move to the device in one go, as uint8, unless :mod:`cnnlab.data.placement`
+finds they do not fit there (then they stay in pinned host memory or memory-mapped
+from the cache on disk, and batches are copied over).
 """
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 
-from cnnlab.data.batches import fits_on_device, free_memory
-from cnnlab.data.common import DataError, RawData, channel_stats, resolve_root
+from cnnlab.data import placement
+from cnnlab.data.common import DataError, RawData, channel_stats, resolve_root, to_grey  # noqa: F401 (to_grey)
+from cnnlab.data.placement import HostImages
 from cnnlab.data.sources import dataset_info
 from cnnlab.registry import DATASETS
 
@@ -31,7 +34,7 @@ if TYPE_CHECKING:
 DEFAULTS: dict[str, Any] = {
     "name": "mnist", "root": None, "download": True, "val_size": None, "split_seed": 0, "train_limit": None,
     "resize": None, "channels": None, "test_size": None, "resize_mode": "bilinear", "resize_policy": "stretch",
-    "skip_bad_images": False, "allow_modified": False,
+    "skip_bad_images": False, "allow_modified": False, "max_memory": "auto",
 }  # fmt: skip
 
 DataSettings = Union["DataConfig", dict, None]
@@ -48,7 +51,9 @@ def setting(data_cfg: DataSettings, key: str) -> Any:
 
 @dataclass
 class Splits:
-    """Train / validation / test tensors on the device, ready for :mod:`cnnlab.data.batches`.
+    """Train / validation / test tensors on the device, ready for :mod:`cnnlab.data.batches`
+    (or, when they do not fit there, :class:`~cnnlab.data.placement.HostImages` that hand out
+    device batches the same way, see ``placement``).
 
     ``*_x`` are uint8 ``[N, C, H, W]`` as stored (a grey set stays one channel even with
     ``data.channels=3``: :class:`~cnnlab.augment.Preprocess` repeats it), ``*_y`` int64.
@@ -86,6 +91,13 @@ class Splits:
     files: Optional[dict[str, list[tuple[str, int]]]] = None
     bad_images: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    # where the images are kept (cnnlab.data.placement): "device", "pinned host memory" or "streamed from <file>"
+    placement: str = "device"
+
+    @property
+    def placement_note(self) -> str:
+        """The placement for the "data:" line: nothing when on the device, else ", <placement>"."""
+        return "" if self.placement == "device" else f", {self.placement}"
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -218,23 +230,16 @@ def split_indices(
     return train_index, val_index
 
 
-def to_grey(x: torch.Tensor) -> torch.Tensor:
-    """RGB uint8 -> one-channel uint8 luma (rounded), done in chunks to bound memory."""
-    out = torch.empty(x.shape[0], 1, *x.shape[2:], dtype=torch.uint8)
-    w = torch.tensor([0.2989, 0.587, 0.114]).view(1, 3, 1, 1)
-    for i in range(0, len(x), 4096):
-        out[i : i + 4096] = (x[i : i + 4096].float() * w).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
-    return out
-
-
 def load_splits(data_cfg: DataSettings = None, device: Union[str, torch.device] = "cpu",
                 saved: Optional[dict] = None) -> Splits:
     """Load ``data.name`` and split it: the official training set into train and validation
     with a permutation fixed by ``data.split_seed`` (an image folder's val/ is kept as
     validation), the official test set as it is; a flat image folder into all three,
     stratified by class, or as ``saved`` (a run's ``splits.json``, see :meth:`Splits.record`)
-    says. ``data.train_limit`` keeps the first N images of the (shuffled) train split. All
-    tensors are moved to ``device`` once, as uint8."""
+    says. ``data.train_limit`` keeps the first N images of the (shuffled) train split. The
+    splits, uint8, go where :mod:`cnnlab.data.placement` decides from their size, ``data.max_memory``
+    and the free memory: to ``device`` in one go, or kept on the host (pinned, or memory-mapped
+    from the cache on disk) as :class:`~cnnlab.data.placement.HostImages` handing out device batches."""
     name = setting(data_cfg, "name")
     raw = load_raw(data_cfg)
     seed, limit = setting(data_cfg, "split_seed"), setting(data_cfg, "train_limit")
@@ -243,15 +248,18 @@ def load_splits(data_cfg: DataSettings = None, device: Union[str, torch.device] 
         raise DataError(f"data.test_size is set, but {name} ({raw.source}) has its own test images; data.test_size "
                         f"splits a flat root/<class>/ image folder only. Remove it.")
     files = None
+    # each split as (the RawData tensor holding its images, their positions in it; None: all, in order):
+    # nothing is gathered until the placement is known
+    parts: dict[str, tuple[str, Optional[torch.Tensor]]]
     if raw.layout == "flat":
         idx = _split_flat(raw, data_cfg, saved)
         train_index, val_index = idx["train"], idx["val"]
-        x_all, y_all = raw.train_x, raw.train_y
-        xs = {s: x_all[i] for s, i in idx.items()}
+        parts = {s: ("train_x", i) for s, i in idx.items()}
+        y_all = raw.train_y
         ys = {s: y_all[i] for s, i in idx.items()}
         paths = raw.files["train"] if raw.files else []
         files = {s: [(paths[j], int(y_all[j])) for j in i.tolist()] for s, i in idx.items()}
-        mean, std = channel_stats(xs["train"])
+        mean, std = None, None  # of the train split, below
     else:
         n = len(raw.train_x)
         if raw.val_x is not None:
@@ -261,7 +269,7 @@ def load_splits(data_cfg: DataSettings = None, device: Union[str, torch.device] 
             val_index = torch.empty(0, dtype=torch.int64)
             train_index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit] if limit \
                 else torch.arange(n)
-            val_x, val_y = raw.val_x, raw.val_y
+            val_part, val_y = ("val_x", None), raw.val_y
         else:
             if val_size is None:
                 default = dataset_info(name).default_val_size
@@ -273,8 +281,8 @@ def load_splits(data_cfg: DataSettings = None, device: Union[str, torch.device] 
                     f"({raw.source}). Set data.val_size below {n}."
                 )
             train_index, val_index = split_indices(n, val_size, seed, limit)
-            val_x, val_y = raw.train_x[val_index], raw.train_y[val_index]
-        xs = {"train": raw.train_x[train_index], "val": val_x, "test": raw.test_x}
+            val_part, val_y = ("train_x", val_index), raw.train_y[val_index]
+        parts = {"train": ("train_x", train_index), "val": val_part, "test": ("test_x", None)}
         ys = {"train": raw.train_y[train_index], "val": val_y, "test": raw.test_y}
         mean, std = raw.mean, raw.std
         if raw.files is not None:
@@ -284,36 +292,32 @@ def load_splits(data_cfg: DataSettings = None, device: Union[str, torch.device] 
                              list(zip(raw.files.get("val", []), raw.val_y.tolist()))),
                      "test": list(zip(raw.files.get("test", []), raw.test_y.tolist()))}
 
-    native = xs["train"].shape[1]
+    native = raw.train_x.shape[1]
     channels = setting(data_cfg, "channels") or native
-    if channels == 1 and native == 3:
-        # Converted once here rather than per batch; statistics of the grey images.
-        xs = {s: to_grey(x) for s, x in xs.items()}
-        mean, std = channel_stats(xs["train"])
-    elif channels == 3 and native == 1:
-        mean, std = tuple(mean) * 3, tuple(std) * 3  # Preprocess repeats the channel
-    elif channels != native:
+    if channels != native and not (channels == 3 and native == 1) and not (channels == 1 and native == 3):
         raise DataError(f"data.channels={channels} cannot be made from {native}-channel images")
+    grey = channels == 1 and native == 3  # converted once (or per streamed batch), not per training batch
+    dev = torch.device(device)
+    xs, where = _place(raw, parts, grey, dev, setting(data_cfg, "max_memory"), name)
+    if mean is None or grey:  # statistics of the images as stored (a flat folder's train split, grey images)
+        mean, std = placement.host_stats(xs["train"]) if isinstance(xs["train"], HostImages) \
+            else channel_stats(xs["train"])
+    if channels == 3 and native == 1:
+        mean, std = tuple(mean) * 3, tuple(std) * 3  # Preprocess repeats the channel
 
-    h, w = xs["train"].shape[-2:]
+    h, w = raw.train_x.shape[-2:]
     resize = setting(data_cfg, "resize")
     image_size: Union[int, tuple[int, int]] = resize if resize else (h if h == w else (h, w))
     if isinstance(image_size, (list, tuple)):
         image_size = tuple(image_size)  # type: ignore[assignment]
         if image_size[0] == image_size[1]:
             image_size = image_size[0]
-    dev = torch.device(device)
-    nbytes = sum(x.numel() * x.element_size() for x in xs.values())  # uint8; the labels are negligible
-    if not fits_on_device(nbytes, dev):
-        free = free_memory(dev) or 0
-        raise DataError(f"the {name} splits take {nbytes / 2**30:.1f} GiB as uint8, more than half of the "
-                        f"{free / 2**30:.1f} GiB free on {dev}, and cnnlab keeps them on the device. Use fewer "
-                        "images (data.train_limit), a GPU with more free memory (nvidia-smi shows what else runs "
-                        "there), or train.device: cpu.")
+    if not isinstance(xs["train"], HostImages):
+        xs = {s: x.to(dev) for s, x in xs.items()}
     return Splits(
-        train_x=xs["train"].to(dev), train_y=ys["train"].to(dev),
-        val_x=xs["val"].to(dev), val_y=ys["val"].to(dev),
-        test_x=xs["test"].to(dev), test_y=ys["test"].to(dev),
+        train_x=xs["train"], train_y=ys["train"].to(dev),
+        val_x=xs["val"], val_y=ys["val"].to(dev),
+        test_x=xs["test"], test_y=ys["test"].to(dev),
         classes=list(raw.classes), mean=tuple(mean), std=tuple(std), num_classes=len(raw.classes),
         in_channels=channels, image_size=image_size, source=raw.source, name=name,
         train_index=train_index, val_index=val_index,
@@ -321,5 +325,26 @@ def load_splits(data_cfg: DataSettings = None, device: Union[str, torch.device] 
         resize_policy=setting(data_cfg, "resize_policy"), interpolation=setting(data_cfg, "resize_mode"),
         resized_on_decode=bool(resize) and "resize" in DATASETS.get(name).options,
         root=str(raw.root) if raw.root is not None else None, files=files,
-        bad_images=list(raw.bad_images), skipped=list(raw.skipped),
+        bad_images=list(raw.bad_images), skipped=list(raw.skipped), placement=where,
     )  # fmt: skip
+
+
+def _place(raw: RawData, parts: dict[str, tuple[str, Optional[torch.Tensor]]], grey: bool, dev: torch.device,
+           max_memory: Union[str, int], name: str) -> tuple[dict[str, Any], str]:
+    """Each split's images where they will be kept, and the placement as summary.json says it: CPU
+    tensors bound for ``dev`` ("device"), or HostImages ("pinned host memory", "streamed from <file>")."""
+    per_image = (1 if grey else raw.train_x.shape[1]) * raw.train_x.shape[2] * raw.train_x.shape[3]
+    count = sum(len(getattr(raw, t)) if rows is None else len(rows) for t, rows in parts.values())
+    kind = placement.decide(count * per_image, dev, max_memory)  # uint8; the labels are negligible
+    if kind == placement.STREAM:
+        mapped, path = placement.mapped_images(raw, name)
+        return {s: HostImages(mapped[t], rows, dev, grey) for s, (t, rows) in parts.items()}, f"streamed from {path}"
+    xs = {}
+    for s, (t, rows) in parts.items():
+        x = getattr(raw, t)
+        # a memory-mapped cache is copied into memory here (gathering copies already)
+        x = x[rows] if rows is not None else (x.clone() if raw.mapped and dev.type == "cpu" else x)
+        xs[s] = to_grey(x) if grey else x
+    if kind == placement.PINNED:
+        return {s: HostImages(x.pin_memory(), None, dev) for s, x in xs.items()}, "pinned host memory"
+    return xs, "device"

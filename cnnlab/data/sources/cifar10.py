@@ -105,7 +105,7 @@ def _export(folder: Path) -> RawData:
     return RawData(
         blob["train_x"], blob["train_y"], blob["test_x"], blob["test_y"], list(CLASSES),
         CIFAR10.mean, CIFAR10.std, source=f"image-folder export ({kinds_text(tree.kinds)}) at {folder}",
-        cache_path=cache_path, from_cache=hit,
+        cache_path=cache_path, from_cache=hit, mapped=cache_path is not None,
     )  # fmt: skip
 
 

@@ -294,8 +294,9 @@ def _decode_tree(tree: Tree, decode: Decode) -> dict[str, Any]:
 
 def read_tree(folder: Path, label: str, decode: Decode = Decode(), skip_bad: bool = False
               ) -> tuple[dict[str, Any], Tree, Optional[Path], bool]:
-    """Decode (or load from the cache) an image tree: returns the tensors, the scan,
-    the cache file (None if none could be written) and whether it came from the cache.
+    """Decode (or load from the cache) an image tree: returns the tensors (memory-mapped from the
+    cache file when there is one), the scan, the cache file (None if none could be written) and
+    whether it came from the cache.
     An image that cannot be decoded raises a DataError naming it unless ``skip_bad``."""
     try:
         tree = scan_tree(folder, label, decode)
@@ -310,6 +311,9 @@ def read_tree(folder: Path, label: str, decode: Decode = Decode(), skip_bad: boo
     if blob is None:
         blob = _decode_tree(tree, decode)
         path = save_cached(blob, key, tree.folder, tree.fingerprint)
+        if path is not None:  # read back memory-mapped, as a later run reads it: the decoded copy is freed
+            mapped = load_cached(key, tree.folder, tree.fingerprint)[0]
+            blob, path = (mapped, path) if mapped is not None else (blob, None)  # None: unusable as a cache
     if blob["bad"] and not skip_bad:
         raise _bad_image_error(tree.folder, *blob["bad"][0])
     return blob, tree, path, hit
@@ -350,6 +354,7 @@ def load_imagefolder(root: Path, download: bool = False, *, resize: Any = None, 
         x, blob["all_y" if flat else "train_y"],
         x[:0] if flat else blob["test_x"], blob["all_y"][:0] if flat else blob["test_y"],
         list(blob["classes"]), tuple(mean), tuple(std), source=source, cache_path=cache_path, from_cache=hit,
+        mapped=cache_path is not None,
         val_x=blob.get("val_x"), val_y=blob.get("val_y"), layout=blob["layout"], root=root,
         files={("train" if flat else s): list(v) for s, v in blob["files"].items()},
         bad_images=[tuple(b) for b in blob["bad"]], skipped=list(blob["skipped"]),

@@ -1,0 +1,146 @@
+"""One training step, built once per run: eager, or compiled with ``torch.compile`` (``train.compile``).
+
+A step is: forward + loss (+ the batch's correct count, for the running accuracy), backward, the
+optimizer update (through GradScaler for fp16), the EMA update, and adding the batch's loss and hits to
+the running sums on the device. The training loop calls it once per batch; the schedule and the
+evaluation points stay in the loop.
+
+Compiled (``train.compile: true``), the unit handed to ``torch.compile`` is forward + loss + hit count;
+AOTAutograd compiles its backward with it, so forward, loss and backward run as compiled graphs. The
+optimizer update stays an eager call: on CUDA it is torch's fused kernel (one launch for sgd/adam/adamw,
+optim.build_optimizer), and compiling it would need every learning rate as a tensor (torch's recipe for a
+compiled optimizer with an LR scheduler); with plain float rates each schedule change recompiles it
+(measured on this CPU: a 6 s recompile per step with a per-step rate), and foreach optimizers refuse a
+tensor rate unless ``capturable``. Mode (:func:`compile_mode`): CUDA graphs (``reduce-overhead``) on a GPU
+when every batch has the same shape, else ``max-autotune-no-cudagraphs``; the default mode on a CPU.
+Shapes are kept static by dropping each epoch's short last batch (:func:`drops_last`, ``train.drop_last``),
+so the last batch never recompiles. The first steps' extra time (compiling, CUDA-graph recording) is
+measured and kept apart from training time (summary.json ``time.compile_s``).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+
+from cnnlab.runtime import autocast_for
+
+WARMUP_CALLS = 3  # compiled: call 1 compiles; with CUDA graphs, call 2 warms up and call 3 records
+
+
+def drops_last(setting: Optional[bool], compile: bool, n: int, batch_size: int) -> bool:
+    """Whether each epoch's short last batch is dropped: ``train.drop_last``, or when unset, when the step is
+    compiled (one batch shape: no recompile, CUDA graphs apply). Never when there is no full batch at all."""
+    drop = compile if setting is None else setting
+    return bool(drop) and n >= batch_size and n % batch_size != 0
+
+
+def steps_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
+    return max(1, n // batch_size if drop_last else math.ceil(n / batch_size))
+
+
+def compile_mode(device_type: str, static_shapes: bool) -> str:
+    """torch.compile's mode for the step: CUDA graphs replay a step's kernels in one launch but need the
+    same shapes every step, so a GPU gets ``reduce-overhead`` when batches are static and
+    ``max-autotune-no-cudagraphs`` when they are not; a CPU has no graphs and gets the default mode."""
+    if device_type != "cuda":
+        return "default"
+    return "reduce-overhead" if static_shapes else "max-autotune-no-cudagraphs"
+
+
+@dataclass
+class StepParts:
+    """What one step touches (the trainer's objects, gathered by :func:`build_step`)."""
+
+    net: torch.nn.Module  # maps inputs to outputs (the model, or a frozen backbone's head)
+    model: torch.nn.Module  # the whole network, which the EMA follows
+    loss_fn: Callable
+    optimizer: torch.optim.Optimizer
+    scaler: Optional[torch.amp.GradScaler]
+    ema: Any  # runtime.EMA or None
+    precision: str
+    device: torch.device
+
+
+class Step:
+    """``step(x, y, loss_sum, correct) -> compile seconds found at this call`` (0.0 but once when compiled)."""
+
+    def __init__(self, parts: StepParts, mode: Optional[str] = None):
+        self.parts, self.mode = parts, mode
+        self.forward_loss = torch.compile(self._forward_loss, mode=mode) if mode else self._forward_loss
+        self.graphs = mode == "reduce-overhead"
+        self.times: list[float] = []  # compiled: the first calls' durations, then one steady call's
+
+    def _forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.parts
+        with autocast_for(p.precision, p.device):
+            out = p.net(x)
+            loss = p.loss_fn(out, y)
+        return loss, self._hits(out, y)
+
+    @staticmethod
+    def _hits(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The batch's correct predictions, summed on the device (the running training accuracy); argmax's
+        integer output carries no gradient, so ``out`` needs no detach (one op fewer)."""
+        return (out.argmax(1) == y).sum()
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (self.parts.scaler.scale(loss) if self.parts.scaler is not None else loss).backward()
+
+    def _update(self) -> None:
+        p = self.parts
+        if p.scaler is not None:
+            p.scaler.step(p.optimizer)
+            p.scaler.update()
+        else:
+            p.optimizer.step()
+
+    def _average(self) -> None:
+        if self.parts.ema is not None:
+            self.parts.ema.update_parameters(self.parts.model)
+
+    @staticmethod
+    @torch.no_grad()
+    def _accumulate(loss: torch.Tensor, hits: torch.Tensor, n: int, loss_sum: torch.Tensor,
+                    correct: torch.Tensor) -> None:
+        loss_sum.add_(loss, alpha=n)  # on the device: no host sync per step; no_grad: no detach op
+        correct.add_(hits)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, loss_sum: torch.Tensor, correct: torch.Tensor) -> float:
+        timing = self.mode is not None and len(self.times) <= WARMUP_CALLS
+        if timing:
+            t0 = self._now()
+        if self.graphs:  # a new iteration: the previous step's graph outputs may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
+        self.parts.optimizer.zero_grad(set_to_none=True)
+        loss, hits = self.forward_loss(x, y)
+        self._backward(loss)
+        self._update()
+        self._average()
+        self._accumulate(loss, hits, len(y), loss_sum, correct)
+        if not timing:
+            return 0.0
+        self.times.append(self._now() - t0)
+        if len(self.times) <= WARMUP_CALLS:
+            return 0.0
+        # the extra time of the first calls over as many steady ones (the last call measured)
+        return max(0.0, sum(self.times[:WARMUP_CALLS]) - WARMUP_CALLS * self.times[-1])
+
+    def _now(self) -> float:
+        if self.parts.device.type == "cuda":
+            torch.cuda.synchronize(self.parts.device)
+        return time.perf_counter()
+
+    def record(self, drop_last: bool) -> dict:
+        """summary.json's ``step``: how the step ran."""
+        return {"compiled": self.mode is not None, "mode": self.mode, "drop_last": drop_last}
+
+
+def build_step(s, compile: bool, static_shapes: bool) -> Step:
+    """The run's step from the trainer's state ``s`` (cnnlab.train.TrainState)."""
+    parts = StepParts(net=s.net, model=s.model, loss_fn=s.loss_fn, optimizer=s.optimizer, scaler=s.scaler,
+                      ema=s.ema, precision=s.compute.precision, device=s.device)
+    return Step(parts, compile_mode(s.device.type, static_shapes) if compile else None)

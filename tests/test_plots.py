@@ -1,0 +1,24 @@
+"""cnnlab.plots: the sweep figures' axes say what the numbers can be."""
+from cnnlab import plots
+
+
+def test_bars_of_an_accuracy_never_reach_past_one():
+    # Study C's sweep: a chance-level MLP (11 %) beside two LeNet-5s (94 %, 97 %) once drew the axis to 140 %.
+    groups = {"all runs": [("lenet5", 0.9445, 0.0043), ("mlp", 0.1135, 0.0), ("regularised", 0.9740, 0.0023)]}
+    fig = plots.bars_figure(groups, "base", "test.accuracy")
+    low, top = fig.axes[0].get_ylim()
+    assert top == 1.0 and low == 0.0
+    plots.png_bytes(fig)
+
+
+def test_bars_of_a_loss_keep_their_headroom():
+    groups = {"all runs": [("lenet5", 0.23, 0.01), ("mlp", 2.30, 0.001)]}
+    low, top = plots.bars_figure(groups, "base", "final_train_loss").axes[0].get_ylim()
+    assert top > 2.30 + 0.5 and low == 0.0
+
+
+def test_fraction_metrics_are_told_from_losses_and_times():
+    for name in ("test.accuracy", "best.val_accuracy", "test.f1_macro", "val.precision_macro", "recall"):
+        assert plots.is_fraction_metric(name), name
+    for name in ("final_train_loss", "test.loss", "time_s"):
+        assert not plots.is_fraction_metric(name), name

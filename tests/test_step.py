@@ -1,0 +1,106 @@
+"""cnnlab.step: the step's decisions (drop the short last batch, compile mode), the eager step against a
+hand-written one, and a tiny compiled run on the CPU (slow: compiling takes a minute on 2 busy cores)."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from cnnlab import train
+from cnnlab.step import Step, StepParts, compile_mode, drops_last, steps_per_epoch
+
+
+def test_the_short_last_batch_is_dropped_when_compiling_unless_told():
+    assert drops_last(None, compile=True, n=530, batch_size=50)
+    assert not drops_last(None, compile=False, n=530, batch_size=50)
+    assert not drops_last(False, compile=True, n=530, batch_size=50)  # the user keeps it (one recompile)
+    assert drops_last(True, compile=False, n=530, batch_size=50)
+    assert not drops_last(None, compile=True, n=500, batch_size=50)  # no short batch to drop
+    assert not drops_last(True, compile=True, n=30, batch_size=50)  # no full batch: the one batch is static
+    assert steps_per_epoch(530, 50, True) == 10 and steps_per_epoch(530, 50, False) == 11
+    assert steps_per_epoch(30, 50, False) == 1
+
+
+def test_cuda_graphs_only_on_a_gpu_with_static_shapes():
+    assert compile_mode("cuda", static_shapes=True) == "reduce-overhead"
+    assert compile_mode("cuda", static_shapes=False) == "max-autotune-no-cudagraphs"
+    assert compile_mode("cpu", static_shapes=True) == "default"
+
+
+def test_the_eager_step_is_the_textbook_step_and_sums_on_the_device():
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 3, (16,))
+    nets = [nn.Sequential(nn.Flatten(), nn.Linear(64, 3)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    opts = [torch.optim.Adam(n.parameters(), lr=0.01) for n in nets]
+    step = Step(StepParts(net=nets[0], model=nets[0], loss_fn=nn.CrossEntropyLoss(), optimizer=opts[0],
+                          scaler=None, ema=None, precision="fp32", device=torch.device("cpu")))
+    loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
+    for _ in range(3):
+        assert step(x, y, loss_sum, correct) == 0.0  # eager: no compile time
+    total, hits = 0.0, 0
+    for _ in range(3):
+        opts[1].zero_grad()
+        out = nets[1](x)
+        loss = nn.functional.cross_entropy(out, y)
+        loss.backward()
+        opts[1].step()
+        total, hits = total + float(loss.detach()) * len(y), hits + int((out.argmax(1) == y).sum())
+    assert all(torch.equal(a, b) for a, b in zip(nets[0].parameters(), nets[1].parameters()))
+    assert math.isclose(float(loss_sum), total, rel_tol=1e-6) and int(correct) == hits
+
+
+def test_summary_records_the_step_and_drops_the_short_batch_only_when_asked(tiny_config, tmp_path, data_root):
+    kept = train.run(tiny_config(**{"data.train_limit": 530, "train.batch_size": 50}), tmp_path / "a", log=lambda m: None)
+    dropped = train.run(tiny_config(**{"data.train_limit": 530, "train.batch_size": 50, "train.drop_last": True}),
+                        tmp_path / "b", log=lambda m: None)
+    assert kept["time"]["steps"] == 11 and dropped["time"]["steps"] == 10
+    assert kept["step"]["compiled"] is False and kept["time"]["compile_s"] == 0
+    assert dropped["step"]["drop_last"] is True and kept["step"]["drop_last"] is False
+    assert kept["step"]["tf32"]["on"] is False  # a CPU has no TF32
+
+
+@pytest.mark.slow
+def test_a_compiled_run_completes_without_recompiles_and_matches_eager(tiny_config, tmp_path, data_root):
+    import torch._dynamo
+
+    extra = {"data.train_limit": 530, "train.batch_size": 50, "train.epochs": 2, "train.threads": 1,
+             "data.augment.flip": True, "train.ema": 0.9}
+    eager = train.run(tiny_config(**extra), tmp_path / "eager", log=lambda m: None)
+    torch._dynamo.reset()
+    before = torch._dynamo.config.error_on_recompile
+    torch._dynamo.config.error_on_recompile = True  # a recompile (the short last batch, an epoch) fails the run
+    try:
+        compiled = train.run(tiny_config(**extra, **{"train.compile": True}), tmp_path / "compiled",
+                             log=lambda m: None)
+    finally:
+        torch._dynamo.config.error_on_recompile = before
+    assert compiled["status"] == "completed", compiled["error"]
+    assert compiled["step"] == {"compiled": True, "mode": "default", "drop_last": True, "tf32": compiled["step"]["tf32"]}
+    assert compiled["time"]["steps"] == 20  # 2 epochs of 10 full batches; the 30 left over are dropped
+    assert compiled["time"]["compile_s"] > 0
+    # compile time is not training time: the images/s figure comes from the steady steps
+    assert compiled["time"]["train_s"] < compiled["time"]["compile_s"]
+    # the same images in the same order but the last 30 of each epoch, through fused kernels: close, not equal
+    ref = train.run(tiny_config(**extra, **{"train.drop_last": True}), tmp_path / "eager-dropped", log=lambda m: None)
+    assert math.isclose(compiled["final_train_loss"], ref["final_train_loss"], rel_tol=1e-3)
+    assert abs(compiled["test"]["accuracy"] - ref["test"]["accuracy"]) <= 0.01
+    assert eager["time"]["steps"] == 22
+
+
+def test_what_the_loop_adds_per_step_stays_small(tmp_path, data_root):
+    """Counted, not timed (benchmarks/bench_step_ops.py): the quick start's LeNet-5 dispatches 69 aten
+    operators per step for its own forward, loss and backward; the loop around it added 78 with crop,
+    flip and EMA and 42 without before fused Adam, the one-gather crop+flip, EMA without detaches and
+    sums without temporaries (27 and 11 after). The bounds catch a return of most of that."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_step_ops", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_step_ops.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for augment_and_ema, bound in ((True, 32), (False, 14)):
+        parts, _, steps = bench.count(augment_and_ema, augment_and_ema, 8, tmp_path / str(augment_and_ema))
+        assert steps == 6 and sum(parts[p] for p in bench.MODEL_PARTS) > 0
+        assert bench.loop_adds(parts, steps) <= bound, dict(parts)
