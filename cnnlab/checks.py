@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from cnnlab import data, models, optim  # noqa: F401 - importing them fills the registries
+from cnnlab import data, models, optim, runtime  # noqa: F401 - data, models, optim fill the registries
 from cnnlab.config import Config, ConfigError
 from cnnlab.data import dataset_info
 from cnnlab.registry import DATASETS, LOSSES, MODELS, OPTIMIZERS, SCHEDULERS, info_of
@@ -305,6 +305,11 @@ def config_warnings(cfg: Config, output_kind: str, device: torch.device) -> list
     if double_softmax(output_kind, cfg.loss.name):
         out.append("the model ends in a softmax and is trained with cross_entropy, which applies log-softmax "
                    "again (a double softmax): gradients shrink and training slows; set model.softmax_output=false")
-    if cfg.train.precision == "fp16" and device.type == "cpu":
-        out.append("train.precision=fp16 on a CPU is emulated and very slow; use bf16")
+    facts = runtime.device_facts(device)
+    used, _ = runtime.resolve_precision(cfg.train.precision, facts)  # auto never picks an emulated precision
+    if used == "fp16" and device.type == "cpu":
+        out.append("train.precision=fp16 on a CPU is emulated and very slow; use auto (or bf16 where native)")
+    if used == "bf16" and device.type == "cpu" and not runtime.native_cpu_bf16(facts):
+        out.append("train.precision=bf16 on this CPU (no AVX-512 BF16 or AMX) is emulated and slower than fp32; "
+                   "use auto, which picks fp32 here")
     return out

@@ -211,6 +211,8 @@ class OptimConfig(_Section):
     eps: Optional[float] = Field(None, gt=0)
     head_lr: Optional[float] = Field(None, gt=0)  # a separate lr for the classifier head
     no_decay_norm_bias: bool = False  # exclude norm weights and biases from weight decay
+    # airbench's larger lr for batch-norm shifts: their lr × this and weight decay ÷ this (lr × decay kept)
+    norm_bias_lr_scale: float = Field(1.0, gt=0, le=1000)
 
     @field_validator("betas")
     @classmethod
@@ -269,8 +271,9 @@ class TrainConfig(_Section):
     eval_every: int = Field(0, ge=0)  # iterations between evaluations; 0 = only at epoch ends
     monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"  # picks best.pt
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    channels_last: Optional[bool] = None  # None = on for conv nets on CPU, and with bf16/fp16 on GPU
+    # auto = bf16 where the hardware runs it natively, fp16 on older GPUs, else fp32 (runtime.resolve_precision)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: Optional[bool] = None  # None = where measured faster for the device kind (runtime)
     device: str = "auto"  # auto | cpu | cuda | cuda:N (N < the number of visible GPUs, checked at the run)
     deterministic: bool = False  # torch.use_deterministic_algorithms (GPU reproducibility)
     threads: Optional[int] = Field(None, ge=1, le=512)  # torch intra-op threads

@@ -104,11 +104,13 @@ def _diverged(history: list[dict], summary: dict) -> list[dict]:
     if not bad and summary.get("status") != "diverged":
         return []
     where = f" at step {bad[0].get('step')} (epoch {bad[0].get('epoch')})" if bad else ""
+    used = ((summary.get("precision") or {}).get("used")  # train.precision as resolved (auto -> bf16/fp16/fp32)
+            or ((summary.get("config") or {}).get("train") or {}).get("precision"))  # runs from before auto
     return [_finding(
         "diverged", "error",
         f"the loss became non-finite (NaN or infinite){where}; training cannot recover from that. "
-        "Lower optim.lr (by 3-10x), add a warm-up (sched.warmup_steps), use batch normalisation, "
-        "or train in fp32 if you used fp16.")]
+        "Lower optim.lr (by 3-10x), add a warm-up (sched.warmup_steps), use batch normalisation"
+        + (f", or train in fp32 (train.precision=fp32; this run used {used})." if used in ("fp16", "bf16") else "."))]
 
 
 def _stuck_at_chance(history: list[dict], num_classes: int) -> list[dict]:

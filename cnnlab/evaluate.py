@@ -26,7 +26,7 @@ from cnnlab.config import ConfigError
 from cnnlab.loader import load_config
 from cnnlab.models import info_of
 from cnnlab.optim import nll_of
-from cnnlab.runtime import autocast_for, pick_device, use_channels_last
+from cnnlab.runtime import autocast_for, pick_device, plan_compute
 
 MISCLASSIFIED_KEPT = 32  # test images kept for the report's "most confident mistakes" grid
 SPLITS = ("train", "val", "test")
@@ -191,12 +191,12 @@ def evaluate_run(run_dir: Path, splits: list[str] = ("test",), checkpoint: str =
     model.to(device)
     state = runs.load_checkpoint(run_dir / checkpoint, map_location=device)
     model = runs.trained_network(model, state, run_dir / checkpoint)
-    channels_last = use_channels_last(model, cfg.train.channels_last, cfg.train.precision, device)
-    if channels_last:  # as training scored it: the same memory format gives the same figures, bit for bit
+    compute = plan_compute(cfg.train, model, device)  # train.precision: auto resolved on this machine
+    if compute.channels_last:
         model.to(memory_format=torch.channels_last)
     evaluator = Evaluator(Preprocess(data, cfg.data, train=False), cfg.train.eval_batch_size,
-                          cfg.train.precision, device, info_of(model).output_kind, data.num_classes,
-                          tta=cfg.train.tta, channels_last=channels_last)
+                          compute.precision, device, info_of(model).output_kind, data.num_classes,
+                          tta=cfg.train.tta, channels_last=compute.channels_last)
     result = {"run_dir": str(run_dir), "checkpoint": checkpoint, "step": state.get("step")}
     lines = [f"{run_dir} / {checkpoint} (step {state.get('step')})"]
     for s in splits:

@@ -105,7 +105,7 @@ def cosine_schedule(opt, cfg, total_steps):
 @SCHEDULERS.register("onecycle")
 def onecycle_schedule(opt, cfg, total_steps):
     # one max_lr per parameter group, scaled like the groups' own lrs (keeps optim.head_lr's ratio)
-    base = opt.param_groups[0]["lr"]
+    base = opt.defaults["lr"]  # optim.lr (the first group may be one with its own lr)
     max_lr = [g["lr"] * cfg.max_lr / base for g in opt.param_groups] if cfg.max_lr else [g["lr"] for g in opt.param_groups]
     return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=max(2, total_steps),
                                                pct_start=cfg.pct_start, cycle_momentum=False)

@@ -6,9 +6,9 @@ reads as the method: :func:`pick_device` (``train.device``: auto, cpu, cuda, cud
 :func:`run_flags` (``train.deterministic``'s process-wide flags, set for one run and restored
 after it; errors a setting fixes, a nondeterministic op or CUDA out of memory, explained in one
 paragraph), :class:`EMA` (``train.ema`` without host syncs), :func:`make_scaler` (fp16),
-:func:`autocast_for` (``train.precision``), :func:`use_channels_last` (``train.channels_last``)
-and :func:`stop_on_signals`, which turns SIGINT/SIGTERM into a flag the training loop checks
-between steps.
+:func:`plan_compute` (``train.precision`` and ``train.channels_last``, ``auto`` resolved from the device's
+facts by :func:`resolve_precision` and :func:`resolve_channels_last`), :func:`autocast_for` and
+:func:`stop_on_signals`, which turns SIGINT/SIGTERM into a flag the training loop checks between steps.
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import os
 import signal
 import threading
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -116,20 +118,128 @@ def failure_text(e: BaseException, train_cfg) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What the precision and memory-format rules look at, gathered once (:func:`device_facts`) so the
+    rules themselves are plain functions a test can call with any machine's facts."""
+
+    kind: str  # torch.device.type: cpu, cuda, mps, ...
+    cuda_capability: tuple[int, int] | None = None  # (major, minor) of a CUDA device
+    cuda_bf16: bool = False  # torch.cuda.is_bf16_supported() on that device
+    cpu_flags: frozenset = frozenset()  # /proc/cpuinfo flags (x86) or features (ARM)
+    cpu_capability: str = ""  # torch.backends.cpu.get_cpu_capability(): DEFAULT, AVX2, AVX512, ...
+
+
+# CPU flags meaning bf16 matrix arithmetic in hardware (x86 AVX-512 BF16 or AMX, ARM's BF16 extension).
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def cpu_flags() -> frozenset:
+    """The CPU's flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def device_facts(device: torch.device) -> DeviceFacts:
+    """This process's facts about ``device`` (for :func:`resolve_precision` and :func:`resolve_channels_last`)."""
+    if device.type == "cuda":
+        return DeviceFacts("cuda", cuda_capability=torch.cuda.get_device_capability(device),
+                           cuda_bf16=torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return DeviceFacts("cpu", cpu_flags=cpu_flags(), cpu_capability=torch.backends.cpu.get_cpu_capability())
+    return DeviceFacts(device.type)
+
+
+def native_cpu_bf16(facts: DeviceFacts) -> str | None:
+    """The flag (or torch capability) showing the CPU does bf16 in hardware, else None."""
+    found = [f for f in NATIVE_BF16_FLAGS if f in facts.cpu_flags]
+    cap = facts.cpu_capability.upper()
+    return found[0] if found else (cap if "BF16" in cap or "AMX" in cap else None)
+
+
+def resolve_precision(asked: str, facts: DeviceFacts) -> tuple[str, str]:
+    """``train.precision`` -> (the precision used, why). ``auto`` takes bf16 autocast where the hardware runs
+    it natively (bf16 emulated on a CPU without it is slower than fp32), fp16 with loss scaling on older
+    GPUs with fast fp16 (Volta, Turing: compute capability 7.x), fp32 otherwise; an explicit choice stays."""
+    if asked != "auto":
+        return asked, "asked for in train.precision"
+    if facts.kind == "cuda":
+        cap = "{}.{}".format(*facts.cuda_capability) if facts.cuda_capability else "unknown"
+        if facts.cuda_bf16 and facts.cuda_capability and facts.cuda_capability >= (8, 0):
+            return "bf16", f"auto: CUDA GPU of compute capability {cap} runs bf16 natively"
+        if facts.cuda_capability and facts.cuda_capability >= (7, 0):
+            return "fp16", f"auto: CUDA GPU of compute capability {cap} has fast fp16 but no bf16 (grad scaler on)"
+        return "fp32", f"auto: CUDA GPU of compute capability {cap} has neither bf16 nor fast fp16"
+    if facts.kind == "cpu":
+        flag = native_cpu_bf16(facts)
+        if flag:
+            return "bf16", f"auto: the CPU runs bf16 natively ({flag})"
+        return "fp32", (f"auto: the CPU has no native bf16 (no AVX-512 BF16 or AMX; torch capability "
+                        f"{facts.cpu_capability or 'unknown'}), where bf16 is emulated and slower than fp32")
+    return "fp32", f"auto: no mixed-precision rule for device kind {facts.kind!r}"
+
+
+# The (device kind, precision) pairs where conv nets train faster in channels_last. CPU: oneDNN's convolutions,
+# measured with benchmarks/bench_channels_last.py (BENCHMARKS.md §12; AVX2 EPYC, fp32, train step, CPU time):
+# mnist_fast 1.68x, lenet5 1.18x, resnet20 1.13x, mnist_cnn 0.99x, alexnet_small 0.91x (and airbench 1.23x in
+# §3): it wins on most nets and by far the most on the speed-run nets; bf16 pays only with it (ANCHORS.md,
+# AVX-512 CPU). GPU: tensor cores want channels_last in bf16 / fp16; fp32 stays NCHW (cuDNN's native layout).
+CHANNELS_LAST_FASTER = {"cpu": ("fp32", "bf16"), "cuda": ("bf16", "fp16")}
+
+
+def resolve_channels_last(setting: bool | None, has_conv: bool, precision: str, kind: str) -> tuple[bool, str]:
+    """``train.channels_last`` -> (used, why): an explicit setting stays; unset, a conv net uses channels_last
+    where it was measured faster for this device kind and precision (:data:`CHANNELS_LAST_FASTER`)."""
+    if setting is not None:
+        return setting, "asked for in train.channels_last"
+    if not has_conv:
+        return False, "auto: the model has no convolutions"
+    if precision in CHANNELS_LAST_FASTER.get(kind, ()):
+        return True, f"auto: conv nets measured faster in channels_last on {kind} in {precision}"
+    return False, f"auto: channels_last not measured faster on {kind} in {precision}"
+
+
+@dataclass(frozen=True)
+class Compute:
+    """How a run computes on its device: the resolved precision and memory format, and why."""
+
+    asked: str
+    precision: str
+    reason: str
+    channels_last: bool
+    channels_last_reason: str
+
+    def record(self) -> dict:
+        """summary.json's ``precision`` and ``channels_last`` entries."""
+        return {"precision": {"asked": self.asked, "used": self.precision, "reason": self.reason},
+                "channels_last": {"used": self.channels_last, "reason": self.channels_last_reason}}
+
+    def line(self) -> str:
+        """The run's start line."""
+        return (f"compute: {self.precision} ({self.reason}); channels_last {'on' if self.channels_last else 'off'} "
+                f"({self.channels_last_reason})")
+
+
+def plan_compute(train_cfg, model: nn.Module, device: torch.device) -> Compute:
+    """Resolve ``train.precision`` and ``train.channels_last`` for ``model`` on ``device``."""
+    precision, why = resolve_precision(train_cfg.precision, device_facts(device))
+    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    cl, cl_why = resolve_channels_last(train_cfg.channels_last, has_conv, precision, device.type)
+    return Compute(train_cfg.precision, precision, why, cl, cl_why)
+
+
 def autocast_for(precision: str, device: torch.device):
     if precision == "fp32":
         return nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def use_channels_last(model: nn.Module, setting: bool | None, precision: str, device: torch.device) -> bool:
-    """``train.channels_last``, or when unset: for convolutional nets in mixed precision or on a CPU."""
-    if setting is not None:
-        return setting
-    # On CPU, oneDNN's convs are faster in channels_last even in fp32 (train step, 1 thread, measured in
-    # one process: LeNet-5 1.4x, mnist_fast 1.7x, ResNet-20 1.24x, airbench 1.23x; mnist_cnn 0.91x).
-    return any(isinstance(m, nn.Conv2d) for m in model.modules()) and (precision != "fp32" or device.type == "cpu")
 
 
 class EMA(swa_utils.AveragedModel):
@@ -216,7 +326,8 @@ def tf32_flags(train_cfg):
     caller's back after it; yields the decision as summary.json records it."""
     device = pick_device(train_cfg.device)
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-    on = decide_tf32(train_cfg.tf32, train_cfg.precision, device.type, capability)
+    precision, _ = resolve_precision(train_cfg.precision, device_facts(device))  # train.precision auto resolved
+    on = decide_tf32(train_cfg.tf32, precision, device.type, capability)
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = on

@@ -142,5 +142,5 @@ class Step:
 def build_step(s, compile: bool, static_shapes: bool) -> Step:
     """The run's step from the trainer's state ``s`` (cnnlab.train.TrainState)."""
     parts = StepParts(net=s.net, model=s.model, loss_fn=s.loss_fn, optimizer=s.optimizer, scaler=s.scaler,
-                      ema=s.ema, precision=s.cfg.train.precision, device=s.device)
+                      ema=s.ema, precision=s.compute.precision, device=s.device)
     return Step(parts, compile_mode(s.device.type, static_shapes) if compile else None)

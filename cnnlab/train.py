@@ -36,8 +36,8 @@ from cnnlab.evaluate import Evaluator, fmt, print_results, score_splits
 from cnnlab.models import info_of
 from cnnlab.optim import Schedule, build_loss, build_optimizer, build_schedule, lrs_of
 from cnnlab.results import is_finished
-from cnnlab.runtime import (EMA, RunStopped, failure_text, make_scaler, pick_device, run_flags, seed_everything,
-                            stop_on_signals, tf32_flags, use_channels_last)
+from cnnlab.runtime import (EMA, Compute, RunStopped, failure_text, make_scaler, pick_device, plan_compute, run_flags,
+                            seed_everything, stop_on_signals, tf32_flags)
 from cnnlab.step import build_step, drops_last, steps_per_epoch
 from cnnlab.summary import summarize
 
@@ -78,6 +78,7 @@ class TrainState:
     inputs: Any  # the loop's inputs: the splits, or a frozen backbone's cached features of them
     train_pre: Callable  # fn(stored batch, generator) -> augmented, normalised batch
     channels_last: bool
+    compute: Compute  # the precision and memory format used, and why (summary.json)
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     loss_fn: Callable
@@ -156,8 +157,8 @@ def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainStat
     model.to(device)
     transfer.apply_finetune(model, tc.finetune, freeze_bn=tc.freeze_bn)
     info = info_of(model)
-    channels_last = use_channels_last(model, tc.channels_last, tc.precision, device)
-    if channels_last:
+    compute = plan_compute(tc, model, device)  # train.precision / channels_last resolved for this device
+    if channels_last := compute.channels_last:
         model.to(memory_format=torch.channels_last)
     model_info = {"name": cfg.model.name, "output_kind": info.output_kind,
                   **summarize(model, splits.input_shape, device=device)}
@@ -177,7 +178,7 @@ def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainStat
     # at least one step for any positive epochs (0.001 epochs of a small set would round to none)
     total_steps = max(1, round(tc.epochs * spe)) if tc.epochs > 0 else 0
     ema = EMA(model, tc.ema, device) if tc.ema else None  # no host sync per update
-    evaluator = Evaluator(eval_pre, tc.eval_batch_size, tc.precision, device, info.output_kind, splits.num_classes,
+    evaluator = Evaluator(eval_pre, tc.eval_batch_size, compute.precision, device, info.output_kind, splits.num_classes,
                           tta=tc.tta, channels_last=channels_last)
     s = TrainState(
         cfg=cfg, out_dir=out_dir, device=device, splits=splits, model=model,
@@ -185,7 +186,7 @@ def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainStat
         train_pre=Preprocess(splits, cfg.data, train=True), channels_last=channels_last,
         optimizer=optimizer, schedule=build_schedule(optimizer, cfg.sched, total_steps, tc.epochs),
         loss_fn=build_loss(cfg.loss, splits.num_classes), preprocess=preprocess_record(splits, cfg.data, tc.tta),
-        scaler=make_scaler(tc.precision, device),
+        scaler=make_scaler(compute.precision, device), compute=compute,
         ema=ema, aug_gen=torch.Generator(device=device).manual_seed(cfg.seed + 1), evaluator=evaluator,
         scored=ema.module if ema is not None else model, eval_inputs=splits, steps_per_epoch=spe,
         total_steps=total_steps, log=log, model_info=model_info, warnings=warnings, data_seconds=data_seconds)
@@ -233,7 +234,7 @@ def open_run_folder(s: TrainState, changes: dict | None, verbose: bool = False, 
         f"{len(splits.test_y):,} images of {tuple(splits.train_x.shape[1:])} on {s.device}{splits.placement_note} "
         f"(loaded in {s.data_seconds:.1f} s)")
     log(f"model: {cfg.model.name}, {info['params_total']:,} parameters ({info['params_trainable']:,} trainable), "
-        f"{info['flops_per_image']:,} FLOPs per image")
+        f"{info['flops_per_image']:,} FLOPs per image\n{s.compute.line()}")
     for w in s.warnings:
         log(f"warning: {w}")
     s.history = runs.read_jsonl(metrics_file)
@@ -374,7 +375,7 @@ def finish(s: TrainState, status: str, error: str | None, score: bool = True) ->
                  "data_s": round(s.data_seconds, 3), "compile_s": round(p.compile_seconds, 3), "total_s": round(time.perf_counter() - s.t_start, 3),
                  "train_images_per_s": round(images / p.train_seconds, 1) if p.train_seconds else None,
                  "epoch_s": [round(t, 3) for t in p.epoch_seconds], "steps": p.step},
-        "step": {**s.train_step.record(s.drop_last), "tf32": s.tf32},
+        "step": {**s.train_step.record(s.drop_last), "tf32": s.tf32}, **s.compute.record(),
         "warnings": s.warnings, "resumed": p.resumes, "env": runs.environment(s.device),
     }
     runs.write_json(s.out_dir / "summary.json", summary)

@@ -470,21 +470,28 @@ def param_groups(model: nn.Module, optim_cfg) -> list[dict[str, Any]]:
 
     ``optim.head_lr`` gives the classifier head its own learning rate (Study B: backbone 0.001,
     head 0.1); ``optim.no_decay_norm_bias`` puts 1-D parameters (biases and norm weights) in
-    groups without weight decay. Each group has a ``name`` for logs.
+    groups without weight decay; ``optim.norm_bias_lr_scale`` gives the norm layers' shifts airbench's
+    larger learning rate. Each group has a ``name`` for logs.
     """
     head = info_of(model).head_name
     head_ids = {id(p) for p in model.get_submodule(head).parameters()} if head and optim_cfg.head_lr else set()
+    scale = optim_cfg.norm_bias_lr_scale
+    shifts = {id(m.bias) for m in model.modules() if isinstance(m, (_BatchNorm, nn.GroupNorm, nn.LayerNorm))
+              and isinstance(m.bias, nn.Parameter)} if scale != 1 else set()
     groups: dict[str, dict[str, Any]] = {}
     for _, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        is_head = id(p) in head_ids
+        is_head, is_shift = id(p) in head_ids, id(p) in shifts
         no_decay = optim_cfg.no_decay_norm_bias and p.ndim <= 1
-        key = ("head" if is_head else "body") + ("_no_decay" if no_decay else "")
+        key = ("head" if is_head else "body") + ("_norm_bias" if is_shift else "") + ("_no_decay" if no_decay else "")
         if key not in groups:
             groups[key] = {"params": [], "name": key}
             if is_head:
                 groups[key]["lr"] = optim_cfg.head_lr
+            if is_shift:  # optim.norm_bias_lr_scale: lr × scale, decay ÷ scale (their product unchanged)
+                groups[key]["lr"] = (optim_cfg.head_lr if is_head else optim_cfg.lr) * scale
+                groups[key]["weight_decay"] = optim_cfg.weight_decay / scale
             if no_decay:
                 groups[key]["weight_decay"] = 0.0
         groups[key]["params"].append(p)

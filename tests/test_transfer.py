@@ -282,6 +282,27 @@ def test_param_groups_give_the_head_its_lr_and_spare_norms_and_biases_from_decay
     assert transfer.param_groups(model, cfg.optim)[0]["params"] == []
 
 
+def test_norm_bias_lr_scale_gives_batch_norm_shifts_airbench_s_lr_and_keeps_lr_times_decay():
+    from cnnlab.optim import build_optimizer, build_schedule
+
+    model = MODELS.get("airbench")(num_classes=10, in_channels=3, widths=[8, 16, 16])
+    cfg = config(**{"optim.name": "sgd", "optim.lr": 0.75, "optim.weight_decay": 0.0013,
+                    "optim.norm_bias_lr_scale": 64, "sched.name": "onecycle", "sched.max_lr": 1.5})
+    groups = {g["name"]: g for g in transfer.param_groups(model, cfg.optim)}
+    assert set(groups) == {"body", "body_norm_bias"}
+    shifts = [m.bias for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(shifts) == 6 and {id(p) for p in groups["body_norm_bias"]["params"]} == {id(p) for p in shifts}
+    assert id(model.whiten.bias) not in {id(p) for p in groups["body_norm_bias"]["params"]}  # not a norm
+    assert groups["body_norm_bias"]["lr"] == pytest.approx(48.0)
+    assert groups["body_norm_bias"]["lr"] * groups["body_norm_bias"]["weight_decay"] == pytest.approx(0.75 * 0.0013)
+    grouped = [id(p) for g in groups.values() for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters() if p.requires_grad)
+    opt = build_optimizer(list(groups.values())[::-1], cfg.optim)  # the scaled group first: max_lr still from optim.lr
+    build_schedule(opt, cfg.sched, 100, 1)
+    assert [g["max_lr"] for g in opt.param_groups] == pytest.approx([96.0, 1.5])
+    assert transfer.param_groups(model, config().optim)[0]["name"] == "body"  # scale 1: one group, as before
+
+
 # ----------------------------------------------------------------------------- frozen backbone, computed once
 
 
