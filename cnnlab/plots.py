@@ -21,6 +21,7 @@ import warnings
 
 import matplotlib
 import numpy as np
+from matplotlib import ticker
 from matplotlib.figure import Figure
 
 from cnnlab import runs
@@ -243,6 +244,11 @@ def factor_figure(series: dict[str, list[tuple[float, float, float]]], factor: s
         ax.fill_between(x, mean - sd, mean + sd, color=color, alpha=0.18, linewidth=0)
     if log_x:
         ax.set_xscale("log")
+        # The swept values as plain numbers: the log formatter's labels are math text, which literal_text
+        # would print as "$\\mathdefault{10^{-4}}$".
+        ticks = sorted({float(p[0]) for points in series.values() for p in points})
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks], rotation=45 if len(ticks) > 6 else 0)
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel(shown(factor, 80))
     ax.set_ylabel(f"{shown(metric, 40)} (mean ± sd over seeds)")
     ax.grid(alpha=0.3)

@@ -381,8 +381,12 @@ def _factor_plots(rows: list[dict], keys: list[str], metric: str, plan: Optional
     """
     plan = plan or {}
     figures = []
+    groups = [list(g) for g in plan.get("factors") or [] if isinstance(g, list) and g]
     for key in keys:
-        others = [k for k in keys if k != key]
+        if any(key in g and g[0] != key for g in groups):
+            continue  # a zip partner (loss.name's model.softmax_output): it changes with, and is plotted as, its group
+        partners = {k for g in groups if key in g for k in g}
+        others = [k for k in keys if k != key and k not in partners]
         members_all = rows
         if plan.get("ofat"):
             base = plan.get("base_settings") or {}

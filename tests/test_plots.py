@@ -22,3 +22,14 @@ def test_fraction_metrics_are_told_from_losses_and_times():
         assert plots.is_fraction_metric(name), name
     for name in ("final_train_loss", "test.loss", "time_s"):
         assert not plots.is_fraction_metric(name), name
+
+
+def test_log_axes_label_the_swept_values_as_plain_numbers():
+    # Study E's lr sweep: the log formatter's math text came out literally as "$\mathdefault{10^{-4}}$".
+    lrs = [0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.0032, 0.0064, 0.0128]
+    fig = plots.factor_figure({"all runs": [(lr, 0.7, 0.01) for lr in lrs]}, "optim.lr", "test.accuracy", True)
+    plots.png_bytes(fig)  # draws the figure, so every tick label exists
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.0001", "0.0002", "0.0004", "0.0008", "0.0016",
+                                                            "0.0032", "0.0064", "0.0128"]
+    assert not any("$" in t.get_text() for t in ax.get_xticklabels(minor=True))

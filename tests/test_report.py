@@ -445,3 +445,19 @@ def test_cli_report_command(tmp_path, capsys):
     assert (run / "report.html").stat().st_size > 10_000
     assert cli.main(["report", str(tmp_path / "nothing-here")]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_ofat_factor_plots_show_a_zip_group_once_with_all_its_values():
+    # Study E: loss.name and model.softmax_output change together (MSE on the softmax output); the partner
+    # got a plot of its own holding only the base case, and the loss plot lost the MSE runs.
+    from cnnlab.report import _factor_plots
+
+    base = {"optim.lr": 0.001, "loss.name": "cross_entropy", "model.softmax_output": None}
+    def row(seed, acc, **change):
+        return {"run_id": f"r{seed}{sorted(change.items())}", "seed": seed, "status": "completed",
+                "settings": {**base, **change}, "test": {"accuracy": acc}}
+    rows = [row(s, 0.75) for s in range(2)] + [row(s, 0.8, **{"optim.lr": 0.004}) for s in range(2)]
+    rows += [row(s, 0.7, **{"loss.name": "mse", "model.softmax_output": True}) for s in range(2)]
+    plan = {"ofat": True, "base_settings": base, "factors": [["optim.lr"], ["loss.name", "model.softmax_output"]]}
+    figures = _factor_plots(rows, list(base), "test.accuracy", plan)
+    assert [f["key"] for f in figures] == ["optim.lr", "loss.name"]
