@@ -520,14 +520,19 @@ def test_a_corrupt_image_folder_cache_is_rebuilt_and_never_unpickled(tmp_path):
     first = data.load_raw({"name": "imagefolder", "root": str(root)})
     assert first.cache_path is not None and not first.from_cache
     cache = first.cache_path
+    expected = first.train_x.clone()  # loads map the cache file: keep the images apart from it
     marker = tmp_path / "PWNED"
     for damage in ("truncated", "evil"):
+        # the damaged file replaces the cache (a new inode, as any writer that renames into place), so the
+        # pages of the earlier loads' maps stay valid; writing into a mapped file in place would SIGBUS them
+        damaged = tmp_path / "damaged.pt"
         if damage == "truncated":
-            cache.write_bytes(cache.read_bytes()[:100])
+            damaged.write_bytes(cache.read_bytes()[:100])
         else:
-            write_evil_checkpoint(cache, marker)
+            write_evil_checkpoint(damaged, marker)
+        os.replace(damaged, cache)
         again = data.load_raw({"name": "imagefolder", "root": str(root)})
-        assert not again.from_cache and torch.equal(again.train_x, first.train_x)
+        assert not again.from_cache and torch.equal(again.train_x, expected)
         assert runs.load_checkpoint(cache)["fingerprint"]  # rebuilt whole
         assert not marker.exists()
     assert not [p for p in cache.parent.iterdir() if p.name.startswith(".tmp")]
