@@ -46,8 +46,9 @@ from cnnlab.runtime import decide_tf32  # noqa: E402
 QUICKSTART = ROOT / "recipes" / "quickstart_lenet5_mnist.yaml"
 # CUDA-relevant tests: device handling, resume, determinism, memory, evaluation (CPU-run, but they
 # exercise the code paths a GPU takes; on a GPU machine `auto` picks the GPU in the tiny runs)
+# the CUDA-relevant tests (test_runtime holds the run that checks train.precision auto on a real GPU)
 TESTS = ["tests/test_cuda_ready.py", "tests/test_train.py", "tests/test_evaluate.py", "tests/test_runs.py",
-         "tests/test_step.py", "tests/test_runtime_tf32.py"]
+         "tests/test_step.py", "tests/test_runtime_tf32.py", "tests/test_runtime.py"]
 
 
 def quiet(*_):
