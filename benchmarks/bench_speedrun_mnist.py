@@ -46,8 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def cpu_line() -> str:
     """The CPU this ran on: model name, torch's kernel level, bf16 flags, cores and load."""
-    name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")), "unknown") if Path("/proc/cpuinfo").exists() else "unknown"
+    name = runtime.cpu_model()
     flags = sorted(runtime.cpu_flags() & {"avx512_bf16", "amx_bf16", "avx512f"})
     return (f"CPU: {name}; torch capability {torch.backends.cpu.get_cpu_capability()}; flags {flags or 'none'}; "
             f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}")

@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from cnnlab import train  # noqa: E402
 from cnnlab.loader import load_config  # noqa: E402
+from cnnlab.runtime import cpu_model  # noqa: E402
 
 QUICKSTART = ROOT / "recipes" / "quickstart_lenet5_mnist.yaml"
 MODEL_PARTS = ("forward + loss", "backward")
@@ -146,16 +147,6 @@ def main(argv=None) -> int:
         for name, (_, ops, steps) in results.items():
             print(name, json.dumps({f"{p}: {o}": round(c / steps, 2) for (p, o), c in sorted(ops.items())}, indent=1))
     return 0
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

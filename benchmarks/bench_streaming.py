@@ -33,18 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cnnlab.loader import load_config  # noqa: E402
 from cnnlab.train import run  # noqa: E402
+from cnnlab.runtime import cpu_model  # noqa: E402
 
 DEFAULT_ROOT = Path(os.environ.get("CNNLAB_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def drop_from_page_cache(path: Path) -> None:

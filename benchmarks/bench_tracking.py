@@ -26,16 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cnnlab import runs, tracking  # noqa: E402
 from cnnlab.config import validate  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from cnnlab.runtime import cpu_model  # noqa: E402
 
 
 def import_seconds(reps: int) -> tuple[float, float]:

@@ -13,6 +13,7 @@ facts by :func:`resolve_precision` and :func:`resolve_channels_last`), :func:`au
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import threading
 from contextlib import contextmanager, nullcontext
@@ -145,6 +146,17 @@ def cpu_flags() -> frozenset:
         if key.strip() in ("flags", "Features"):
             return frozenset(value.split())
     return frozenset()
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (what every benchmark prints beside its figures)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def device_facts(device: torch.device) -> DeviceFacts:

@@ -128,3 +128,16 @@ def test_auto_on_this_gpu(tmp_path, tiny_config, data_root):
                         log=lambda *_: None)
     assert resolve_precision("auto", facts)[0] == summary["precision"]["used"] == expected
     assert summary["status"] == "completed"
+
+
+def test_cpu_model_names_this_machine_s_cpu_as_cpuinfo_does():
+    from pathlib import Path
+
+    from cnnlab.runtime import cpu_model
+
+    name = cpu_model()
+    info = Path("/proc/cpuinfo")
+    if info.exists() and "model name" in info.read_text():
+        assert name and name in info.read_text()
+    else:
+        assert name  # elsewhere: platform's answer, or "unknown CPU"
