@@ -25,6 +25,7 @@ from cnnlab.config import ConfigError
 from cnnlab.results import CHANCE_MARGIN, Status, at_chance, load_plan, load_results
 
 FINISHED = results.SUCCEEDED  # statuses whose metrics count
+UNPLANNED_SHOWN = 10  # run ids named in the note on runs the current sweep file does not plan
 KNOWN_METRICS = ("test.accuracy", "test.loss", "test.f1_macro", "best.val_accuracy", "best.epoch",
                  "final_train_loss", "time_s")
 
@@ -41,6 +42,7 @@ class Cell:
     is_best: bool = False
     chance: bool = False
     pruned: int = 0  # stopped early by a sweep scheduler (Ray Tune): not in the numbers
+    unplanned: int = 0  # runs of the folder that the current sweep file (plan.json) does not plan
 
 
 @dataclass
@@ -67,6 +69,8 @@ class CompareResult:
             extra.append(f"failed {cell.failed}/{cell.total}")
         if cell.pruned:
             extra.append(f"pruned {cell.pruned}/{cell.total}")
+        if cell.unplanned:
+            extra.append(f"† {cell.unplanned}/{cell.total}")
         if not cell.values and cell.pruned and not cell.diverged and not cell.failed:
             return f"pruned ({cell.pruned}/{cell.total})"
         if not cell.values:
@@ -107,7 +111,8 @@ class CompareResult:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow([*self.row_keys, *self.col_keys, "metric", "n", "mean", "sd", "ci95_low", "ci95_high",
-                    "p_vs_best", "best", "same_as_best", "chance", "diverged", "failed", "total", "pruned"])
+                    "p_vs_best", "best", "same_as_best", "chance", "diverged", "failed", "total", "pruned",
+                    "not_in_sweep_file"])
         for r in self.rows:
             for c in self.cols:
                 cell = self.cells.get((r, c))
@@ -119,7 +124,8 @@ class CompareResult:
                               ((s.mean, s.sd, s.ci_low, s.ci_high) if s else (None,) * 4)),
                             "" if cell.p is None else cell.p, int(cell.is_best),
                             "" if cell.same_as_best is None else int(cell.same_as_best),
-                            int(cell.chance), cell.diverged, cell.failed, cell.total, cell.pruned])
+                            int(cell.chance), cell.diverged, cell.failed, cell.total, cell.pruned,
+                            cell.unplanned])
         return buf.getvalue()
 
 
@@ -159,12 +165,12 @@ def compare(sweep_dir: str | Path, by: list[str], metric: str = "test.accuracy",
         raise ConfigError(f"{sweep_dir}: no results.jsonl rows; run the sweep first (cnnlab sweep FILE --out DIR)")
     notes: list[str] = []
     plan = load_plan(sweep_dir, log=log)
-    if plan:
-        planned = {r["run_id"] for r in plan["runs"]}
-        stale = [r for r in rows if r["run_id"] not in planned]
-        if stale:
-            rows = [r for r in rows if r["run_id"] in planned]
-            notes.append(f"{len(stale)} rows of runs no longer in the sweep's plan are left out.")
+    # Every finished run of the folder counts, also those a different sweep file (a subset, an older
+    # version) wrote: each row names every key the folder's runs vary (read from its run's config where
+    # its sweep file did not vary the key), so it joins the runs of the same settings.
+    keys = list(dict.fromkeys([*(plan or {}).get("keys", []), *(k for r in rows for k in r["settings"])]))
+    rows = results.fill_settings(sweep_dir, rows, keys)
+    planned = {r["run_id"] for r in plan["runs"]} if plan else None
 
     available = sorted({k for r in rows for k in r.get("settings", {})} | {"seed"})
     for k in by:
@@ -180,16 +186,26 @@ def compare(sweep_dir: str | Path, by: list[str], metric: str = "test.accuracy",
         # Keep the runs whose other factors sit at the base case. Keys in the same zip group as a
         # --by key change with it, so they belong to that factor rather than to the "others".
         together = {k for group in plan.get("factors", []) if set(group) & set(by) for k in group}
-        base = plan.get("base_settings", {})
-        rows = [r for r in rows if all(value(r, k) == base.get(k) for k in available
-                                       if k not in by and k not in together and k != "seed")]
+        base = results.base_settings(sweep_dir, plan, available, rows)
+        others = [k for k in available if k not in by and k not in together and k != "seed" and k in base]
+        kept = [r for r in rows if all(value(r, k) == base[k] for k in others)]
         notes.append("One factor at a time: each cell holds the runs whose other factors are at the base case.")
+        groups = [set(g) for g in plan.get("factors", [])]
+        apart = [r for r in rows if len({next((i for i, g in enumerate(groups) if k in g), k) for k in others
+                                         if value(r, k) != base[k]}) > 1]
+        if apart:
+            notes.append(f"{len(apart)} runs differ from the base case in more than one factor and are in no "
+                         "one-factor table (an earlier sweep file's): give those factors together in --by to "
+                         "see them.")
+        rows = kept
+    unplanned = [r for r in rows if planned is not None and r["run_id"] not in planned]
 
     # Numbers are sorted; other values keep the order the sweep file gives them (its plan).
     order_source = [{"settings": r["settings"], "seed": r["seed"]} for r in plan["runs"]] if plan else rows
     order: dict[str, dict[str, Any]] = {}
     for k in by:
-        values = [value(r, k) for r in [*order_source, *rows]]
+        # (planned runs of a sweep file that does not vary k say nothing about its order)
+        values = [value(r, k) for r in [*order_source, *rows] if k == "seed" or k in r["settings"]]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             values = sorted(values)
         order[k] = {}
@@ -221,7 +237,8 @@ def compare(sweep_dir: str | Path, by: list[str], metric: str = "test.accuracy",
         values = [v for v in values if v is not None]
         diverged = sum(r.get("status") == Status.DIVERGED for r in members)
         pruned = sum(r.get("status") == Status.PRUNED for r in members)
-        cell = Cell(values, len(members), diverged, len(members) - diverged - pruned - len(values), pruned=pruned)
+        cell = Cell(values, len(members), diverged, len(members) - diverged - pruned - len(values), pruned=pruned,
+                    unplanned=sum(r in unplanned for r in members))
         if values:
             cell.summary = stats.describe(values)
             cell.chance = percent and at_chance(cell.summary.mean, classes)
@@ -260,6 +277,12 @@ def compare(sweep_dir: str | Path, by: list[str], metric: str = "test.accuracy",
                      "they are left out of the numbers.")
     if any(c.failed for c in cells.values()):
         notes.append("failed k/n: runs that crashed, were interrupted or have not run yet (re-run the sweep).")
+    if unplanned:
+        shown = ", ".join(f"{r['run_id']} (seed {r['seed']})" for r in unplanned[:UNPLANNED_SHOWN])
+        more = f" and {len(unplanned) - UNPLANNED_SHOWN} more" if len(unplanned) > UNPLANNED_SHOWN else ""
+        notes.append(f"† k/n: k of the cell's n runs are not in the current sweep file ({plan.get('source') or 'plan.json'}): "
+                     f"an earlier sweep file run into this folder wrote them, and they count like the others: "
+                     f"{shown}{more}.")
     return CompareResult(sweep_dir, metric, row_keys, columns, row_labels, col_labels, cells, best,
                          higher_is_better, percent, notes)
 

@@ -520,7 +520,14 @@ def sweep_context(sweep_dir: Path, metric: str = DEFAULT_SWEEP_METRIC, build_run
         rows.append(r)
         run_dirs[r["run_id"]] = run_dir
     plan = results.load_plan(sweep_dir, log=note) or {}
-    keys = [k for k in plan.get("keys") or [] if k != "seed"] or _swept_keys(rows)
+    # The plan's keys first, then those that only runs of another sweep file run into this folder vary.
+    planned_keys = [k for k in plan.get("keys") or [] if k != "seed"]
+    rows = results.fill_settings(sweep_dir, rows, list(dict.fromkeys(
+        planned_keys + [k for r in rows for k in r.get("settings") or {}])))
+    keys = planned_keys + [k for k in _swept_keys(rows) if k not in planned_keys and len(
+        {repr((r.get("settings") or {}).get(k)) for r in rows}) > 1] if planned_keys else _swept_keys(rows)
+    if plan:
+        plan = {**plan, "base_settings": results.base_settings(sweep_dir, plan, keys, rows)}
     groups: "OrderedDict[str, list[dict]]" = OrderedDict()
     for r in rows:
         groups.setdefault(_label(r.get("settings") or {}, keys), []).append(r)

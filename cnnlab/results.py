@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
+
 from cnnlab import runs
 
 RESULTS = "results.jsonl"  # a sweep folder's one row per run (append-only)
@@ -262,6 +264,74 @@ def load_plan(sweep_dir: str | Path, log: Callable[[str], None] | None = warn) -
         return None
     plan.setdefault("runs", [])
     return plan
+
+
+_MISSING = object()
+
+
+def _at(config: Any, dotted: str) -> Any:
+    """The value at a dotted key of a nested mapping; _MISSING when the path does not exist."""
+    for part in dotted.split("."):
+        if not isinstance(config, dict) or part not in config:
+            return _MISSING
+        config = config[part]
+    return config
+
+
+def run_config(sweep_dir: str | Path, row: dict) -> dict | None:
+    """The config a row's run trained with: its summary.json's ``config``, else its config.yaml; None when
+    the run folder (checked to lie inside the sweep folder) holds neither in readable form."""
+    run_dir, _ = run_dir_of(sweep_dir, row)
+    if run_dir is None:
+        return None
+    config = (read_summary(run_dir) or {}).get("config")
+    if isinstance(config, dict):
+        return config
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def fill_settings(sweep_dir: str | Path, rows: list[dict], keys: list[str]) -> list[dict]:
+    """The rows, each naming every one of ``keys``: a key missing from a row's ``settings`` is read from its
+    run's config (left missing when that cannot be read).
+
+    A sweep file that varies fewer keys than one run earlier into the same folder (a shortened copy, a
+    re-run of some axes) writes rows that name only its own keys; filled in, rows from both group alike."""
+    out = []
+    for r in rows:
+        missing = [k for k in keys if k not in r["settings"]]
+        config = run_config(sweep_dir, r) if missing else None
+        if config is not None:
+            found = {k: v for k in missing if (v := _at(config, k)) is not _MISSING}
+            r = {**r, "settings": {**r["settings"], **found}}
+        out.append(r)
+    return out
+
+
+def base_settings(sweep_dir: str | Path, plan: dict, keys: list[str], rows: list[dict] = ()) -> dict:
+    """The base case's value of each of ``keys`` that can be known: the plan's ``base_settings``, and for a
+    key the current sweep file does not vary, its value in a planned run (all of them hold the base's value):
+    from that run's config, else from a planned run's results row (``rows``) that names it."""
+    base = dict(plan.get("base_settings") or {})
+    others = [k for k in keys if k not in base]
+    if not others:
+        return base
+    planned = {r.get("run_id") for r in plan.get("runs") or []}
+    for r in [r for r in rows if r["run_id"] in planned]:
+        for k in others:
+            if k not in base and k in r["settings"]:
+                base[k] = r["settings"][k]
+    for r in plan.get("runs") or []:
+        if all(k in base for k in others):
+            break
+        config = run_config(sweep_dir, r)
+        for k in others:
+            if k not in base and config is not None and (v := _at(config, k)) is not _MISSING:
+                base[k] = v
+    return base
 
 
 def num_classes(sweep_dir: str | Path, rows: list[dict], default: int = 10) -> int:

@@ -393,12 +393,14 @@ def _settings_of(cfg: Config, keys: list[str], base_label: str) -> dict[str, Any
 
 
 def _state(out: Path, run: PlannedRun, rows: dict[str, dict]) -> str:
-    """done | recover (finished, row missing) | resume (last.pt) | rerun (leftovers) | new."""
+    """done | recover (finished, row missing or naming fewer settings) | resume (last.pt) | rerun (leftovers) | new."""
     run_dir = out / run.run_dir
     summary = read_summary(run_dir)
     if summary and summary.get("status") in FINAL_STATUSES and summary.get("seed") == run.seed:
         row = rows.get(run.run_id)
-        return "done" if row and row.get("status") == summary["status"] else "recover"
+        # A row written by a sweep file that varied fewer keys (a shortened copy) is rewritten naming them all.
+        named = row is not None and set(run.settings) <= set(row.get("settings") or {})
+        return "done" if named and row.get("status") == summary["status"] else "recover"
     if (run_dir / "last.pt").exists():
         return "resume"
     if run_dir.exists() and any(p.name != runs.LOCK_NAME for p in run_dir.iterdir()):
@@ -621,13 +623,16 @@ def _run_locked(sweep: Sweep, sweep_path: str | Path, out: Path, workers: int, e
     done = [0]
     total = max(0, sweep.search["trials"] - len(rows)) if sweep.search else len(tasks)
 
+    shown_base = sweep.base_settings if sweep.ofat else None  # OFAT progress lines name only the factor that differs
+
     def on_start(task: dict) -> None:
-        print(f"[{done[0] + 1}/{len(tasks)}] {task['run_id']} {_describe(task['settings'])} seed={task['seed']}"
+        print(f"[{done[0] + 1}/{len(tasks)}] {task['run_id']} {describe_run(task['settings'], shown_base)} "
+              f"seed={task['seed']}"
               + (" (resuming)" if task["resume"] else ""), flush=True)
 
     def on_row(row: dict) -> None:
         done[0] += 1
-        print(f"[{done[0]}/{total}] {format_row(row)}{eta(done[0], total, time.perf_counter() - t0)}",
+        print(f"[{done[0]}/{total}] {format_row(row, shown_base)}{eta(done[0], total, time.perf_counter() - t0)}",
               flush=True)
 
     t0 = time.perf_counter()
@@ -690,9 +695,18 @@ def _task(r: PlannedRun, out: Path, state: str, quiet: bool) -> dict:
             "resume": state == "resume", "force": state == "rerun"}
 
 
-def format_row(row: dict) -> str:
+def describe_run(settings: dict, base: dict | None = None) -> str:
+    """A run's settings as ``key=value, ...``; given the ``base`` case's settings (a one-factor-at-a-time
+    sweep), only the values that differ from it, so a line names the factor the run varies."""
+    if base is None:
+        return _describe(settings)
+    return _describe({k: v for k, v in settings.items() if k not in base or base[k] != v})
+
+
+def format_row(row: dict, base: dict | None = None) -> str:
+    """A finished run's progress line (``base``: see describe_run)."""
     acc = (row.get("test") or {}).get("accuracy")
-    text = f"{row['run_id']} {_describe(row['settings'])} seed={row['seed']}: {row['status']}"
+    text = f"{row['run_id']} {describe_run(row['settings'], base)} seed={row['seed']}: {row['status']}"
     if acc is not None:
         text += f" test accuracy {acc:.4f}"
     if row.get("time_s") is not None:

@@ -119,15 +119,19 @@ def test_one_seed_has_no_interval_and_says_untested(tmp_path):
     assert "untested" in res.markdown() and "Welch" not in res.markdown()
 
 
-def test_last_row_per_run_wins_and_stale_rows_are_left_out(tmp_path):
+def test_last_row_per_run_wins_and_runs_not_in_the_plan_count_and_are_named(tmp_path):
     rows = [row("r1", {"optim.lr": 0.1}, 0, status="failed"), row("r2", {"optim.lr": 0.1}, 1, acc=0.96),
             row("r1", {"optim.lr": 0.1}, 0, acc=0.95), row("old", {"optim.lr": 0.1}, 2, acc=0.10)]
     plan = {"ofat": False, "keys": ["optim.lr"], "base_settings": {"optim.lr": 0.1},
             "runs": [{"run_id": "r1", "settings": {"optim.lr": 0.1}, "seed": 0, "run_dir": "runs/r1"},
                      {"run_id": "r2", "settings": {"optim.lr": 0.1}, "seed": 1, "run_dir": "runs/r2"}]}
     d = write_rows(tmp_path / "sw", rows, plan)
-    cell = compare(d, by=["optim.lr"]).cells[(("0.1",), ())]
-    assert sorted(cell.values) == [0.95, 0.96] and cell.total == 2 and cell.failed == 0
+    res = compare(d, by=["optim.lr"])
+    cell = res.cells[(("0.1",), ())]
+    assert sorted(cell.values) == [0.1, 0.95, 0.96] and cell.total == 3 and cell.failed == 0
+    assert cell.unplanned == 1 and res.cell_text(cell).endswith("; † 1/3")
+    assert "old (seed 2)" in res.markdown() and "not in the current sweep file" in res.markdown()
+    assert next(csv.DictReader(io.StringIO(res.csv())))["not_in_sweep_file"] == "1"
 
 
 def test_ofat_cells_keep_other_factors_at_the_base(tmp_path):
@@ -215,3 +219,49 @@ def test_pruned_runs_are_shown_as_pruned_and_left_out_of_the_numbers(tmp_path):
                                                                                   ("0.01", "2", "1", "0")]
     html = write_sweep_report(d).read_text()
     assert "pruned" in html and "50.00" not in html  # shown by status, its accuracy in no statistic
+
+
+def ofat_folder(folder, planned_keys, row_keys):
+    """An OFAT folder over optim.lr and train.batch_size (base 0.001, 100) whose plan.json is a sweep file of
+    ``planned_keys`` and whose rows name ``row_keys``; each run folder's summary.json holds its config."""
+    settings = [{"optim.lr": 0.001, "train.batch_size": 100}, {"optim.lr": 0.01, "train.batch_size": 100},
+                {"optim.lr": 0.001, "train.batch_size": 10}]
+    rows = []
+    for i, s in enumerate(settings):
+        for seed in (0, 1):
+            r = row(f"r{i}s{seed}", {k: v for k, v in s.items() if k in row_keys}, seed, acc=0.8 + i / 10 + seed / 100)
+            (folder / r["run_dir"]).mkdir(parents=True)
+            write_json(folder / r["run_dir"] / "summary.json", {"status": "completed", "config": {
+                "optim": {"lr": s["optim.lr"]}, "train": {"batch_size": s["train.batch_size"]}}})
+            rows.append((s, r))
+    planned = [(s, r) for s, r in rows if all(s[k] == v for k, v in (("optim.lr", 0.001), ("train.batch_size", 100))
+                                               if k not in planned_keys)]
+    plan = {"ofat": True, "keys": planned_keys, "factors": [[k] for k in planned_keys], "source": "sub.yaml",
+            "base_settings": {k: {"optim.lr": 0.001, "train.batch_size": 100}[k] for k in planned_keys},
+            "runs": [{"run_id": r["run_id"], "settings": {k: s[k] for k in planned_keys}, "seed": r["seed"],
+                      "run_dir": r["run_dir"]} for s, r in planned]}
+    return write_rows(folder, [r for _, r in rows], plan)
+
+
+def test_rows_of_a_sweep_file_that_varied_fewer_keys_join_their_cells(tmp_path):
+    # the full file planned, but the base-case rows were written by a file varying only optim.lr
+    d = ofat_folder(tmp_path / "sw", ["optim.lr", "train.batch_size"], ["optim.lr"])
+    for table in (compare(d, by=["train.batch_size"]), compare(d, by=["optim.lr"])):
+        assert [c.total for c in table.cells.values()] == [2, 2]  # the base case's two runs in each table
+        assert "default" not in str(table.rows) and "†" not in table.markdown() and "pool" not in table.markdown()
+    assert compare(d, by=["train.batch_size"]).rows == [("10",), ("100",)]
+
+
+def test_a_subset_sweep_file_run_into_the_folder_loses_no_runs(tmp_path):
+    # the full sweep ran first; then a file varying only optim.lr was run into the same folder (its plan.json)
+    d = ofat_folder(tmp_path / "sw", ["optim.lr"], ["optim.lr", "train.batch_size"])
+    by_lr = compare(d, by=["optim.lr"])
+    assert by_lr.rows == [("0.001",), ("0.01",)] and [c.total for c in by_lr.cells.values()] == [2, 2]
+    assert "†" not in by_lr.markdown()  # the batch-size-10 runs are not at the base: not in this table
+    by_batch = compare(d, by=["train.batch_size"])
+    assert by_batch.rows == [("10",), ("100",)]
+    small = by_batch.cells[(("10",), ())]
+    assert small.total == 2 and small.unplanned == 2 and by_batch.cell_text(small).endswith("; † 2/2")
+    assert by_batch.cells[(("100",), ())].unplanned == 0
+    md = by_batch.markdown()
+    assert "not in the current sweep file (sub.yaml)" in md and "r2s0 (seed 0), r2s1 (seed 1)" in md

@@ -261,6 +261,33 @@ def test_local_sweep_runs_skips_and_repairs(tmp_path, data_root, capsys):
     assert "resuming" in (out / "runs" / a / "train.log").read_text()
 
 
+def test_ofat_progress_names_the_factor_and_a_shorter_sweep_file_shares_the_folder(tmp_path, data_root, capsys):
+    from cnnlab.compare import compare
+
+    base = {**TINY, "name": "tiny", "data": {"name": "mnist", "train_limit": 300, "val_size": 100}}
+    short = sweep_file(tmp_path, {"base": base, "ofat": True, "axes": {"optim.lr": [0.003, 0.01]}}, "short")
+    full = sweep_file(tmp_path, {"base": base, "ofat": True,
+                                 "axes": {"optim.lr": [0.003, 0.01], "train.batch_size": [100, 50]}}, "full")
+    out = tmp_path / "out"
+    run_sweep(short, out_dir=out)
+    printed = capsys.readouterr().out
+    assert "(base case) seed=0: completed" in printed and "optim.lr=0.01 seed=0: completed" in printed
+    # the full file: the short file's two runs are done, their rows rewritten naming both keys; one new run
+    rows = run_sweep(full, out_dir=out)
+    printed = capsys.readouterr().out
+    assert "3 runs (2 already done, 1 to run)" in printed
+    assert "train.batch_size=50 seed=0: completed" in printed and "optim.lr=0.003, train" not in printed
+    assert all(set(r["settings"]) == {"optim.lr", "train.batch_size"} for r in load_results(out))
+    assert [r["status"] for r in rows] == ["completed"] * 3
+    # the short file again (its plan.json now): the batch-size run stays in the tables, marked as not its own
+    run_sweep(short, out_dir=out)
+    assert "2 already done, 0 to run" in capsys.readouterr().out
+    by_batch = compare(out, by=["train.batch_size"])
+    assert by_batch.rows == [("50",), ("100",)]
+    assert by_batch.cells[(("50",), ())].unplanned == 1 and by_batch.cells[(("100",), ())].unplanned == 0
+    assert [c.total for c in compare(out, by=["optim.lr"]).cells.values()] == [1, 1]
+
+
 def test_workers_record_a_divergence_and_a_crash_and_go_on(tmp_path, data_root):
     empty = tmp_path / "no_data"
     empty.mkdir()
