@@ -129,6 +129,17 @@ class CompareResult:
         return buf.getvalue()
 
 
+def metric_range(metric: str) -> tuple[float | None, float | None]:
+    """The values a metric can take, (low, high) with None for open: accuracies and P/R/F1 in [0, 1];
+    losses, times and epochs ≥ 0 (every loss cnnlab offers is); (None, None) for a metric it does not know."""
+    last = metric.split(".")[-1]
+    if last.endswith(("accuracy", "f1_macro", "precision_macro", "recall_macro")):
+        return 0.0, 1.0
+    if "loss" in last or last.startswith("time") or last.endswith("_s") or last == "epoch":
+        return 0.0, None
+    return None, None
+
+
 def label(value: Any) -> str:
     """How a setting value is shown: null is the builder's default."""
     if value is None:
@@ -231,6 +242,7 @@ def compare(sweep_dir: str | Path, by: list[str], metric: str = "test.accuracy",
     percent = metric.endswith("accuracy")
     higher_is_better = not ("loss" in metric or metric.startswith("time"))
     classes = results.num_classes(sweep_dir, rows)
+    bounds = metric_range(metric)
     cells: dict[tuple[tuple, tuple], Cell] = {}
     for key, members in grouped.items():
         values = [metric_value(r, metric) for r in members if r.get("status") in FINISHED]
@@ -240,7 +252,7 @@ def compare(sweep_dir: str | Path, by: list[str], metric: str = "test.accuracy",
         cell = Cell(values, len(members), diverged, len(members) - diverged - pruned - len(values), pruned=pruned,
                     unplanned=sum(r in unplanned for r in members))
         if values:
-            cell.summary = stats.describe(values)
+            cell.summary = stats.describe(values, bounds=bounds)
             cell.chance = percent and at_chance(cell.summary.mean, classes)
         cells[key] = cell
 
@@ -261,6 +273,12 @@ def compare(sweep_dir: str | Path, by: list[str], metric: str = "test.accuracy",
         head.append(f"≈ not significantly different from the best: Welch's t-test (two-sided, unequal variances), "
                     f"p ≥ {stats.ALPHA}; unmarked cells with 2 or more runs differ from the best at p < {stats.ALPHA}.")
     notes = head + notes
+    if any(c.summary and c.summary.clipped for c in cells.values()):
+        lo, hi = bounds
+        limits = f"{_shown_limit(lo, percent)} … {_shown_limit(hi, percent)}" if hi is not None \
+            else f"≥ {_shown_limit(lo, percent)}"
+        notes.append(f"An interval that reached past the values {metric} can take ({limits}) is cut there: with "
+                     "few runs a Student-t interval can, the true mean cannot.")
     if ns and max(ns) < 2:
         notes.append("One run per cell (a single seed): no confidence intervals, and the differences between cells "
                      "are untested; run the sweep with seeds: 3 or more before reading a difference as real.")
@@ -285,6 +303,10 @@ def compare(sweep_dir: str | Path, by: list[str], metric: str = "test.accuracy",
                      f"{shown}{more}.")
     return CompareResult(sweep_dir, metric, row_keys, columns, row_labels, col_labels, cells, best,
                          higher_is_better, percent, notes)
+
+
+def _shown_limit(x: float, percent: bool) -> str:
+    return f"{100 * x:g} %" if percent else f"{x:g}"
 
 
 def write_compare(sweep_dir: str | Path, by: list[str], metric: str = "test.accuracy",

@@ -28,10 +28,16 @@ class Described:
     sd: float | None  # sample sd (ddof=1); None for n < 2
     ci_low: float | None  # 95 % Student-t interval for the mean; None for n < 2
     ci_high: float | None
+    clipped: bool = False  # the interval was cut at the metric's possible range (``bounds``)
 
 
-def describe(values: Sequence[float], confidence: float = CONFIDENCE) -> Described:
-    """Mean, sample sd and a Student-t confidence interval of ``values`` (n ≥ 1)."""
+def describe(values: Sequence[float], confidence: float = CONFIDENCE,
+             bounds: tuple[float | None, float | None] = (None, None)) -> Described:
+    """Mean, sample sd and a Student-t confidence interval of ``values`` (n ≥ 1).
+
+    ``bounds`` (low, high; None = open) is the range the quantity can take (a time ≥ 0, an accuracy in
+    [0, 1]): the interval is cut there. Its true mean lies in that range too, so the cut drops only
+    impossible values and keeps the interval's coverage; a t-interval of 2 or 3 runs easily reaches past."""
     xs = [float(v) for v in values]
     n = len(xs)
     if n == 0:
@@ -41,7 +47,10 @@ def describe(values: Sequence[float], confidence: float = CONFIDENCE) -> Describ
         return Described(n, mean, None, None, None)
     sd = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
     half = _scipy.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
-    return Described(n, mean, sd, mean - half, mean + half)
+    low, high = mean - half, mean + half
+    lo, hi = bounds
+    cut_low, cut_high = lo is not None and bool(low < lo), hi is not None and bool(high > hi)
+    return Described(n, mean, sd, lo if cut_low else low, hi if cut_high else high, cut_low or cut_high)
 
 
 def welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:

@@ -265,3 +265,23 @@ def test_a_subset_sweep_file_run_into_the_folder_loses_no_runs(tmp_path):
     assert by_batch.cells[(("100",), ())].unplanned == 0
     md = by_batch.markdown()
     assert "not in the current sweep file (sub.yaml)" in md and "r2s0 (seed 0), r2s1 (seed 1)" in md
+
+
+def test_intervals_are_cut_at_the_metrics_range_and_the_legend_says_so(tmp_path):
+    rows = [row(f"a{s}", {"optim.lr": 0.1}, s, acc=a) for s, a in enumerate([0.95, 0.999])]
+    rows += [row(f"b{s}", {"optim.lr": 0.01}, s, acc=a) for s, a in enumerate([0.90, 0.91, 0.92])]
+    for r, t in zip(rows, [0.4, 4.0, 10.0, 10.5, 11.0]):
+        r["time_s"] = t
+    d = write_rows(tmp_path / "sw", rows)
+    times = compare(d, by=["optim.lr"], metric="time_s")
+    fast = times.cells[(("0.1",), ())]
+    assert fast.summary.ci_low == 0.0 and fast.summary.ci_high == stats.describe([0.4, 4.0]).ci_high
+    assert times.cell_text(fast).startswith("**2.2 ± 2.546 (2) [0, ")
+    assert "time_s can take (≥ 0) is cut there" in times.markdown()
+    slow = next(r for r in csv.DictReader(io.StringIO(times.csv())) if r["optim.lr"] == "0.01")
+    assert float(slow["ci95_low"]) == stats.describe([10.0, 10.5, 11.0]).ci_low  # inside the range: not cut
+    acc = compare(d, by=["optim.lr"])
+    assert acc.cells[(("0.1",), ())].summary.ci_high == 1.0 and "(0 % … 100 %)" in acc.markdown()
+    low = 100 * stats.describe([0.95, 0.999]).ci_low
+    assert acc.cell_text(acc.cells[(("0.1",), ())]).startswith(f"**97.45 ± 3.46 (2) [{low:.2f}, 100.00]**")
+    assert "cut there" not in compare(d, by=["optim.lr"], metric="test.loss").markdown()

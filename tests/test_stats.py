@@ -59,3 +59,17 @@ def test_against_best_marks_cells_that_cannot_be_told_apart():
     assert v["d"].p is None and v["d"].same_as_best is None
     assert stats.best_key({"loss1": [0.3], "loss2": [0.2]}, higher_is_better=False) == "loss2"
     assert stats.best_key({}) is None
+
+
+def test_interval_is_cut_at_the_bounds_only_where_it_crosses_them():
+    times = [0.5, 3.5]  # two runs: the t-interval is mean ± 12.7 × sd / √2, far below 0
+    open_ = stats.describe(times)
+    assert open_.ci_low < 0 and not open_.clipped
+    cut = stats.describe(times, bounds=(0.0, None))
+    assert cut.clipped and cut.ci_low == 0.0 and cut.ci_high == open_.ci_high and cut.mean == open_.mean
+    accuracies = [0.97, 0.999]  # reaches above 1
+    both = stats.describe(accuracies, bounds=(0.0, 1.0))
+    assert both.clipped and both.ci_high == 1.0 and both.ci_low == stats.describe(accuracies).ci_low
+    inside = stats.describe([0.5, 0.51, 0.49], bounds=(0.0, 1.0))
+    assert not inside.clipped and inside == stats.describe([0.5, 0.51, 0.49])
+    assert not stats.describe([2.0], bounds=(0.0, None)).clipped  # one run: no interval to cut
