@@ -210,8 +210,10 @@ def cmd_report(args) -> int:
     from cnnlab.report import build_report
 
     t0 = time.perf_counter()
-    path = build_report(Path(args.dir))
-    print(f"wrote {path} in {time.perf_counter() - t0:.1f} s")
+    counts: dict = {}
+    path = build_report(Path(args.dir), force=args.force, counts=counts)
+    runs = f" (run reports: {counts['built']} built, {counts['current']} up to date)" if counts else ""
+    print(f"wrote {path} in {time.perf_counter() - t0:.1f} s{runs}")
     return 0
 
 
@@ -326,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="write report.html for a run or a sweep folder")
     r.add_argument("dir", help="a run folder or a sweep folder")
+    r.add_argument("--force", action="store_true",
+                   help="rebuild every run's report and redraw its curves (default: a sweep reuses the run reports "
+                        "and curves.png files that are newer than their run's files)")
     r.set_defaults(func=cmd_report)
 
     d = sub.add_parser("data", help="which data sets are present, and their checksums")

@@ -28,6 +28,11 @@ from cnnlab.config import ConfigError
 from cnnlab.plots import plot_curves  # noqa: F401 - kept as report.plot_curves for callers
 
 REPORT_NAME = "report.html"
+# What a run's report is drawn from: a report.html newer than all of them is current and is reused
+# by a sweep report (`cnnlab report SWEEP_DIR --force` rebuilds it anyway).
+REPORT_SOURCES = ("summary.json", "metrics.jsonl", "config.yaml", "misclassified.pt", "curves.png")
+CURVES_SOURCES = ("summary.json", "metrics.jsonl")  # curves.png (finish_run's) is reused when newer than these
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RUN_MARKERS = ("summary.json", "metrics.jsonl", "config.yaml")  # any of them makes a folder a run folder
 DEFAULT_SWEEP_METRIC = "test.accuracy"
 # Factors whose values span orders of magnitude: plotted on a log x axis.
@@ -101,6 +106,35 @@ def _dig(d: Any, dotted: str) -> Any:
     return d
 
 
+def is_current(target: Path, sources: tuple[str, ...]) -> bool:
+    """True when ``target`` exists and is at least as new as each of ``sources`` (names in its folder) that exists."""
+    try:
+        made = target.stat().st_mtime_ns
+    except OSError:
+        return False
+    for name in sources:
+        try:
+            if (target.parent / name).stat().st_mtime_ns > made:
+                return False
+        except OSError:
+            continue  # an absent source cannot be newer
+    return True
+
+
+def _curves_png(run_dir: Path, history: list[dict], best_step: Any, reuse: bool) -> bytes:
+    """The run's learning curves as PNG: curves.png as finish_run drew it when it is current (drawing it again
+    is about a third of a run report's time), else drawn now."""
+    png = run_dir / "curves.png"
+    if reuse and is_current(png, CURVES_SOURCES):
+        try:
+            data = png.read_bytes()
+        except OSError:
+            data = b""
+        if data.startswith(PNG_SIGNATURE):
+            return data
+    return plots.png_bytes(plots.curves_figure(history, best_step))
+
+
 def _environment():
     from jinja2 import Environment, FileSystemLoader
 
@@ -158,18 +192,21 @@ def finish_run(out_dir, log=print, html: bool = True) -> Optional[dict]:
 
 
 
-def build_report(path, log=results.warn) -> Path:
+def build_report(path, log=results.warn, force: bool = False, counts: Optional[dict] = None) -> Path:
     """Write report.html into a run folder or a sweep folder (detected from its files); return its path.
 
     What cannot be read (a malformed results row, a truncated summary.json, a row whose run_dir
-    points outside the sweep folder) is reported through ``log`` naming the file, and left out."""
+    points outside the sweep folder) is reported through ``log`` naming the file, and left out.
+    A sweep's run reports are rebuilt only when missing or older than their run's files, and a run's
+    curves.png is reused when current; ``force`` rebuilds and redraws everything. ``counts``: see
+    write_sweep_report."""
     path = Path(path)
     if not path.is_dir():
         raise ReportError(f"report: {path} is not a folder; give a run folder or a sweep folder")
     if (path / "results.jsonl").exists():
-        return write_sweep_report(path, log=log)
+        return write_sweep_report(path, log=log, force=force, counts=counts)
     if any((path / name).exists() for name in RUN_MARKERS):
-        return write_run_report(path, log=log)
+        return write_run_report(path, log=log, reuse=not force)
     raise ReportError(
         f"report: {path} is neither a run folder ({', '.join(RUN_MARKERS)}) nor a sweep folder "
         "(results.jsonl); point at the folder that `cnnlab train --out` or `cnnlab sweep --out` wrote")
@@ -205,11 +242,12 @@ def _layers(model: dict) -> tuple[list[str], list[list[str]]]:
     return cols, [[_fmt(r.get(c)) if c == "params" else str(r.get(c, "")) for c in cols] for r in layers]
 
 
-def run_context(run_dir: Path, log=results.warn) -> dict:
+def run_context(run_dir: Path, log=results.warn, reuse: bool = True) -> dict:
     """Everything the run template shows, read from the run folder.
 
     Every part is read on its own: a part a damaged or hand-edited file cannot give is left out,
-    with a warning naming the file (through ``log`` and on the page)."""
+    with a warning naming the file (through ``log`` and on the page). ``reuse``: embed curves.png when it
+    is newer than the files it is drawn from, instead of drawing the curves again."""
     run_dir = Path(run_dir)
     problems: list[str] = []
 
@@ -252,7 +290,7 @@ def run_context(run_dir: Path, log=results.warn) -> dict:
     images: dict[str, str] = {}
     if history:
         curves = guarded(f"{run_dir / 'metrics.jsonl'}: the learning curves",
-                         lambda: _b64(plots.png_bytes(plots.curves_figure(history, best.get("step")))), None)
+                         lambda: _b64(_curves_png(run_dir, history, best.get("step"), reuse)), None)
         if curves:
             images["curves"] = curves
     confusion_split = next((s for s in ("test", "val") if _mapping(summary.get(s)).get("confusion")), None)
@@ -324,10 +362,10 @@ def run_context(run_dir: Path, log=results.warn) -> dict:
     }
 
 
-def write_run_report(run_dir, log=results.warn) -> Path:
-    """Write ``report.html`` into a run folder; return its path."""
+def write_run_report(run_dir, log=results.warn, reuse: bool = True) -> Path:
+    """Write ``report.html`` into a run folder; return its path (``reuse``: see run_context)."""
     run_dir = Path(run_dir)
-    return _render("run.html.j2", run_dir / REPORT_NAME, **run_context(run_dir, log=log))
+    return _render("run.html.j2", run_dir / REPORT_NAME, **run_context(run_dir, log=log, reuse=reuse))
 
 
 # ----------------------------------------------------------------------------- sweep report
@@ -503,7 +541,9 @@ def run_link(sweep_dir: Path, run_dir: Path) -> str:
 
 
 def sweep_context(sweep_dir: Path, metric: str = DEFAULT_SWEEP_METRIC, build_run_reports: bool = True,
-                  log=results.warn) -> dict:
+                  log=results.warn, force: bool = False) -> dict:
+    """Everything the sweep template shows. Run reports that are missing or older than their run's files are
+    (re)built when ``build_run_reports``; ``force`` rebuilds every one. ``run_reports`` counts them."""
     sweep_dir = Path(sweep_dir)
     problems: list[str] = []
 
@@ -546,16 +586,20 @@ def sweep_context(sweep_dir: Path, metric: str = DEFAULT_SWEEP_METRIC, build_run
     best_label = settings_table[0]["label"] if settings_table and settings_table[0]["n_ok"] else None
 
     run_rows = []
+    built = {"built": 0, "current": 0}
     for r in rows:
         link = None
         run_dir = run_dirs.get(r["run_id"])
         if run_dir is not None:
-            if build_run_reports and not (run_dir / REPORT_NAME).exists() and (
-                    (run_dir / "summary.json").exists() or (run_dir / "metrics.jsonl").exists()):
-                try:
-                    write_run_report(run_dir, log=note)
-                except Exception as e:  # noqa: BLE001 - a broken run keeps its row, just without a link
-                    note(f"could not write {run_dir / REPORT_NAME}: {_why(e)}")
+            if build_run_reports and ((run_dir / "summary.json").exists() or (run_dir / "metrics.jsonl").exists()):
+                if not force and is_current(run_dir / REPORT_NAME, REPORT_SOURCES):
+                    built["current"] += 1
+                else:
+                    try:
+                        write_run_report(run_dir, log=note, reuse=not force)
+                        built["built"] += 1
+                    except Exception as e:  # noqa: BLE001 - a broken run keeps its row, just without a link
+                        note(f"could not write {run_dir / REPORT_NAME}: {_why(e)}")
             if (run_dir / REPORT_NAME).is_file():
                 link = run_link(sweep_dir, run_dir)
         run_rows.append({"run_id": r.get("run_id"), "label": _label(r.get("settings") or {}, keys),
@@ -590,11 +634,17 @@ def sweep_context(sweep_dir: Path, metric: str = DEFAULT_SWEEP_METRIC, build_run
         "factor_plots": factor_plots,
         "images": images,
         "run_rows": run_rows,
+        "run_reports": built,
         "problems": problems,
     }
 
 
-def write_sweep_report(sweep_dir, metric: str = DEFAULT_SWEEP_METRIC, log=results.warn) -> Path:
-    """Write ``report.html`` into a sweep folder (and each run's report that is missing); return its path."""
+def write_sweep_report(sweep_dir, metric: str = DEFAULT_SWEEP_METRIC, log=results.warn, force: bool = False,
+                       counts: Optional[dict] = None) -> Path:
+    """Write ``report.html`` into a sweep folder (and each run's report that is missing or stale; every one with
+    ``force``); return its path. ``counts``, when given, receives {"built": n, "current": n} of the run reports."""
     sweep_dir = Path(sweep_dir)
-    return _render("sweep.html.j2", sweep_dir / REPORT_NAME, **sweep_context(sweep_dir, metric, log=log))
+    context = sweep_context(sweep_dir, metric, log=log, force=force)
+    if counts is not None:
+        counts.update(context["run_reports"])
+    return _render("sweep.html.j2", sweep_dir / REPORT_NAME, **context)

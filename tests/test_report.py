@@ -12,6 +12,7 @@ import base64
 import html
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -461,3 +462,44 @@ def test_ofat_factor_plots_show_a_zip_group_once_with_all_its_values():
     plan = {"ofat": True, "base_settings": base, "factors": [["optim.lr"], ["loss.name", "model.softmax_output"]]}
     figures = _factor_plots(rows, list(base), "test.accuracy", plan)
     assert [f["key"] for f in figures] == ["optim.lr", "loss.name"]
+
+
+def _age(path: Path, seconds: float) -> None:
+    """Make ``path`` look ``seconds`` older (its modification time moved back)."""
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - int(seconds * 1e9)))
+
+
+def test_sweep_report_rebuilds_only_missing_or_stale_run_reports(tmp_path, capsys):
+    from cnnlab import cli
+
+    root, _ = crafted_sweep(tmp_path / "sweep")  # run0, run1 have no report; run2..7 a current marker
+    assert cli.main(["report", str(root)]) == 0
+    assert "(run reports: 2 built, 6 up to date)" in capsys.readouterr().out
+    assert (root / "runs/run5/report.html").read_text() == "<html>marker</html>"
+    # run5 resumed after its report was written: its summary.json is newer, so its report is rebuilt
+    _age(root / "runs/run5/report.html", 60)
+    assert cli.main(["report", str(root)]) == 0
+    assert "(run reports: 1 built, 7 up to date)" in capsys.readouterr().out
+    assert "Run doctor" in (root / "runs/run5/report.html").read_text()
+    assert (root / "runs/run2/report.html").read_text() == "<html>marker</html>"
+    assert cli.main(["report", str(root), "--force"]) == 0
+    assert "(run reports: 8 built, 0 up to date)" in capsys.readouterr().out
+    assert "Run doctor" in (root / "runs/run2/report.html").read_text()
+
+
+def test_run_report_embeds_a_current_curves_png_instead_of_drawing_it(tmp_path):
+    run = crafted_run(tmp_path / "run")
+    buf = io.BytesIO()
+    Image.new("RGB", (3, 2), (1, 2, 3)).save(buf, format="PNG")  # not what the curves would look like
+    (run / "curves.png").write_bytes(buf.getvalue())
+    mark = base64.b64encode(buf.getvalue()).decode("ascii")
+    assert mark in report.write_run_report(run).read_text()
+    assert mark not in report.write_run_report(run, reuse=False).read_text()  # --force draws them again
+    for name in ("metrics.jsonl", "summary.json"):  # older than the files it is drawn from: drawn again
+        _age(run / "curves.png", 60)
+        assert mark not in report.write_run_report(run).read_text()
+        os.utime(run / "curves.png")
+    (run / "curves.png").write_bytes(b"not a png")
+    text = report.write_run_report(run).read_text()
+    assert 'id="img-curves"' in text and base64.b64encode(b"not a png").decode() not in text
