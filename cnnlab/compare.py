@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from cnnlab.config import ConfigError
 from cnnlab.results import CHANCE_MARGIN, Status, at_chance, load_plan, load_results
 
 FINISHED = results.SUCCEEDED  # statuses whose metrics count
+MAX_PLACES = 8  # decimals of a non-percent cell at most
 UNPLANNED_SHOWN = 10  # run ids named in the note on runs the current sweep file does not plan
 KNOWN_METRICS = ("test.accuracy", "test.loss", "test.f1_macro", "best.val_accuracy", "best.epoch",
                  "final_train_loss", "time_s")
@@ -82,19 +84,31 @@ class CompareResult:
         if cell.chance:
             text = f"chance (n={s.n})"
         else:
-            text = f"{self._num(s.mean)} ± {self._num(s.sd)} ({s.n})" if s.n > 1 else f"{self._num(s.mean)} (1)"
+            places = self._places(s)
+            text = (f"{self._num(s.mean, places)} ± {self._num(s.sd, places)} ({s.n})" if s.n > 1
+                    else f"{self._num(s.mean, places)} (1)")
             if s.ci_low is not None:
-                text += f" [{self._num(s.ci_low)}, {self._num(s.ci_high)}]"
+                text += f" [{self._num(s.ci_low, places)}, {self._num(s.ci_high, places)}]"
             if cell.is_best:
                 text = f"**{text}** ★"
             elif cell.same_as_best:
                 text += " ≈"
         return text + "".join(f"; {e}" for e in extra)
 
-    def _num(self, x: float | None) -> str:
+    def _places(self, s: stats.Described) -> int:
+        """Decimals for one cell's numbers, all alike: accuracies in % to 2; other metrics to 4 significant
+        digits of the mean, more where the sd needs them for 2 of its own (1.570 ± 0.017, not 1.57 ± 0.01716)."""
+        if self.percent:
+            return 2
+        places = [3 - math.floor(math.log10(abs(s.mean)))] if s.mean else [4]
+        if s.sd:
+            places.append(1 - math.floor(math.log10(s.sd)))
+        return min(MAX_PLACES, max(0, *places))
+
+    def _num(self, x: float | None, places: int = 2) -> str:
         if x is None:
             return "—"
-        return f"{100 * x:.2f}" if self.percent else f"{x:.4g}"
+        return f"{100 * x:.2f}" if self.percent else f"{x:.{places}f}"
 
     def markdown(self) -> str:
         unit = " (%)" if self.percent else ""

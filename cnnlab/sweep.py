@@ -670,7 +670,10 @@ def eta(done: int, total: int, elapsed: float) -> str:
 
 
 def _compare_hint(sweep: Sweep) -> str:
-    # One factor per table in an OFAT sweep; a grid's table has them all (rows: the first).
+    # One factor per table in an OFAT sweep (each named, so none is missed); a grid's table has them all.
+    if sweep.ofat and len(sweep.factors) > 1:
+        return (f"{sweep.factors[0][0]}  (one table per factor: --by "
+                + " | ".join(f[0] for f in sweep.factors) + ")")
     return ",".join(sweep.factors[0] if sweep.ofat and sweep.factors else sweep.keys) or "seed"
 
 

@@ -276,7 +276,7 @@ def test_intervals_are_cut_at_the_metrics_range_and_the_legend_says_so(tmp_path)
     times = compare(d, by=["optim.lr"], metric="time_s")
     fast = times.cells[(("0.1",), ())]
     assert fast.summary.ci_low == 0.0 and fast.summary.ci_high == stats.describe([0.4, 4.0]).ci_high
-    assert times.cell_text(fast).startswith("**2.2 ± 2.546 (2) [0, ")
+    assert times.cell_text(fast).startswith("**2.200 ± 2.546 (2) [0.000, ")
     assert "time_s can take (≥ 0) is cut there" in times.markdown()
     slow = next(r for r in csv.DictReader(io.StringIO(times.csv())) if r["optim.lr"] == "0.01")
     assert float(slow["ci95_low"]) == stats.describe([10.0, 10.5, 11.0]).ci_low  # inside the range: not cut
@@ -285,3 +285,15 @@ def test_intervals_are_cut_at_the_metrics_range_and_the_legend_says_so(tmp_path)
     low = 100 * stats.describe([0.95, 0.999]).ci_low
     assert acc.cell_text(acc.cells[(("0.1",), ())]).startswith(f"**97.45 ± 3.46 (2) [{low:.2f}, 100.00]**")
     assert "cut there" not in compare(d, by=["optim.lr"], metric="test.loss").markdown()
+
+
+def test_a_cells_numbers_share_their_decimals(tmp_path):
+    rows = [row(f"a{s}", {"optim.lr": 0.1}, s, loss=v) for s, v in enumerate([1.561, 1.570, 1.595])]
+    rows += [row(f"b{s}", {"optim.lr": 0.01}, s, loss=v) for s, v in enumerate([0.9913, 0.9920])]
+    rows += [row("c0", {"optim.lr": 0.001}, 0, loss=123.456)]
+    res = compare(write_rows(tmp_path / "sw", rows), by=["optim.lr"], metric="test.loss")
+    a = stats.describe([1.561, 1.570, 1.595])  # sd 0.0176: 3 decimals give its 2 digits
+    assert res.cell_text(res.cells[(("0.1",), ())]) == f"{a.mean:.3f} ± {a.sd:.3f} (3) [{a.ci_low:.3f}, {a.ci_high:.3f}]"
+    b = stats.describe([0.9913, 0.9920])  # sd 0.0005: 5 decimals, more than the mean's 4 significant digits
+    assert res.cell_text(res.cells[(("0.01",), ())]).startswith(f"**{b.mean:.5f} ± {b.sd:.5f} (2) [")
+    assert res.cell_text(res.cells[(("0.001",), ())]) == "123.5 (1)"

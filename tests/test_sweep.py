@@ -277,6 +277,7 @@ def test_ofat_progress_names_the_factor_and_a_shorter_sweep_file_shares_the_fold
     printed = capsys.readouterr().out
     assert "3 runs (2 already done, 1 to run)" in printed
     assert "train.batch_size=50 seed=0: completed" in printed and "optim.lr=0.003, train" not in printed
+    assert f"cnnlab compare {out} --by optim.lr  (one table per factor: --by optim.lr | train.batch_size)" in printed
     assert all(set(r["settings"]) == {"optim.lr", "train.batch_size"} for r in load_results(out))
     assert [r["status"] for r in rows] == ["completed"] * 3
     # the short file again (its plan.json now): the batch-size run stays in the tables, marked as not its own
