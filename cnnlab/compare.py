@@ -211,7 +211,7 @@ def compare(sweep_dir: str | Path, by: list[str], metric: str = "test.accuracy",
         # Keep the runs whose other factors sit at the base case. Keys in the same zip group as a
         # --by key change with it, so they belong to that factor rather than to the "others".
         together = {k for group in plan.get("factors", []) if set(group) & set(by) for k in group}
-        base = results.base_settings(sweep_dir, plan, available, rows)
+        base = results.base_settings(sweep_dir, plan, [k for k in available if k != "seed"], rows)
         others = [k for k in available if k not in by and k not in together and k != "seed" and k in base]
         kept = [r for r in rows if all(value(r, k) == base[k] for k in others)]
         notes.append("One factor at a time: each cell holds the runs whose other factors are at the base case.")

@@ -125,7 +125,7 @@ def _curves_png(run_dir: Path, history: list[dict], best_step: Any, reuse: bool)
     """The run's learning curves as PNG: curves.png as finish_run drew it when it is current (drawing it again
     is about a third of a run report's time), else drawn now."""
     png = run_dir / "curves.png"
-    if reuse and is_current(png, CURVES_SOURCES):
+    if reuse and not png.is_symlink() and is_current(png, CURVES_SOURCES):  # only the run folder's own file
         try:
             data = png.read_bytes()
         except OSError:
