@@ -229,10 +229,13 @@ def compare(sweep_dir: str | Path, by: list[str], metric: str = "test.accuracy",
     order_source = [{"settings": r["settings"], "seed": r["seed"]} for r in plan["runs"]] if plan else rows
     order: dict[str, dict[str, Any]] = {}
     for k in by:
-        # (planned runs of a sweep file that does not vary k say nothing about its order)
-        values = [value(r, k) for r in [*order_source, *rows] if k == "seed" or k in r["settings"]]
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            values = sorted(values)
+        # (planned runs of a sweep file that does not vary k say nothing about its order; a row that cannot
+        # name its value, null, reads "default" after the numbers)
+        values = [value(r, k) for r in order_source if k == "seed" or k in r["settings"]]
+        values += [value(r, k) for r in rows]
+        numbers = [v for v in values if v is not None]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
+            values = sorted(numbers) + [None] * (len(values) - len(numbers))
         order[k] = {}
         for v in values:
             order[k].setdefault(label(v), len(order[k]))

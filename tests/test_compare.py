@@ -297,3 +297,8 @@ def test_a_cells_numbers_share_their_decimals(tmp_path):
     b = stats.describe([0.9913, 0.9920])  # sd 0.0005: 5 decimals, more than the mean's 4 significant digits
     assert res.cell_text(res.cells[(("0.01",), ())]).startswith(f"**{b.mean:.5f} ± {b.sd:.5f} (2) [")
     assert res.cell_text(res.cells[(("0.001",), ())]) == "123.5 (1)"
+
+
+def test_a_row_that_cannot_name_a_setting_reads_default_after_the_numbers(tmp_path):
+    rows = [row("a", {"optim.lr": 0.1}, 0, acc=0.9), row("b", {}, 0, acc=0.8), row("c", {"optim.lr": 0.01}, 0, acc=0.7)]
+    assert compare(write_rows(tmp_path / "sw", rows), by=["optim.lr"]).rows == [("0.01",), ("0.1",), ("default",)]
