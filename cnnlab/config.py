@@ -201,18 +201,31 @@ class ModelConfig(_Section):
         return {k: getattr(self, k) for k in self.model_fields_set if k not in skip and getattr(self, k) is not None}
 
 
+# An optimizer's own weight decay where it is not 0 (torch.optim.AdamW's default), for weight_decay: null.
+OWN_WEIGHT_DECAY = {"adamw": 0.01}
+
+
 class OptimConfig(_Section):
     name: str = "adam"
     lr: float = Field(0.001, gt=0, le=100)
     momentum: float = Field(0.0, ge=0, lt=1)
     nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0)
+    # null (the default) = the optimizer's own: 0.01 for adamw as in torch, 0 for the others. Resolved here, at
+    # validation, so a config built from a file and one round-tripped through a dict (a sweep run) agree, and
+    # config.yaml, the printed settings and sweep run ids carry the number trained with.
+    weight_decay: Optional[float] = Field(None, ge=0, validate_default=True, description=(
+        "L2 weight decay; null = the optimizer's own (adamw 0.01, others 0)"))
     betas: tuple[float, float] = (0.9, 0.999)
     eps: Optional[float] = Field(None, gt=0)
     head_lr: Optional[float] = Field(None, gt=0)  # a separate lr for the classifier head
     no_decay_norm_bias: bool = False  # exclude norm weights and biases from weight decay
     # airbench's larger lr for batch-norm shifts: their lr × this and weight decay ÷ this (lr × decay kept)
     norm_bias_lr_scale: float = Field(1.0, gt=0, le=1000)
+
+    @field_validator("weight_decay")
+    @classmethod
+    def _own_weight_decay(cls, v: Optional[float], info: Any) -> float:
+        return OWN_WEIGHT_DECAY.get(info.data.get("name"), 0.0) if v is None else v
 
     @field_validator("betas")
     @classmethod

@@ -38,10 +38,9 @@ def adam(params, cfg, fast=FAST):
 
 @OPTIMIZERS.register("adamw")
 def adamw(params, cfg, fast=FAST):
-    # AdamW's own default decay (0.01) only applies when the study leaves weight_decay at 0.
-    wd = cfg.weight_decay if "weight_decay" in cfg.model_fields_set else 0.01
+    # weight_decay: null is already AdamW's own 0.01 here (resolved at validation: config.OWN_WEIGHT_DECAY)
     return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps or 1e-8,
-                             weight_decay=wd, **fast)
+                             weight_decay=cfg.weight_decay, **fast)
 
 
 @OPTIMIZERS.register("adadelta")

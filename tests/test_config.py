@@ -99,3 +99,30 @@ def test_every_recipe_is_valid():
     assert recipes
     for p in recipes:
         load_config(p)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "adadelta", "rmsprop"])
+def test_weight_decay_null_is_the_optimizers_own_as_in_torch_whatever_built_the_config(name):
+    import torch
+
+    from cnnlab.config import validate
+
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    torch_class = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+                   "adadelta": torch.optim.Adadelta, "rmsprop": torch.optim.RMSprop}[name]
+    own = torch_class(params).defaults["weight_decay"]  # what torch does when the decay is not given
+    from_file = load_config(None, [f"optim.name={name}"])
+    assert from_file.optim.weight_decay == own
+    # a config rebuilt from its own dump (what a sweep run and a resume load) keeps the number
+    assert validate(from_file.to_dict()).optim.weight_decay == own
+    assert load_config(None, [f"optim.name={name}", "optim.weight_decay=null"]).optim.weight_decay == own
+    assert load_config(None, [f"optim.name={name}", "optim.weight_decay=0"]).optim.weight_decay == 0.0
+    assert f"weight_decay: {own}" in dump_yaml(from_file)
+
+
+def test_adamw_prints_the_decay_it_trains_with():
+    from cnnlab.config import config_diff_lines
+
+    lines = config_diff_lines(load_config(None, ["optim.name=adamw"]))
+    assert "  optim.weight_decay: 0.01" in lines
+    assert not any("weight_decay" in line for line in config_diff_lines(load_config(None, ["optim.name=sgd"])))

@@ -148,3 +148,30 @@ def test_lrs_of_logs_the_body_and_the_head_separately():
     assert lrs_of(opt) == {"lr": 0.001, "head_lr": 0.1}
     assert lrs_of(torch.optim.SGD([{"params": body.parameters(), "name": "body"},
                                    {"params": head.parameters(), "name": "body_no_decay"}], lr=0.01)) == {"lr": 0.01}
+
+
+def test_adamw_trains_with_its_own_decay_from_cnnlab_train_and_from_a_sweep(tmp_path, data_root):
+    """A sweep run's config is a round-tripped dict with every field set; it must still mean what the file
+    means when trained directly (AdamW's decay 0.01), and an explicit 0 must stay 0."""
+    import yaml
+
+    import cnnlab
+    from cnnlab.runs import load_checkpoint
+    from cnnlab.sweep import run_sweep
+
+    study = {"name": "adamw", "data": {"name": "mnist", "train_limit": 300, "val_size": 100},
+             "model": {"name": "linear"}, "optim": {"name": "adamw", "lr": 0.01},
+             "train": {"epochs": 1, "batch_size": 100, "progress": False, "threads": 1}}
+    (tmp_path / "adamw.yaml").write_text(yaml.safe_dump(study))
+    (tmp_path / "sw.yaml").write_text(yaml.safe_dump({"base": "adamw.yaml",
+                                                       "axes": {"optim.weight_decay": [None, 0.0]}}))
+
+    def decays(run_dir):
+        return {g["weight_decay"] for g in load_checkpoint(run_dir / "last.pt")["optimizer"]["param_groups"]}
+
+    direct = cnnlab.train(tmp_path / "adamw.yaml", out=tmp_path / "direct", report=False)
+    rows = run_sweep(tmp_path / "sw.yaml", out_dir=tmp_path / "sweep")
+    swept = {r["settings"]["optim.weight_decay"]: tmp_path / "sweep" / r["run_dir"] for r in rows}
+    assert direct.status == "completed" and [r["status"] for r in rows] == ["completed"] * 2
+    assert decays(tmp_path / "direct") == decays(swept[0.01]) == {0.01}
+    assert decays(swept[0.0]) == {0.0}
