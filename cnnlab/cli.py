@@ -201,7 +201,7 @@ def cmd_sweep(args) -> int:
 def cmd_compare(args) -> int:
     from cnnlab.compare import write_compare
 
-    text = write_compare(Path(args.dir), by=args.by.split(","), metric=args.metric)
+    text = write_compare(Path(args.dir), by=args.by.split(",") if args.by else None, metric=args.metric)
     print(text)
     return 0
 
@@ -322,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="compare a sweep's runs: mean ± sd, CI, Welch's test")
     c.add_argument("dir", help="a sweep folder")
-    c.add_argument("--by", required=True, help="key1[,key2]: rows, then columns")
+    c.add_argument("--by", help="key1[,key2]: rows, then columns (default: the keys the sweep varies; base: "
+                   "one row per base study, pooling a one-setting sweep's seeds)")
     c.add_argument("--metric", default="test.accuracy", help="the metric to compare (default test.accuracy)")
     c.set_defaults(func=cmd_compare)
 

@@ -169,38 +169,42 @@ def metric_value(row: dict, metric: str) -> float | None:
     return results.number(node) if isinstance(node, (int, float)) else None
 
 
-def compare(sweep_dir: str | Path, by: list[str], metric: str = "test.accuracy",
+def compare(sweep_dir: str | Path, by: list[str] | None = None, metric: str = "test.accuracy",
             columns: list[str] | None = None, log=results.warn) -> CompareResult:
     """Group a sweep's runs by the ``by`` keys and test every cell against the best.
 
     Rows are the ``by`` keys not in ``columns``; ``columns`` defaults to ``by[1:]``.
-    Keys are dotted config keys of the rows' ``settings`` (or ``seed``); ``metric`` is a
-    dotted path into a row (test.accuracy, best.val_accuracy, final_train_loss, time_s...).
+    Keys are dotted config keys of the rows' ``settings`` (or ``seed``, or ``base``: the base study, also
+    of a sweep of one study); ``metric`` is a dotted path into a row (test.accuracy, best.val_accuracy,
+    final_train_loss, time_s...). ``by`` None or empty: the keys the sweep varies, or ``base`` when it
+    varies none (one setting, several seeds: one row pooling them).
     """
     sweep_dir = Path(sweep_dir)
-    by = [k.strip() for k in by if k.strip()]
-    if not by:
-        raise ConfigError("compare: --by needs at least one key, e.g. --by model.name,optim.lr")
-    columns = by[1:] if columns is None else list(columns)
-    if set(columns) - set(by):
-        raise ConfigError(f"compare: columns {sorted(set(columns) - set(by))} must be among the --by keys {by}")
-    row_keys = [k for k in by if k not in columns]
     rows = load_results(sweep_dir, log=log)
     if not rows:
         raise ConfigError(f"{sweep_dir}: no results.jsonl rows; run the sweep first (cnnlab sweep FILE --out DIR)")
     notes: list[str] = []
     plan = load_plan(sweep_dir, log=log)
+    by = [k.strip() for k in by or () if k.strip()] or default_by(plan, rows)
+    columns = by[1:] if columns is None else list(columns)
+    if set(columns) - set(by):
+        raise ConfigError(f"compare: columns {sorted(set(columns) - set(by))} must be among the --by keys {by}")
+    row_keys = [k for k in by if k not in columns]
     # Every finished run of the folder counts, also those a different sweep file (a subset, an older
     # version) wrote: each row names every key the folder's runs vary (read from its run's config where
     # its sweep file did not vary the key), so it joins the runs of the same settings.
     keys = list(dict.fromkeys([*(plan or {}).get("keys", []), *(k for r in rows for k in r["settings"])]))
     rows = results.fill_settings(sweep_dir, rows, keys)
+    if "base" in by and not any("base" in r["settings"] for r in rows):
+        # a sweep of one base study names no base in its rows: each run's base is the study it was built from
+        rows = [{**r, "settings": {**r["settings"], "base": study_name(sweep_dir, r)}} for r in rows]
     planned = {r["run_id"] for r in plan["runs"]} if plan else None
 
     available = sorted({k for r in rows for k in r.get("settings", {})} | {"seed"})
     for k in by:
         if k not in available:
-            raise ConfigError(f"compare: --by {k} is not a setting of this sweep; choose from {', '.join(available)}")
+            choices = ", ".join(sorted({*available, "base"}))
+            raise ConfigError(f"compare: --by {k} is not a setting of this sweep; choose from {choices}")
     if not any(metric_value(r, metric) is not None for r in rows) and metric not in KNOWN_METRICS:
         raise ConfigError(f"compare: --metric {metric} is not in the results rows; use one of {', '.join(KNOWN_METRICS)}")
 
@@ -320,6 +324,19 @@ def compare(sweep_dir: str | Path, by: list[str], metric: str = "test.accuracy",
                      f"{shown}{more}.")
     return CompareResult(sweep_dir, metric, row_keys, columns, row_labels, col_labels, cells, best,
                          higher_is_better, percent, notes)
+
+
+def default_by(plan: dict | None, rows: list[dict]) -> list[str]:
+    """The keys a compare without --by groups by: those the sweep varies, else ``base`` (one row of all seeds)."""
+    keys = (plan or {}).get("keys") or list(dict.fromkeys(k for r in rows for k in r["settings"]))
+    return list(keys) or ["base"]
+
+
+def study_name(sweep_dir: Path, row: dict) -> str:
+    """The name of the study a run was built from (its config's ``name``: the base file's stem unless the file
+    names itself), or "base" when its config cannot be read."""
+    name = (results.run_config(sweep_dir, row) or {}).get("name")
+    return name if isinstance(name, str) and name else "base"
 
 
 def _shown_limit(x: float, percent: bool) -> str:

@@ -496,12 +496,11 @@ def _mean_curves(run_dirs: dict, groups: "OrderedDict[str, list[dict]]") -> dict
 def _compare_tables(sweep_dir: Path, keys: list[str], metric: str) -> list[dict]:
     """The comparison table(s) of cnnlab.compare as HTML-ready rows; an explanation when one cannot be made.
 
-    The main table is by every swept key (rows: the first key, columns: the others); with several keys, one
+    The main table is by every swept key (by ``base`` when the sweep varies none) (rows: the first key, columns: the others); with several keys, one
     table per key follows, pooling the others. compare() is called rather than write_compare() so that a
     report never overwrites a compare.md the user wrote with other --by keys.
     """
-    if not keys:
-        return [{"title": "comparison", "error": "the sweep varies no setting (only seeds)"}]
+    keys = keys or ["base"]  # a sweep of one setting (only seeds): one row pooling them
     try:
         from cnnlab import compare
     except ImportError as e:

@@ -674,7 +674,7 @@ def _compare_hint(sweep: Sweep) -> str:
     if sweep.ofat and len(sweep.factors) > 1:
         return (f"{sweep.factors[0][0]}  (one table per factor: --by "
                 + " | ".join(f[0] for f in sweep.factors) + ")")
-    return ",".join(sweep.factors[0] if sweep.ofat and sweep.factors else sweep.keys) or "seed"
+    return ",".join(sweep.factors[0] if sweep.ofat and sweep.factors else sweep.keys) or "base"
 
 
 def planned_rows(sweep: Sweep, out: Path) -> list[dict]:

@@ -302,3 +302,56 @@ def test_a_cells_numbers_share_their_decimals(tmp_path):
 def test_a_row_that_cannot_name_a_setting_reads_default_after_the_numbers(tmp_path):
     rows = [row("a", {"optim.lr": 0.1}, 0, acc=0.9), row("b", {}, 0, acc=0.8), row("c", {"optim.lr": 0.01}, 0, acc=0.7)]
     assert compare(write_rows(tmp_path / "sw", rows), by=["optim.lr"]).rows == [("0.01",), ("0.1",), ("default",)]
+
+
+def test_a_one_setting_sweep_pools_its_seeds_by_base_or_without_by(tmp_path):
+    # a sweep of one study file and N seeds: its rows name no setting at all
+    accs = [0.61, 0.64, 0.66]
+    rows = [row(f"s{seed}", {}, seed, acc=acc) for seed, acc in enumerate(accs)]
+    plan = {"ofat": False, "keys": [], "factors": [], "base_settings": {},
+            "runs": [{"run_id": r["run_id"], "settings": {}, "seed": r["seed"], "run_dir": r["run_dir"]} for r in rows]}
+    d = write_rows(tmp_path / "sw", rows, plan)
+    expected = stats.describe(accs)
+    for by in (["base"], None, []):
+        res = compare(d, by=by)
+        assert res.row_keys == ["base"] and res.rows == [("base",)]  # no run folder to name the study: "base"
+        cell = res.cells[(("base",), ())]
+        assert cell.summary.n == 3 and cell.summary.mean == pytest.approx(expected.mean)
+        assert cell.summary.sd == pytest.approx(expected.sd)
+    assert [len(c.values) for c in compare(d, by=["base", "seed"]).cells.values()] == [1, 1, 1]
+    with pytest.raises(ConfigError, match="choose from base, seed"):
+        compare(d, by=["model.name"])
+
+
+def test_a_real_sweep_of_one_study_and_three_seeds_is_one_row_named_by_the_study(tmp_path, data_root, capsys):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from cnnlab.sweep import run_sweep
+
+    study = {"data": {"name": "mnist", "train_limit": 500, "val_size": 100}, "model": {"name": "linear"},
+             "optim": {"name": "adam", "lr": 0.01},
+             "train": {"epochs": 1, "batch_size": 100, "progress": False, "threads": 1}}
+    (tmp_path / "one_study.yaml").write_text(yaml.safe_dump(study))
+    (tmp_path / "seeds.yaml").write_text(yaml.safe_dump({"base": "one_study.yaml", "seeds": 3}))
+    out = tmp_path / "out"
+    rows = run_sweep(tmp_path / "seeds.yaml", out_dir=out)
+    assert [r["status"] for r in rows] == ["completed"] * 3 and {r["seed"] for r in rows} == {0, 1, 2}
+    assert f"cnnlab compare {out} --by base" in capsys.readouterr().out  # the sweep's closing hint
+    res = compare(out, by=["base"])
+    assert res.rows == [("one_study",)]
+    cell = res.cells[(("one_study",), ())]
+    assert cell.summary.n == 3 and cell.summary.mean == pytest.approx(
+        stats.describe([r["test"]["accuracy"] for r in rows]).mean)
+    # the command line, without --by: the same one row
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-m", "cnnlab.cli", "compare", str(out)], capture_output=True,
+                          text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    table = [line for line in done.stdout.splitlines() if line.startswith("| one_study |")]
+    assert len(table) == 1 and "(3)" in table[0]
+    assert len(res.csv().splitlines()) == 2  # a header and the one row
