@@ -316,6 +316,11 @@ def compare(sweep_dir: str | Path, by: list[str] | None = None, metric: str = "t
                      "they are left out of the numbers.")
     if any(c.failed for c in cells.values()):
         notes.append("failed k/n: runs that crashed, were interrupted or have not run yet (re-run the sweep).")
+    for entry in (plan or {}).get("same_as_default") or []:
+        if isinstance(entry, dict) and entry.get("key") in by:
+            value = label(entry.get("value"))
+            notes.append(f"{entry['key']} {value} is model {entry.get('model')}'s own default, so its runs train the "
+                         f"same network as those of \"default\" (the setting left null): two rows, one setting.")
     if unplanned:
         shown = ", ".join(f"{r['run_id']} (seed {r['seed']})" for r in unplanned[:UNPLANNED_SHOWN])
         more = f" and {len(unplanned) - UNPLANNED_SHOWN} more" if len(unplanned) > UNPLANNED_SHOWN else ""

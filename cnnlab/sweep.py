@@ -24,6 +24,7 @@ by ``cnnlab report SWEEP_DIR``).
 """
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import math
@@ -40,10 +41,11 @@ from typing import Any, Callable
 from cnnlab import runs
 from cnnlab.config import Config, ConfigError, apply_overrides, check_name, name_problem, read_yaml
 from cnnlab.loader import build_config
+from cnnlab.registry import MODELS
 from cnnlab.sweep_ray import check_range, check_resources, check_scheduler, check_search
 from cnnlab.sweep_exec import ID_LENGTH, RUN_LOCK_WAIT_S, execute_task, run_id  # noqa: F401 - re-exported
 from cnnlab.results import (FINAL_STATUSES, PLAN, RESULTS, Status, append_row, load_plan,  # noqa: F401 - re-exported
-                            load_results, read_summary, row_from_summary)
+                            load_results, read_summary, row_from_summary, warn)
 
 SWEEP_KEYS = ("description", "base", "axes", "zip", "ofat", "random", "seeds", "resources", "scheduler", "search")
 SWEEP_LOCK = ".sweep.lock"  # in the sweep folder: one sweep command writes it at a time
@@ -79,6 +81,8 @@ class Sweep:
     space: dict = field(default_factory=dict)  # a search's axes: {key: [values] | {loguniform: [lo, hi]} ...}
     base: dict = field(default_factory=dict)  # a search's study mapping, each sampled run built from it
     seed: int = 0  # a search's runs' seed
+    # swept model options whose value is the builder's own default next to a run leaving them null (same_as_default)
+    same_as_default: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "source": self.source, "keys": self.keys, "factors": self.factors,
@@ -86,7 +90,8 @@ class Sweep:
                 "base_settings": self.base_settings,
                 "runs": [_run_info(r) for r in self.runs],
                 **({"search": self.search, "space": self.space} if self.search else {}),
-                **({"scheduler": self.scheduler} if self.scheduler else {})}
+                **({"scheduler": self.scheduler} if self.scheduler else {}),
+                **({"same_as_default": self.same_as_default} if self.same_as_default else {})}
 
 
 @dataclass
@@ -150,7 +155,34 @@ def plan_sweep(spec: dict, base_dir: str | Path = ".", name: str = "sweep", sour
                 planned.append(PlannedRun(rid, settings, seed, run_cfg))
     base_cfg = _build(bases, {}, (), factors, source)
     return Sweep(name, source, keys, [f.keys for f in factors], ofat, _settings_of(base_cfg, keys, first_label),
-                 planned, **tune_blocks)
+                 planned, **tune_blocks, same_as_default=same_as_default(settings_runs))
+
+
+def same_as_default(settings_runs: list[tuple[dict, Config]]) -> list[dict]:
+    """Swept model options set to the model builder's own default where another planned setting, equal in
+    everything else, leaves them null: the same network trained twice under two run ids (the ids stay apart:
+    a builder's default may change). One ``{key, value, model}`` each, for the plan's warning and compare."""
+    found: list[dict] = []
+    unset = [s for s, _ in settings_runs]
+    for settings, cfg in settings_runs:
+        for key, value in settings.items():
+            option = key.removeprefix("model.")
+            if key == option or value is None or {**settings, key: None} not in unset:
+                continue
+            param = MODELS.options(cfg.model.name).get(option)
+            default = getattr(param, "default", inspect.Parameter.empty)
+            same = list(default) if isinstance(default, tuple) else default
+            entry = {"key": key, "value": value, "model": cfg.model.name}
+            if default is not inspect.Parameter.empty and same == value and entry not in found:
+                found.append(entry)
+    return found
+
+
+def same_as_default_warning(source: str, entry: dict) -> str:
+    key, value = entry["key"], json.dumps(entry["value"])
+    return (f"{source}: {key}={value} is model {entry['model']}'s own default, which the runs leaving {key} null "
+            f"already build: they train the same network twice, and compare shows them as two rows ({value} and "
+            f"default). Drop the value {value}, or set {key}: {value} in the base study.")
 
 
 def _plan_search(spec: dict, bases: dict[str, dict], search: dict, tune_blocks: dict, names: tuple) -> Sweep:
@@ -549,6 +581,8 @@ def run_sweep(sweep_path: str | Path, out_dir: str | Path | None = None, workers
                           "(add --executor ray)")
     resources = check_resources(resources, "--cpus-per-run / --gpus-per-run")
     sweep = load_sweep(sweep_path)  # validates every config before anything is written
+    for entry in sweep.same_as_default:
+        warn(same_as_default_warning(sweep.source, entry))
     if executor == "local" and (sweep.scheduler or sweep.search):
         raise ConfigError(f"{sweep.source}: {'search' if sweep.search else 'scheduler'}: is Ray Tune's; run the sweep "
                           "with --executor ray (on this machine, without --address, Ray starts a private instance)")

@@ -355,3 +355,16 @@ def test_a_real_sweep_of_one_study_and_three_seeds_is_one_row_named_by_the_study
     table = [line for line in done.stdout.splitlines() if line.startswith("| one_study |")]
     assert len(table) == 1 and "(3)" in table[0]
     assert len(res.csv().splitlines()) == 2  # a header and the one row
+
+
+def test_a_value_planned_as_the_models_own_default_is_noted_in_its_table(tmp_path):
+    rows = [row("n", {"model.activation": None, "optim.lr": 0.01}, 0, acc=0.9),
+            row("t", {"model.activation": "tanh", "optim.lr": 0.01}, 0, acc=0.9),
+            row("r", {"model.activation": "relu", "optim.lr": 0.01}, 0, acc=0.8)]
+    plan = {"ofat": False, "keys": ["model.activation", "optim.lr"], "base_settings": {},
+            "same_as_default": [{"key": "model.activation", "value": "tanh", "model": "lenet5"}],
+            "runs": [{"run_id": r["run_id"], "settings": r["settings"], "seed": 0, "run_dir": r["run_dir"]}
+                     for r in rows]}
+    d = write_rows(tmp_path / "sw", rows, plan)
+    assert any("tanh is model lenet5's own default" in n for n in compare(d, by=["model.activation"]).notes)
+    assert not any("own default" in n for n in compare(d, by=["optim.lr"]).notes)

@@ -375,3 +375,23 @@ def test_shortened_sweeps_run_their_full_sweeps_settings(path):
     full = {normal(r.config) for r in load_sweep(path.with_name(path.stem.removesuffix("_cpu") + ".yaml")).runs}
     short = load_sweep(path).runs
     assert short and all(normal(r.config) in full for r in short)
+
+
+def test_a_swept_value_equal_to_the_models_own_default_is_warned_at_plan_time(tmp_path, capsys):
+    # lenet5 builds tanh and avg pooling when model.activation / model.pooling are left null
+    spec = {"base": TINY, "ofat": True, "axes": {"model.activation": ["tanh", "relu"], "model.pooling": ["max"],
+                                                 "model.widths": [[6, 16, 120], [8, 16, 120]]}}
+    s = plan_sweep(spec)
+    assert s.same_as_default == [{"key": "model.activation", "value": "tanh", "model": "lenet5"},
+                                 {"key": "model.widths", "value": [6, 16, 120], "model": "lenet5"}]
+    ids = {json.dumps(r.settings["model.activation"]): r.run_id for r in s.runs if r.settings["model.widths"] is None
+           and r.settings["model.pooling"] is None}
+    assert len(set(ids.values())) == 3  # the duplicate keeps its own run id (null, tanh, relu)
+    assert plan_sweep({**spec, "axes": {"model.activation": ["relu"]}}).same_as_default == []
+    # a grid whose null and default never meet in otherwise equal settings: nothing to say
+    grid = plan_sweep({"base": {**TINY, "model": {"name": "lenet5", "activation": "relu"}},
+                       "axes": {"model.activation": ["tanh"]}})
+    assert grid.same_as_default == []
+    run_sweep(sweep_file(tmp_path, spec), out_dir=tmp_path / "out", dry_run=True)
+    err = capsys.readouterr().err
+    assert 'model.activation="tanh" is model lenet5\'s own default' in err and "model.pooling" not in err
