@@ -99,7 +99,7 @@ class SweepResult:
     dir: Path
     rows: list[dict]
 
-    def compare(self, by: str | list[str], metric: str = "test.accuracy") -> str:
+    def compare(self, by: str | list[str] | None = None, metric: str = "test.accuracy") -> str:
         return compare(self.dir, by, metric)
 
 
@@ -116,11 +116,12 @@ def sweep(sweep_file: str | Path, out: str | Path | None = None, *, workers: int
     return SweepResult(Path(out) if out is not None else Path("sweeps") / load_sweep(sweep_file).name, rows)
 
 
-def compare(sweep_dir: str | Path, by: str | list[str], metric: str = "test.accuracy") -> str:
-    """The comparison table of a sweep's runs (Markdown; also written as compare.md / compare.csv)."""
+def compare(sweep_dir: str | Path, by: str | list[str] | None = None, metric: str = "test.accuracy") -> str:
+    """The comparison table of a sweep's runs (Markdown; also written as compare.md / compare.csv); ``by``
+    None: the keys the sweep varies, or ``base`` (one row pooling the seeds) when it varies none."""
     from cnnlab.compare import write_compare
 
-    keys = by.split(",") if isinstance(by, str) else list(by)
+    keys = by.split(",") if isinstance(by, str) else list(by or ())
     return write_compare(Path(sweep_dir), by=keys, metric=metric)
 
 
