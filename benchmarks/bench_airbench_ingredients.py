@@ -7,6 +7,7 @@ difference to the baseline.
 
     .venv/bin/python benchmarks/bench_airbench_ingredients.py --seeds 3 --limit 10000 --epochs 3 --threads 1
     .venv/bin/python benchmarks/bench_airbench_ingredients.py --only lookahead,baseline ...  # some conditions
+    .venv/bin/python benchmarks/bench_airbench_ingredients.py --pre-pad-timing --threads 1  # pre_pad's speed alone
 
 The proxy scores the test split without test-time augmentation (``train.tta=none``: a third of the
 scoring time) and never the train split; the whitening bias learns for the first third of the epochs, as
@@ -21,6 +22,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 TUNED = {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296",
          "OMP_WAIT_POLICY": "PASSIVE"}
@@ -47,7 +49,7 @@ def conditions(epochs: float) -> dict[str, list[str]]:
         "norm_bias_lr_64": ["optim.norm_bias_lr_scale=64"],
     }
     # pre_pad draws the same crops as per-batch padding (tests/test_augment.py): its accuracy is the
-    # baseline's by construction, so it runs only inside "all" (its speed: bench_step_ops-style timing in BENCHMARKS.md)
+    # baseline's by construction, so it runs only inside "all" (its speed: --pre-pad-timing)
     return {"baseline": [], **each, "all": [o for opts in each.values() for o in opts] + ["data.augment.pre_pad=true"]}
 
 
@@ -62,6 +64,32 @@ def run_one(name: str, options: list[str], seed: int, args) -> dict:
             "precision": s.get("precision", {}).get("used")}
 
 
+def pre_pad_timing(threads: int, rounds: int = 5, steps: int = 40) -> None:
+    """data.augment.pre_pad's saving: the per-batch augmentation of 512 CIFAR-sized uint8 images (reflect crop
+    by 2 + flip, normalised), cut from the stored images (padding each batch) or from the padded copy; process
+    CPU seconds per batch, the best of ``rounds`` rounds of ``steps`` batches, the two alternating."""
+    import torch
+
+    from cnnlab.augment import Preprocess
+    from cnnlab.config import DataConfig
+
+    torch.set_num_threads(threads)
+    x = torch.randint(0, 256, (10_000, 3, 32, 32), dtype=torch.uint8)
+    splits = SimpleNamespace(train_x=x, in_channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)
+    best = {}
+    for pre_pad in (False, True) * rounds:
+        data = DataConfig(name="cifar10", augment={"crop_padding": 2, "crop_mode": "reflect", "flip": True,
+                                                    "pre_pad": pre_pad})
+        pre = Preprocess(splits, data, train=True)
+        source, g = pre.prepared(splits, 0).train_x, torch.Generator().manual_seed(0)
+        t0 = time.process_time()
+        for i in range(steps):
+            pre(source.index_select(0, torch.randint(0, len(x), (512,), generator=g)), g, i)
+        best[pre_pad] = min(best.get(pre_pad, 1e9), (time.process_time() - t0) / steps * 1000)
+    print(f"per batch of 512, {threads} thread(s): padding each batch {best[False]:.2f} ms, from the padded "
+          f"copy {best[True]:.2f} ms (CPU ms, best of {rounds} rounds of {steps} batches)")
+
+
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every condition")
@@ -70,8 +98,14 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--epochs", type=float, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", default="", help="comma-separated condition names (default: all)")
+    ap.add_argument("--skip", default="", help="comma-separated condition:seed pairs already run (a continued sitting)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_airbench_ingredients"))
+    ap.add_argument("--pre-pad-timing", action="store_true", help="only time data.augment.pre_pad's batches")
     args = ap.parse_intermixed_args(argv)
+    if args.pre_pad_timing:
+        print(cpu_line())
+        pre_pad_timing(args.threads)
+        return []
     conds = conditions(args.epochs)
     if args.only:
         conds = {k: v for k, v in conds.items() if k in args.only.split(",")}
@@ -82,6 +116,8 @@ def main(argv=None) -> list[dict]:
     for seed in range(args.seeds):
         names = list(conds) if seed % 2 == 0 else list(reversed(conds))  # alternate the order between seeds
         for name in names:
+            if f"{name}:{seed}" in args.skip.split(","):
+                continue
             rows.append(run_one(name, conds[name], seed, args))
             print(json.dumps(rows[-1]), flush=True)
     print(cpu_line())

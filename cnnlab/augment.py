@@ -17,7 +17,7 @@ batch in, normalised float input out) and says whether it is random.
 """
 from __future__ import annotations
 
-import dataclasses
+import copy
 from typing import TYPE_CHECKING, Optional, Union
 
 import torch
@@ -388,7 +388,9 @@ class Preprocess:
             x = hflip_where(x, flip_mask(len(x), coins, 0.5, x.device))
         if self.pre_pad:
             x = pad(x, self.aug.crop_padding, self.aug.crop_mode)
-        return dataclasses.replace(splits, train_x=x)
+        out = copy.copy(splits)  # a shallow copy: every other split and field is shared
+        out.train_x = x
+        return out
 
     def __call__(self, x: torch.Tensor, generator: Optional[torch.Generator] = None, epoch: int = 0) -> torch.Tensor:
         """``x``: a uint8 batch (of :meth:`prepared`'s training images when training); ``epoch`` (from 0) sets
