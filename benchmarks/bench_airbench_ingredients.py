@@ -101,7 +101,12 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--skip", default="", help="comma-separated condition:seed pairs already run (a continued sitting)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_airbench_ingredients"))
     ap.add_argument("--pre-pad-timing", action="store_true", help="only time data.augment.pre_pad's batches")
+    ap.add_argument("--summarise", nargs="+", type=Path, help="only summarise the JSON rows of earlier logs")
     args = ap.parse_intermixed_args(argv)
+    if args.summarise:  # a sitting continued in several processes (--skip): one table from all their rows
+        rows = [json.loads(line) for f in args.summarise for line in f.read_text().splitlines() if line[:1] == "{"]
+        summarise(rows)
+        return rows
     if args.pre_pad_timing:
         print(cpu_line())
         pre_pad_timing(args.threads)
@@ -121,19 +126,25 @@ def main(argv=None) -> list[dict]:
             rows.append(run_one(name, conds[name], seed, args))
             print(json.dumps(rows[-1]), flush=True)
     print(cpu_line())
-    base = [r for r in rows if r["condition"] == "baseline"]
-    for name in conds:
+    summarise(rows)
+    return rows
+
+
+def summarise(rows: list[dict]) -> None:
+    """Per condition: accuracy mean ± sd, mean train wall and whole-run CPU seconds, and against the baseline
+    the mean of the per-seed accuracy differences (same seed paired) and the ratio of the mean CPU seconds."""
+    base = {r["seed"]: r for r in rows if r["condition"] == "baseline"}
+    for name in dict.fromkeys(r["condition"] for r in rows):
         got = [r for r in rows if r["condition"] == name]
         acc = [r["test_accuracy"] for r in got]
         sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
-        t = statistics.mean(r["train_s"] for r in got)
-        line = f"{name:<16} {statistics.mean(acc):.2%} ± {sd:.2%} (n={len(acc)})  train {t:6.1f} s"
-        if base and name != "baseline":
-            pairs = [o["test_accuracy"] - b["test_accuracy"] for o, b in zip(got, base)]
-            ratio = t / statistics.mean(r["train_s"] for r in base)
-            line += f"  vs baseline: {statistics.mean(pairs):+.2%} (paired), time {ratio:.2f}x"
+        t, cpu = statistics.mean(r["train_s"] for r in got), statistics.mean(r["run_cpu_s"] for r in got)
+        line = f"{name:<16} {statistics.mean(acc):.2%} ± {sd:.2%} (n={len(acc)})  train {t:6.1f} s  run CPU {cpu:5.1f} s"
+        pairs = [r["test_accuracy"] - base[r["seed"]]["test_accuracy"] for r in got if r["seed"] in base]
+        if pairs and name != "baseline":
+            ratio = cpu / statistics.mean(base[r["seed"]]["run_cpu_s"] for r in got if r["seed"] in base)
+            line += f"  vs baseline: {statistics.mean(pairs):+.2%} (n={len(pairs)} pairs), CPU {ratio:.2f}x"
         print(line)
-    return rows
 
 
 if __name__ == "__main__":

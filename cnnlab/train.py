@@ -8,7 +8,7 @@
 3. :func:`evaluation_point`, every ``train.eval_every`` iterations and at each epoch end: a learning-curve
    row in ``metrics.jsonl``, ``best.pt`` by the validation metric, ``last.pt`` (enough to resume
    bit-identically), early stopping.
-4. :func:`finish`: score the best weights on train / validation / test and write ``summary.json``. The
+4. :func:`finish`: score the best weights on val / test (and train: train.score_train), write ``summary.json``. The
    doctor, ``curves.png`` and the report are the caller's (``cnnlab.report.finish_run``).
 
 A non-finite loss stops the run as ``diverged``; SIGINT/SIGTERM stop it at the next step boundary as
