@@ -17,6 +17,7 @@ batch in, normalised float input out) and says whether it is random.
 """
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING, Optional, Union
 
 import torch
@@ -341,6 +342,8 @@ class Preprocess:
         h, w = splits.train_x.shape[-2:]
         self.crop = bool(train and aug is not None and aug.crop_padding > 0)
         self.flip = bool(train and aug is not None and aug.flip)
+        self.alternate = self.flip and aug.flip_mode == "alternate"  # flips follow the epoch, see prepared()
+        self.pre_pad = self.crop and aug.pre_pad  # batches arrive padded, see prepared()
         self.jitter = bool(train and aug is not None and any(v > 0 for v in (aug.brightness, aug.contrast,
                                                                               aug.saturation, aug.hue)))
         if self.crop and aug.crop_mode == "reflect" and aug.crop_padding >= min(h, w):
@@ -366,15 +369,39 @@ class Preprocess:
 
     @property
     def random(self) -> bool:
-        """Whether each call draws random numbers (a training crop, flip or jitter is on)."""
+        """Whether the training input changes between epochs (a training crop, flip or jitter is on)."""
         return self.crop or self.flip or self.jitter
 
-    def __call__(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def prepared(self, splits: Splits, seed: int) -> Splits:
+        """The splits with the training images as the training batches are cut from: unchanged, or (same
+        positions, same labels) a copy where ``data.augment.flip_mode=alternate`` has mirrored each image
+        chosen by a coin drawn once from ``seed`` (its flip in epoch 0: :meth:`__call__` mirrors every
+        image on odd epochs, so each one alternates) and ``data.augment.pre_pad`` has padded every image."""
+        if not (self.alternate or self.pre_pad):
+            return splits
+        x = splits.train_x
+        if not isinstance(x, torch.Tensor):
+            raise ValueError("data.augment.flip_mode=alternate and pre_pad need the training images in memory "
+                             "(this set is streamed from its cache file: raise data.max_memory or turn them off)")
+        if self.alternate:
+            coins = torch.Generator().manual_seed(seed * 1_000_003 + 7)  # its own stream: epochs use seed*k + e
+            x = hflip_where(x, flip_mask(len(x), coins, 0.5, x.device))
+        if self.pre_pad:
+            x = pad(x, self.aug.crop_padding, self.aug.crop_mode)
+        out = copy.copy(splits)  # a shallow copy: every other split and field is shared
+        out.train_x = x
+        return out
+
+    def __call__(self, x: torch.Tensor, generator: Optional[torch.Generator] = None, epoch: int = 0) -> torch.Tensor:
+        """``x``: a uint8 batch (of :meth:`prepared`'s training images when training); ``epoch`` (from 0) sets
+        the alternating flip."""
         if self.random and generator is None:
             raise ValueError("training augmentation is on: pass a torch.Generator for reproducible randomness")
         a = self.aug
         if self.crop:
-            x = self._crop_and_flip(x, generator)
+            x = self._crop_and_flip(x, generator, epoch)
+        elif self.alternate:
+            x = x.flip(-1) if epoch % 2 else x
         elif self.flip:
             x = random_hflip(x, generator)
         if self.jitter or self.resize:  # else addcmul below takes the uint8 batch as it is (one pass less)
@@ -387,23 +414,29 @@ class Preprocess:
             x = repeat_channels(x, 3)
         return torch.addcmul(self._add, x, self._mul)
 
-    def _crop_and_flip(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    def _crop_and_flip(self, x: torch.Tensor, generator: Optional[torch.Generator], epoch: int = 0) -> torch.Tensor:
         """:func:`random_crop` then (if on) :func:`random_hflip` in one gather, from the same random draws
         in the same order: the flip only chooses the mirrored window, so the batch is read once and the
-        step dispatches a dozen operators fewer (benchmarks/bench_step_ops.py)."""
-        n, c, h, w = x.shape
-        padded = pad(x, self.aug.crop_padding, self.aug.crop_mode)
+        step dispatches a dozen operators fewer (benchmarks/bench_step_ops.py). With ``pre_pad`` the batch
+        arrives padded (the same crops); with the alternating flip every window is mirrored on odd epochs
+        (mirroring a padded image and cropping at a uniform corner gives the same distribution as cropping
+        then mirroring) and no flip is drawn."""
+        p = self.aug.crop_padding
+        padded = x if self.pre_pad else pad(x, p, self.aug.crop_mode)
+        n, c, h, w = padded.shape[0], padded.shape[1], padded.shape[2] - 2 * p, padded.shape[3] - 2 * p
         gen_device = generator.device if generator is not None else torch.device("cpu")
-        corners = torch.randint(0, 2 * self.aug.crop_padding + 1, (2, n), generator=generator, device=gen_device)
+        corners = torch.randint(0, 2 * p + 1, (2, n), generator=generator, device=gen_device)
         offset = (corners.to(x.device) * self._corner).sum(0).view(n, 1, 1)
         window = self._window
-        if self.flip:
+        if self.alternate:
+            window = self._mirrored if epoch % 2 else window
+        elif self.flip:
             window = torch.where(flip_mask(n, generator, 0.5, x.device).view(n, 1, 1), self._mirrored, window)
         index = (window + offset).expand(n, c, h * w)
         return padded.reshape(n, c, -1).gather(2, index).view(n, c, h, w)
 
 
-def no_preprocessing(x: torch.Tensor, generator=None) -> torch.Tensor:
+def no_preprocessing(x: torch.Tensor, generator=None, epoch: int = 0) -> torch.Tensor:
     """The preprocessing of inputs that are already features (a frozen backbone's cached outputs)."""
     return x
 

@@ -92,6 +92,9 @@ def check_config(cfg: Config) -> None:
             f"loss.name: {cfg.loss.name!r} expects a model that outputs {' or '.join(accepts)}, but "
             f"{cfg.model.name!r} outputs {output_kind}; use {'nll' if output_kind == 'log_probs' else 'cross_entropy'}")
 
+    if cfg.train.whitening_bias_epochs is not None and not model_info.needs_whitening_init:
+        raise ConfigError(f"train.whitening_bias_epochs: {cfg.model.name!r} has no whitening layer (airbench "
+                          "has one); leave it null for this model")
     ft = cfg.train.finetune
     stages = model_info.stages
     if isinstance(ft, str) and ft.startswith("layer") and ft not in stages:

@@ -93,6 +93,14 @@ class AugmentConfig(_Section):
     crop_padding: int = Field(0, ge=0, le=64)  # pixels padded on each side before a random crop
     crop_mode: Literal["zero", "reflect"] = "zero"
     flip: bool = False  # random horizontal flip, p = 0.5
+    flip_mode: Literal["random", "alternate"] = Field("random", description=(
+        "how data.augment.flip chooses: random = each image flipped with p 0.5 in every epoch; alternate = "
+        "at random in the first epoch, then each image flipped exactly when it was not in the epoch before "
+        "(airbench94's every-other-epoch flip: every image is seen both ways within any two epochs)"))
+    pre_pad: bool = Field(False, description=(
+        "pad the whole training set once, where training keeps it, and cut each batch's crops from that copy "
+        "instead of padding every batch: the same crops from the same random numbers, one pass per batch fewer "
+        "(costs a padded copy of the training images)"))
     brightness: float = Field(0.0, ge=0)
     contrast: float = Field(0.0, ge=0)
     saturation: float = Field(0.0, ge=0)
@@ -298,6 +306,19 @@ class TrainConfig(_Section):
     finetune: Union[str, list[str]] = "all"  # all | head | layer1..layer4 | none | [name prefixes]
     freeze_bn: Optional[bool] = None  # None = keep batch-norm statistics frozen in frozen parts
     ema: Optional[float] = Field(None, gt=0, lt=1)  # decay of an exponential moving average of weights
+    lookahead: Optional[float] = Field(None, gt=0, lt=1, description=(
+        "Lookahead-style weight averaging (airbench94: 0.95**5 = 0.774): every train.lookahead_every steps a "
+        "slow copy of the weights moves toward them, slow = d*slow + (1-d)*weights with d = lookahead * "
+        "(step / total steps)**3 (a cubic ramp from 0), and the weights are reset to it; at the end the weights "
+        "become the slow copy. Unlike train.ema (an average beside training, which evaluation scores), it "
+        "changes the weights that train; the two cannot be combined. null = off"))
+    lookahead_every: int = Field(5, ge=1, le=10_000, description="steps between train.lookahead's averagings")
+    whitening_bias_epochs: Optional[float] = Field(None, ge=0, le=10_000, description=(
+        "train the whitening layer's bias (airbench) only for the first N epochs, then keep it fixed "
+        "(airbench94: 3); null = trained throughout"))
+    score_train: bool = Field(True, description=(
+        "score the train split at the end of the run besides validation and test (summary.json's train); "
+        "speed runs turn it off: with test-time augmentation it can take longer than the training"))
     tta: Literal["none", "flip", "translate", "flip_translate"] = "none"  # test-time augmentation
     progress: bool = True
     tensorboard: bool = False
@@ -360,6 +381,11 @@ class Config(_Section):
             raise ValueError("train.finetune=none trains nothing; set train.epochs=0 for zero-shot evaluation")
         if self.sched.name == "multistep" and not self.sched.milestones:
             raise ValueError("sched.milestones must be set for sched.name=multistep")
+        if self.train.lookahead is not None and self.train.ema is not None:
+            raise ValueError("train.lookahead and train.ema both average the weights (lookahead resets the training "
+                             "weights to its average; ema keeps one beside them): set one of them to null")
+        if self.data.augment.flip_mode == "alternate" and not self.data.augment.flip:
+            raise ValueError("data.augment.flip_mode=alternate needs data.augment.flip=true")
         if self.model.features_at is not None and self.model.name != "linear":
             pass  # features_at is read by cnnlab.transfer for any backbone
         return self

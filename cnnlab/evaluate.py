@@ -132,18 +132,24 @@ class Evaluator:
         return loss_sum, preds, confs
 
 
+def final_splits(score_train: bool = True) -> tuple[str, ...]:
+    """The splits a run scores at its end: all three, or without train (``train.score_train: false``, speed
+    runs: scoring 50,000 training images, three times over with TTA, can outlast the training)."""
+    return SPLITS if score_train else tuple(s for s in SPLITS if s != "train")
+
+
 def score_splits(evaluator: Evaluator, model: nn.Module, inputs, test_images: torch.Tensor,
-                 progress: bool = False) -> tuple[dict, dict]:
-    """Full scores of train / val / test, and the test split's most confident mistakes (with their images);
-    with ``progress`` a bar over the images scored when stderr is a terminal."""
+                 progress: bool = False, splits: tuple[str, ...] = SPLITS) -> tuple[dict, dict]:
+    """Full scores of ``splits`` (train / val / test), and the test split's most confident mistakes (with
+    their images); with ``progress`` a bar over the images scored when stderr is a terminal."""
     results, mistakes = {}, None
     bar = None
     if progress and sys.stderr.isatty():
         from tqdm import tqdm
 
-        total = sum(len(getattr(inputs, f"{split}_y")) for split in SPLITS)
+        total = sum(len(getattr(inputs, f"{split}_y")) for split in splits)
         bar = tqdm(total=total, desc="final scoring", unit="img", leave=False, dynamic_ncols=True)
-    for split in SPLITS:
+    for split in splits:
         r = evaluator.score(model, getattr(inputs, f"{split}_x"), getattr(inputs, f"{split}_y"), full=True, bar=bar)
         m = r.pop("_mistakes")
         if split == "test":
@@ -163,7 +169,8 @@ def print_results(summary: dict, log: Callable) -> None:
         f"val accuracy {summary['best']['val_accuracy']}")
     log(f"{'split':<6} {'accuracy':>9} {'loss':>8} {'precision':>10} {'recall':>8} {'f1':>8}")
     for split in ("train", "val", "test"):
-        r = summary[split]
+        if (r := summary.get(split)) is None:  # not scored (train.score_train: false)
+            continue
         log(f"{split:<6} {fmt(r['accuracy']):>9} {fmt(r['loss']):>8} {r['precision_macro']:10.4f} "
             f"{r['recall_macro']:8.4f} {r['f1_macro']:8.4f}")
     log("test, per class:\n" + metrics.format_per_class(summary["test"], summary["classes"]))

@@ -286,6 +286,7 @@ def checkpoint_state(s) -> dict:
         "optimizer": s.optimizer.state_dict(),
         "scheduler": s.schedule.state_dict(),
         "ema": s.ema.state_dict() if s.ema is not None else {},
+        "lookahead": look.state_dict() if (look := _lookahead(s)) is not None else {},
         "step": s.progress.step,
         "progress": dict(vars(s.progress)),
         "rng": {"torch": torch.get_rng_state(), "augment": s.aug_gen.get_state(),
@@ -293,6 +294,12 @@ def checkpoint_state(s) -> dict:
         "config": s.cfg.to_dict(),
         "preprocess": s.preprocess,
     }
+
+
+def _lookahead(s):
+    """The run's train.lookahead state (cnnlab.step.Lookahead), or None."""
+    step = getattr(s, "train_step", None)
+    return getattr(getattr(step, "parts", None), "lookahead", None)
 
 
 def restore(path: Path, s) -> None:
@@ -308,6 +315,8 @@ def restore(path: Path, s) -> None:
         s.schedule.load_state_dict(state["scheduler"])
         if s.ema is not None and state["ema"]:
             s.ema.load_state_dict(state["ema"])
+        if (look := _lookahead(s)) is not None and state.get("lookahead"):
+            look.load_state_dict(state["lookahead"])
         rng = state["rng"]
         # set_state takes CPU byte tensors, also for CUDA generators; map_location may have moved them.
         torch.set_rng_state(rng["torch"].cpu())

@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from cnnlab.models.airbench import WhiteningConv
 from cnnlab.runtime import autocast_for
 
 WARMUP_CALLS = 3  # compiled: call 1 compiles; with CUDA graphs, call 2 warms up and call 3 records
@@ -51,6 +52,54 @@ def compile_mode(device_type: str, static_shapes: bool) -> str:
     return "reduce-overhead" if static_shapes else "max-autotune-no-cudagraphs"
 
 
+class Lookahead:
+    """``train.lookahead``: a slow copy of the model's floating-point state (weights and batch-norm
+    statistics) that, every ``every`` steps, moves toward the weights (slow = d·slow + (1−d)·weights, with
+    d = ``decay`` · (done / total)³: 0 early, so the slow copy just follows, rising to ``decay`` at the end)
+    and the weights are reset to it; after the last step the weights become the slow copy. airbench94's
+    schedule (every 5 steps, 0.95**5): it damps the late, noisy steps much as an EMA would, but on the
+    weights that go on training, so no second network is scored."""
+
+    def __init__(self, model: torch.nn.Module, decay: float, every: int, total_steps: int):
+        self.decay, self.every, self.total = decay, every, max(1, total_steps)
+        self.live = [t for t in model.state_dict().values() if t.is_floating_point()]
+        self.slow = [t.detach().clone() for t in self.live]
+
+    def ramp(self, done: int) -> float:
+        return self.decay * (done / self.total) ** 3
+
+    @torch.no_grad()
+    def after_step(self, done: int) -> None:
+        """Called with the number of steps done so far (resume-safe: no counter of its own)."""
+        if done % self.every == 0:
+            d = self.ramp(done)
+            torch._foreach_lerp_(self.slow, self.live, 1.0 - d)
+            torch._foreach_copy_(self.live, self.slow)
+        if done == self.total:
+            torch._foreach_copy_(self.live, self.slow)
+
+    def state_dict(self) -> dict:
+        return {"slow": self.slow}
+
+    def load_state_dict(self, state: dict) -> None:
+        torch._foreach_copy_(self.slow, state["slow"])
+
+
+class WhiteningBiasFreeze:
+    """``train.whitening_bias_epochs``: the whitening layers' biases learn during the first ``steps`` steps
+    only (airbench94: 3 epochs), then keep their value: without a gradient the optimizer leaves them as they
+    are (no weight decay either)."""
+
+    def __init__(self, model: torch.nn.Module, steps: int):
+        self.steps = steps
+        self.biases = [m.bias for m in model.modules() if isinstance(m, WhiteningConv)]
+
+    def before_step(self, step: int) -> None:
+        learn = step < self.steps
+        for b in self.biases:
+            b.requires_grad_(learn)
+
+
 @dataclass
 class StepParts:
     """What one step touches (the trainer's objects, gathered by :func:`build_step`)."""
@@ -63,6 +112,8 @@ class StepParts:
     ema: Any  # runtime.EMA or None
     precision: str
     device: torch.device
+    lookahead: Optional[Lookahead] = None
+    freeze: Optional[WhiteningBiasFreeze] = None
 
 
 class Step:
@@ -98,9 +149,11 @@ class Step:
         else:
             p.optimizer.step()
 
-    def _average(self) -> None:
+    def _average(self, done: int) -> None:
         if self.parts.ema is not None:
             self.parts.ema.update_parameters(self.parts.model)
+        if self.parts.lookahead is not None:
+            self.parts.lookahead.after_step(done)
 
     @staticmethod
     @torch.no_grad()
@@ -109,17 +162,21 @@ class Step:
         loss_sum.add_(loss, alpha=n)  # on the device: no host sync per step; no_grad: no detach op
         correct.add_(hits)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, loss_sum: torch.Tensor, correct: torch.Tensor) -> float:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, loss_sum: torch.Tensor, correct: torch.Tensor,
+                 step: int = 0) -> float:
+        """``step``: the run's steps done before this one (the schedules of lookahead and the whitening bias)."""
         timing = self.mode is not None and len(self.times) <= WARMUP_CALLS
         if timing:
             t0 = self._now()
         if self.graphs:  # a new iteration: the previous step's graph outputs may be overwritten
             torch.compiler.cudagraph_mark_step_begin()
+        if self.parts.freeze is not None:
+            self.parts.freeze.before_step(step)
         self.parts.optimizer.zero_grad(set_to_none=True)
         loss, hits = self.forward_loss(x, y)
         self._backward(loss)
         self._update()
-        self._average()
+        self._average(step + 1)
         self._accumulate(loss, hits, len(y), loss_sum, correct)
         if not timing:
             return 0.0
@@ -141,6 +198,10 @@ class Step:
 
 def build_step(s, compile: bool, static_shapes: bool) -> Step:
     """The run's step from the trainer's state ``s`` (cnnlab.train.TrainState)."""
+    tc = s.cfg.train
+    lookahead = Lookahead(s.model, tc.lookahead, tc.lookahead_every, s.total_steps) if tc.lookahead else None
+    freeze = None if tc.whitening_bias_epochs is None else \
+        WhiteningBiasFreeze(s.model, round(tc.whitening_bias_epochs * s.steps_per_epoch))
     parts = StepParts(net=s.net, model=s.model, loss_fn=s.loss_fn, optimizer=s.optimizer, scaler=s.scaler,
-                      ema=s.ema, precision=s.compute.precision, device=s.device)
+                      ema=s.ema, precision=s.compute.precision, device=s.device, lookahead=lookahead, freeze=freeze)
     return Step(parts, compile_mode(s.device.type, static_shapes) if compile else None)

@@ -8,7 +8,7 @@
 3. :func:`evaluation_point`, every ``train.eval_every`` iterations and at each epoch end: a learning-curve
    row in ``metrics.jsonl``, ``best.pt`` by the validation metric, ``last.pt`` (enough to resume
    bit-identically), early stopping.
-4. :func:`finish`: score the best weights on train / validation / test and write ``summary.json``. The
+4. :func:`finish`: score the best weights on val / test (and train: train.score_train), write ``summary.json``. The
    doctor, ``curves.png`` and the report are the caller's (``cnnlab.report.finish_run``).
 
 A non-finite loss stops the run as ``diverged``; SIGINT/SIGTERM stop it at the next step boundary as
@@ -32,7 +32,7 @@ from cnnlab import data as datamod
 from cnnlab.augment import Preprocess, no_preprocessing, preprocess_record
 from cnnlab.data.batches import train_batches
 from cnnlab.config import Config, config_diff_lines, dump_yaml
-from cnnlab.evaluate import Evaluator, fmt, print_results, score_splits
+from cnnlab.evaluate import Evaluator, final_splits, fmt, print_results, score_splits
 from cnnlab.models import info_of
 from cnnlab.optim import Schedule, build_loss, build_optimizer, build_schedule, lrs_of
 from cnnlab.results import is_finished
@@ -182,8 +182,8 @@ def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainStat
                           tta=tc.tta, channels_last=channels_last)
     s = TrainState(
         cfg=cfg, out_dir=out_dir, device=device, splits=splits, model=model,
-        net=model, inputs=splits, drop_last=drop_last,
-        train_pre=Preprocess(splits, cfg.data, train=True), channels_last=channels_last,
+        net=model, inputs=(train_pre := Preprocess(splits, cfg.data, train=True)).prepared(splits, cfg.seed),
+        drop_last=drop_last, train_pre=train_pre, channels_last=channels_last,
         optimizer=optimizer, schedule=build_schedule(optimizer, cfg.sched, total_steps, tc.epochs),
         loss_fn=build_loss(cfg.loss, splits.num_classes), preprocess=preprocess_record(splits, cfg.data, tc.tta),
         scaler=make_scaler(compute.precision, device), compute=compute,
@@ -260,10 +260,10 @@ def train_loop(s: TrainState, stop: dict) -> str:
                                   drop_last=s.drop_last):
             if p.step == s.total_steps:  # a fraction of an epoch ends here
                 break
-            x = s.train_pre(x, s.aug_gen)
+            x = s.train_pre(x, s.aug_gen, epoch)
             if s.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            compile_s = s.train_step(x, y, s.loss_sum, s.correct)  # > 0 once when compiled: kept apart
+            compile_s = s.train_step(x, y, s.loss_sum, s.correct, p.step)  # > 0 once when compiled: kept apart
             p.train_seconds, p.compile_seconds = p.train_seconds - compile_s, p.compile_seconds + compile_s
             s.schedule.after_step()
             p.step += 1
@@ -359,7 +359,8 @@ def finish(s: TrainState, status: str, error: str | None, score: bool = True) ->
     if score:
         if (s.out_dir / "best.pt").exists():
             runs.load_weights(s.out_dir / "best.pt", s)
-        results, mistakes = score_splits(s.evaluator, s.scored, s.eval_inputs, s.splits.test_x, s.cfg.train.progress)
+        results, mistakes = score_splits(s.evaluator, s.scored, s.eval_inputs, s.splits.test_x, s.cfg.train.progress,
+                                         final_splits(s.cfg.train.score_train))
         runs.save_misclassified(s.out_dir, mistakes)
     eval_seconds = time.perf_counter() - t0
     p, cfg, images = s.progress, s.cfg, s.progress.step * s.cfg.train.batch_size

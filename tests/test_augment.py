@@ -228,3 +228,48 @@ def test_preprocess_says_whether_it_is_random(mnist_small):
         assert A.Preprocess(s, ca, train=False).random is False  # evaluation never is
     plain = A.Preprocess(s, None, train=True)  # no config: plain normalisation
     assert not plain.random and torch.equal(plain(s.train_x[:4]), A.Preprocess(s, c, train=False)(s.train_x[:4]))
+
+
+def _with(c, **update):
+    return c.model_copy(update={"augment": c.augment.model_copy(update=update)})
+
+
+@pytest.mark.parametrize("mode", ["zero", "reflect"])
+def test_pre_pad_cuts_the_same_crops_as_padding_each_batch(mnist_small, mode):
+    c, s = mnist_small
+    plain = A.Preprocess(s, _with(c, crop_padding=3, crop_mode=mode, flip=True), train=True)
+    once = A.Preprocess(s, _with(c, crop_padding=3, crop_mode=mode, flip=True, pre_pad=True), train=True)
+    padded = once.prepared(s, seed=0)
+    assert padded.train_x.shape[-2:] == (34, 34) and torch.equal(padded.train_y, s.train_y)
+    assert s.train_x.shape[-2:] == (28, 28)  # the splits themselves are left as they were
+    idx = torch.tensor([5, 0, 17, 40, 63])
+    for epoch in (0, 1):
+        a = plain(s.train_x[idx], torch.Generator().manual_seed(epoch), epoch)
+        b = once(padded.train_x[idx], torch.Generator().manual_seed(epoch), epoch)
+        assert torch.equal(a, b)
+    assert plain.prepared(s, seed=0) is s  # nothing to prepare: no copy
+
+
+def test_alternating_flip_flips_each_image_on_every_other_epoch(mnist_small):
+    c, s = mnist_small
+    alt = A.Preprocess(s, _with(c, flip=True, flip_mode="alternate"), train=True)
+    x = alt.prepared(s, seed=3).train_x
+    flipped = torch.tensor([torch.equal(a, b.flip(-1)) and not torch.equal(a, b) for a, b in zip(x, s.train_x)])
+    kept = torch.tensor([torch.equal(a, b) for a, b in zip(x, s.train_x)])
+    assert bool((flipped | kept).all()) and 16 <= int(flipped.sum()) <= 48  # a coin per image (64 images)
+    assert torch.equal(alt.prepared(s, seed=3).train_x, x)  # from the seed alone: a resume rebuilds it
+    assert not torch.equal(alt.prepared(s, seed=4).train_x, x)
+    g = torch.Generator().manual_seed(0)
+    state = g.get_state()
+    e0, e1, e2 = (alt(x, g, epoch) for epoch in (0, 1, 2))
+    assert torch.equal(g.get_state(), state)  # no flip is drawn per batch
+    assert torch.equal(e0, e2) and torch.equal(e1, e0.flip(-1))  # each image alternates
+    with_crop = A.Preprocess(s, _with(c, crop_padding=2, crop_mode="reflect", flip=True, flip_mode="alternate",
+                                      pre_pad=True), train=True)
+    xp = with_crop.prepared(s, seed=3).train_x
+    assert torch.equal(xp[:, :, 2:-2, 2:-2], x)  # flipped once, then padded
+    even = with_crop(xp, torch.Generator().manual_seed(1), 0)
+    odd = with_crop(xp, torch.Generator().manual_seed(1), 1)
+    assert torch.equal(odd, even.flip(-1))  # same crops drawn, every window mirrored on odd epochs
+    normalise = A.Preprocess(s, c, train=False)
+    assert torch.equal(even, normalise(A.random_crop(x, 2, torch.Generator().manual_seed(1), "reflect")))

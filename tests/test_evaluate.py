@@ -53,3 +53,13 @@ def test_a_frozen_backbone_with_tta_is_scored_through_the_whole_network(tmp_path
     again = evaluate_run(tmp_path / "head", ["test"])
     assert again["test"]["accuracy"] == pytest.approx(summary["test"]["accuracy"], abs=1e-3)
     assert all(r["val_loss"] is not None for r in runs.read_jsonl(tmp_path / "head" / "metrics.jsonl"))
+
+
+def test_the_train_split_is_scored_only_when_the_config_asks(tmp_path, tiny_config, data_root):
+    lines = []
+    skipped = train.run(tiny_config(**{"train.score_train": False, "train.epochs": 0.2}), tmp_path / "a",
+                        log=lines.append)
+    scored = train.run(tiny_config(**{"train.epochs": 0.2}), tmp_path / "b", log=quiet)
+    assert "train" not in skipped and skipped["test"]["accuracy"] == scored["test"]["accuracy"]
+    assert scored["train"]["accuracy"] is not None
+    assert not any(line.startswith("train ") for line in lines) and any(line.startswith("test ") for line in lines)

@@ -397,6 +397,9 @@ COMBINATIONS = [
     ({"seed": 2**64}, "seed"),  # torch generators take seeds below 2**64
     ({"seed": 10**14}, "seed"),  # the per-epoch permutation seed (seed × 1,000,003) would overflow
     ({"data.split_seed": 2**64}, "data.split_seed"),
+    ({"train.lookahead": 0.77, "train.ema": 0.99}, "train.lookahead"),  # two averages of the weights: one story
+    ({"data.augment.flip_mode": "alternate"}, "data.augment.flip_mode"),  # without data.augment.flip
+    ({"train.whitening_bias_epochs": 3}, "train.whitening_bias_epochs"),  # LeNet-5 has no whitening layer
 ]
 
 

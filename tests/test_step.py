@@ -7,7 +7,9 @@ import torch
 from torch import nn
 
 from cnnlab import train
-from cnnlab.step import Step, StepParts, compile_mode, drops_last, steps_per_epoch
+from cnnlab import runs
+from cnnlab.models.airbench import airbench
+from cnnlab.step import Lookahead, Step, StepParts, WhiteningBiasFreeze, compile_mode, drops_last, steps_per_epoch
 
 
 def test_the_short_last_batch_is_dropped_when_compiling_unless_told():
@@ -48,6 +50,61 @@ def test_the_eager_step_is_the_textbook_step_and_sums_on_the_device():
         total, hits = total + float(loss.detach()) * len(y), hits + int((out.argmax(1) == y).sum())
     assert all(torch.equal(a, b) for a, b in zip(nets[0].parameters(), nets[1].parameters()))
     assert math.isclose(float(loss_sum), total, rel_tol=1e-6) and int(correct) == hits
+
+
+def test_lookahead_pulls_the_weights_to_a_slow_copy_on_a_cubic_ramp_and_ends_on_it():
+    net = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    look = Lookahead(net, decay=0.5, every=2, total_steps=4)
+    assert look.ramp(0) == 0 and look.ramp(2) == 0.5 * 0.5 ** 3 and look.ramp(4) == 0.5
+    w = net[0].weight
+    start = w.detach().clone()
+    with torch.no_grad():
+        w.add_(1.0)
+    look.after_step(1)  # not a multiple of `every`: nothing happens
+    assert torch.equal(w, start + 1) and torch.equal(look.slow[0], start)
+    look.after_step(2)  # slow = d*slow + (1-d)*w with d = 0.0625, and w reset to it
+    expected = 0.0625 * start + 0.9375 * (start + 1)
+    assert torch.allclose(look.slow[0], expected) and torch.allclose(w, expected)
+    assert torch.equal(net[1].running_mean, look.slow[-3])  # batch-norm statistics are averaged too
+    with torch.no_grad():
+        w.add_(2.0)
+    look.after_step(3)
+    assert torch.allclose(w, expected + 2)
+    with torch.no_grad():
+        w.add_(2.0)
+    look.after_step(4)  # the last step: d = 0.5, then the weights are the slow copy
+    assert torch.allclose(w, 0.5 * expected + 0.5 * (expected + 4)) and torch.equal(w, look.slow[0])
+
+
+def test_a_run_with_lookahead_keeps_its_slow_copy_in_the_checkpoint(tiny_config, tmp_path, data_root):
+    cfg = tiny_config(**{"train.lookahead": 0.77, "train.lookahead_every": 3, "data.val_size": 0})
+    summary = train.run(cfg, tmp_path / "a", log=lambda m: None)
+    plain = train.run(tiny_config(**{"data.val_size": 0}), tmp_path / "b", log=lambda m: None)
+    state = runs.load_checkpoint(tmp_path / "a" / "last.pt")
+    weights = [t for t in state["model"].values() if t.is_floating_point()]
+    assert len(state["lookahead"]["slow"]) == len(weights)
+    assert all(torch.equal(a, b) for a, b in zip(state["lookahead"]["slow"], weights))  # ends on the slow copy
+    assert summary["status"] == "completed" and summary["test"]["accuracy"] != plain["test"]["accuracy"]
+    assert not runs.load_checkpoint(tmp_path / "b" / "last.pt")["lookahead"]
+
+
+def test_the_whitening_bias_learns_only_for_its_steps():
+    torch.manual_seed(0)
+    model = airbench(num_classes=3, in_channels=1, width=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, weight_decay=0.1)
+    step = Step(StepParts(net=model, model=model, loss_fn=nn.CrossEntropyLoss(), optimizer=opt, scaler=None,
+                          ema=None, precision="fp32", device=torch.device("cpu"),
+                          freeze=WhiteningBiasFreeze(model, steps=2)))
+    x, y = torch.randn(8, 1, 12, 12), torch.randint(0, 3, (8,))
+    loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
+    bias, head = [model.whiten.bias.detach().clone()], [model.head.weight.detach().clone()]
+    for i in range(4):
+        step(x, y, loss_sum, correct, i)
+        bias.append(model.whiten.bias.detach().clone())
+        head.append(model.head.weight.detach().clone())
+    assert not torch.equal(bias[0], bias[1]) and not torch.equal(bias[1], bias[2])  # steps 0 and 1 learn
+    assert torch.equal(bias[2], bias[3]) and torch.equal(bias[3], bias[4])  # then it stays (no decay either)
+    assert not torch.equal(head[3], head[4])  # the rest still trains
 
 
 def test_summary_records_the_step_and_drops_the_short_batch_only_when_asked(tiny_config, tmp_path, data_root):

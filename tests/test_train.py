@@ -99,11 +99,17 @@ TINY = ["data.train_limit=2000", "data.val_size=500", "train.epochs=2", "train.b
         "model.activation=relu", "data.augment.flip=true", "sched.name=cosine", "sched.interval=step"]
 
 
-def test_sigint_then_resume_matches_an_uninterrupted_run(tmp_path, data_root):
-    full = _cli("train", "recipes/quickstart_lenet5_mnist.yaml", *TINY, "--out", str(tmp_path / "full"))
+# airbench94's ingredients keep state across steps (the lookahead's slow copy, the once-flipped padded images)
+AIRBENCH_STATE = ["train.lookahead=0.77", "data.augment.flip_mode=alternate", "data.augment.crop_padding=2",
+                  "data.augment.pre_pad=true"]
+
+
+@pytest.mark.parametrize("extra", [[], AIRBENCH_STATE], ids=["plain", "lookahead_alternate_prepad"])
+def test_sigint_then_resume_matches_an_uninterrupted_run(tmp_path, data_root, extra):
+    full = _cli("train", "recipes/quickstart_lenet5_mnist.yaml", *TINY, *extra, "--out", str(tmp_path / "full"))
     assert full.wait(timeout=300) == 0, full.stdout.read()
 
-    part = _cli("train", "recipes/quickstart_lenet5_mnist.yaml", *TINY, "--out", str(tmp_path / "part"))
+    part = _cli("train", "recipes/quickstart_lenet5_mnist.yaml", *TINY, *extra, "--out", str(tmp_path / "part"))
     metrics = tmp_path / "part" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and len(runs.read_jsonl(metrics)) < 2:

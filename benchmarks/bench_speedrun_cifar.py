@@ -1,0 +1,124 @@
+"""CIFAR-10 against airbench94: our speed-run recipe and airbench94's method (benchmarks/peers/airbench94.py),
+run alternately in one process, seed by seed, on the same images (the cifar10-jpg copy, as cnnlab loads it,
+handed to both). Prints the CPU, one JSON row per run, each method's test accuracy with its test-time
+augmentation (mean ± sd over the seeds), mean training seconds and the ratio of ours to the reference's.
+
+Each pair runs in turns (the reference first for even seeds, ours first for odd ones) after one discarded
+warm-up of each on a small setting (oneDNN builds its kernels on first use). Both use the same threads and
+the precision cnnlab.runtime.resolve_precision picks for this CPU: bf16 autocast with fp32 weights where the
+CPU runs bf16 natively (AVX-512 BF16 / AMX), else fp32; both in channels_last. Training seconds: ours is
+the step loop (summary.json time.train_s; the whitening init and the final scoring apart), the reference's
+its whitening init plus its epochs (its final scoring apart).
+
+    .venv/bin/python benchmarks/bench_speedrun_cifar.py --seeds 3                     # the full comparison
+    .venv/bin/python benchmarks/bench_speedrun_cifar.py --smoke                       # checks it runs (minutes)
+    .venv/bin/python benchmarks/bench_speedrun_cifar.py RECIPE --seeds 3 --threads 2 [key=value ...]
+
+``--smoke``: one seed, 1 epoch on 2,000 training images, both networks at width 16 (a quarter), ours at
+batch 256 (8 steps: a one-cycle schedule needs 5), the reference scored on 500 test images; the figures mean nothing, the run shows both paths work end to end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+TUNED = {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296",
+         "OMP_WAIT_POLICY": "PASSIVE"}
+if __name__ == "__main__" and sys.platform == "linux" and "GLIBC_TUNABLES" not in os.environ:
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **TUNED})
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
+os.environ.setdefault("CNNLAB_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+
+import torch  # noqa: E402
+
+import airbench94  # noqa: E402
+from bench_speedrun_mnist import cpu_line  # noqa: E402
+from cnnlab import data as datamod  # noqa: E402
+from cnnlab import runtime, train  # noqa: E402
+from cnnlab.loader import load_config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE_OURS = ["data.train_limit=2000", "train.epochs=1", "model.width=16", "train.batch_size=256"]
+SMOKE_REF = {"limit": None, "epochs": 1, "test_limit": 500, "width": 16}  # limit: the data is cut already
+
+
+def ours(recipe: Path, overrides: list[str], seed: int, threads: int, out: Path) -> dict:
+    cfg = load_config(recipe, [*overrides, f"seed={seed}", f"train.threads={threads}"])
+    s = train.run(cfg, out / f"{recipe.stem}-seed{seed}", force=True, log=lambda line: None)
+    return {"method": recipe.stem, "seed": seed, "test_accuracy": s["test"]["accuracy"],
+            "train_s": s["time"]["train_s"], "eval_s": s["time"]["eval_s"], "steps": s["time"]["steps"],
+            "precision": s.get("precision", {}).get("used")}
+
+
+def reference_data(recipe: Path, overrides: list[str]):
+    """The images our recipe trains and is scored on (all 50,000 training images, or the smoke's subset)."""
+    cfg = load_config(recipe, overrides)
+    splits = datamod.load_splits(cfg.data.model_copy(update={"val_size": 0}), "cpu")
+    return splits.train_x, splits.train_y, splits.test_x, splits.test_y
+
+
+def describe(rows: list[dict]) -> tuple[float, float, float]:
+    acc = [r["test_accuracy"] for r in rows]
+    return statistics.mean(acc), statistics.stdev(acc) if len(acc) > 1 else 0.0, \
+        statistics.mean(r["train_s"] for r in rows)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("recipe", type=Path, nargs="?", default=ROOT / "recipes/speedrun/cifar10_94_30min.yaml")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides of our recipe")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads for both methods")
+    ap.add_argument("--smoke", action="store_true", help="1 seed, 1 epoch on 2,000 images, width 16")
+    ap.add_argument("--out", type=Path, default=Path("runs/bench_speedrun_cifar"))
+    args = ap.parse_intermixed_args(argv)
+    torch.set_num_threads(args.threads)
+    overrides = [*args.overrides, *(SMOKE_OURS if args.smoke else [])]
+    ref_opts = SMOKE_REF if args.smoke else {}
+    seeds = 1 if args.smoke else args.seeds
+    precision, reason = runtime.resolve_precision("auto", runtime.device_facts(torch.device("cpu")))
+    bf16 = precision == "bf16"
+    print(cpu_line())
+    print(f"reference: fp32 weights, channels_last, {'bf16 autocast' if bf16 else 'fp32'} ({reason}); ours: "
+          f"{args.recipe.name} {' '.join(overrides)}; threads {args.threads} for both", flush=True)
+    data = reference_data(args.recipe, overrides)
+    t0 = time.perf_counter()
+    warm = {"limit": 2000, "epochs": 1, "test_limit": 500, **({"width": 16} if args.smoke else {})}
+    airbench94.run(10_000, bf16, data=data, **warm)  # warm-ups, discarded
+    ours(args.recipe, [*overrides, *SMOKE_OURS[:2], SMOKE_OURS[3]], 10_000, args.threads, args.out)
+    print(f"warm-ups: {time.perf_counter() - t0:.0f} s", flush=True)
+    ref_rows, our_rows = [], []
+    for seed in range(seeds):
+        for who in (("ref", "ours") if seed % 2 == 0 else ("ours", "ref")):
+            if who == "ref":
+                row = airbench94.run(seed, bf16, data=data, **ref_opts)
+                ref_rows.append(row)
+            else:
+                row = ours(args.recipe, overrides, seed, args.threads, args.out)
+                our_rows.append(row)
+            print(json.dumps(row), flush=True)
+    (ra, rsd, rt), (oa, osd, ot) = describe(ref_rows), describe(our_rows)
+    pair = statistics.median(o["train_s"] / r["train_s"] for o, r in zip(our_rows, ref_rows))
+    met = oa >= ra and ot / rt <= 1.0
+    lines = [cpu_line(),
+             f"reference (airbench94, its TTA): {ra:.2%} ± {rsd:.2%} (n={len(ref_rows)}), mean train {rt:.1f} s",
+             f"ours ({args.recipe.stem} {' '.join(overrides)}): {oa:.2%} ± {osd:.2%} (n={len(our_rows)}), "
+             f"mean train {ot:.1f} s",
+             f"time ratio ours / reference: {ot / rt:.2f} (of the means), {pair:.2f} (median of the per-seed pairs); "
+             f"target >= the reference's accuracy at <= 1.0x its time: {'met' if met else 'MISSED'}"
+             + (" (smoke: the figures mean nothing)" if args.smoke else "")]
+    print("\n".join(lines))
+    return {"reference": ref_rows, "ours": our_rows, "summary": lines}
+
+
+if __name__ == "__main__":
+    t0 = time.perf_counter()
+    main()
+    print(f"wall {time.perf_counter() - t0:.0f} s")
