@@ -7,8 +7,8 @@ rows = models, columns = optimizer × learning rate). A cell shows mean ± sampl
 (n) and a 95 % Student-t interval; the best cell is starred, and cells that Welch's
 t-test cannot tell apart from it (p ≥ 0.05) are marked, so a 0.4-point gap between
 two seeds' worth of runs is not read as a finding. Runs that diverged are counted
-and left out of the numbers, and a cell whose accuracy sits at chance level says
-"chance" instead of printing a number that only looks like a result.
+and left out of the numbers, and a cell whose accuracy sits at chance level is marked
+"chance" after its mean ± sd, so a number that only looks like a result is not read as one.
 :func:`write_compare` writes the table as ``compare.md`` and ``compare.csv``.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,18 +82,17 @@ class CompareResult:
                                                                       if cell.failed else "")
             return f"failed ({cell.failed}/{cell.total})"
         s = cell.summary
+        places = self._places(s)
+        text = (f"{self._num(s.mean, places)} ± {self._num(s.sd, places)} ({s.n})" if s.n > 1
+                else f"{self._num(s.mean, places)} (1)")
         if cell.chance:
-            text = f"chance (n={s.n})"
-        else:
-            places = self._places(s)
-            text = (f"{self._num(s.mean, places)} ± {self._num(s.sd, places)} ({s.n})" if s.n > 1
-                    else f"{self._num(s.mean, places)} (1)")
-            if s.ci_low is not None:
-                text += f" [{self._num(s.ci_low, places)}, {self._num(s.ci_high, places)}]"
-            if cell.is_best:
-                text = f"**{text}** ★"
-            elif cell.same_as_best:
-                text += " ≈"
+            text += " chance"  # its figures still shown: how far from 1/classes, and how spread, is worth seeing
+        elif s.ci_low is not None:
+            text += f" [{self._num(s.ci_low, places)}, {self._num(s.ci_high, places)}]"
+        if cell.is_best:
+            text = f"**{text}** ★"
+        elif cell.same_as_best:
+            text += " ≈"
         return text + "".join(f"; {e}" for e in extra)
 
     def _places(self, s: stats.Described) -> int:
@@ -223,9 +223,10 @@ def compare(sweep_dir: str | Path, by: list[str] | None = None, metric: str = "t
         apart = [r for r in rows if len({next((i for i, g in enumerate(groups) if k in g), k) for k in others
                                          if value(r, k) != base[k]}) > 1]
         if apart:
-            notes.append(f"{len(apart)} runs differ from the base case in more than one factor and are in no "
-                         "one-factor table (an earlier sweep file's): give those factors together in --by to "
-                         "see them.")
+            who = ("1 run differs from the base case in more than one factor and is" if len(apart) == 1 else
+                   f"{len(apart)} runs differ from the base case in more than one factor and are")
+            notes.append(f"{who} in no one-factor table (an earlier sweep file's): give those factors together in "
+                         f"--by to see {'it' if len(apart) == 1 else 'them'}.")
         rows = kept
     unplanned = [r for r in rows if planned is not None and r["run_id"] not in planned]
 
@@ -256,7 +257,8 @@ def compare(sweep_dir: str | Path, by: list[str] | None = None, metric: str = "t
     pooled = [k for k in available if k not in by and k != "seed" and any(
         len({json.dumps(value(r, k), sort_keys=True) for r in members}) > 1 for members in grouped.values())]
     if pooled:
-        notes.append(f"Cells pool runs that differ in {', '.join(pooled)}: add them to --by to separate them.")
+        notes.append(f"Cells pool runs that differ in {', '.join(pooled)}: add {'it' if len(pooled) == 1 else 'them'} "
+                     "to --by to separate them.")
     row_labels = sort(row_keys, {k[0] for k in grouped})
     col_labels = sort(columns, {k[1] for k in grouped})
 
@@ -277,11 +279,16 @@ def compare(sweep_dir: str | Path, by: list[str] | None = None, metric: str = "t
             cell.chance = percent and at_chance(cell.summary.mean, classes)
         cells[key] = cell
 
-    candidates = {k: c.values for k, c in cells.items() if c.values and not c.chance}
-    best = stats.best_key(candidates, higher_is_better)
+    # A chance-level cell is never the best, but it is tested against it like any other cell.
+    best = stats.best_key({k: c.values for k, c in cells.items() if c.values and not c.chance}, higher_is_better)
     if best is not None:
         cells[best].is_best = True
-        for k, versus in stats.against_best(candidates, best).items():
+        with warnings.catch_warnings():
+            # A cell of one accuracy on every seed (11.35 % at chance) has a variance of float rounding
+            # noise: scipy warns of precision loss, yet the test is decided by the other cell's spread.
+            warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
+            versus_best = stats.against_best({k: c.values for k, c in cells.items() if c.values}, best)
+        for k, versus in versus_best.items():
             cells[k].p, cells[k].same_as_best = versus.p, versus.same_as_best
 
     ns = [c.summary.n for c in cells.values() if c.summary]
@@ -325,7 +332,8 @@ def compare(sweep_dir: str | Path, by: list[str] | None = None, metric: str = "t
         shown = ", ".join(f"{r['run_id']} (seed {r['seed']})" for r in unplanned[:UNPLANNED_SHOWN])
         more = f" and {len(unplanned) - UNPLANNED_SHOWN} more" if len(unplanned) > UNPLANNED_SHOWN else ""
         notes.append(f"† k/n: k of the cell's n runs are not in the current sweep file ({plan.get('source') or 'plan.json'}): "
-                     f"an earlier sweep file run into this folder wrote them, and they count like the others: "
+                     f"an earlier sweep file run into this folder wrote "
+                     f"{'it, and it counts' if len(unplanned) == 1 else 'them, and they count'} like the others: "
                      f"{shown}{more}.")
     return CompareResult(sweep_dir, metric, row_keys, columns, row_labels, col_labels, cells, best,
                          higher_is_better, percent, notes)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -266,34 +267,75 @@ def is_fraction_metric(metric: str) -> bool:
     return any(last.startswith(name) or last.endswith(name) for name in FRACTION_METRICS)
 
 
+def _natural(text: str) -> list:
+    # "resnet56" before "resnet110": digit runs compare as numbers (re.split puts them at odd positions).
+    return [int(part) if i % 2 else part.lower() for i, part in enumerate(re.split(r"(\d+)", text))]
+
+
+def category_order(categories: Sequence[str], listed: Sequence[str] = ()) -> list[str]:
+    """Bar categories in reading order, not the order results arrived: numbers numerically (other labels,
+    such as "default", after them), else as ``listed`` (the sweep file's order), else alphabetically with
+    digit runs read as numbers."""
+    position = {c: i for i, c in enumerate(dict.fromkeys(listed))}
+
+    def key(c: str) -> tuple:
+        x = _num(c)
+        if math.isfinite(x):
+            return (0, x, 0, [])
+        return (1, 0.0, position[c], []) if c in position else (2, 0.0, 0, _natural(c))
+
+    return sorted(dict.fromkeys(categories), key=key)
+
+
+def _error_extent(mean: float, sd: Optional[float], fraction: bool) -> tuple[float, float]:
+    """The bottom and top of a bar's error bar as drawn: mean ± sd, cut at 0 and 1 for a fraction
+    (an accuracy's mean cannot leave them, so neither does its spread's bar)."""
+    sd = sd if sd is not None and math.isfinite(sd) else 0.0
+    low, high = mean - sd, mean + sd
+    return (max(0.0, low), min(1.0, high)) if fraction else (low, high)
+
+
 @literal_text
-def bars_figure(groups: dict[str, list[tuple[str, float, float]]], factor: str, metric: str) -> Figure:
-    """Bars of the metric for each value of a categorical factor (mean, sd error bar), grouped by series."""
+def bars_figure(groups: dict[str, list[tuple[str, float, float]]], factor: str, metric: str,
+                order: Sequence[str] = ()) -> Figure:
+    """Bars of the metric for each value of a categorical factor (mean, sd error bar), grouped by series.
+
+    Categories are sorted by :func:`category_order` (``order``: the values as the sweep file lists them);
+    the y axis is zoomed to the means but always holds every error bar whole.
+    """
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
-    categories: list[str] = []
-    for points in groups.values():
-        for cat, _, _ in points:
-            if cat not in categories:
-                categories.append(cat)
+    categories = category_order([cat for points in groups.values() for cat, _, _ in points], order)
+    finite = [m for pts in groups.values() for _, m, _ in pts if np.isfinite(m)]
+    fraction = bool(finite) and is_fraction_metric(metric) and 0 <= min(finite) and max(finite) <= 1
+    extents: list[tuple[float, float]] = []
     width = 0.8 / max(1, len(groups))
     for i, (label, points) in enumerate(groups.items()):
         by_cat = {c: (m, s) for c, m, s in points}
+        shown_cats = [c for c in categories if c in by_cat]
         xs = [j + (i - (len(groups) - 1) / 2) * width for j, c in enumerate(categories) if c in by_cat]
-        means = [by_cat[c][0] for c in categories if c in by_cat]
-        sds = [by_cat[c][1] or 0.0 for c in categories if c in by_cat]
-        ax.bar(xs, means, width=width, yerr=sds, capsize=3, color=COLORS[i % len(COLORS)],
+        means = [by_cat[c][0] for c in shown_cats]
+        bars = [_error_extent(m, by_cat[c][1], fraction) if np.isfinite(m) else (math.nan, math.nan)
+                for c, m in zip(shown_cats, means)]
+        extents += [b for b in bars if np.isfinite(b[0])]
+        yerr = [[m - lo for m, (lo, _) in zip(means, bars)], [hi - m for m, (_, hi) in zip(means, bars)]]
+        ax.bar(xs, means, width=width, yerr=np.nan_to_num(yerr), capsize=3, color=COLORS[i % len(COLORS)],
                label=shown(label, 80) if i < MAX_LEGEND_ENTRIES else None)
     ax.set_xticks(range(len(categories)), [shown(c, 24) for c in categories], rotation=20 if len(categories) > 4 else 0)
-    finite = [m for pts in groups.values() for _, m, _ in pts if np.isfinite(m)]
     if finite:
-        # Accuracies of competing settings differ in the second decimal: zoom the y axis to show it.
+        # Accuracies of competing settings differ in the second decimal: zoom the y axis to show it, but
+        # never so far that an error bar is cut (a 14 % ± 3 bar on an axis ending at 18 % hides its spread).
         lo, hi = min(finite), max(finite)
         pad = max(0.02, (hi - lo) * 0.5)
-        top = hi + pad
-        if is_fraction_metric(metric) and 0 <= lo and hi <= 1:
+        lo_e, hi_e = min(e[0] for e in extents), max(e[1] for e in extents)
+        margin = 0.05 * max(hi_e - lo_e, 1e-12)
+        bottom = min(lo - pad, lo_e - margin)
+        if lo_e >= 0:
+            bottom = max(0.0, bottom)
+        top = max(hi + pad, hi_e + margin)
+        if fraction:
             top = min(top, 1.0)  # a chance-level bar beside a 97 % one must not stretch the axis past 100 %
-        ax.set_ylim(max(0.0, lo - pad) if lo >= 0 else lo - pad, top)
+        ax.set_ylim(bottom, top)
     ax.set_xlabel(shown(factor, 80))
     ax.set_ylabel(f"{shown(metric, 40)} (mean ± sd over seeds)")
     ax.grid(alpha=0.3, axis="y")

@@ -455,7 +455,8 @@ def _factor_plots(rows: list[dict], keys: list[str], metric: str, plan: Optional
             fig = plots.factor_figure(series, key, metric, log_x)
             kind = "log x axis" if log_x else "linear x axis"
         else:
-            fig = plots.bars_figure(series, key, metric)
+            listed = [_value_label(r["settings"][key]) for r in plan.get("runs") or [] if key in r["settings"]]
+            fig = plots.bars_figure(series, key, metric, order=listed)  # bars in the sweep file's order
             kind = "categorical"
         figures.append({"key": key, "kind": kind, "src": _b64(plots.png_bytes(fig))})
     return figures

@@ -93,7 +93,7 @@ def test_diverged_and_chance_cells_are_not_numbers(tmp_path):
     res = compare(d, by=["optim.name"])
     text = {r[0]: res.cell_text(res.cells[(r, ())]) for r in res.rows}
     assert text["sgd"] == "diverged (3/3)"
-    assert text["adamw"].startswith("chance") and "11.35" not in text["adamw"]
+    assert text["adamw"] == "11.35 ± 0.00 (3) chance"
     assert text["rmsprop"].startswith("97.05 ± ") and text["rmsprop"].endswith("diverged 1/3")
     assert res.best == (("adam",), ())  # chance and diverged cells cannot be the best
     md = res.markdown()
@@ -368,3 +368,59 @@ def test_a_value_planned_as_the_models_own_default_is_noted_in_its_table(tmp_pat
     d = write_rows(tmp_path / "sw", rows, plan)
     assert any("tanh is model lenet5's own default" in n for n in compare(d, by=["model.activation"]).notes)
     assert not any("own default" in n for n in compare(d, by=["optim.lr"]).notes)
+
+
+def test_a_chance_cell_shows_its_figures_and_is_tested_against_the_best(tmp_path):
+    # Study E's SGD cell read "chance (n=3)": no figures, and no ≈ though its spread reached the best.
+    rows = [row(f"sgd{s}", {"optim.name": "sgd"}, s, acc=a) for s, a in enumerate((0.1135, 0.1400, 0.1680))]
+    rows += [row(f"lbfgs{s}", {"optim.name": "lbfgs"}, s, acc=a) for s, a in enumerate((0.98, 0.981, 0.982))]
+    d = write_rows(tmp_path / "sw", rows)
+    res = compare(d, by=["optim.name"])
+    sgd = res.cells[(("sgd",), ())]
+    assert sgd.chance and not sgd.is_best and res.best == (("lbfgs",), ())
+    expected = stats.describe([0.1135, 0.1400, 0.1680])
+    assert res.cell_text(sgd) == f"{100 * expected.mean:.2f} ± {100 * expected.sd:.2f} (3) chance"
+    assert sgd.same_as_best is False and sgd.p < 0.05  # tested like the others: unmarked, as it differs
+    assert "p_vs_best" in res.csv() and next(r for r in csv.DictReader(io.StringIO(res.csv()))
+                                             if r["optim.name"] == "sgd")["same_as_best"] == "0"
+    # the same chance cell beside a best that its Welch test cannot tell apart gets the ≈ mark too
+    rows = rows[:3] + [row(f"sgdm{s}", {"optim.name": "sgdm"}, s, acc=a) for s, a in enumerate((0.16, 0.35, 0.55))]
+    res = compare(write_rows(tmp_path / "sw2", rows), by=["optim.name"])
+    sgd = res.cells[(("sgd",), ())]
+    assert res.best == (("sgdm",), ()) and sgd.same_as_best is True
+    assert res.cell_text(sgd).endswith("(3) chance ≈")
+    assert next(r for r in csv.DictReader(io.StringIO(res.csv())) if r["optim.name"] == "sgd")["same_as_best"] == "1"
+
+
+def test_notes_count_one_run_or_key_in_the_singular(tmp_path):
+    def notes(n_unplanned):
+        rows = [row("r1", {"optim.lr": 0.1, "model.name": "a"}, 0, acc=0.9),
+                row("r2", {"optim.lr": 0.1, "model.name": "b"}, 1, acc=0.9)]
+        rows += [row(f"old{i}", {"optim.lr": 0.1, "model.name": "a"}, 2 + i, acc=0.9) for i in range(n_unplanned)]
+        plan = {"ofat": False, "keys": ["optim.lr"], "base_settings": {"optim.lr": 0.1},
+                "runs": [{"run_id": r["run_id"], "settings": r["settings"], "seed": r["seed"],
+                          "run_dir": r["run_dir"]} for r in rows[:2]]}
+        return compare(write_rows(tmp_path / f"sw{n_unplanned}", rows, plan), by=["optim.lr"]).markdown()
+
+    one, two = notes(1), notes(2)
+    assert "wrote it, and it counts like the others" in one and "wrote them, and they count" in two
+    assert "differ in model.name: add it to --by" in one
+    for md in (one, two):
+        assert "1 runs" not in md and "1 rows" not in md
+
+
+def test_a_lone_run_off_the_one_factor_tables_is_counted_in_the_singular(tmp_path):
+    base = {"optim.lr": 0.001, "train.batch_size": 100, "model.name": "a"}
+    settings = [base, {**base, "optim.lr": 0.01}, {**base, "train.batch_size": 10},
+                {**base, "optim.lr": 0.01, "train.batch_size": 10}]
+    rows = [row(f"r{i}", s, 0, acc=0.9 + i / 100) for i, s in enumerate(settings)]
+    plan = {"ofat": True, "keys": ["optim.lr", "train.batch_size"], "base_settings": base,
+            "factors": [["optim.lr"], ["train.batch_size"]],
+            "runs": [{"run_id": r["run_id"], "settings": r["settings"], "seed": 0, "run_dir": r["run_dir"]}
+                     for r in rows[:3]]}
+    md = compare(write_rows(tmp_path / "sw", rows, plan), by=["model.name"]).markdown()
+    assert "1 run differs from the base case in more than one factor and is in no one-factor table" in md
+    assert "to see it." in md
+    rows.append(row("r4", {**base, "optim.lr": 0.1, "train.batch_size": 1}, 0, acc=0.9))
+    md = compare(write_rows(tmp_path / "sw2", rows, plan), by=["model.name"]).markdown()
+    assert "2 runs differ from the base case in more than one factor and are in no" in md and "to see them." in md

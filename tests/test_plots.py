@@ -33,3 +33,45 @@ def test_log_axes_label_the_swept_values_as_plain_numbers():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0.0001", "0.0002", "0.0004", "0.0008", "0.0016",
                                                             "0.0032", "0.0064", "0.0128"]
     assert not any("$" in t.get_text() for t in ax.get_xticklabels(minor=True))
+
+
+def _bar_heights_and_ticks(fig):
+    ax = fig.axes[0]
+    plots.png_bytes(fig)  # draws the figure, so the tick labels exist
+    return [p.get_height() for p in ax.patches], [t.get_text() for t in ax.get_xticklabels()]
+
+
+def test_bars_follow_the_values_not_the_order_results_arrived():
+    # Study A's depth series arrived 20, 56, 32, 44 and was drawn so.
+    arrived = [("resnet20", 0.91, 0.01), ("resnet56", 0.93, 0.01), ("resnet110", 0.935, 0.01),
+               ("resnet32", 0.92, 0.01), ("resnet44", 0.925, 0.01)]
+    listed = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
+    heights, ticks = _bar_heights_and_ticks(plots.bars_figure({"all runs": arrived}, "model.name", "test.accuracy",
+                                                              order=listed))
+    assert ticks == listed and heights == [0.91, 0.92, 0.925, 0.93, 0.935]
+    # without the sweep file's order: alphabetical, digit runs read as numbers (resnet110 last, not first)
+    assert _bar_heights_and_ticks(plots.bars_figure({"all runs": arrived}, "model.name", "test.accuracy"))[1] == listed
+    # the sweep file's order wins over the alphabet; numbers sort numerically, "default" (null) after them
+    assert plots.category_order(["sgd", "adam", "adadelta"], ["sgd", "adadelta", "adam"]) == ["sgd", "adadelta", "adam"]
+    assert plots.category_order(["56", "default", "20", "110", "32"]) == ["20", "32", "56", "110", "default"]
+    # every series' bars follow the same order
+    groups = {"lr=0.1": [("b", 0.5, 0.0), ("a", 0.6, 0.0)], "lr=0.01": [("c", 0.7, 0.0), ("a", 0.8, 0.0)]}
+    heights, ticks = _bar_heights_and_ticks(plots.bars_figure(groups, "x", "test.accuracy", order=["c", "b", "a"]))
+    assert ticks == ["c", "b", "a"] and heights == [0.5, 0.6, 0.7, 0.8]  # first series b, a; then c, a
+
+
+def test_the_y_axis_holds_every_error_bar_whole():
+    # A chance-level sweep: means 14-16 % with sd ~3 points; the axis ran 0.12-0.18 and cut the bars at 0.20.
+    points = [("a", 0.14, 0.03), ("b", 0.16, 0.035), ("c", 0.15, 0.001)]
+    low, top = plots.bars_figure({"all runs": points}, "x", "test.accuracy").axes[0].get_ylim()
+    assert low <= min(m - s for _, m, s in points) and top >= max(m + s for _, m, s in points)
+    assert top - low < 0.2  # still zoomed to the figures, not drawn from 0 to 1
+    # near 100 %: the error bar is drawn cut at 1 (an accuracy cannot pass it), and the axis stops there
+    fig = plots.bars_figure({"all runs": [("a", 0.985, 0.02), ("b", 0.97, 0.01)]}, "x", "test.accuracy")
+    ax = fig.axes[0]
+    assert ax.get_ylim()[1] == 1.0
+    tops = [seg[:, 1].max() for coll in ax.collections for seg in coll.get_segments()]
+    assert max(tops) == 1.0 and ax.get_ylim()[0] <= 0.96
+    # a metric that may go below zero keeps the whole bar below zero too
+    low, top = plots.bars_figure({"all runs": [("a", 0.01, 0.05), ("b", 0.02, 0.01)]}, "x", "gain").axes[0].get_ylim()
+    assert low <= 0.01 - 0.05 and top >= 0.03
