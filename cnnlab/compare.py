@@ -45,6 +45,7 @@ class Cell:
     is_best: bool = False
     chance: bool = False
     pruned: int = 0  # stopped early by a sweep scheduler (Ray Tune): not in the numbers
+    collapsed: int = 0  # runs at chance level in a cell that is not: in the numbers, and named beside them
     unplanned: int = 0  # runs of the folder that the current sweep file (plan.json) does not plan
 
 
@@ -72,6 +73,8 @@ class CompareResult:
             extra.append(f"failed {cell.failed}/{cell.total}")
         if cell.pruned:
             extra.append(f"pruned {cell.pruned}/{cell.total}")
+        if cell.collapsed and not cell.chance:
+            extra.append(f"at chance {cell.collapsed}/{cell.total}")
         if cell.unplanned:
             extra.append(f"† {cell.unplanned}/{cell.total}")
         if not cell.values and cell.pruned and not cell.diverged and not cell.failed:
@@ -277,6 +280,7 @@ def compare(sweep_dir: str | Path, by: list[str] | None = None, metric: str = "t
         if values:
             cell.summary = stats.describe(values, bounds=bounds)
             cell.chance = percent and at_chance(cell.summary.mean, classes)
+            cell.collapsed = sum(at_chance(v, classes) for v in values) if percent else 0
         cells[key] = cell
 
     # A chance-level cell is never the best, but it is tested against it like any other cell.
@@ -318,6 +322,9 @@ def compare(sweep_dir: str | Path, by: list[str] | None = None, metric: str = "t
     if any(c.chance for c in cells.values()):
         notes.append(f"chance: mean accuracy within {100 * CHANCE_MARGIN:.0f} points of 1/classes "
                      f"({100 * results.chance_level(classes):.0f} % for {classes} classes): the network did not learn.")
+    if any(c.collapsed and not c.chance for c in cells.values()):
+        notes.append("at chance k/n: k of the cell's n runs ended at chance level (they did not learn); they are in "
+                     "the numbers, which is why the spread is wide: read the cell's runs, not only its mean.")
     if any(c.pruned for c in cells.values()):
         notes.append("pruned k/n: k of the cell's n runs were stopped early by the sweep's scheduler (Ray Tune); "
                      "they are left out of the numbers.")

@@ -45,7 +45,7 @@ from cnnlab.registry import MODELS
 from cnnlab.sweep_ray import check_range, check_resources, check_scheduler, check_search
 from cnnlab.sweep_exec import ID_LENGTH, RUN_LOCK_WAIT_S, execute_task, run_id  # noqa: F401 - re-exported
 from cnnlab.results import (FINAL_STATUSES, PLAN, RESULTS, Status, append_row, load_plan,  # noqa: F401 - re-exported
-                            load_results, read_summary, row_from_summary, warn)
+                            at_chance, load_results, num_classes, read_summary, row_from_summary, warn)
 
 SWEEP_KEYS = ("description", "base", "axes", "zip", "ofat", "random", "seeds", "resources", "scheduler", "search")
 SWEEP_LOCK = ".sweep.lock"  # in the sweep folder: one sweep command writes it at a time
@@ -666,8 +666,9 @@ def _run_locked(sweep: Sweep, sweep_path: str | Path, out: Path, workers: int, e
 
     def on_row(row: dict) -> None:
         done[0] += 1
-        print(f"[{done[0]}/{total}] {format_row(row, shown_base)}{eta(done[0], total, time.perf_counter() - t0)}",
-              flush=True)
+        classes = num_classes(out, [row], default=0) or None
+        print(f"[{done[0]}/{total}] {format_row(row, shown_base, classes)}"
+              f"{eta(done[0], total, time.perf_counter() - t0)}", flush=True)
 
     t0 = time.perf_counter()
     try:
@@ -740,12 +741,15 @@ def describe_run(settings: dict, base: dict | None = None) -> str:
     return _describe({k: v for k, v in settings.items() if k not in base or base[k] != v})
 
 
-def format_row(row: dict, base: dict | None = None) -> str:
-    """A finished run's progress line (``base``: see describe_run)."""
+def format_row(row: dict, base: dict | None = None, classes: int | None = None) -> str:
+    """A finished run's progress line (``base``: see describe_run). Given the run's class count, a test
+    accuracy at chance level is said as such, so a collapsed run does not read as one more result."""
     acc = (row.get("test") or {}).get("accuracy")
     text = f"{row['run_id']} {describe_run(row['settings'], base)} seed={row['seed']}: {row['status']}"
     if acc is not None:
         text += f" test accuracy {acc:.4f}"
+        if at_chance(acc, classes):
+            text += " (chance level: the network did not learn)"
     if row.get("time_s") is not None:
         text += f" ({row['time_s']:.1f} s)"
     if row.get("error") and row["status"] != Status.COMPLETED:

@@ -424,3 +424,19 @@ def test_a_lone_run_off_the_one_factor_tables_is_counted_in_the_singular(tmp_pat
     rows.append(row("r4", {**base, "optim.lr": 0.1, "train.batch_size": 1}, 0, acc=0.9))
     md = compare(write_rows(tmp_path / "sw2", rows, plan), by=["model.name"]).markdown()
     assert "2 runs differ from the base case in more than one factor and are in no" in md and "to see them." in md
+
+
+def test_a_cell_with_some_runs_at_chance_names_them(tmp_path):
+    # Study B's AdamW lr 0.01 cell: one seed of three collapsed to 11.35 %, the mean (65 %) is not at chance.
+    rows = [row(f"aw{s}", {"optim.name": "adamw"}, s, acc=a) for s, a in enumerate((0.1135, 0.9050, 0.9460))]
+    rows += [row(f"ad{s}", {"optim.name": "adam"}, s, acc=a) for s, a in enumerate((0.955, 0.957, 0.956))]
+    res = compare(write_rows(tmp_path / "sw", rows), by=["optim.name"])
+    adamw, adam = res.cells[(("adamw",), ())], res.cells[(("adam",), ())]
+    assert not adamw.chance and adamw.collapsed == 1 and adam.collapsed == 0
+    assert res.cell_text(adamw).endswith("; at chance 1/3") and "at chance" not in res.cell_text(adam)
+    assert any(n.startswith("at chance k/n") for n in res.notes)
+    # a cell at chance as a whole says "chance" once, not also "at chance 3/3"
+    rows = [row(f"c{s}", {"optim.name": "sgd"}, s, acc=0.1135) for s in range(3)] + rows[3:]
+    res = compare(write_rows(tmp_path / "sw2", rows), by=["optim.name"])
+    assert res.cell_text(res.cells[(("sgd",), ())]).endswith("(3) chance")
+    assert not any(n.startswith("at chance k/n") for n in res.notes)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from cnnlab.config import ConfigError
-from cnnlab.sweep import (RESULTS, append_row, load_results, load_sweep, plan_sweep, run_id, run_sweep)
+from cnnlab.sweep import (RESULTS, append_row, format_row, load_results, load_sweep, plan_sweep, run_id, run_sweep)
 
 TINY = {"data": {"name": "mnist", "train_limit": 1000, "val_size": 500},
         "model": {"name": "lenet5"}, "optim": {"name": "adam", "lr": 0.003},
@@ -408,3 +408,13 @@ def test_a_swept_value_equal_to_the_models_own_default_is_warned_at_plan_time(tm
     run_sweep(sweep_file(tmp_path, spec), out_dir=tmp_path / "out", dry_run=True)
     err = capsys.readouterr().err
     assert 'model.activation="tanh" is model lenet5\'s own default' in err and "model.pooling" not in err
+
+
+def test_a_progress_line_says_when_a_run_ended_at_chance():
+    collapsed = {"run_id": "aw0", "settings": {"optim.name": "adamw"}, "seed": 0, "status": "completed",
+                 "test": {"accuracy": 0.1135}, "time_s": 3.0}
+    learned = {**collapsed, "test": {"accuracy": 0.9460}}
+    assert "chance level" in format_row(collapsed, classes=10)
+    assert "chance level" not in format_row(learned, classes=10)
+    assert "chance level" not in format_row(collapsed)  # no class count known: no claim
+    assert "chance level" in format_row({**collapsed, "test": {"accuracy": 0.52}}, classes=2)
