@@ -367,9 +367,11 @@ ALSO_SHORTENED = {"study_a_cifar_resnet_depth_cpu": {"data": ("val_size",)},
                   "study_a_cifar_alexnet_cpu": {"data": ("val_size",)},
                   "study_b_mnist_grid_cpu": {"data": ("val_size",)},
                   "study_b_mnist_dropout_cpu": {"data": ("val_size",)},
+                  "study_b_mnist_variants_cpu": {"data": ("val_size",)},
                   "study_a_mnist_alexnet_cpu": {"data": ("val_size",)}}
 # A cut that takes some settings of a differently named full sweep.
 FULL_SWEEP = {"study_b_cifar_multistep_cpu": "study_b_cifar", "study_b_mnist_dropout_cpu": "study_b_mnist_grid",
+              "study_b_mnist_variants_cpu": "study_b_mnist_grid",
               "study_a_mnist_alexnet_cpu": "study_a_mnist"}
 
 
