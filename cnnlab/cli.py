@@ -214,6 +214,8 @@ def cmd_report(args) -> int:
     path = build_report(Path(args.dir), force=args.force, counts=counts)
     runs = f" (run reports: {counts['built']} built, {counts['current']} up to date)" if counts else ""
     print(f"wrote {path} in {time.perf_counter() - t0:.1f} s{runs}")
+    if counts.get("plots"):  # a sweep report's plots, as PNG files beside it
+        print("plots: " + ", ".join(str(p) for p in counts["plots"]))
     return 0
 
 
@@ -327,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--metric", default="test.accuracy", help="the metric to compare (default test.accuracy)")
     c.set_defaults(func=cmd_compare)
 
-    r = sub.add_parser("report", help="write report.html for a run or a sweep folder")
+    r = sub.add_parser("report", help="write report.html for a run or a sweep folder (a sweep's plots also as "
+                                      "PNG files in its plots/ folder)")
     r.add_argument("dir", help="a run folder or a sweep folder")
     r.add_argument("--force", action="store_true",
                    help="rebuild every run's report and redraw its curves (default: a sweep reuses the run reports "

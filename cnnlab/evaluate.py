@@ -11,6 +11,7 @@ TTA through the whole network.
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -174,9 +175,39 @@ def print_results(summary: dict, log: Callable) -> None:
         log(f"{split:<6} {fmt(r['accuracy']):>9} {fmt(r['loss']):>8} {r['precision_macro']:10.4f} "
             f"{r['recall_macro']:8.4f} {r['f1_macro']:8.4f}")
     log("test, per class:\n" + metrics.format_per_class(summary["test"], summary["classes"]))
-    t = summary["time"]
-    log(f"time: train {t['train_s']:.1f} s ({t['train_images_per_s'] or 0:,.0f} img/s), eval {t['eval_s']:.1f} s, "
-        f"data {t['data_s']:.1f} s, total {t['total_s']:.1f} s")
+    log(time_line(summary["time"]))
+
+
+def time_record(s, eval_s: float, resumed: bool = False) -> dict:
+    """summary.json's ``time``: where this session's wall time went, in parts that add up to ``total_s``. ``s`` is
+    the trainer's state (:class:`cnnlab.train.TrainState`); ``eval_s`` the final scoring's time. ``other_s`` is what
+    no part timed (mostly recording the environment: library versions, the git commit). After a resume it is None:
+    train_s, compile_s and curve_eval_s add up every session, while setup_s, data_s, eval_s and total_s are the
+    last session's."""
+    p, total_s = s.progress, time.perf_counter() - s.t_start
+    parts = {"train_s": p.train_seconds, "curve_eval_s": p.curve_eval_seconds, "eval_s": eval_s,
+             "data_s": s.data_seconds, "setup_s": max(0.0, s.t_loop - s.t_start - s.data_seconds),
+             "compile_s": p.compile_seconds}
+    images = p.step * s.cfg.train.batch_size
+    return {**{k: round(v, 3) for k, v in parts.items()}, "total_s": round(total_s, 3),
+            "other_s": None if resumed else round(total_s - sum(parts.values()), 3) + 0.0,  # not -0.0
+            "train_images_per_s": round(images / p.train_seconds, 1) if p.train_seconds else None,
+            "epoch_s": [round(t, 3) for t in p.epoch_seconds], "steps": p.step}
+
+
+def time_line(t: dict) -> str:
+    """The run's ``time:`` line: training, the learning-curve evaluations during it, the final scoring, the rest."""
+    parts = [f"train {t['train_s']:.1f} s ({t['train_images_per_s'] or 0:,.0f} img/s)"]
+    if t.get("compile_s"):
+        parts.append(f"compile {t['compile_s']:.1f} s")
+    parts += [f"curve evals {t.get('curve_eval_s') or 0:.1f} s", f"final scoring {t['eval_s']:.1f} s",
+              f"data {t['data_s']:.1f} s"]
+    if t.get("setup_s") is not None:
+        parts.append(f"set-up {t['setup_s']:.1f} s")
+    if (t.get("other_s") or 0) >= 0.05:  # shown when it rounds to at least 0.1 s
+        parts.append(f"other {t['other_s']:.1f} s")
+    resumed = "other_s" in t and t["other_s"] is None  # the parts add up every session, total_s this one
+    return "time: " + ", ".join(parts) + f", total {t['total_s']:.1f} s" + (" (this session)" if resumed else "")
 
 
 def fmt(value, digits: int = 4) -> str:

@@ -10,13 +10,15 @@ report shows the configuration, environment, model, learning curves, metrics per
 split and per class, the confusion matrix, the test images the model got most
 confidently wrong, timings and the run doctor's findings. A sweep report shows the
 comparison tables, the metric against each swept factor, the mean learning curves
-of each setting, and links to every run's own report (built when missing).
+of each setting, and links to every run's own report (built when missing); its plots are
+also written as PNG files (``plots/``) to be used elsewhere.
 """
 from __future__ import annotations
 
 import base64
 import json
 import math
+import re
 import statistics
 from urllib.parse import quote
 from collections import OrderedDict
@@ -28,6 +30,7 @@ from cnnlab.config import ConfigError
 from cnnlab.plots import plot_curves  # noqa: F401 - kept as report.plot_curves for callers
 
 REPORT_NAME = "report.html"
+PLOTS_DIR = "plots"  # a sweep report's plots as PNG files: <sweep>/plots/curves.png, <factor key>.png
 # What a run's report is drawn from: a report.html newer than all of them is current and is reused
 # by a sweep report (`cnnlab report SWEEP_DIR --force` rebuilds it anyway).
 REPORT_SOURCES = ("summary.json", "metrics.jsonl", "config.yaml", "misclassified.pt", "curves.png")
@@ -353,6 +356,7 @@ def run_context(run_dir: Path, log=results.warn, reuse: bool = True) -> dict:
         "time": {
             "total_s": t.get("total_s"), "train_s": t.get("train_s"), "eval_s": t.get("eval_s"),
             "data_s": t.get("data_s"), "images_per_s": t.get("train_images_per_s"),
+            "curve_eval_s": t.get("curve_eval_s"), "setup_s": t.get("setup_s"),  # none in runs of older versions
             "epoch_mean_s": statistics.fmean(_num(x) for x in epoch_s) if epoch_s else None, "epoch_s": epoch_s,
         },
         "n_evaluations": len(history),
@@ -458,7 +462,8 @@ def _factor_plots(rows: list[dict], keys: list[str], metric: str, plan: Optional
             listed = [_value_label(r["settings"][key]) for r in plan.get("runs") or [] if key in r["settings"]]
             fig = plots.bars_figure(series, key, metric, order=listed)  # bars in the sweep file's order
             kind = "categorical"
-        figures.append({"key": key, "kind": kind, "src": _b64(plots.png_bytes(fig))})
+        png = plots.png_bytes(fig)
+        figures.append({"key": key, "kind": kind, "src": _b64(png), "png": png})
     return figures
 
 
@@ -607,10 +612,11 @@ def sweep_context(sweep_dir: Path, metric: str = DEFAULT_SWEEP_METRIC, build_run
                          "best_val": _dig(r, "best.val_accuracy"), "best_epoch": _dig(r, "best.epoch"),
                          "time_s": r.get("time_s"), "link": link})
     curves = _mean_curves(run_dirs, groups)
-    images = {}
+    images, pngs = {}, {}
     if curves:
         try:
-            images["curves"] = _b64(plots.png_bytes(plots.sweep_curves_figure(curves)))
+            pngs["curves"] = plots.png_bytes(plots.sweep_curves_figure(curves))
+            images["curves"] = _b64(pngs["curves"])
         except Exception as e:  # noqa: BLE001 - the tables still show
             note(f"{sweep_dir / REPORT_NAME}: the learning curves per setting left out: {_why(e)}")
     statuses: dict[str, int] = {}
@@ -633,6 +639,7 @@ def sweep_context(sweep_dir: Path, metric: str = DEFAULT_SWEEP_METRIC, build_run
         "compare_tables": _compare_tables(sweep_dir, keys, metric) if rows else [],
         "factor_plots": factor_plots,
         "images": images,
+        "pngs": {**pngs, **{f"factor {f['key']}": f["png"] for f in factor_plots}},  # the plots' bytes, by name
         "run_rows": run_rows,
         "run_reports": built,
         "problems": problems,
@@ -642,9 +649,36 @@ def sweep_context(sweep_dir: Path, metric: str = DEFAULT_SWEEP_METRIC, build_run
 def write_sweep_report(sweep_dir, metric: str = DEFAULT_SWEEP_METRIC, log=results.warn, force: bool = False,
                        counts: Optional[dict] = None) -> Path:
     """Write ``report.html`` into a sweep folder (and each run's report that is missing or stale; every one with
-    ``force``); return its path. ``counts``, when given, receives {"built": n, "current": n} of the run reports."""
+    ``force``), and its plots as PNG files into ``plots/``; return the report's path. ``counts``, when given,
+    receives {"built": n, "current": n} of the run reports and "plots": the PNG files written."""
     sweep_dir = Path(sweep_dir)
     context = sweep_context(sweep_dir, metric, log=log, force=force)
+    written = write_plot_files(sweep_dir / PLOTS_DIR, context["pngs"], log=log)
     if counts is not None:
-        counts.update(context["run_reports"])
+        counts.update(context["run_reports"], plots=written)
     return _render("sweep.html.j2", sweep_dir / REPORT_NAME, **context)
+
+
+def write_plot_files(folder: Path, pngs: dict[str, bytes], log=results.warn) -> list[Path]:
+    """Write each plot (``curves``, ``factor <key>``) as ``<folder>/curves.png``, ``<key>.png``, atomically, the
+    same bytes the report embeds; return the files written. A file that cannot be written is warned about."""
+    written, taken = [], set()
+    for name, png in pngs.items():
+        stem = plot_file_stem(name.removeprefix("factor "))
+        while stem in taken:  # two keys the same once made file-safe
+            stem += "_"
+        taken.add(stem)
+        path = folder / f"{stem}.png"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            runs.write_bytes(path, png)
+            written.append(path)
+        except OSError as e:
+            log(f"could not write {path}: {_why(e)}")
+    return written
+
+
+def plot_file_stem(key: str) -> str:
+    """A swept key as a file name: letters, digits and ``. _ = -`` kept, the rest ``_``; no leading dot (a hidden
+    file), at most 100 characters (``optim.lr`` stays ``optim.lr``)."""
+    return re.sub(r"[^A-Za-z0-9._=-]", "_", key).lstrip(".")[:100] or "factor"

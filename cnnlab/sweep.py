@@ -664,11 +664,15 @@ def _run_locked(sweep: Sweep, sweep_path: str | Path, out: Path, workers: int, e
               f"seed={task['seed']}"
               + (" (resuming)" if task["resume"] else ""), flush=True)
 
+    kinds, finished = {task["run_id"]: _run_kind(task) for task in tasks}, []  # for the time-left estimate
+
     def on_row(row: dict) -> None:
         done[0] += 1
         classes = num_classes(out, [row], default=0) or None
+        finished.append((*kinds.pop(row["run_id"], (None, None)), row.get("time_s")))
+        left = [*kinds.values(), *[(None, None)] * (total - done[0] - len(kinds))]  # a search's trials: unknown
         print(f"[{done[0]}/{total}] {format_row(row, shown_base, classes)}"
-              f"{eta(done[0], total, time.perf_counter() - t0)}", flush=True)
+              f"{eta(finished, left, time.perf_counter() - t0)}", flush=True)
 
     t0 = time.perf_counter()
     try:
@@ -695,13 +699,37 @@ def _run_locked(sweep: Sweep, sweep_path: str | Path, out: Path, workers: int, e
     return result
 
 
-def eta(done: int, total: int, elapsed: float) -> str:
-    """`` (12.3 s elapsed, about 1 min 5 s left)`` after ``done`` of ``total`` runs, at their mean pace so far."""
-    if done >= total or done == 0:
+def eta(done: list[tuple], left: list[tuple], elapsed: float) -> str:
+    """`` (12.3 s elapsed, about 1 min 5 s left)``. ``done``: (base, model, seconds) of each run finished so far
+    (seconds None when unknown); ``left``: (base, model) of each run to go. Bases can differ in cost many times over
+    (an MLP beside a LeNet), so each run to go is expected to take the mean of the finished runs of its base and
+    model, else of its base, else of its model, else of all; their sum is scaled by the elapsed time over the
+    finished runs' seconds, which accounts for parallel workers and the time between runs."""
+    if not left or not done:
         return f" ({elapsed:.1f} s elapsed)"
-    left = elapsed / done * (total - done)
-    text = f"{left:.0f} s" if left < 90 else f"{left // 60:.0f} min {left % 60:.0f} s"
+    timed = [(b, m, s) for b, m, s in done if s is not None and s > 0]
+    if not timed:  # no finished run says how long it took: all runs alike
+        left_s = elapsed / len(done) * len(left)
+    else:
+        left_s = elapsed * sum(_expected_seconds(timed, base, model) for base, model in left) / sum(
+            s for *_, s in timed)
+    text = f"{left_s:.0f} s" if left_s < 90 else f"{left_s // 60:.0f} min {left_s % 60:.0f} s"
     return f" ({elapsed:.1f} s elapsed, about {text} left)"
+
+
+def _expected_seconds(timed: list[tuple], base, model) -> float:
+    """The mean seconds of the finished runs most like (base, model): both the same, else the base, else the model,
+    else any."""
+    for alike in ((lambda b, m: (b, m) == (base, model)), (lambda b, m: b == base), (lambda b, m: m == model),
+                  (lambda b, m: True)):
+        if seconds := [s for b, m, s in timed if alike(b, m)]:
+            return sum(seconds) / len(seconds)
+    return 0.0  # no finished run timed (not reached: eta asks only when one is)
+
+
+def _run_kind(task: dict) -> tuple[str, str]:
+    """A sweep task's (base, model): runs alike in cost (:func:`eta`). The base is the study it was built from."""
+    return task["settings"].get("base", task["config"].get("name")), task["config"]["model"]["name"]
 
 
 def _compare_hint(sweep: Sweep) -> str:

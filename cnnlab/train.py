@@ -32,7 +32,7 @@ from cnnlab import data as datamod
 from cnnlab.augment import Preprocess, no_preprocessing, preprocess_record
 from cnnlab.data.batches import train_batches
 from cnnlab.config import Config, config_diff_lines, dump_yaml
-from cnnlab.evaluate import Evaluator, final_splits, fmt, print_results, score_splits
+from cnnlab.evaluate import Evaluator, final_splits, fmt, print_results, score_splits, time_record
 from cnnlab.models import info_of
 from cnnlab.optim import Schedule, build_loss, build_optimizer, build_schedule, lrs_of
 from cnnlab.results import is_finished
@@ -57,6 +57,7 @@ class Progress:
     evals_since_best: int = 0
     train_seconds: float = 0.0  # without compile_seconds (a compiled step's first steps' extra time)
     compile_seconds: float = 0.0
+    curve_eval_seconds: float = 0.0  # evaluation points (val scoring, checkpoints): neither train nor final
     epoch_seconds: list = field(default_factory=list)
     # running training loss / accuracy since the last evaluation (a stop between evaluations resumes the same point)
     accum_loss: float = 0.0
@@ -99,6 +100,7 @@ class TrainState:
     data_seconds: float = 0.0
     t_start: float = field(default_factory=time.perf_counter)
     t_mark: float = 0.0  # start of the training time not yet added to progress.train_seconds
+    t_loop: float = 0.0  # when this session's training loop began (set-up: the time before it, less the data's)
     trackers: list = field(default_factory=list)  # cnnlab.tracking: TensorBoard, a Ray Tune reporter, ...
     loss_sum: torch.Tensor | None = None  # training loss summed since the last evaluation (on the device:
     correct: torch.Tensor | None = None  # no host sync per step), correct predictions and images seen
@@ -136,9 +138,9 @@ def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool =
         except KeyboardInterrupt:
             status, error = "interrupted", f"interrupted at step {s.progress.step}"
         except Exception as e:  # noqa: BLE001 - recorded in summary.json, then re-raised
-            finish(s, "failed", failure_text(e, cfg.train), score=False)
+            finish(s, "failed", failure_text(e, cfg.train), score=False, resumed=resume)
             raise
-        return finish(s, status, error, score=status != "interrupted")
+        return finish(s, status, error, score=status != "interrupted", resumed=resume)
 
 
 def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainState:
@@ -251,7 +253,7 @@ def train_loop(s: TrainState, stop: dict) -> str:
     s.correct = torch.tensor(p.accum_correct, device=s.device, dtype=torch.long)
     s.seen, bar = p.accum_seen, None
     transfer.set_train_mode(s.model, True)
-    t_epoch = s.t_mark = time.perf_counter()
+    t_epoch = s.t_mark = s.t_loop = time.perf_counter()
     while p.step < s.total_steps:
         epoch, i = divmod(p.step, s.steps_per_epoch)
         bar = progress_bar(s, epoch, i)
@@ -281,7 +283,9 @@ def train_loop(s: TrainState, stop: dict) -> str:
                 t_epoch = time.perf_counter()
                 s.schedule.after_epoch()
                 bar = bar.close() if bar is not None else None
-            if eval_now and (status := evaluation_point(s)):
+            t_eval, status = time.perf_counter(), evaluation_point(s) if eval_now else None
+            p.curve_eval_seconds += time.perf_counter() - t_eval if eval_now else 0.0  # early returns count too
+            if status:
                 return status
             if stop.get("stop"):
                 p.train_seconds += time.perf_counter() - s.t_mark
@@ -352,7 +356,7 @@ def track_best(cfg: Config, row: dict, progress: Progress) -> bool:
 # ----------------------------------------------------------------------------- the end of a run
 
 
-def finish(s: TrainState, status: str, error: str | None, score: bool = True) -> dict:
+def finish(s: TrainState, status: str, error: str | None, score: bool = True, resumed: bool = False) -> dict:
     """Score the best weights on every split and write summary.json (and misclassified.pt)."""
     t0 = time.perf_counter()
     results = {}
@@ -363,7 +367,7 @@ def finish(s: TrainState, status: str, error: str | None, score: bool = True) ->
                                          final_splits(s.cfg.train.score_train))
         runs.save_misclassified(s.out_dir, mistakes)
     eval_seconds = time.perf_counter() - t0
-    p, cfg, images = s.progress, s.cfg, s.progress.step * s.cfg.train.batch_size
+    p, cfg = s.progress, s.cfg
     summary = {
         "status": status, "error": error, "name": cfg.name, "seed": cfg.seed, "config": cfg.to_dict(),
         "classes": list(s.splits.classes), "data_source": s.splits.source, "data_placement": s.splits.placement,
@@ -372,12 +376,9 @@ def finish(s: TrainState, status: str, error: str | None, score: bool = True) ->
         **results,
         "final_train_loss": s.history[-1]["train_loss"] if s.history else None,
         "model": s.model_info,
-        "time": {"train_s": round(p.train_seconds, 3), "eval_s": round(eval_seconds, 3),
-                 "data_s": round(s.data_seconds, 3), "compile_s": round(p.compile_seconds, 3), "total_s": round(time.perf_counter() - s.t_start, 3),
-                 "train_images_per_s": round(images / p.train_seconds, 1) if p.train_seconds else None,
-                 "epoch_s": [round(t, 3) for t in p.epoch_seconds], "steps": p.step},
         "step": {**s.train_step.record(s.drop_last), "tf32": s.tf32}, **s.compute.record(),
         "warnings": s.warnings, "resumed": p.resumes, "env": runs.environment(s.device),
+        "time": time_record(s, eval_seconds, resumed),  # last: the time to record the rest counts too
     }
     runs.write_json(s.out_dir / "summary.json", summary)
     print_results(summary, s.log)

@@ -1,9 +1,11 @@
 """cnnlab.evaluate: scoring splits, test-time augmentation, re-scoring a run (cnnlab eval)."""
+import time
+
 import pytest
 import torch
 
 from cnnlab import runs, train
-from cnnlab.evaluate import Evaluator, evaluate_run
+from cnnlab.evaluate import Evaluator, evaluate_run, time_line
 
 
 def quiet(*_):
@@ -63,3 +65,31 @@ def test_the_train_split_is_scored_only_when_the_config_asks(tmp_path, tiny_conf
     assert "train" not in skipped and skipped["test"]["accuracy"] == scored["test"]["accuracy"]
     assert scored["train"]["accuracy"] is not None
     assert not any(line.startswith("train ") for line in lines) and any(line.startswith("test ") for line in lines)
+
+
+TIME_PARTS = ("train_s", "curve_eval_s", "eval_s", "data_s", "setup_s", "compile_s")
+
+
+def test_the_time_parts_add_up_to_the_run_wall_time(tmp_path, tiny_config, data_root):
+    # five learning-curve evaluations of 2,000 validation images: far from free, and timed apart from training
+    cfg, lines = tiny_config(**{"train.threads": 1, "train.eval_every": 2, "data.val_size": 2000}), []
+    runs.environment("cpu")  # its first call imports matplotlib (seconds on a busy machine): other_s, not a part
+    t0 = time.perf_counter()
+    summary = train.run(cfg, tmp_path / "r", log=lines.append)
+    wall, t = time.perf_counter() - t0, summary["time"]
+    assert all(t[k] >= 0 for k in TIME_PARTS) and t["curve_eval_s"] > 0 and t["eval_s"] > 0
+    assert t["total_s"] <= wall and t["total_s"] == pytest.approx(wall, abs=0.5)
+    assert sum(t[k] for k in TIME_PARTS) == pytest.approx(t["total_s"], abs=0.05 + 0.02 * t["total_s"])
+    assert t["other_s"] == pytest.approx(t["total_s"] - sum(t[k] for k in TIME_PARTS), abs=0.01)
+    line = next(line for line in lines if line.startswith("time: "))
+    assert f"curve evals {t['curve_eval_s']:.1f} s" in line and f"final scoring {t['eval_s']:.1f} s" in line
+    assert line.endswith(f"total {t['total_s']:.1f} s")
+
+
+def test_the_time_line_says_when_the_total_is_one_session_of_several():
+    t = {"train_s": 30.0, "curve_eval_s": 12.0, "eval_s": 4.0, "data_s": 1.0, "setup_s": 2.0, "compile_s": 0.0,
+         "total_s": 20.0, "other_s": None, "train_images_per_s": 1000.0}
+    assert time_line(t) == ("time: train 30.0 s (1,000 img/s), curve evals 12.0 s, final scoring 4.0 s, data 1.0 s, "
+                            "set-up 2.0 s, total 20.0 s (this session)")
+    older = {"train_s": 3.0, "eval_s": 1.0, "data_s": 0.5, "total_s": 5.0, "train_images_per_s": None}  # before these
+    assert time_line(older) == "time: train 3.0 s (0 img/s), curve evals 0.0 s, final scoring 1.0 s, data 0.5 s, total 5.0 s"

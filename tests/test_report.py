@@ -195,6 +195,7 @@ def test_run_report_in_chromium(real_run, chromium, tmp_path):
     assert model["FLOPs per image"] == f"{summary['model']['flops_per_image']:,}"
     timing = dict(table_cells(dom, "timing"))
     assert timing["training throughput"] == f"{summary['time']['train_images_per_s']:.0f} images/s"
+    assert {"learning-curve evaluations", "final evaluation", "set-up"} <= set(timing)  # where the time went
     env = dict(table_cells(dom, "env"))
     assert env["torch"] == summary["env"]["torch"]
     if summary["model"].get("layers"):
@@ -503,3 +504,40 @@ def test_run_report_embeds_a_current_curves_png_instead_of_drawing_it(tmp_path):
     (run / "curves.png").write_bytes(b"not a png")
     text = report.write_run_report(run).read_text()
     assert 'id="img-curves"' in text and base64.b64encode(b"not a png").decode() not in text
+
+
+# ----------------------------------------------------------------------------- a sweep's plots as PNG files
+
+
+def test_sweep_report_writes_its_plots_as_png_files(tmp_path, data_root, capsys):
+    import yaml
+
+    from cnnlab import cli
+    from cnnlab.sweep import run_sweep
+
+    base = {"data": {"name": "mnist", "train_limit": 300, "val_size": 100}, "model": {"name": "linear"},
+            "optim": {"name": "adam"}, "train": {"epochs": 1, "batch_size": 100, "progress": False, "threads": 1}}
+    (tmp_path / "lr.yaml").write_text(yaml.safe_dump({"base": base, "axes": {"optim.lr": [0.001, 0.01]}}))
+    out = tmp_path / "out"
+    assert [r["status"] for r in run_sweep(tmp_path / "lr.yaml", out_dir=out)] == ["completed"] * 2
+    capsys.readouterr()
+    assert cli.main(["report", str(out)]) == 0
+    printed = capsys.readouterr().out
+    files = [out / "plots" / "curves.png", out / "plots" / "optim.lr.png"]  # the mean curves, the factor plot
+    assert sorted((out / "plots").iterdir()) == files  # nothing else (no temporary file left)
+    assert f"plots: {files[0]}, {files[1]}" in printed
+    page = (out / "report.html").read_text()
+    embedded = {base64.b64decode(m) for m in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)}
+    for f in files:
+        data = f.read_bytes()
+        assert data.startswith(report.PNG_SIGNATURE) and data in embedded  # the same bytes as the page shows
+        with Image.open(f) as img:
+            assert img.format == "PNG" and img.size[0] > 100 and img.size[1] > 100
+    assert "plots/" not in page  # the page still carries its images itself
+
+
+def test_plot_file_names_stay_in_the_plots_folder(tmp_path):
+    pngs = {"factor ../../etc/x": b"a", "factor .hidden": b"b", "factor a/b": b"c", "factor a_b": b"d"}
+    written = report.write_plot_files(tmp_path / "plots", pngs)
+    assert [p.name for p in written] == ["_.._etc_x.png", "hidden.png", "a_b.png", "a_b_.png"]
+    assert all(p.parent == tmp_path / "plots" and p.read_bytes() == v for p, v in zip(written, pngs.values()))

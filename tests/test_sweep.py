@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from cnnlab.config import ConfigError
-from cnnlab.sweep import (RESULTS, append_row, format_row, load_results, load_sweep, plan_sweep, run_id, run_sweep)
+from cnnlab.sweep import (RESULTS, append_row, eta, format_row, load_results, load_sweep, plan_sweep, run_id,
+                          run_sweep)
 
 TINY = {"data": {"name": "mnist", "train_limit": 1000, "val_size": 500},
         "model": {"name": "lenet5"}, "optim": {"name": "adam", "lr": 0.003},
@@ -218,6 +219,9 @@ def test_local_sweep_runs_skips_and_repairs(tmp_path, data_root, capsys):
     rows = run_sweep(path, out_dir=out)
     assert [r["status"] for r in rows] == ["completed"] * 4
     assert len(lines(out / RESULTS)) == 4 and (out / "plan.json").exists() and (out / "sweep.yaml").exists()
+    progress = [line for line in capsys.readouterr().out.splitlines() if "s elapsed" in line]
+    assert len(progress) == 4 and all(line.endswith(" s left)") for line in progress[:3])
+    assert progress[3].startswith("[4/4]") and progress[3].endswith(" s elapsed)")
     for r in rows:
         summary = json.loads((out / r["run_dir"] / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["seed"] == r["seed"] == 0
@@ -422,3 +426,33 @@ def test_a_progress_line_says_when_a_run_ended_at_chance():
     assert "chance level" not in format_row(learned, classes=10)
     assert "chance level" not in format_row(collapsed)  # no class count known: no claim
     assert "chance level" in format_row({**collapsed, "test": {"accuracy": 0.52}}, classes=2)
+
+
+def left_s(text: str) -> float:
+    """The seconds an eta text says are left (`` (… elapsed, about 1 min 5 s left)``)."""
+    words = text.split("about ")[1].removesuffix(" left)").split()
+    return float(words[0]) * 60 + float(words[2]) if "min" in words else float(words[0])
+
+
+def test_eta_expects_each_run_to_cost_what_finished_runs_of_its_base_cost():
+    # Study C/E: an MLP base (1 s a run) beside a LeNet base (10 s a run), one worker
+    done = [("mlp", "mlp", 1.0), ("lenet", "lenet5", 10.0)]
+    assert left_s(eta(done, [("mlp", "mlp")] * 4, 11.0)) == 4  # equal costs would say 22 s
+    assert left_s(eta(done, [("lenet", "lenet5")] * 4, 11.0)) == 40
+    assert eta(done, [("lenet", "lenet5")] * 9, 11.0) == " (11.0 s elapsed, about 1 min 30 s left)"
+    # the same base and model first: one base swept over two models
+    mixed = [("b", "mlp", 1.0), ("b", "lenet5", 10.0)]
+    assert left_s(eta(mixed, [("b", "lenet5")], 11.0)) == 10 and left_s(eta(mixed, [("b", "mlp")], 11.0)) == 1
+    # fall-backs: the base (a model not finished yet), the model (a base not finished yet), then all runs' mean
+    assert left_s(eta(mixed, [("b", "resnet18")], 22.0)) == 11  # 5.5 s a run, at half the pace
+    assert left_s(eta(done + [("other", "mlp", 3.0)], [("new", "mlp")], 14.0)) == 2
+    assert left_s(eta(done, [(None, None)] * 2, 11.0)) == 11  # a search's trials: not known yet
+
+
+def test_eta_scales_by_the_elapsed_time_over_the_runs_own_time():
+    done = [("a", "mlp", 4.0), ("a", "mlp", 4.0), ("b", "lenet5", 12.0), ("b", "lenet5", 12.0)]
+    assert left_s(eta(done, [("b", "lenet5")] * 2, 16.0)) == 12  # two workers: 32 s of runs in 16 s
+    assert left_s(eta(done, [("b", "lenet5")] * 2, 40.0)) == 30  # 8 s of overhead between the runs
+    # no run says how long it took (rows without time_s): every run alike, at the pace so far
+    assert left_s(eta([("a", "mlp", None), ("b", "lenet5", None)], [("a", "mlp")] * 3, 10.0)) == 15
+    assert eta(done, [], 16.0) == " (16.0 s elapsed)" and eta([], [("a", "mlp")], 1.0) == " (1.0 s elapsed)"
