@@ -47,6 +47,7 @@ from cnnlab.loader import load_config  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE_OURS = ["data.train_limit=2000", "train.epochs=1", "model.width=16", "train.batch_size=256"]
 SMOKE_REF = {"limit": None, "epochs": 1, "test_limit": 500, "width": 16}  # limit: the data is cut already
+STEP_BATCH = 512  # --steps: both methods at our recipe's batch
 
 
 def ours(recipe: Path, overrides: list[str], seed: int, threads: int, out: Path) -> dict:
@@ -55,6 +56,63 @@ def ours(recipe: Path, overrides: list[str], seed: int, threads: int, out: Path)
     return {"method": recipe.stem, "seed": seed, "test_accuracy": s["test"]["accuracy"],
             "train_s": s["time"]["train_s"], "eval_s": s["time"]["eval_s"], "steps": s["time"]["steps"],
             "precision": s.get("precision", {}).get("used")}
+
+
+class Elapsed:
+    """A tracker (cnnlab.tracking's protocol) keeping each evaluation point's training seconds so far."""
+
+    def __init__(self):
+        self.marks: list[float] = []
+
+    def on_eval(self, row: dict) -> None:
+        self.marks.append(row["elapsed_s"])
+
+    def on_finish(self, summary: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def our_step_seconds(recipe: Path, overrides: list[str], steps: int, warmup: int, threads: int, out: Path) -> float:
+    """Seconds per step of cnnlab's own loop (batch, augmentation, step, EMA, schedule) at batch 512 on the first
+    (warmup + steps) · 512 training images: an evaluation point after ``warmup`` steps (nothing to score with
+    data.val_size=0) and one at the epoch's end bound the timed steps; no final scoring."""
+    cfg = load_config(recipe, [*overrides, f"data.train_limit={(warmup + steps) * STEP_BATCH}", "train.epochs=1",
+                               f"train.batch_size={STEP_BATCH}", f"train.eval_every={warmup}",
+                               f"train.threads={threads}"])
+    clock, folder = Elapsed(), out / "steps"
+    with runtime.run_flags(cfg.train), runtime.tf32_flags(cfg.train):
+        s = train.set_up(cfg, folder, False, lambda line: None)
+        train.open_run_folder(s, None, False, (clock,))
+        train.train_loop(s, {})
+    return (clock.marks[-1] - clock.marks[0]) / steps
+
+
+def step_timing(args, overrides: list[str], data, bf16: bool) -> dict:
+    """--steps: both methods' per-step time at batch 512, in turns (reference first in even repeats)."""
+    train_x, train_y = data[0], data[1]
+    ref = lambda: airbench94.step_seconds(train_x, train_y, args.steps, args.warmup, STEP_BATCH, bf16,  # noqa: E731
+                                          **({"width": 16} if args.smoke else {}))
+    mine = lambda: our_step_seconds(args.recipe, overrides, args.steps, args.warmup, args.threads,  # noqa: E731
+                                    args.out)
+    ref_ms, our_ms = [], []
+    for r in range(args.repeat):
+        for who in (("ref", "ours") if r % 2 == 0 else ("ours", "ref")):
+            ms = 1000 * (ref() if who == "ref" else mine())
+            (ref_ms if who == "ref" else our_ms).append(ms)
+            print(json.dumps({"repeat": r, "method": "airbench94" if who == "ref" else args.recipe.stem,
+                              "ms_per_step": round(ms, 1), "load": round(os.getloadavg()[0], 1)}), flush=True)
+    ratios = [o / f for o, f in zip(our_ms, ref_ms)]
+    lines = [cpu_line(),
+             f"per step, batch {STEP_BATCH}, {args.steps} timed steps after {args.warmup} warm-up, {args.repeat} "
+             f"repeats: reference (airbench94) median {statistics.median(ref_ms):.1f} ms "
+             f"({' / '.join(f'{v:.0f}' for v in ref_ms)}); ours ({args.recipe.stem} {' '.join(overrides)}) median "
+             f"{statistics.median(our_ms):.1f} ms ({' / '.join(f'{v:.0f}' for v in our_ms)})",
+             f"ratio ours / reference per pair: {' / '.join(f'{v:.3f}' for v in ratios)}; median "
+             f"{statistics.median(ratios):.3f}" + (" (smoke: the figures mean nothing)" if args.smoke else "")]
+    print("\n".join(lines))
+    return {"reference_ms": ref_ms, "ours_ms": our_ms, "ratios": ratios, "summary": lines}
 
 
 def reference_data(recipe: Path, overrides: list[str]):
@@ -78,9 +136,17 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads for both methods")
     ap.add_argument("--smoke", action="store_true", help="1 seed, 1 epoch on 2,000 images, width 16")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_speedrun_cifar"))
+    ap.add_argument("--steps", type=int, default=0,
+                    help="step timing instead of the full runs: this many timed steps of batch 512 per turn")
+    ap.add_argument("--warmup", type=int, default=2, help="--steps: untimed steps before each turn's timed ones")
+    ap.add_argument("--repeat", type=int, default=3, help="--steps: turns of each method, alternating")
     args = ap.parse_intermixed_args(argv)
     torch.set_num_threads(args.threads)
-    overrides = [*args.overrides, *(SMOKE_OURS if args.smoke else [])]
+    if args.steps:  # full width unless --smoke; the batch is fixed at 512
+        smoke = [o for o in SMOKE_OURS if o.startswith("model.")] if args.smoke else []
+        overrides = [*args.overrides, *smoke]
+    else:
+        overrides = [*args.overrides, *(SMOKE_OURS if args.smoke else [])]
     ref_opts = SMOKE_REF if args.smoke else {}
     seeds = 1 if args.smoke else args.seeds
     precision, reason = runtime.resolve_precision("auto", runtime.device_facts(torch.device("cpu")))
@@ -89,6 +155,8 @@ def main(argv=None) -> dict:
     print(f"reference: fp32 weights, channels_last, {'bf16 autocast' if bf16 else 'fp32'} ({reason}); ours: "
           f"{args.recipe.name} {' '.join(overrides)}; threads {args.threads} for both", flush=True)
     data = reference_data(args.recipe, overrides)
+    if args.steps:
+        return step_timing(args, overrides, data, bf16)
     t0 = time.perf_counter()
     warm = {"limit": 2000, "epochs": 1, "test_limit": 500, **({"width": 16} if args.smoke else {})}
     airbench94.run(10_000, bf16, data=data, **warm)  # warm-ups, discarded
