@@ -13,9 +13,20 @@ its whitening init plus its epochs (its final scoring apart).
     .venv/bin/python benchmarks/bench_speedrun_cifar.py --seeds 3                     # the full comparison
     .venv/bin/python benchmarks/bench_speedrun_cifar.py --smoke                       # checks it runs (minutes)
     .venv/bin/python benchmarks/bench_speedrun_cifar.py RECIPE --seeds 3 --threads 2 [key=value ...]
+    .venv/bin/python benchmarks/bench_speedrun_cifar.py --steps 6 --repeat 3 --threads 1   # the training step alone
 
 ``--smoke``: one seed, 1 epoch on 2,000 training images, both networks at width 16 (a quarter), ours at
-batch 256 (8 steps: a one-cycle schedule needs 5), the reference scored on 500 test images; the figures mean nothing, the run shows both paths work end to end.
+batch 256 (8 steps: a one-cycle schedule needs 5), the reference scored on 500 test images; the figures mean
+nothing, the run shows both paths work end to end.
+
+``--steps N``: the training step alone, full width (width 16 with ``--smoke``), batch ``--batch`` (512, the
+recipe's) for both, or the reference at ``--ref-batch`` (its own 1,024; ratios then per image): in each of
+``--repeat`` turns of each method, alternating, ``--warmup`` untimed steps then N timed ones on the first
+images of the training set (the same for both). Ours is cnnlab's own loop (set_up, train_loop: gather,
+augmentation, step, EMA, schedule) bounded by two evaluation points (nothing to score with data.val_size=0);
+the reference's, airbench94.step_seconds (its windows and order drawn for the timed epoch, its slow copy
+every 5 steps). Prints each turn's wall and CPU ms per step (process CPU time: steadier than wall time
+on a shared machine), each method's median and the per-pair ratios with their median.
 """
 from __future__ import annotations
 
@@ -47,7 +58,6 @@ from cnnlab.loader import load_config  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE_OURS = ["data.train_limit=2000", "train.epochs=1", "model.width=16", "train.batch_size=256"]
 SMOKE_REF = {"limit": None, "epochs": 1, "test_limit": 500, "width": 16}  # limit: the data is cut already
-STEP_BATCH = 512  # --steps: both methods at our recipe's batch
 
 
 def ours(recipe: Path, overrides: list[str], seed: int, threads: int, out: Path) -> dict:
@@ -58,14 +68,23 @@ def ours(recipe: Path, overrides: list[str], seed: int, threads: int, out: Path)
             "precision": s.get("precision", {}).get("used")}
 
 
-class Elapsed:
-    """A tracker (cnnlab.tracking's protocol) keeping each evaluation point's training seconds so far."""
+class Clock:
+    """Marks each evaluation point of cnnlab's loop: the training seconds so far (``row["elapsed_s"]``, as a
+    tracker of cnnlab.tracking's protocol) and the process's CPU seconds at its log line (after the steps,
+    before the checkpoints are written) and when the trackers hear of it (after them)."""
 
     def __init__(self):
-        self.marks: list[float] = []
+        self.wall: list[float] = []
+        self.cpu_logged: list[float] = []
+        self.cpu_after: list[float] = []
+
+    def log(self, line: str) -> None:
+        if line.startswith("step "):
+            self.cpu_logged.append(time.process_time())
 
     def on_eval(self, row: dict) -> None:
-        self.marks.append(row["elapsed_s"])
+        self.wall.append(row["elapsed_s"])
+        self.cpu_after.append(time.process_time())
 
     def on_finish(self, summary: dict) -> None:
         pass
@@ -74,45 +93,53 @@ class Elapsed:
         pass
 
 
-def our_step_seconds(recipe: Path, overrides: list[str], steps: int, warmup: int, threads: int, out: Path) -> float:
-    """Seconds per step of cnnlab's own loop (batch, augmentation, step, EMA, schedule) at batch 512 on the first
-    (warmup + steps) · 512 training images: an evaluation point after ``warmup`` steps (nothing to score with
+def our_step_seconds(recipe: Path, overrides: list[str], steps: int, warmup: int, threads: int, out: Path,
+                     batch: int = 512) -> tuple[float, float]:
+    """(wall, CPU) seconds per step of cnnlab's own loop (batch, augmentation, step, EMA, schedule) on the first
+    (warmup + steps) · batch training images: an evaluation point after ``warmup`` steps (nothing to score with
     data.val_size=0) and one at the epoch's end bound the timed steps; no final scoring."""
-    cfg = load_config(recipe, [*overrides, f"data.train_limit={(warmup + steps) * STEP_BATCH}", "train.epochs=1",
-                               f"train.batch_size={STEP_BATCH}", f"train.eval_every={warmup}",
-                               f"train.threads={threads}"])
-    clock, folder = Elapsed(), out / "steps"
+    cfg = load_config(recipe, [*overrides, f"data.train_limit={(warmup + steps) * batch}", "train.epochs=1",
+                               f"train.batch_size={batch}", f"train.eval_every={warmup}", f"train.threads={threads}"])
+    clock = Clock()
     with runtime.run_flags(cfg.train), runtime.tf32_flags(cfg.train):
-        s = train.set_up(cfg, folder, False, lambda line: None)
+        s = train.set_up(cfg, out / "steps", False, clock.log)
         train.open_run_folder(s, None, False, (clock,))
         train.train_loop(s, {})
-    return (clock.marks[-1] - clock.marks[0]) / steps
+    return (clock.wall[-1] - clock.wall[0]) / steps, (clock.cpu_logged[-1] - clock.cpu_after[0]) / steps
 
 
 def step_timing(args, overrides: list[str], data, bf16: bool) -> dict:
-    """--steps: both methods' per-step time at batch 512, in turns (reference first in even repeats)."""
+    """--steps: both methods' step time, in turns (the reference first in even repeats); ratios per image."""
     train_x, train_y = data[0], data[1]
-    ref = lambda: airbench94.step_seconds(train_x, train_y, args.steps, args.warmup, STEP_BATCH, bf16,  # noqa: E731
-                                          **({"width": 16} if args.smoke else {}))
-    mine = lambda: our_step_seconds(args.recipe, overrides, args.steps, args.warmup, args.threads,  # noqa: E731
-                                    args.out)
-    ref_ms, our_ms = [], []
+    ref_batch = args.ref_batch or args.batch
+    width = {"width": 16} if args.smoke else {}
+    rows = {"ref": [], "ours": []}  # (wall ms, CPU ms) per step
     for r in range(args.repeat):
         for who in (("ref", "ours") if r % 2 == 0 else ("ours", "ref")):
-            ms = 1000 * (ref() if who == "ref" else mine())
-            (ref_ms if who == "ref" else our_ms).append(ms)
+            if who == "ref":
+                wall, cpu = airbench94.step_seconds(train_x, train_y, args.steps, args.warmup, ref_batch, bf16, **width)
+            else:
+                wall, cpu = our_step_seconds(args.recipe, overrides, args.steps, args.warmup, args.threads, args.out,
+                                             args.batch)
+            rows[who].append((1000 * wall, 1000 * cpu))
             print(json.dumps({"repeat": r, "method": "airbench94" if who == "ref" else args.recipe.stem,
-                              "ms_per_step": round(ms, 1), "load": round(os.getloadavg()[0], 1)}), flush=True)
-    ratios = [o / f for o, f in zip(our_ms, ref_ms)]
-    lines = [cpu_line(),
-             f"per step, batch {STEP_BATCH}, {args.steps} timed steps after {args.warmup} warm-up, {args.repeat} "
-             f"repeats: reference (airbench94) median {statistics.median(ref_ms):.1f} ms "
-             f"({' / '.join(f'{v:.0f}' for v in ref_ms)}); ours ({args.recipe.stem} {' '.join(overrides)}) median "
-             f"{statistics.median(our_ms):.1f} ms ({' / '.join(f'{v:.0f}' for v in our_ms)})",
-             f"ratio ours / reference per pair: {' / '.join(f'{v:.3f}' for v in ratios)}; median "
-             f"{statistics.median(ratios):.3f}" + (" (smoke: the figures mean nothing)" if args.smoke else "")]
+                              "batch": ref_batch if who == "ref" else args.batch, "ms_per_step": round(1000 * wall, 1),
+                              "cpu_ms_per_step": round(1000 * cpu, 1), "load": round(os.getloadavg()[0], 1)}),
+                  flush=True)
+    per_image = args.batch / ref_batch  # ours' per-image time over the reference's = step ratio / per_image
+    lines = [cpu_line(), f"{args.steps} timed steps after {args.warmup} warm-up, {args.repeat} turns each; "
+             f"batch: reference {ref_batch}, ours {args.batch}; threads {args.threads}"]
+    for k, clock in ((0, "wall"), (1, "CPU")):
+        ref_ms, our_ms = [v[k] for v in rows["ref"]], [v[k] for v in rows["ours"]]
+        ratios = [o / f / per_image for o, f in zip(our_ms, ref_ms)]
+        lines += [f"{clock} ms per step: reference (airbench94) median {statistics.median(ref_ms):.0f} "
+                  f"({' / '.join(f'{v:.0f}' for v in ref_ms)}); ours ({args.recipe.stem} {' '.join(overrides)}) "
+                  f"median {statistics.median(our_ms):.0f} ({' / '.join(f'{v:.0f}' for v in our_ms)})",
+                  f"{clock} ratio ours / reference{' per image' if per_image != 1 else ''}, per pair: "
+                  f"{' / '.join(f'{v:.3f}' for v in ratios)}; median {statistics.median(ratios):.3f}"
+                  + (" (smoke: the figures mean nothing)" if args.smoke else "")]
     print("\n".join(lines))
-    return {"reference_ms": ref_ms, "ours_ms": our_ms, "ratios": ratios, "summary": lines}
+    return {"reference_ms": rows["ref"], "ours_ms": rows["ours"], "summary": lines}
 
 
 def reference_data(recipe: Path, overrides: list[str]):
@@ -137,12 +164,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--smoke", action="store_true", help="1 seed, 1 epoch on 2,000 images, width 16")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_speedrun_cifar"))
     ap.add_argument("--steps", type=int, default=0,
-                    help="step timing instead of the full runs: this many timed steps of batch 512 per turn")
+                    help="step timing instead of the full runs: this many timed steps per turn of each method")
+    ap.add_argument("--batch", type=int, default=512, help="--steps: the batch of both (ours: an override)")
+    ap.add_argument("--ref-batch", type=int, default=0, help="--steps: the reference's batch when not --batch "
+                    "(airbench94's own is 1,024); the ratios are then per image")
     ap.add_argument("--warmup", type=int, default=2, help="--steps: untimed steps before each turn's timed ones")
     ap.add_argument("--repeat", type=int, default=3, help="--steps: turns of each method, alternating")
     args = ap.parse_intermixed_args(argv)
     torch.set_num_threads(args.threads)
-    if args.steps:  # full width unless --smoke; the batch is fixed at 512
+    if args.steps:  # full width unless --smoke; the batch is --batch
         smoke = [o for o in SMOKE_OURS if o.startswith("model.")] if args.smoke else []
         overrides = [*args.overrides, *smoke]
     else:

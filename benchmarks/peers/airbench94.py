@@ -165,7 +165,8 @@ def tta_logits(net: nn.Module, x: torch.Tensor, autocast) -> torch.Tensor:
 
 
 def build(width: int, bs: int, total: int):
-    """The network (channels_last), Nesterov SGD with the shifts' 64x lr, the schedule over ``total`` steps, the loss."""
+    """The network (channels_last), Nesterov SGD with the shifts' 64x lr, the schedule over ``total`` steps,
+    the loss."""
     mom = HYP["momentum"]
     kilostep = 1024 * (1 + 1 / (1 - mom))
     lr, wd = HYP["lr"] / kilostep, HYP["wd"] * bs / kilostep
@@ -207,11 +208,11 @@ def train_step(net, opt, sched, loss_fn, x, y, autocast) -> None:
 
 
 def step_seconds(train_x: torch.Tensor, train_y: torch.Tensor, steps: int, warmup: int, bs: int = 512,
-                 bf16: bool = False, width: int = HYP["width"], seed: int = 0) -> float:
-    """Seconds per training step at batch ``bs`` (bench_speedrun_cifar.py --steps): ``warmup`` untimed steps of
-    an epoch 0, then a timed epoch 1 of ``steps`` steps over the first ``steps`` · ``bs`` images, its windows
-    and order included (a full run draws them once per ~98 steps of 512, as here once per ``steps``) and the
-    slow copy pulled every 5 steps (as on epochs 3 on, 70 % of a full run's steps)."""
+                 bf16: bool = False, width: int = HYP["width"], seed: int = 0) -> tuple[float, float]:
+    """(wall, CPU) seconds per training step at batch ``bs`` (bench_speedrun_cifar.py --steps): ``warmup``
+    untimed steps of an epoch 0, then a timed epoch 1 of ``steps`` steps over the first ``steps`` · ``bs``
+    images, its windows and order included (a full run draws them once an epoch, as here) and the slow copy
+    pulled every 5 steps (as on epochs 3 on, 70 % of a full run's steps)."""
     n = steps * bs
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
@@ -227,14 +228,14 @@ def step_seconds(train_x: torch.Tensor, train_y: torch.Tensor, steps: int, warmu
         train_step(net, opt, sched, loss_fn, batch_src[idx], y[idx], autocast)
     slow = SlowCopy(net)
     base = HYP["avg_base"] ** HYP["avg_every"]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     batch_src, order = epoch_source(padded, 1, g)
     for i in range(steps):
         idx = order[i * bs:(i + 1) * bs]
         train_step(net, opt, sched, loss_fn, batch_src[idx], y[idx], autocast)
         if (warmup + i + 1) % HYP["avg_every"] == 0:
             slow.pull(base * ((warmup + i + 1) / total) ** HYP["avg_pow"])
-    return (time.perf_counter() - t0) / steps
+    return (time.perf_counter() - t0) / steps, (time.process_time() - c0) / steps
 
 
 def run(seed: int = 0, bf16: bool = False, data=None, root: Path | None = None, limit: int | None = None,
