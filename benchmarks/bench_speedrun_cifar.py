@@ -26,7 +26,9 @@ images of the training set (the same for both). Ours is cnnlab's own loop (set_u
 augmentation, step, EMA, schedule) bounded by two evaluation points (nothing to score with data.val_size=0);
 the reference's, airbench94.step_seconds (its windows and order drawn for the timed epoch, its slow copy
 every 5 steps). Prints each turn's wall and CPU ms per step (process CPU time: steadier than wall time
-on a shared machine), each method's median and the per-pair ratios with their median.
+on a shared machine), each method's median and the per-pair ratios with their median. ``--pieces``: the CPU
+ms of each method's work per step besides the network's forward and backward (batch, augmentation, optimizer,
+EMA / slow copy, the reference's per-epoch windows), each timed alone.
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ import airbench94  # noqa: E402
 from bench_speedrun_mnist import cpu_line  # noqa: E402
 from cnnlab import data as datamod  # noqa: E402
 from cnnlab import runtime, train  # noqa: E402
+from cnnlab.data.batches import train_batches  # noqa: E402
 from cnnlab.loader import load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,6 +145,68 @@ def step_timing(args, overrides: list[str], data, bf16: bool) -> dict:
     return {"reference_ms": rows["ref"], "ours_ms": rows["ours"], "summary": lines}
 
 
+def cpu_ms(fn, repeat: int = 30) -> float:
+    """Median CPU ms of ``fn()`` over ``repeat`` calls after two untimed ones (this thread's CPU time)."""
+    fn(), fn()
+    times = []
+    for _ in range(repeat):
+        c0 = time.thread_time()
+        fn()
+        times.append(1000 * (time.thread_time() - c0))
+    return statistics.median(times)
+
+
+def step_pieces(args, overrides: list[str], data) -> dict:
+    """--pieces: CPU ms of each method's work per step besides the network's forward and backward, at batch
+    --batch, full width (gradients stand in as random tensors): what the two steps do differently."""
+    bs, n = args.batch, 100 * args.batch
+    cfg = load_config(args.recipe, [*overrides, f"data.train_limit={n}", "train.epochs=1", f"train.batch_size={bs}",
+                                    f"train.threads={args.threads}"])
+    s = train.set_up(cfg, args.out / "pieces", False, lambda line: None)
+    for p in s.model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+
+    def batch():
+        x, y = next(iter(train_batches(s.inputs.train_x, s.inputs.train_y, bs, cfg.seed, 0)))
+        x = s.train_pre(x, s.aug_gen, 0)
+        return x.contiguous(memory_format=torch.channels_last) if s.channels_last else x
+
+    out, y = torch.randn(bs, 10), torch.randint(0, 10, (bs,))
+    sums = torch.zeros(()), torch.zeros((), dtype=torch.long)
+    rows = {"ours: batch (gather, crop + flip, normalise, channels_last)": cpu_ms(batch),
+            "ours: EMA update": cpu_ms(lambda: s.ema.update_parameters(s.model)) if s.ema is not None else 0.0,
+            "ours: optimizer step": cpu_ms(s.optimizer.step),
+            "ours: running loss and hits": cpu_ms(lambda: s.train_step._accumulate(
+                torch.tensor(1.0), s.train_step._hits(out, y), bs, *sums))}
+    g = torch.Generator().manual_seed(0)
+    net, opt, sched, _ = airbench94.build(16 if args.smoke else airbench94.HYP["width"], bs, 10 ** 6)
+    for p in net.parameters():
+        if p.requires_grad:
+            p.grad = torch.randn_like(p) * 1e-3
+    padded = airbench94.prepare(net, data[0], g)
+    c0 = time.thread_time()
+    src, order = airbench94.epoch_source(padded, 1, g)
+    per_epoch = 1000 * (time.thread_time() - c0) / (len(padded) // bs)
+    at = iter(range(10 ** 9))
+
+    def ref_batch():
+        i = next(at) % (len(padded) // bs)
+        idx = order[i * bs:(i + 1) * bs]
+        return src[idx], data[1][idx]
+
+    slow = airbench94.SlowCopy(net)
+    rows.update({f"reference: an epoch's windows and order ({len(padded):,} images), per step": per_epoch,
+                 "reference: batch (index)": cpu_ms(ref_batch),
+                 "reference: optimizer step": cpu_ms(opt.step),
+                 "reference: slow copy pull, per step (every 5)": cpu_ms(lambda: slow.pull(0.5)) / 5})
+    print(cpu_line())
+    for name, ms in rows.items():
+        print(f"{ms:8.2f} ms  {name}")
+    for who in ("ours", "reference"):
+        print(f"{sum(v for k, v in rows.items() if k.startswith(who)):8.2f} ms  {who}: total")
+    return rows
+
+
 def reference_data(recipe: Path, overrides: list[str]):
     """The images our recipe trains and is scored on (all 50,000 training images, or the smoke's subset)."""
     cfg = load_config(recipe, overrides)
@@ -170,9 +235,10 @@ def main(argv=None) -> dict:
                     "(airbench94's own is 1,024); the ratios are then per image")
     ap.add_argument("--warmup", type=int, default=2, help="--steps: untimed steps before each turn's timed ones")
     ap.add_argument("--repeat", type=int, default=3, help="--steps: turns of each method, alternating")
+    ap.add_argument("--pieces", action="store_true", help="CPU ms of each step's work besides forward / backward")
     args = ap.parse_intermixed_args(argv)
     torch.set_num_threads(args.threads)
-    if args.steps:  # full width unless --smoke; the batch is --batch
+    if args.steps or args.pieces:  # full width unless --smoke; the batch is --batch
         smoke = [o for o in SMOKE_OURS if o.startswith("model.")] if args.smoke else []
         overrides = [*args.overrides, *smoke]
     else:
@@ -185,6 +251,8 @@ def main(argv=None) -> dict:
     print(f"reference: fp32 weights, channels_last, {'bf16 autocast' if bf16 else 'fp32'} ({reason}); ours: "
           f"{args.recipe.name} {' '.join(overrides)}; threads {args.threads} for both", flush=True)
     data = reference_data(args.recipe, overrides)
+    if args.pieces:
+        return step_pieces(args, overrides, data)
     if args.steps:
         return step_timing(args, overrides, data, bf16)
     t0 = time.perf_counter()
