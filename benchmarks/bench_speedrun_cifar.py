@@ -13,7 +13,7 @@ its whitening init plus its epochs (its final scoring apart).
     .venv/bin/python benchmarks/bench_speedrun_cifar.py --seeds 3                     # the full comparison
     .venv/bin/python benchmarks/bench_speedrun_cifar.py --smoke                       # checks it runs (minutes)
     .venv/bin/python benchmarks/bench_speedrun_cifar.py RECIPE --seeds 3 --threads 2 [key=value ...]
-    .venv/bin/python benchmarks/bench_speedrun_cifar.py --steps 6 --repeat 3 --threads 1   # the training step alone
+    .venv/bin/python benchmarks/bench_speedrun_cifar.py --steps 6 --repeat 3 --threads 1  # the training step alone
 
 ``--smoke``: one seed, 1 epoch on 2,000 training images, both networks at width 16 (a quarter), ours at
 batch 256 (8 steps: a one-cycle schedule needs 5), the reference scored on 500 test images; the figures mean
@@ -233,10 +233,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=512, help="--steps: the batch of both (ours: an override)")
     ap.add_argument("--ref-batch", type=int, default=0, help="--steps: the reference's batch when not --batch "
                     "(airbench94's own is 1,024); the ratios are then per image")
-    ap.add_argument("--warmup", type=int, default=2, help="--steps: untimed steps before each turn's timed ones")
+    ap.add_argument("--warmup", type=int, default=1, help="--steps: untimed steps before each turn's timed ones")
     ap.add_argument("--repeat", type=int, default=3, help="--steps: turns of each method, alternating")
     ap.add_argument("--pieces", action="store_true", help="CPU ms of each step's work besides forward / backward")
     args = ap.parse_intermixed_args(argv)
+    if args.steps and args.warmup < 1:
+        ap.error("--steps needs --warmup >= 1 (the evaluation point after the warm-up starts ours' timing)")
     torch.set_num_threads(args.threads)
     if args.steps or args.pieces:  # full width unless --smoke; the batch is --batch
         smoke = [o for o in SMOKE_OURS if o.startswith("model.")] if args.smoke else []
