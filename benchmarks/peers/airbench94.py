@@ -164,6 +164,80 @@ def tta_logits(net: nn.Module, x: torch.Tensor, autocast) -> torch.Tensor:
     return 0.5 * mirror(x) + 0.5 * torch.stack([mirror(s) for s in shifted]).mean(0)
 
 
+def build(width: int, bs: int, total: int):
+    """The network (channels_last), Nesterov SGD with the shifts' 64x lr, the schedule over ``total`` steps,
+    the loss."""
+    mom = HYP["momentum"]
+    kilostep = 1024 * (1 + 1 / (1 - mom))
+    lr, wd = HYP["lr"] / kilostep, HYP["wd"] * bs / kilostep
+    net = Net(width).to(memory_format=torch.channels_last)
+    norm = [p for n, p in net.named_parameters() if "norm" in n and p.requires_grad]
+    other = [p for n, p in net.named_parameters() if "norm" not in n and p.requires_grad]
+    bias_lr = lr * HYP["bias_lr"]
+    opt = torch.optim.SGD([dict(params=norm, lr=bias_lr, weight_decay=wd / bias_lr),
+                           dict(params=other, lr=lr, weight_decay=wd / lr)], momentum=mom, nesterov=True)
+    factors = lr_factor(total)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: float(factors[min(i, total)]))
+    return net, opt, sched, nn.CrossEntropyLoss(label_smoothing=HYP["smooth"], reduction="sum")
+
+
+def prepare(net: Net, train_x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Normalise, set the whitening filters, mirror each image by a coin, reflect-pad: the padded set."""
+    images = normalise(train_x)
+    set_whitening(net.whiten, images[:5000])
+    coins = torch.rand(len(images), generator=g) < 0.5
+    images = torch.where(coins.view(-1, 1, 1, 1), images.flip(-1), images)
+    return F.pad(images, (HYP["translate"],) * 4, mode="reflect")
+
+
+def epoch_source(padded: torch.Tensor, epoch: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """An epoch's windows (all mirrored on odd epochs) and its order."""
+    batch_src = random_windows(padded, 32, g)
+    if epoch % 2 == 1:
+        batch_src = batch_src.flip(-1)
+    return batch_src, torch.randperm(len(padded), generator=g)
+
+
+def train_step(net, opt, sched, loss_fn, x, y, autocast) -> None:
+    with autocast():
+        loss = loss_fn(net(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+
+
+def step_seconds(train_x: torch.Tensor, train_y: torch.Tensor, steps: int, warmup: int, bs: int = 512,
+                 bf16: bool = False, width: int = HYP["width"], seed: int = 0) -> tuple[float, float]:
+    """(wall, CPU) seconds per training step at batch ``bs`` (bench_speedrun_cifar.py --steps): ``warmup``
+    untimed steps of an epoch 0, then a timed epoch 1 of ``steps`` steps over the first ``steps`` · ``bs``
+    images, its windows and order included (a full run draws them once an epoch, as here) and the slow copy
+    pulled every 5 steps (as on epochs 3 on, 70 % of a full run's steps)."""
+    n = steps * bs
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else nullcontext
+    total = warmup + steps
+    net, opt, sched, loss_fn = build(width, bs, total)
+    x, y = train_x[:n], train_y[:n]
+    padded = prepare(net, x, g)
+    net.train()
+    batch_src, order = epoch_source(padded, 0, g)
+    for i in range(warmup):
+        idx = order[i * bs:(i + 1) * bs]
+        train_step(net, opt, sched, loss_fn, batch_src[idx], y[idx], autocast)
+    slow = SlowCopy(net)
+    base = HYP["avg_base"] ** HYP["avg_every"]
+    t0, c0 = time.perf_counter(), time.process_time()
+    batch_src, order = epoch_source(padded, 1, g)
+    for i in range(steps):
+        idx = order[i * bs:(i + 1) * bs]
+        train_step(net, opt, sched, loss_fn, batch_src[idx], y[idx], autocast)
+        if (warmup + i + 1) % HYP["avg_every"] == 0:
+            slow.pull(base * ((warmup + i + 1) / total) ** HYP["avg_pow"])
+    return (time.perf_counter() - t0) / steps, (time.process_time() - c0) / steps
+
+
 def run(seed: int = 0, bf16: bool = False, data=None, root: Path | None = None, limit: int | None = None,
         epochs: float | None = None, test_limit: int | None = None, width: int = HYP["width"]) -> dict:
     """One training run and its scoring; ``data``: (train_x, train_y, test_x, test_y) uint8 / int64 tensors;
@@ -180,44 +254,22 @@ def run(seed: int = 0, bf16: bool = False, data=None, root: Path | None = None, 
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else nullcontext
-    bs, mom = HYP["batch"], HYP["momentum"]
+    bs = HYP["batch"]
     steps_per_epoch = max(1, len(train_y) // bs)
     total = math.ceil(steps_per_epoch * epochs)
-    kilostep = 1024 * (1 + 1 / (1 - mom))
-    lr, wd = HYP["lr"] / kilostep, HYP["wd"] * bs / kilostep
-    net = Net(width).to(memory_format=torch.channels_last)
-    norm = [p for n, p in net.named_parameters() if "norm" in n and p.requires_grad]
-    other = [p for n, p in net.named_parameters() if "norm" not in n and p.requires_grad]
-    bias_lr = lr * HYP["bias_lr"]
-    opt = torch.optim.SGD([dict(params=norm, lr=bias_lr, weight_decay=wd / bias_lr),
-                           dict(params=other, lr=lr, weight_decay=wd / lr)], momentum=mom, nesterov=True)
-    factors = lr_factor(total)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: float(factors[min(i, total)]))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=HYP["smooth"], reduction="sum")
+    net, opt, sched, loss_fn = build(width, bs, total)
 
     t0 = time.perf_counter()
-    images = normalise(train_x)
-    set_whitening(net.whiten, images[:5000])
-    coins = torch.rand(len(images), generator=g) < 0.5
-    images = torch.where(coins.view(-1, 1, 1, 1), images.flip(-1), images)
-    padded = F.pad(images, (HYP["translate"],) * 4, mode="reflect")
-    n, images = len(images), None  # only the padded copy is kept
+    padded = prepare(net, train_x, g)
+    n = len(padded)
     slow, step = None, 0
     for epoch in range(math.ceil(epochs)):
         net.whiten.bias.requires_grad_(epoch < HYP["whiten_bias_epochs"])
-        batch_src = random_windows(padded, 32, g)
-        if epoch % 2 == 1:
-            batch_src = batch_src.flip(-1)
-        order = torch.randperm(n, generator=g)
+        batch_src, order = epoch_source(padded, epoch, g)
         net.train()
         for i in range(steps_per_epoch):
             idx = order[i * bs:(i + 1) * bs]
-            with autocast():
-                loss = loss_fn(net(batch_src[idx]), train_y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            train_step(net, opt, sched, loss_fn, batch_src[idx], train_y[idx], autocast)
             step += 1
             if epoch >= HYP["avg_start"] and step % HYP["avg_every"] == 0:
                 if slow is None:
