@@ -14,10 +14,15 @@ Without CUDA it says so, runs the device-independent part on the CPU (host reads
 counted instead of syncs) and exits 0 when that passes; ``--quick`` (what CI runs, through
 tests/test_gpu_check.py) keeps to the smallest runs and skips the test suite (and, on a CPU, the
 compiled step: compiling takes minutes on a small CPU; tests/test_step.py's slow test covers it).
+The two-worker row runs everywhere: with fewer than two GPUs it checks the assignment alone (two
+made-up GPU names, one per worker), through the pool `cnnlab sweep --workers 2` uses.
 
-    .venv/bin/python benchmarks/gpu_check.py [--quick] [--out DIR] [--keep]
+    .venv/bin/python benchmarks/gpu_check.py [--quick] [--data DIR] [--out DIR] [--keep]
 
-Exit code: 0 when every check passed or was skipped, 1 when one failed.
+``--data DIR`` sets CNNLAB_DATA for the check (DIR holds MNIST/raw/, uncompressed or .gz); without
+MNIST there it stops at once with a paragraph saying where it looked.
+
+Exit code: 0 when every check passed or was skipped, 1 when one failed, 2 when MNIST was not found.
 """
 from __future__ import annotations
 
@@ -31,7 +36,6 @@ import sys
 import tempfile
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -285,16 +289,13 @@ def _which_gpu(_: int) -> tuple[int, str]:
 
 
 def workers_on_gpus(cuda: bool) -> tuple:
-    """Two local sweep workers, started as `cnnlab sweep --workers 2` starts them, report their GPU."""
-    import multiprocessing
-
+    """Two local sweep workers, started as `cnnlab sweep --workers 2` starts them (its very pool), report
+    their GPU."""
     from cnnlab.runtime import visible_gpus
 
     gpus = visible_gpus() if cuda else ()
     real = len(gpus) > 1
-    ctx = multiprocessing.get_context("spawn")
-    args = (1, ctx.Value("i", 0), gpus if real else ("0", "1"))  # without two GPUs: the assignment alone
-    with ProcessPoolExecutor(2, mp_context=ctx, initializer=sweep._worker_init, initargs=args) as pool:
+    with sweep.worker_pool(2, gpus if real else ("0", "1")) as pool:  # without two GPUs: the assignment alone
         got = dict(pool.map(_which_gpu, range(4)))
     ok = len(got) == 2 and len(set(got.values())) == 2
     detail = f"workers see CUDA_VISIBLE_DEVICES {sorted(got.values())}"
@@ -305,12 +306,40 @@ def workers_on_gpus(cuda: bool) -> tuple:
 # ----------------------------------------------------------------------------- main
 
 
+def missing_mnist() -> str | None:
+    """None when MNIST is where the runs will look for it, else the paragraph that says where that was."""
+    from cnnlab.data.common import resolve_root
+    from cnnlab.data.sources.idx import FILES, MNIST, find
+
+    root = resolve_root()
+    raw = root / MNIST.folder / "raw"
+    missing = [name for name in FILES if find(raw, name) is None]
+    if not missing:
+        return None
+    source = ("from --data or $CNNLAB_DATA" if os.environ.get("CNNLAB_DATA")
+              else "the default, as neither --data nor $CNNLAB_DATA is set")
+    return (f"MNIST not found, and every check trains on it. Looked in {raw} (data root {root}, {source}) "
+            f"for the four IDX files {', '.join(FILES)}, uncompressed or .gz: "
+            f"{'none is there' if len(missing) == len(FILES) else 'missing ' + ', '.join(missing)}. "
+            "Point the check at a folder that holds MNIST/raw/: `benchmarks/gpu_check.py --data DIR`, or "
+            "`export CNNLAB_DATA=DIR` (this project's shared copy: ../shared/datasets beside the project; on a "
+            "borrowed GPU machine, the GPU kit's data folder: benchmarks/gpu_kit/README.md).")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smallest runs, no test suite (what CI runs)")
     ap.add_argument("--out", help="folder for the runs (default: a temporary folder, removed)")
     ap.add_argument("--keep", action="store_true", help="keep the runs' folder")
+    ap.add_argument("--data", metavar="DIR", help="data root holding MNIST/raw/ (sets CNNLAB_DATA; "
+                                                   "default: $CNNLAB_DATA)")
     args = ap.parse_args(argv)
+    if args.data:
+        os.environ["CNNLAB_DATA"] = str(Path(args.data).expanduser().resolve())
+    missing = missing_mnist()
+    if missing:
+        print(missing, file=sys.stderr, flush=True)
+        return 2
     cuda = torch.cuda.is_available()
     print("CUDA: " + (torch.cuda.get_device_name(0) if cuda else
                       "none. This machine has no CUDA device: running the device-independent checks on the CPU."),
@@ -326,7 +355,7 @@ def main(argv=None) -> int:
         ("CPU checkpoint resumed on the GPU", (lambda: [cpu_checkpoint_on_gpu(args.quick, work / "cross")])
          if cuda else None),
         ("224-px ResNet-50 in 8 GB", (lambda: [big_net_in_8gb(args.quick, work / "big")]) if cuda else None),
-        ("two workers, two GPUs", (lambda: [workers_on_gpus(cuda)]) if cuda or not args.quick else None),
+        ("two workers, two GPUs", lambda: [workers_on_gpus(cuda)]),  # without two GPUs: cheap (assignment)
         ("TF32 for fp32 (auto)", lambda: [tf32_decision(args.quick, cuda, work / "tf32")]),
         ("compiled step", (lambda: [compiled_step(args.quick, work / "compiled")]) if cuda or not args.quick
          else None),

@@ -508,7 +508,11 @@ def _run_local(tasks: list[dict], on_row: Callable[[dict], None], on_start: Call
             raise KeyboardInterrupt
 
 
-def _run_processes(tasks: list[dict], workers: int, on_row: Callable[[dict], None]) -> None:
+def worker_pool(workers: int, gpus: tuple | None = None) -> ProcessPoolExecutor:
+    """The pool of worker processes `cnnlab sweep --workers N` runs its runs on: spawned, cores // N
+    threads each, tied to this process, and with two GPUs or more, each worker on its own GPU.
+    ``gpus`` (default: the visible GPUs) is for benchmarks/gpu_check.py, which checks the assignment
+    with made-up GPU names on a machine with fewer than two."""
     import multiprocessing
 
     from cnnlab.runtime import visible_gpus  # here: planning a sweep does not import torch
@@ -516,9 +520,13 @@ def _run_processes(tasks: list[dict], workers: int, on_row: Callable[[dict], Non
     # 'spawn': a fresh interpreter per worker; forking a process that already ran torch threads can hang.
     ctx = multiprocessing.get_context("spawn")
     threads = max(1, _cores() // workers)
-    gpus = visible_gpus()
+    gpus = visible_gpus() if gpus is None else tuple(gpus)
     initargs = (threads, os.getpid(), ctx.Value("i", 0), gpus if len(gpus) > 1 else ())
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=initargs)
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=initargs)
+
+
+def _run_processes(tasks: list[dict], workers: int, on_row: Callable[[dict], None]) -> None:
+    pool = worker_pool(workers)
     try:
         futures = {pool.submit(execute_task, t): t for t in tasks}
         for fut in as_completed(futures):

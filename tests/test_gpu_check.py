@@ -1,19 +1,22 @@
 """benchmarks/gpu_check.py's CPU path (what a machine without CUDA runs): it must finish, print
 its table and exit 0, so the script a maintainer runs on a GPU is known to work up to the GPU."""
-import importlib.util
+import importlib
+import re
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    # Imported by name from a folder on sys.path (not from a file spec): the two-worker row sends one of
+    # the module's functions to spawned workers, which import the module by that name (they get sys.path).
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module("gpu_check")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine run the script itself")
@@ -25,4 +28,18 @@ def test_the_cpu_path_runs_and_exits_0(capsys, data_root, tmp_path):
                 "compiled step"):
         assert row in out
     assert "off (no CUDA device); flags restored" in out  # TF32: no GPU, nothing to turn on
+    # the two local sweep workers, started by the sweep's own pool, get one (made-up) GPU each
+    assert re.search(r"^two workers, two GPUs\s+ok\s+workers see CUDA_VISIBLE_DEVICES \['0', '1'\] "
+                     r"\(assignment only", out, re.M), out
     assert "FAIL" not in out
+
+
+def test_without_mnist_it_stops_at_once_with_where_it_looked(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNLAB_DATA", str(tmp_path / "elsewhere"))  # main's --data writes it: undone after
+    assert load().main(["--quick", "--data", str(tmp_path / "nothing")]) == 2
+    captured = capsys.readouterr()
+    assert "quick start" not in captured.out  # no check ran
+    err = " ".join(captured.err.split())
+    assert f"Looked in {tmp_path / 'nothing' / 'MNIST' / 'raw'}" in err
+    assert "none is there" in err
+    assert "--data DIR" in err and "CNNLAB_DATA=DIR" in err
