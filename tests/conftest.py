@@ -10,6 +10,10 @@ import pytest
 # The shared offline copies sit beside the project (../shared/datasets); CI sets CNNLAB_DATA too.
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 os.environ.setdefault("CNNLAB_DATA", str(DEFAULT_DATA))
+# The README's CNNLAB_DATA is relative (../shared/datasets, from the project's root): made absolute once,
+# from where pytest was started, so tests that change folder, link to the data or start workers elsewhere
+# read the same files (.ci/run uses the relative path, as a newcomer does).
+os.environ["CNNLAB_DATA"] = str(Path(os.environ["CNNLAB_DATA"]).expanduser().resolve())
 # Decoded-image caches of the test session go to a folder of their own, not ~/.cache/cnnlab.
 os.environ["CNNLAB_CACHE"] = tempfile.mkdtemp(prefix="cnnlab-test-cache-")
 atexit.register(shutil.rmtree, os.environ["CNNLAB_CACHE"], True)
