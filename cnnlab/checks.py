@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from cnnlab import data, models, optim, runtime  # noqa: F401 - data, models, optim fill the registries
-from cnnlab.config import Config, ConfigError
+from cnnlab.config import Config, ConfigError, sqlite_path
 from cnnlab.data import dataset_info
 from cnnlab.registry import DATASETS, LOSSES, MODELS, OPTIMIZERS, SCHEDULERS, info_of
 from cnnlab.transfer import cut_points
@@ -159,6 +159,8 @@ def check_config(cfg: Config) -> None:
     if cfg.train.mlflow and importlib.util.find_spec("mlflow") is None:
         raise ConfigError(f"train.mlflow: {cfg.train.mlflow} needs the mlflow package, which is not installed; "
                           "pip install 'cnnlab[mlflow]' (or mlflow), or set train.mlflow to null")
+    if cfg.train.mlflow:
+        check_mlflow_database(cfg.train.mlflow)
 
     check_schedule(cfg)
 
@@ -168,6 +170,37 @@ def check_config(cfg: Config) -> None:
         path = getattr(cfg.model, field)
         if path is not None and not Path(path).expanduser().exists():
             raise ConfigError(f"model.{field}: {path} does not exist")
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_mlflow_database(uri: str) -> None:
+    """An ``sqlite:///`` store (``train.mlflow``, made absolute at load) must name a database file that MLflow
+    can create or open: in a folder that exists, not a folder, not some other kind of file. Checked at load,
+    so a mistyped path stops the run before it trains instead of warning once it has started."""
+    path = sqlite_path(uri)
+    if path is None:
+        return
+    if path.is_dir():
+        raise ConfigError(f"train.mlflow: {uri} names the folder {path}, not a database file; name a file in it, "
+                          f"e.g. sqlite:///{path / 'mlflow.db'} (MLflow creates it)")
+    if not path.parent.is_dir():
+        raise ConfigError(f"train.mlflow: the database {path} would go in the folder {path.parent}, which does not "
+                          f"exist (MLflow creates the database file, not its folder); create it (mkdir -p "
+                          f"{path.parent}) or name a database in an existing folder, e.g. sqlite:///mlflow.db "
+                          "(in the folder cnnlab starts in)")
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        return  # MLflow creates it
+    except OSError as e:
+        raise ConfigError(f"train.mlflow: cannot read the database {path} ({e.strerror}); name a database file "
+                          "cnnlab can read and write") from None
+    if head and head != SQLITE_HEADER:
+        raise ConfigError(f"train.mlflow: {path} is a file but not an SQLite database; name a new file (MLflow "
+                          "creates it) or an existing MLflow database")
 
 
 def _min_size_with(builder, num_classes: int, in_channels: int, options: dict) -> int:

@@ -282,7 +282,32 @@ class SweepRunConfig(_Section):
     settings: dict[str, Any] = Field(default_factory=dict)  # the swept keys' values in this run
 
 
-MLFLOW_URIS = "a file: store (file:./mlruns or file:///abs/path) or a tracking server (http://host:port, https://...)"
+MLFLOW_URIS = ("an SQLite database (sqlite:///mlflow.db, relative to the folder cnnlab starts in, or "
+               "sqlite:////abs/path/mlflow.db: MLflow 3's recommended store without a server; artifacts go to "
+               "mlartifacts/ beside it), a tracking server (http://host:port, https://...), or a file: store "
+               "(file:./mlruns or file:///abs/path; in maintenance mode since MLflow 3)")
+
+
+def mlflow_uri(v: str) -> str:
+    """``train.mlflow`` checked, a relative ``sqlite:///mlflow.db`` made absolute: resolved against the current
+    folder once, at load, so the config carries the absolute path to a resume, a sweep worker or a Ray trial
+    that runs elsewhere. A ``file:`` store is kept as written (``cnnlab.tracking.tracking_uri`` resolves a
+    relative one when the run starts); servers as given. ValueError if it is none of :data:`MLFLOW_URIS`."""
+    scheme, _, rest = v.partition(":")
+    if scheme == "sqlite" and rest.startswith("///"):
+        path, mark, query = rest[3:].partition("?")  # ?timeout=... and such: SQLAlchemy's connect arguments
+        if path.strip("/") and path != ":memory:":
+            return f"sqlite:///{Path(path).resolve()}{mark}{query}" if not path.startswith("/") else v
+    elif (scheme == "file" and rest.strip("/")) or (scheme in ("http", "https") and rest[2:] and rest[:2] == "//"):
+        return v
+    raise ValueError(f"{v!r} is not an MLflow tracking URI; use {MLFLOW_URIS}, or null for no MLflow")
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (as :func:`mlflow_uri` left it), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").partition("?")[0])
 
 
 class TrainConfig(_Section):
@@ -322,20 +347,15 @@ class TrainConfig(_Section):
     tta: Literal["none", "flip", "translate", "flip_translate"] = "none"  # test-time augmentation
     progress: bool = True
     tensorboard: bool = False
-    mlflow: Optional[str] = Field(None, description=(  # checked at load: the scheme here, mlflow installed in checks
+    mlflow: Optional[str] = Field(None, description=(  # checked at load: the URI here; mlflow, the database in checks
         "where each run is tracked in MLflow (params, metrics at each evaluation, tags, artifacts): "
-        f"{MLFLOW_URIS}; null = off"))
+        f"{MLFLOW_URIS}; a relative database path is made absolute when the config is loaded; null = off"))
     sweep: Optional[SweepRunConfig] = None  # set by cnnlab sweep, not by hand
 
     @field_validator("mlflow")
     @classmethod
     def _mlflow_uri(cls, v: Optional[str]) -> Optional[str]:
-        if v is None:
-            return v
-        scheme, _, rest = v.partition(":")
-        if (scheme == "file" and rest.strip("/")) or (scheme in ("http", "https") and rest[2:] and rest[:2] == "//"):
-            return v
-        raise ValueError(f"{v!r} is not an MLflow tracking URI; use {MLFLOW_URIS}, or null for no MLflow")
+        return None if v is None else mlflow_uri(v)  # the database or folder it names: checked in checks
 
     @field_validator("device")
     @classmethod

@@ -12,10 +12,12 @@ A tracker is any object with three methods, called by the training loop (:mod:`c
 add their own (``train.run(..., trackers=[...])``). A sweep run (``train.sweep``, set by ``cnnlab sweep``)
 is named by its settings (:func:`run_label`) in both, and grouped with its sweep's other runs.
 
-MLflow is a service shared across machines, so it must never cost a run: a tracker that cannot reach it
-warns once and trains on; what it could not send (points, artifacts, status) goes when the server answers
-again, at the latest when the run ends. ``<run>/mlflow.json`` names the MLflow run, so a resume continues
-it and :func:`upload_run_files` (called by ``report.finish_run`` once curves and report exist) finds it.
+MLflow is a service shared across machines (or a database file shared by processes: ``sqlite:///``, MLflow
+3's store without a server, its artifacts in ``mlartifacts/`` beside it), so it must never cost a run: a
+tracker that cannot reach it warns once and trains on; what it could not send (points, artifacts, status)
+goes when the server answers again, at the latest when the run ends. ``<run>/mlflow.json`` names the MLflow
+run, so a resume continues it and :func:`upload_run_files` (called by ``report.finish_run`` once curves and
+report exist) finds it.
 """
 from __future__ import annotations
 
@@ -24,11 +26,12 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from cnnlab import runs
-from cnnlab.config import Config, flatten
+from cnnlab.config import Config, flatten, mlflow_uri, sqlite_path
 
 MLFLOW_FILE = "mlflow.json"  # in the run folder: the tracking URI, MLflow run id and the last step sent
 ARTIFACTS = ("summary.json", "metrics.jsonl", "curves.png", "report.html")
@@ -39,6 +42,7 @@ RETRY_AFTER_S = 60.0  # after a failed call, points wait this long (or for the r
 # set in the environment to choose otherwise.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 LABEL_LENGTH = 200  # a run label names a folder: well under the usual 255-byte limit
+ARTIFACTS_FOLDER = "mlartifacts"  # beside an sqlite database: <db folder>/mlartifacts/<experiment>/<run id>/...
 
 
 class Tracker(Protocol):
@@ -111,22 +115,63 @@ class TensorBoard:
 
 def tracking_uri(uri: str) -> str:
     """``train.mlflow`` as MLflow takes it: a relative ``file:`` store made absolute (a resume or a worker
-    elsewhere then finds the same store); servers as given."""
+    elsewhere then finds the same store; a relative ``sqlite:///`` database was made absolute at load);
+    servers as given."""
     if uri.startswith("file:") and not uri.startswith("file:/"):
         return Path(uri.removeprefix("file:")).resolve().as_uri()
-    return uri
+    return mlflow_uri(uri)
+
+
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Where the artifacts of a new experiment go: for an ``sqlite:///`` store, ``mlartifacts/<experiment>``
+    beside the database (MLflow's default without a server, ``./mlruns``, is relative to each process's folder
+    and would scatter them); elsewhere None (the server's or file store's own place)."""
+    path = sqlite_path(uri)
+    return (path.parent / ARTIFACTS_FOLDER / experiment).as_uri() if path is not None else None
+
+
+@contextmanager
+def _database_lock(path: Path | None):
+    """Holds an exclusive lock on the database's folder (Linux flock; no-op elsewhere or where the file system
+    refuses it). MLflow creates the tables of a new sqlite database without a lock of its own: two sweep
+    workers opening it at once would both run the migrations, and one would fail."""
+    if path is None:
+        yield
+        return
+    try:
+        import fcntl
+
+        fd = os.open(path.parent, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _client(uri: str):
-    """An MlflowClient for ``uri``: short HTTP retries, and MLflow's file store allowed (``train.mlflow`` names
-    it on purpose; MLflow 3 refuses it by default in favour of a database)."""
+    """An MlflowClient for ``uri``: short HTTP retries; MLflow's file store allowed (``train.mlflow`` names
+    it on purpose; MLflow 3 refuses it by default in favour of a database); an sqlite database opened (its
+    tables created, when new) under a lock, so concurrent sweep workers can share it."""
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
     if uri.startswith("file:"):
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     from mlflow import MlflowClient  # the mlflow extra (checked at load); imported only when asked for: slow
 
-    return MlflowClient(tracking_uri=uri)
+    database = sqlite_path(uri)
+    if database is None:
+        return MlflowClient(tracking_uri=uri)
+    with _database_lock(database):
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)  # opens the store: creates and migrates a new database's tables
+    return client
 
 
 def _why(e: BaseException) -> str:
@@ -191,7 +236,7 @@ class MLflow:
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
             try:
-                experiment_id = self.client.create_experiment(name)
+                experiment_id = self.client.create_experiment(name, artifact_location(self.uri, name))
             except Exception:  # another run of the sweep created it first
                 experiment_id = self.client.get_experiment_by_name(name).experiment_id
         else:
