@@ -58,14 +58,21 @@ def rmsprop(params, cfg, fast=FAST):
 # The fused kernels do the whole update in one call (one launch on CUDA; on a CPU one operator instead of
 # ~29 for Adam, which also reads its step counters back per parameter: benchmarks/bench_step_ops.py), and
 # with fp16 they take GradScaler's inf check themselves, sparing it a .item() (a host-device sync) per step.
+# Except fused SGD under a loss scaler (fp16): torch's _fused_sgd creates the momentum buffers with empty_like
+# on the first step and the kernel leaves them untouched when the scaler found an inf, which fp16's first steps
+# usually do (the scale starts at 65536); the next step then reads uninitialised memory (measured on a CPU:
+# a buffer of 4e24 after one skipped step, the tiny airbench run diverged in fp16; adam and adamw keep zeros).
 FUSED = {"fused": True}
 HAS_FUSED = ("sgd", "adam", "adamw")
+NOT_FUSED_WHEN_SCALED = ("sgd",)
 
 
-def build_optimizer(param_groups, cfg, fused: bool = False) -> torch.optim.Optimizer:
-    """``fused``: use torch's fused kernels where this optimizer has them (the trainer asks on every device)."""
+def build_optimizer(param_groups, cfg, fused: bool = False, scaled: bool = False) -> torch.optim.Optimizer:
+    """``fused``: use torch's fused kernels where this optimizer has them (the trainer asks on every device);
+    ``scaled``: the steps go through a GradScaler (fp16), which rules out :data:`NOT_FUSED_WHEN_SCALED`."""
     builder = OPTIMIZERS.get(cfg.name)
-    return builder(param_groups, cfg, FUSED) if fused and cfg.name in HAS_FUSED else builder(param_groups, cfg)
+    use = fused and cfg.name in HAS_FUSED and not (scaled and cfg.name in NOT_FUSED_WHEN_SCALED)
+    return builder(param_groups, cfg, FUSED) if use else builder(param_groups, cfg)
 
 
 # ----------------------------------------------------------------------------- schedules

@@ -279,7 +279,7 @@ def _git_commit() -> str | None:
 
 def checkpoint_state(s) -> dict:
     """Everything needed to resume a run bit-identically: weights, optimizer, schedule, EMA,
-    progress, random-number generator states and the config. ``s`` is the trainer's state
+    fp16's loss scaler, progress, random-number generator states and the config. ``s`` is the trainer's state
     (:class:`cnnlab.train.TrainState`)."""
     return {
         "model": s.model.state_dict(),
@@ -287,6 +287,7 @@ def checkpoint_state(s) -> dict:
         "scheduler": s.schedule.state_dict(),
         "ema": s.ema.state_dict() if s.ema is not None else {},
         "lookahead": look.state_dict() if (look := _lookahead(s)) is not None else {},
+        "scaler": s.scaler.state_dict() if s.scaler is not None else {},  # fp16's loss scale and its growth count
         "step": s.progress.step,
         "progress": dict(vars(s.progress)),
         "rng": {"torch": torch.get_rng_state(), "augment": s.aug_gen.get_state(),
@@ -317,6 +318,8 @@ def restore(path: Path, s) -> None:
             s.ema.load_state_dict(state["ema"])
         if (look := _lookahead(s)) is not None and state.get("lookahead"):
             look.load_state_dict(state["lookahead"])
+        if s.scaler is not None and state.get("scaler"):
+            s.scaler.load_state_dict(state["scaler"])
         rng = state["rng"]
         # set_state takes CPU byte tensors, also for CUDA generators; map_location may have moved them.
         torch.set_rng_state(rng["torch"].cpu())

@@ -288,10 +288,11 @@ class EMA(swa_utils.AveragedModel):
 
 
 def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
-    """fp16 on a GPU needs loss scaling. With a fused optimizer (optim.build_optimizer's ``fused``, on CUDA
-    for sgd/adam/adamw) the scaler hands the inf check to the optimizer's kernel instead of ``.item()``-ing
-    it every step; other optimizers keep that one sync per step."""
-    return torch.amp.GradScaler(device.type) if precision == "fp16" and device.type == "cuda" else None
+    """fp16 needs loss scaling (its gradients underflow without it), on a GPU and on a CPU alike (where fp16 is
+    emulated: slow, but the same numerics, so the tests run that path on any machine). With a fused optimizer
+    (optim.build_optimizer's ``fused``: sgd/adam/adamw) the scaler hands the inf check to the optimizer's
+    kernel instead of ``.item()``-ing it every step; other optimizers keep that one sync per step."""
+    return torch.amp.GradScaler(device.type) if precision == "fp16" and device.type in ("cuda", "cpu") else None
 
 
 class RunStopped(Exception):

@@ -174,7 +174,9 @@ def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainStat
 
         init_whitening(model, eval_pre(splits.train_x[:5000], None))
 
-    optimizer = build_optimizer(transfer.param_groups(model, cfg.optim), cfg.optim, fused=True)
+    scaler = make_scaler(compute.precision, device)
+    optimizer = build_optimizer(transfer.param_groups(model, cfg.optim), cfg.optim, fused=True,
+                                scaled=scaler is not None)
     drop_last = drops_last(tc.drop_last, tc.compile, len(splits.train_y), tc.batch_size)
     spe = steps_per_epoch(len(splits.train_y), tc.batch_size, drop_last)
     # at least one step for any positive epochs (0.001 epochs of a small set would round to none)
@@ -188,7 +190,7 @@ def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainStat
         drop_last=drop_last, train_pre=train_pre, channels_last=channels_last,
         optimizer=optimizer, schedule=build_schedule(optimizer, cfg.sched, total_steps, tc.epochs),
         loss_fn=build_loss(cfg.loss, splits.num_classes), preprocess=preprocess_record(splits, cfg.data, tc.tta),
-        scaler=make_scaler(compute.precision, device), compute=compute,
+        scaler=scaler, compute=compute,
         ema=ema, aug_gen=torch.Generator(device=device).manual_seed(cfg.seed + 1), evaluator=evaluator,
         scored=ema.module if ema is not None else model, eval_inputs=splits, steps_per_epoch=spe,
         total_steps=total_steps, log=log, model_info=model_info, warnings=warnings, data_seconds=data_seconds)

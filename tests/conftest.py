@@ -27,15 +27,28 @@ def data_root() -> Path:
     return root
 
 
+# Precision is a tested axis, not an accident of the CPU: `precision: auto` means bf16 on a CPU with native
+# bf16 and fp32 on one without, so the tiny runs fix fp32, and the tests whose outcome depends on precision
+# take the `precision` fixture and run once per entry here on every machine (bf16 and fp16 autocast run on
+# any x86 CPU, emulated and slower where the CPU lacks them; fp16 with its loss scaler, as on a GPU).
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
 def tiny_overrides(**extra) -> dict:
-    """A run of a few seconds on real MNIST: 1,000 training images, 500 for validation."""
+    """A run of a few seconds on real MNIST: 1,000 training images, 500 for validation, in fp32."""
     base = {
         "data.name": "mnist", "data.train_limit": 1000, "data.val_size": 500,
         "model.name": "lenet5", "optim.name": "adam", "optim.lr": 0.003,
-        "train.epochs": 1, "train.batch_size": 100, "train.progress": False,
+        "train.epochs": 1, "train.batch_size": 100, "train.progress": False, "train.precision": "fp32",
     }
     base.update(extra)
     return base
+
+
+@pytest.fixture(params=PRECISIONS)
+def precision(request) -> str:
+    """Each of :data:`PRECISIONS` in turn (a test taking it runs once per precision)."""
+    return request.param
 
 
 @pytest.fixture

@@ -81,7 +81,8 @@ def test_mnist_fast_matches_the_record_net():
     assert wide.conv1.out_channels == 48 and wide.conv2.out_channels == 64 and wide.fc1.out_features == 128
 
 
-def test_the_trainer_calls_the_whitening_hook(tmp_path, tiny_config, data_root, monkeypatch):
+def test_the_trainer_calls_the_whitening_hook(tmp_path, tiny_config, data_root, monkeypatch, precision):
+    # in each precision: bf16 once ended this run at chance (the zero-variance channel, airbench.NORM_EPS)
     from cnnlab import train
     from cnnlab.models import airbench as module
 
@@ -94,7 +95,8 @@ def test_the_trainer_calls_the_whitening_hook(tmp_path, tiny_config, data_root, 
 
     monkeypatch.setattr(module, "init_whitening", spy)
     cfg = tiny_config(**{"model.name": "airbench", "model.width": 4, "optim.name": "sgd", "optim.lr": 0.2,
-                         "optim.momentum": 0.9, "optim.nesterov": True, "train.batch_size": 50})
+                         "optim.momentum": 0.9, "optim.nesterov": True, "train.batch_size": 50,
+                         "train.precision": precision})
     summary = train.run(cfg, tmp_path / "run", log=lambda *_: None)
-    assert calls and calls[0][1:] == (1, 28, 28)
+    assert calls and calls[0][1:] == (1, 28, 28) and summary["precision"]["used"] == precision
     assert summary["status"] == "completed" and summary["test"]["accuracy"] > 0.25  # 20 steps: well above chance (0.1)

@@ -18,6 +18,25 @@ def test_every_optimizer_takes_a_step(name):
     assert not torch.equal(before, model.weight)
 
 
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_a_step_the_loss_scaler_skips_leaves_the_optimizer_as_it_was(name):
+    # fp16's first steps overflow and are skipped; torch's fused SGD then left its momentum uninitialised
+    # (build_optimizer's scaled=True avoids it). The trainer's optimizer must match the textbook one after.
+    cfg = load_config(None, {"optim.name": name, "optim.lr": 0.1, "optim.momentum": 0.9, "optim.nesterov": True})
+    weights = []
+    for fused, scaled in ((False, False), (True, True)):
+        p = nn.Parameter(torch.ones(4))
+        opt, scaler = build_optimizer([p], cfg.optim, fused=fused, scaled=scaled), torch.amp.GradScaler("cpu")
+        for grad in (torch.tensor([float("inf"), 1.0, 1.0, 1.0]), torch.ones(4)):  # one skipped step, one real
+            scaler.scale(torch.ones(()))
+            p.grad = grad * scaler.get_scale()
+            scaler.step(opt)
+            scaler.update()
+        weights.append(p.detach().clone())
+    assert torch.isfinite(weights[1]).all() and torch.allclose(weights[0], weights[1])
+    assert not torch.equal(weights[1], torch.ones(4))  # the real step was taken
+
+
 @pytest.mark.parametrize("name", [n for n in SCHEDULERS.names() if n != "plateau"])
 def test_every_schedule_steps(name):
     extra = {"sched.milestones": [2, 4]} if name == "multistep" else {}

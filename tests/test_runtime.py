@@ -99,7 +99,8 @@ def test_emulated_bf16_on_this_cpu_is_warned_about_and_auto_is_not():
 
 def test_a_tiny_run_shows_the_choice_at_start_and_in_its_summary(tmp_path, tiny_config, data_root):
     lines = []
-    summary = train.run(tiny_config(**{"train.epochs": 0.3}), tmp_path / "r", log=lines.append)
+    summary = train.run(tiny_config(**{"train.epochs": 0.3, "train.precision": "auto"}), tmp_path / "r",
+                        log=lines.append)
     expected = "bf16" if cpuinfo_has_native_bf16() else "fp32"
     saved = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert saved["precision"]["asked"] == "auto" and saved["precision"]["used"] == expected

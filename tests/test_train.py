@@ -13,6 +13,7 @@ import torch
 from cnnlab import evaluate, runs, train
 from cnnlab.report import finish_run
 from cnnlab.config import ConfigError
+from conftest import PRECISIONS
 
 
 def quiet(*_):
@@ -40,9 +41,9 @@ def test_tiny_run_leaves_a_complete_folder(tmp_path, tiny_config, data_root):
     assert best["step"] == on_disk["best"]["step"]
 
 
-def test_same_seed_same_result(tmp_path, tiny_config, data_root):
+def test_same_seed_same_result(tmp_path, tiny_config, data_root, precision):
     cfg = tiny_config(**{"data.augment.flip": True, "data.augment.crop_padding": 2, "model.dropout": 0.2,
-                         "model.activation": "relu"})
+                         "model.activation": "relu", "train.precision": precision})
     a = train.run(cfg, tmp_path / "a", log=lambda *_: None)
     b = train.run(cfg, tmp_path / "b", log=lambda *_: None)
     assert a["test"]["accuracy"] == b["test"]["accuracy"] and a["test"]["loss"] == b["test"]["loss"]
@@ -83,9 +84,13 @@ def test_double_softmax_warns(tmp_path, tiny_config, data_root):
     assert any("double softmax" in w for w in summary["warnings"])
 
 
-def test_bf16_channels_last_runs(tmp_path, tiny_config, data_root):
-    summary = train.run(tiny_config(**{"train.precision": "bf16"}), tmp_path / "b", log=lambda *_: None)
+def test_each_precision_trains(tmp_path, tiny_config, data_root, precision):
+    summary = train.run(tiny_config(**{"train.precision": precision}), tmp_path / "b", log=lambda *_: None)
+    assert summary["precision"]["used"] == precision
+    assert summary["channels_last"]["used"] is (precision != "fp16")  # runtime.CHANNELS_LAST_FASTER on a CPU
     assert summary["status"] == "completed" and summary["test"]["accuracy"] > 0.5
+    if precision == "fp16":  # the loss scaler is part of the state a resume needs
+        assert runs.load_checkpoint(tmp_path / "b" / "last.pt")["scaler"]["scale"] > 0
 
 
 def _cli(*args, **kw):
@@ -104,7 +109,8 @@ AIRBENCH_STATE = ["train.lookahead=0.77", "data.augment.flip_mode=alternate", "d
                   "data.augment.pre_pad=true"]
 
 
-@pytest.mark.parametrize("extra", [[], AIRBENCH_STATE], ids=["plain", "lookahead_alternate_prepad"])
+@pytest.mark.parametrize("extra", [[f"train.precision={p}"] for p in PRECISIONS] + [AIRBENCH_STATE + ["train.precision=fp32"]],
+                         ids=[*PRECISIONS, "lookahead_alternate_prepad"])
 def test_sigint_then_resume_matches_an_uninterrupted_run(tmp_path, data_root, extra):
     full = _cli("train", "recipes/quickstart_lenet5_mnist.yaml", *TINY, *extra, "--out", str(tmp_path / "full"))
     assert full.wait(timeout=300) == 0, full.stdout.read()
@@ -206,7 +212,7 @@ def test_restore_moves_rng_states_to_the_cpu_and_skips_gpus_not_visible(tmp_path
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     gen = torch.Generator().manual_seed(1)
-    s = SimpleNamespace(model=model, optimizer=opt, schedule=build_schedule(opt, cfg.sched, 10, 1), ema=None,
+    s = SimpleNamespace(model=model, optimizer=opt, schedule=build_schedule(opt, cfg.sched, 10, 1), ema=None, scaler=None,
                         aug_gen=gen, progress=train.Progress(step=3), cfg=cfg, device=torch.device("cpu"), preprocess={})
     state = runs.checkpoint_state(s)
     moved, cuda_set = [], []
