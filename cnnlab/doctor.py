@@ -49,6 +49,10 @@ LR_HIGH_RISE = 0.10
 LR_LOW_MIN_DROP = 0.05
 # ...while the model still fits less than this share of its training data (a converged model is flat too).
 LR_LOW_MAX_TRAIN_ACC = 0.95
+# loss_rose: the last train loss is at least this many times the first evaluation's, or the uniform guess's
+# (ln classes: what predicting every class equally likely scores). A run can end "completed" with every loss
+# finite and its network worse than guessing (a bf16 airbench run once ended at loss 17.4 from 2.3).
+LOSS_ROSE_FACTOR = 2.0
 # Rules that look at a trend need at least this many evaluations.
 MIN_EVALS_FOR_TREND = 3
 
@@ -99,18 +103,42 @@ def _non_finite_loss(row: dict, split: str) -> bool:
     return not _finite(loss)
 
 
+def _precision_used(summary: dict) -> Optional[str]:
+    return ((summary.get("precision") or {}).get("used")  # train.precision as resolved (auto -> bf16/fp16/fp32)
+            or ((summary.get("config") or {}).get("train") or {}).get("precision"))  # runs from before auto
+
+
 def _diverged(history: list[dict], summary: dict) -> list[dict]:
     bad = [r for r in history if _non_finite_loss(r, "train") or _non_finite_loss(r, "val")]
     if not bad and summary.get("status") != "diverged":
         return []
     where = f" at step {bad[0].get('step')} (epoch {bad[0].get('epoch')})" if bad else ""
-    used = ((summary.get("precision") or {}).get("used")  # train.precision as resolved (auto -> bf16/fp16/fp32)
-            or ((summary.get("config") or {}).get("train") or {}).get("precision"))  # runs from before auto
+    used = _precision_used(summary)
     return [_finding(
         "diverged", "error",
         f"the loss became non-finite (NaN or infinite){where}; training cannot recover from that. "
         "Lower optim.lr (by 3-10x), add a warm-up (sched.warmup_steps), use batch normalisation"
         + (f", or train in fp32 (train.precision=fp32; this run used {used})." if used in ("fp16", "bf16") else "."))]
+
+
+def _loss_rose(history: list[dict], summary: dict, num_classes: int) -> list[dict]:
+    loss = _series(history, "train_loss")
+    if not loss:
+        return []
+    guess = math.log(num_classes) if num_classes >= 2 else None
+    against = [(f"the first evaluation's {loss[0]:.4g}", loss[0])] if len(loss) >= 2 else []
+    against += [(f"the {guess:.4g} of guessing every class equally likely (ln {num_classes})", guess)] if guess else []
+    risen = [(what, ref) for what, ref in against if ref > 0 and loss[-1] >= LOSS_ROSE_FACTOR * ref]
+    if not risen:
+        return []
+    what, ref = risen[0]
+    used = _precision_used(summary)
+    return [_finding(
+        "loss_rose", "error",
+        f"the train loss ended at {loss[-1]:.4g}, {loss[-1] / ref:.1f}x {what}: whatever the status says, the "
+        "network got worse as it trained. Lower optim.lr or add a warm-up (sched.warmup_steps)"
+        + (f"; this run used {used}: train the same run with train.precision=fp32 to see whether the precision "
+           "is the cause." if used in ("fp16", "bf16") else "."))]
 
 
 def _stuck_at_chance(history: list[dict], num_classes: int) -> list[dict]:
@@ -252,7 +280,7 @@ def diagnose(history: list[dict], summary: dict, num_classes: int, model_output_
              loss_name: Optional[str]) -> list[dict]:
     """Findings for one run, most severe first: a list of ``{code, severity, message}``.
 
-    ``history`` is the list of metrics.jsonl rows, ``summary`` the run summary (only ``status`` is read),
+    ``history`` is the list of metrics.jsonl rows, ``summary`` the run summary (``status`` and the precision),
     ``model_output_kind`` one of logits / log_probs / probs (None if unknown), ``loss_name`` the loss registry name.
     """
     history = list(history or [])
@@ -263,8 +291,10 @@ def diagnose(history: list[dict], summary: dict, num_classes: int, model_output_
     diverged = bool(findings and findings[0]["code"] == "diverged")
     # After a divergence the trend rules would only describe the blow-up again; keep the message focused.
     if not diverged:
+        findings += _loss_rose(history, summary, int(num_classes or 0))
         findings += _stuck_at_chance(history, int(num_classes or 0))
-        findings += _lr_too_high(history)
+        if "loss_rose" not in {f["code"] for f in findings}:  # the same rise, told once
+            findings += _lr_too_high(history)
         findings += _lr_too_low(history)
         findings += _overfitting(history)
         findings += _under_trained(history)

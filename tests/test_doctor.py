@@ -178,3 +178,27 @@ def test_diagnose_run_reads_a_run_folder(tmp_path):
                                                 "config": {"model": {"softmax_output": True},
                                                            "loss": {"name": "cross_entropy"}}})
     assert sorted(f["code"] for f in doctor.diagnose_run(tmp_path)) == ["double_softmax", "lr_too_low"]
+
+
+def test_a_loss_that_ends_far_above_where_it_started_is_an_error_whatever_the_status():
+    # issue 23: a bf16 airbench run ended "completed" at train loss 17.4, every value finite
+    history = rows([2.2, 3.5, 9.0, 17.4], [0.3, 0.2, 0.12, 0.11], train_acc=[0.3, 0.2, 0.1, 0.1])
+    found = diagnose(history, {"status": "completed", "precision": {"used": "bf16"}}, 10, "logits", "cross_entropy")
+    assert found[0]["code"] == "loss_rose" and found[0]["severity"] == "error"
+    assert "17.4" in found[0]["message"] and "train.precision=fp32" in found[0]["message"]
+    assert "lr_too_high" not in codes(history)  # the same rise is told once
+    fp32 = diagnose(history, {"status": "completed", "precision": {"used": "fp32"}}, 10, "logits", "cross_entropy")
+    assert fp32[0]["code"] == "loss_rose" and "precision" not in fp32[0]["message"]
+
+
+def test_one_evaluation_is_measured_against_the_uniform_guess():
+    # ln 10 = 2.30: a single evaluation at loss 5 is worse than predicting every class equally likely
+    assert codes(rows([5.0], [0.1]))[0] == "loss_rose"
+    assert "loss_rose" not in codes(rows([2.0], [0.4]))
+
+
+def test_a_loss_just_under_twice_its_start_is_not_loss_rose():
+    start = 0.5  # below ln 10, so the first evaluation is the reference
+    history = rows([start, 0.7, start * doctor.LOSS_ROSE_FACTOR * 0.99], [0.8, 0.8, 0.8])
+    assert "loss_rose" not in codes(history)
+    assert "loss_rose" in codes(rows([start, 0.7, start * doctor.LOSS_ROSE_FACTOR], [0.8, 0.8, 0.8]))
