@@ -25,6 +25,7 @@ from torch import nn
 from torch.optim import swa_utils
 
 from cnnlab.config import ConfigError
+from cnnlab.registry import find_info
 
 
 def pick_device(name: str) -> torch.device:
@@ -176,10 +177,21 @@ def native_cpu_bf16(facts: DeviceFacts) -> str | None:
     return found[0] if found else (cap if "BF16" in cap or "AMX" in cap else None)
 
 
-def resolve_precision(asked: str, facts: DeviceFacts) -> tuple[str, str]:
+# The model families whose training step measured slower in bf16 than in fp32 on a CPU with native bf16
+# (benchmarks/bench_precision.py, BENCHMARKS.md "Precision"; Sapphire Rapids, AVX-512 BF16 + AMX, 1 thread,
+# channels_last where conv): on them `auto` keeps fp32 there. Value: the measured bf16 speed-up, net, input.
+# Every other family measured faster in bf16 (mlp 1.10x, lenet 1.21x, up to airbench 2.47x).
+CPU_BF16_SLOWER = {
+    "linear": "0.63x (linear, 28 px): one small matmul, the casts cost more than they save",
+    "torchvision_zoo": "0.96x (resnet18, 32 px)",
+}
+
+
+def resolve_precision(asked: str, facts: DeviceFacts, family: str | None = None) -> tuple[str, str]:
     """``train.precision`` -> (the precision used, why). ``auto`` takes bf16 autocast where the hardware runs
-    it natively (bf16 emulated on a CPU without it is slower than fp32), fp16 with loss scaling on older
-    GPUs with fast fp16 (Volta, Turing: compute capability 7.x), fp32 otherwise; an explicit choice stays."""
+    it natively (bf16 emulated on a CPU without it is slower than fp32) unless the model's ``family``
+    measured slower in bf16 on such a CPU (:data:`CPU_BF16_SLOWER`), fp16 with loss scaling on older GPUs with
+    fast fp16 (Volta, Turing: compute capability 7.x), fp32 otherwise; an explicit choice stays."""
     if asked != "auto":
         return asked, "asked for in train.precision"
     if facts.kind == "cuda":
@@ -191,6 +203,9 @@ def resolve_precision(asked: str, facts: DeviceFacts) -> tuple[str, str]:
         return "fp32", f"auto: CUDA GPU of compute capability {cap} has neither bf16 nor fast fp16"
     if facts.kind == "cpu":
         flag = native_cpu_bf16(facts)
+        if flag and family in CPU_BF16_SLOWER:
+            return "fp32", (f"auto: the CPU runs bf16 natively ({flag}), but {family} nets measured slower in bf16 "
+                            f"than in fp32 on such a CPU ({CPU_BF16_SLOWER[family]}; benchmarks/bench_precision.py)")
         if flag:
             return "bf16", f"auto: the CPU runs bf16 natively ({flag})"
         return "fp32", (f"auto: the CPU has no native bf16 (no AVX-512 BF16 or AMX; torch capability "
@@ -240,8 +255,10 @@ class Compute:
 
 
 def plan_compute(train_cfg, model: nn.Module, device: torch.device) -> Compute:
-    """Resolve ``train.precision`` and ``train.channels_last`` for ``model`` on ``device``."""
-    precision, why = resolve_precision(train_cfg.precision, device_facts(device))
+    """Resolve ``train.precision`` and ``train.channels_last`` for ``model`` (its registry family, when it has
+    one) on ``device``."""
+    info = find_info(model)
+    precision, why = resolve_precision(train_cfg.precision, device_facts(device), info.family if info else None)
     has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     cl, cl_why = resolve_channels_last(train_cfg.channels_last, has_conv, precision, device.type)
     return Compute(train_cfg.precision, precision, why, cl, cl_why)

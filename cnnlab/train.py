@@ -175,8 +175,7 @@ def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainStat
         init_whitening(model, eval_pre(splits.train_x[:5000], None))
 
     scaler = make_scaler(compute.precision, device)
-    optimizer = build_optimizer(transfer.param_groups(model, cfg.optim), cfg.optim, fused=True,
-                                scaled=scaler is not None)
+    optimizer = build_optimizer(transfer.param_groups(model, cfg.optim), cfg.optim, fused=True, scaled=bool(scaler))
     drop_last = drops_last(tc.drop_last, tc.compile, len(splits.train_y), tc.batch_size)
     spe = steps_per_epoch(len(splits.train_y), tc.batch_size, drop_last)
     # at least one step for any positive epochs (0.001 epochs of a small set would round to none)

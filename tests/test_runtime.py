@@ -13,6 +13,7 @@ from torch import nn
 from cnnlab import checks, evaluate, runtime, train
 from cnnlab.config import Config
 from cnnlab.loader import load_config
+from cnnlab.registry import MODELS
 from cnnlab.runtime import DeviceFacts, resolve_channels_last, resolve_precision
 
 AVX2 = DeviceFacts("cpu", cpu_flags=frozenset({"sse4_2", "avx", "avx2", "fma"}), cpu_capability="AVX2")
@@ -46,6 +47,24 @@ def test_the_reason_names_what_was_seen():
     assert "amx_bf16" in resolve_precision("auto", DeviceFacts("cpu", cpu_flags=frozenset({"amx_bf16"})))[1]
     assert "AVX2" in resolve_precision("auto", AVX2)[1]
     assert "7.5" in resolve_precision("auto", T4)[1] and "8.0" in resolve_precision("auto", A100)[1]
+
+
+def test_auto_keeps_fp32_on_a_bf16_cpu_for_the_families_measured_slower_in_bf16():
+    for family in runtime.CPU_BF16_SLOWER:
+        used, why = resolve_precision("auto", SAPPHIRE, family)
+        assert used == "fp32" and family in why and "bench_precision" in why
+        assert resolve_precision("auto", A100, family)[0] == "bf16"  # the table is a CPU measurement
+        assert resolve_precision("bf16", SAPPHIRE, family)[0] == "bf16"  # an explicit choice stays
+    assert resolve_precision("auto", SAPPHIRE, "lenet")[0] == "bf16"
+    assert resolve_precision("auto", SAPPHIRE, None)[0] == "bf16"  # a model from outside the registry
+
+
+def test_plan_compute_reads_the_family_from_the_registry(monkeypatch):
+    monkeypatch.setattr(runtime, "device_facts", lambda device: SAPPHIRE)
+    cfg = Config()
+    linear, lenet = MODELS.get("linear")(num_classes=10, in_channels=1), MODELS.get("lenet5")(num_classes=10)
+    assert runtime.plan_compute(cfg.train, linear, torch.device("cpu")).precision == "fp32"
+    assert runtime.plan_compute(cfg.train, lenet, torch.device("cpu")).precision == "bf16"
 
 
 @pytest.mark.parametrize("asked", ["fp32", "bf16", "fp16"])
