@@ -91,3 +91,111 @@ def against_best(groups: Mapping[Hashable, Sequence[float]], best: Hashable,
         p = welch_p(values, groups[best])
         out[key] = Versus(p, None if p is None else p >= alpha)
     return out
+
+
+# ----------------------------------------------------------------------------- claims: differences, equivalence, power
+#
+# cnnlab.claims judges a study's claim ("a beats b", "a is as good as b", "a reaches 98.56 %") with these.
+# Each wraps scipy's t-tests; the samples are one number per seed, so Student / Welch t is the right family.
+
+
+@dataclass(frozen=True)
+class Difference:
+    """mean(a) - mean(b) (or mean(a) - level) with its Welch / one-sample t statistics."""
+
+    diff: float
+    ci_low: float  # 95 % interval of the difference (Welch-Satterthwaite df; n - 1 for a level)
+    ci_high: float
+    p: float  # two-sided p-value of "no difference"
+    se: float  # standard error of the difference (0 when every value of both samples is the same)
+    df: float
+
+
+def _welch_df(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Standard error of mean(a) - mean(b) and its Welch-Satterthwaite degrees of freedom."""
+    va, vb = (describe(x).sd ** 2 / len(x) for x in (a, b))
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return 0.0, float(len(a) + len(b) - 2)
+    return se, (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+
+
+def difference(a: Sequence[float], b: Sequence[float] | None = None, level: float | None = None,
+               confidence: float = CONFIDENCE) -> Difference:
+    """Welch's test of a against b, or Student's one-sample test of a against ``level`` (n ≥ 2 each).
+
+    Samples without spread (every seed the same accuracy, e.g. at chance) give t = 0/0 in scipy: the
+    difference is then exact, with a zero-width interval and p = 1 when it is 0 and 0 otherwise."""
+    a = [float(x) for x in a]
+    if b is not None:
+        b = [float(x) for x in b]
+        se, df = _welch_df(a, b)
+        diff = math.fsum(a) / len(a) - math.fsum(b) / len(b)
+        if se == 0:
+            return Difference(diff, diff, diff, 1.0 if diff == 0 else 0.0, 0.0, df)
+        test = _scipy.ttest_ind(a, b, equal_var=False)
+    else:
+        diff = math.fsum(a) / len(a) - level
+        se, df = (describe(a).sd or 0.0) / math.sqrt(len(a)), float(len(a) - 1)
+        if se == 0:
+            return Difference(diff, diff, diff, 1.0 if diff == 0 else 0.0, 0.0, df)
+        test = _scipy.ttest_1samp(a, level)
+    ci = test.confidence_interval(confidence_level=confidence)
+    low, high = float(ci.low), float(ci.high)
+    if b is None:  # scipy's one-sample interval is of the mean; the difference's is shifted by the level
+        low, high = low - level, high - level
+    return Difference(diff, low, high, float(test.pvalue), se, float(df))
+
+
+def equivalence_p(a: Sequence[float], b: Sequence[float] | None = None, level: float | None = None,
+                  margin: float = 0.0) -> float:
+    """Two one-sided tests (TOST): the p-value of "the difference lies outside ±margin".
+
+    Small means the difference is shown to lie inside ±margin: equivalence is concluded only from the two
+    one-sided rejections, never from a large p of the test of no difference."""
+    a = [float(x) for x in a]
+    if b is not None:
+        b = [float(x) for x in b]
+        se, _ = _welch_df(a, b)
+    else:
+        se = (describe(a).sd or 0.0) / math.sqrt(len(a))
+    if se == 0:
+        diff = math.fsum(a) / len(a) - (math.fsum(b) / len(b) if b is not None else level)
+        return 0.0 if abs(diff) < margin else 1.0
+    if b is not None:
+        above = _scipy.ttest_ind([x + margin for x in a], b, equal_var=False, alternative="greater").pvalue
+        below = _scipy.ttest_ind([x - margin for x in a], b, equal_var=False, alternative="less").pvalue
+    else:
+        above = _scipy.ttest_1samp(a, level - margin, alternative="greater").pvalue
+        below = _scipy.ttest_1samp(a, level + margin, alternative="less").pvalue
+    return float(max(above, below))
+
+
+MAX_SEEDS = 1000  # seeds per cell beyond which a difference is called unresolvable in practice
+
+
+def seeds_needed(diff: float, sds: Sequence[float], margin: float | None = None, alpha: float = ALPHA,
+                 power: float = 0.8, one_sample: bool = False) -> int | None:
+    """Seeds per cell at which a test would resolve a true difference of ``diff`` with probability ``power``.
+
+    ``sds`` are the cells' sample sds (one for a level claim, ``one_sample``), taken as the true ones.
+    Without ``margin``: the two-sided test of no difference; with it: the two one-sided tests of equivalence
+    within ±margin. Power from the noncentral t distribution (scipy.stats.nct). None when no count up to
+    MAX_SEEDS reaches it (a difference of 0, or one on the margin)."""
+    var = sum(s ** 2 for s in sds)
+    if var == 0:
+        return None
+    for n in range(2, MAX_SEEDS + 1):
+        se = math.sqrt(var / n)
+        df = n - 1 if one_sample else 2 * n - 2  # Welch's df with equal n and sds, at most 2n - 2
+        if margin is None:
+            crit = _scipy.t.ppf(1 - alpha / 2, df)
+            ncp = diff / se
+            got = _scipy.nct.sf(crit, df, ncp) + _scipy.nct.cdf(-crit, df, ncp)
+        else:
+            crit = _scipy.t.ppf(1 - alpha, df)
+            ncp = (diff + margin) / se  # the statistic of the lower test; the upper one is it less 2·margin/se
+            got = _scipy.nct.cdf(2 * margin / se - crit, df, ncp) - _scipy.nct.cdf(crit, df, ncp)
+        if got >= power:
+            return n
+    return None

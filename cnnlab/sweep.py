@@ -12,7 +12,9 @@ resumes interrupted ones from ``last.pt`` and re-runs failed ones. Runs execute 
 after another in this process, in ``workers`` spawned processes (each writes its own row to
 ``results.jsonl``), or as Ray Tune trials (:mod:`cnnlab.sweep_ray`: the driver writes their rows). A sweep
 file may also ask Ray for ``resources`` per run, a ``scheduler`` (ASHA, median stopping) and a ``search``
-(Optuna over axes given as ranges); those need ``--executor ray``.
+(Optuna over axes given as ranges); those need ``--executor ray``. A sweep file that re-runs a study may
+also carry its ``claims`` (:mod:`cnnlab.claims`, checked at load against the planned cells) and say in
+``cut`` how its schedule was shortened from the study's; both go into ``plan.json``.
 
 The results file is append-only: a re-run of a failed run appends a new row, and
 readers (:func:`cnnlab.results.load_results`) keep the last row per ``run_id``.
@@ -39,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cnnlab import runs
+from cnnlab.claims import Layout, check_cells, parse_claims
 from cnnlab.config import Config, ConfigError, apply_overrides, check_name, name_problem, read_yaml
 from cnnlab.loader import build_config
 from cnnlab.registry import MODELS
@@ -47,7 +50,8 @@ from cnnlab.sweep_exec import ID_LENGTH, RUN_LOCK_WAIT_S, execute_task, run_id  
 from cnnlab.results import (FINAL_STATUSES, PLAN, RESULTS, Status, append_row, load_plan,  # noqa: F401 - re-exported
                             at_chance, load_results, num_classes, read_summary, row_from_summary, warn)
 
-SWEEP_KEYS = ("description", "base", "axes", "zip", "ofat", "random", "seeds", "resources", "scheduler", "search")
+SWEEP_KEYS = ("description", "base", "axes", "zip", "ofat", "random", "seeds", "resources", "scheduler", "search",
+              "claims", "cut")
 SWEEP_LOCK = ".sweep.lock"  # in the sweep folder: one sweep command writes it at a time
 
 
@@ -83,6 +87,8 @@ class Sweep:
     seed: int = 0  # a search's runs' seed
     # swept model options whose value is the builder's own default next to a run leaving them null (same_as_default)
     same_as_default: list[dict] = field(default_factory=list)
+    claims: list[dict] = field(default_factory=list)  # the study's claims as the file gives them (cnnlab.claims)
+    cut: str | None = None  # how the schedule was shortened from the study's, in words; None: the study's own
 
     def to_dict(self) -> dict:
         return {"name": self.name, "source": self.source, "keys": self.keys, "factors": self.factors,
@@ -91,7 +97,9 @@ class Sweep:
                 "runs": [_run_info(r) for r in self.runs],
                 **({"search": self.search, "space": self.space} if self.search else {}),
                 **({"scheduler": self.scheduler} if self.scheduler else {}),
-                **({"same_as_default": self.same_as_default} if self.same_as_default else {})}
+                **({"same_as_default": self.same_as_default} if self.same_as_default else {}),
+                **({"claims": self.claims} if self.claims else {}),
+                **({"cut": self.cut} if self.cut else {})}
 
 
 @dataclass
@@ -122,7 +130,15 @@ def plan_sweep(spec: dict, base_dir: str | Path = ".", name: str = "sweep", sour
     tune_blocks = {"resources": check_resources(spec.get("resources"), source),
                    "scheduler": check_scheduler(spec.get("scheduler"), source)}
     search = check_search(spec.get("search"), source)
+    cut = spec.get("cut")
+    if cut is not None and (not isinstance(cut, str) or not cut.strip()):
+        raise ConfigError(f"{source}: cut must say in words how the schedule was shortened from the study's "
+                          f"(e.g. \"1 epoch over 2,000 images instead of 200 epochs\"), got {cut!r}")
+    claims = parse_claims(spec.get("claims"), source)
     if search:
+        if claims:
+            raise ConfigError(f"{source}: claims name cells of a grid or one-factor-at-a-time sweep; a search samples "
+                              "its settings, so it has no cells to name (drop claims: or the search:)")
         return _plan_search(spec, bases, search, tune_blocks, (name, source))
     factors = _factors(spec, source)
     if len(bases) > 1:
@@ -154,8 +170,12 @@ def plan_sweep(spec: dict, base_dir: str | Path = ".", name: str = "sweep", sour
                 seen.add(rid)
                 planned.append(PlannedRun(rid, settings, seed, run_cfg))
     base_cfg = _build(bases, {}, (), factors, source)
-    return Sweep(name, source, keys, [f.keys for f in factors], ofat, _settings_of(base_cfg, keys, first_label),
-                 planned, **tune_blocks, same_as_default=same_as_default(settings_runs))
+    base_settings = _settings_of(base_cfg, keys, first_label)
+    check_cells(claims, Layout(keys, [f.keys for f in factors], ofat, base_settings), [s for s, _ in settings_runs],
+                source)
+    return Sweep(name, source, keys, [f.keys for f in factors], ofat, base_settings,
+                 planned, **tune_blocks, same_as_default=same_as_default(settings_runs),
+                 claims=list(spec.get("claims") or []), cut=cut.strip() if cut else None)
 
 
 def same_as_default(settings_runs: list[tuple[dict, Config]]) -> list[dict]:
