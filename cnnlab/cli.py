@@ -206,6 +206,18 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_claims(args) -> int:
+    from cnnlab import claims
+
+    claim_set = claims.load_claims(Path(args.dir), args.sweep)
+    if not claim_set.claims:
+        raise _config_error(f"{claim_set.source}: no claims: to judge; a sweep file lists them under claims: "
+                            "(see docs/studies/README.md)")
+    verdicts = claims.judge_sweep(Path(args.dir), claim_set)
+    print(claims.to_json(verdicts) if args.json else claims.markdown(verdicts))
+    return 0
+
+
 def cmd_report(args) -> int:
     from cnnlab.report import build_report
 
@@ -328,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "one row per base study, pooling a one-setting sweep's seeds)")
     c.add_argument("--metric", default="test.accuracy", help="the metric to compare (default test.accuracy)")
     c.set_defaults(func=cmd_compare)
+
+    cl = sub.add_parser("claims", help="judge a sweep's claims on its results: the verdict table")
+    cl.add_argument("dir", help="a sweep folder")
+    cl.add_argument("--sweep", help="the sweep file whose claims: to judge (default: those its plan.json recorded)")
+    cl.add_argument("--json", action="store_true", help="print the verdicts as JSON")
+    cl.set_defaults(func=cmd_claims)
 
     r = sub.add_parser("report", help="write report.html for a run or a sweep folder (a sweep's plots also as "
                                       "PNG files in its plots/ folder)")
