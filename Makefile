@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 # The torch / torchvision pair this project is tested with (pip takes both from the local disk here).
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup browser run test test-all clean
+.PHONY: setup browser run test test-all studies-docs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ test: setup browser
 
 test-all: setup browser
 	$(PY) -m pytest -q -m "slow or not slow"
+
+# The tables of docs/studies/*.md between <!-- cnnlab:... --> markers, rebuilt from the committed results and
+# the sweep files' claims (cnnlab.study_pages); tests/test_study_pages.py checks that this changes nothing.
+studies-docs: setup
+	$(PY) -m cnnlab.study_pages
 
 clean:
 	rm -rf $(VENV) runs sweeps
