@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (which stops as 'interrupted'): one line, 130
+        print("cnnlab: interrupted", file=sys.stderr)
+        return 130
     except Exception as e:  # noqa: BLE001 - sorted into bad input (2), could not save (1), or a bug (raised)
         if _is_input_error(e):
             print(f"cnnlab: error: {e}", file=sys.stderr)
@@ -141,6 +144,10 @@ def cmd_predict(args) -> int:
         raise _config_error(f"--top-k must be at least 1, got {args.top_k}")
     if args.out and Path(args.out).suffix.lower() not in (".csv", ".json"):
         raise _config_error(f"--out {args.out}: must end in .csv or .json")
+    if args.out:  # not a folder, not a run's own file: refused before any work (cnnlab.outputs)
+        from cnnlab.outputs import check_out_file
+
+        check_out_file(args.out)
     run = load_run(Path(args.run_dir), args.checkpoint)
     if args.tta and run.preprocess.get("tta", "none") == "none":
         raise _config_error(f"--tta: {args.run_dir} was trained with train.tta=none; there is no test-time "

@@ -136,6 +136,9 @@ class DataConfig(_Section):
     # RAM on a CPU, half of the free GPU memory on a GPU), a size ("2GB", "500MB", "1.5GiB") or a number of
     # bytes. A set that does not fit is kept in pinned host memory (GPU) or streamed from its cache file on disk
     max_memory: Union[Literal["auto"], int] = "auto"
+    # image folders: what tells the decoded cache that an image changed: "stat" (its size and mtime) or
+    # "content" (a hash of its bytes too: every image is read on every load, for files edited in place)
+    verify: Literal["stat", "content"] = "stat"
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
     @field_validator("val_size", "test_size", mode="before")

@@ -22,6 +22,7 @@ import torch
 
 from cnnlab import runs
 from cnnlab.config import ConfigError
+from cnnlab.outputs import check_out_file
 from cnnlab.predict import LoadedRun, load_run
 from cnnlab.version import __version__
 
@@ -45,6 +46,7 @@ def export(run_dir: str | Path, fmt: str, out: str | Path, checkpoint: str = "be
     """Write ``run_dir``'s checkpoint to ``out`` as ``fmt`` (onnx | torchscript); returns the path."""
     if fmt not in FORMATS:
         raise ConfigError(f"format: {fmt!r}; use one of {', '.join(FORMATS)}")
+    check_out_file(out)  # never a folder, nor a file a run wrote (RUN/best.pt): refused before any work
     run = load_run(run_dir, checkpoint)
     out = Path(out)
     example = torch.randn(2, *run.input_shape)

@@ -47,27 +47,11 @@ def read_image(source: Any, channels: int, size: Sequence[int], mode: str = "str
     (scale the shorter side, cut the centre), ``pad`` (letterbox on black), anything else
     stretches (``bicubic`` with bicubic filtering, else bilinear). Raises OSError or ValueError
     for a file that is not a readable image."""
-    from PIL import Image, ImageOps
+    from cnnlab.data.sources.imagefolder import Decode, decode_image  # the one decoding training uses too
 
-    if isinstance(source, (str, Path)):
-        with Image.open(source) as im:
-            im.load()  # decode now: a truncated file fails here, inside the with
-            img = ImageOps.exif_transpose(im)
-    else:
-        img = ImageOps.exif_transpose(source)
-    img = img.convert("L" if channels == 1 else "RGB")
-    h, w = int(size[0]), int(size[1])
-    resample = Image.Resampling.BICUBIC if mode == "bicubic" else Image.Resampling.BILINEAR
-    if img.size != (w, h):
-        if mode == "crop":
-            img = ImageOps.fit(img, (w, h), method=resample)
-        elif mode == "pad":
-            img = ImageOps.pad(img, (w, h), method=resample, color=0)
-        else:
-            img = img.resize((w, h), resample=resample)
-    a = np.asarray(img, dtype=np.uint8)
-    a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-    return torch.from_numpy(a.copy())
+    policy = mode if mode in ("crop", "pad") else "stretch"
+    decode = Decode((int(size[0]), int(size[1])), policy, "bicubic" if mode == "bicubic" else "bilinear")
+    return decode_image(source, decode, channels)
 
 
 class Transform:
@@ -210,6 +194,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str | tor
         raise runs.CheckpointError(f"{path} is not a cnnlab run checkpoint (it has no config or model)")
     cfg = build_config(state["config"], str(path))
     record = state.get("preprocess") or _record_from_data(cfg)  # runs saved before the record existed
+    record = datamod.check_preprocessing(record, path)  # a wrong-length mean, a std of 0: one paragraph
     c, h, w = record["input_shape"]
     weights = cfg.model.model_copy(update={"init_from": None, "pretrained": None, "weights_path": None})
     model, _ = transfer.build_model(cfg.model_copy(update={"model": weights}), len(record["classes"]), c,

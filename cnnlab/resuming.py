@@ -25,7 +25,8 @@ from cnnlab.config import Config, ConfigError, dump_yaml
 
 RESUMABLE = ("train.epochs", "train.eval_every", "train.eval_batch_size", "train.early_stopping.patience",
              "train.early_stopping.min_delta", "train.threads", "train.progress", "train.tensorboard",
-             "train.mlflow", "data.download", "data.max_memory")  # where images are kept changes no batch
+             "train.mlflow", "data.download", "data.max_memory",
+             "data.verify")  # where images are kept changes no batch
 RESUMABLE_PREFIXES = ("train.sweep.",)  # which sweep a run belongs to (a renamed sweep file) is no training setting
 LENGTH_BOUND_SCHEDULES = ("cosine", "onecycle")
 

@@ -542,6 +542,8 @@ def write_split_record(run_dir: Path, record: dict | None) -> None:
 
 
 def read_split_record(run_dir: Path) -> dict | None:
-    """The ``splits.json`` a run saved, so ``--resume`` and ``cnnlab eval`` see the same images."""
-    path = Path(run_dir) / "splits.json"
-    return read_json(path) if path.is_file() else None
+    """The ``splits.json`` a run saved, so ``--resume`` and ``cnnlab eval`` see the same images (checked:
+    a damaged or edited one is a DataError naming it, see cnnlab.data.read_record)."""
+    from cnnlab.data.splits import read_record
+
+    return read_record(Path(run_dir) / "splits.json")

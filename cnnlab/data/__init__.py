@@ -23,11 +23,12 @@ from cnnlab.data.sources import dataset_info
 from cnnlab.data.sources.cifar10 import load_cifar10
 from cnnlab.data.sources.idx import load_fashion_mnist, load_mnist
 from cnnlab.data.sources.imagefolder import load_imagefolder
-from cnnlab.data.splits import Splits, load_raw, load_splits
+from cnnlab.data.splits import Splits, check_preprocessing, check_record, load_raw, load_splits, read_record
 from cnnlab.registry import DatasetInfo
 
 __all__ = [
-    "DataError", "DataSource", "DatasetInfo", "RawData", "Splits", "cache_dir", "dataset_info", "describe_data",
+    "DataError", "DataSource", "DatasetInfo", "RawData", "Splits", "cache_dir", "check_preprocessing", "check_record",
+    "dataset_info", "describe_data", "read_record",
     "epoch_permutation", "eval_batches", "load_cifar10", "load_fashion_mnist", "load_imagefolder", "load_mnist",
     "load_raw", "load_splits", "resolve_root", "train_batches",
 ]  # fmt: skip

@@ -38,10 +38,15 @@ def file_entry(path: Path, expected_md5: Optional[str], check: bool) -> dict[str
 
 
 def _images_under(folder: str) -> int:
+    """Image files under ``folder``: regular files only (a named pipe called x.png is no image), hidden
+    folders and cnnlab's own run and sweep folders left out, as the loader leaves them out."""
+    from cnnlab.outputs import is_cnnlab_output
+
     n = 0
     for dirpath, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        n += sum(1 for f in files if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES))
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not is_cnnlab_output(os.path.join(dirpath, d))]
+        n += sum(1 for f in files if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES)
+                 and os.path.isfile(os.path.join(dirpath, f)))
     return n
 
 

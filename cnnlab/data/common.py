@@ -12,9 +12,10 @@ import errno
 import gzip
 import hashlib
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, BinaryIO, Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -100,6 +101,55 @@ def read_bytes(path: Path) -> np.ndarray:
         return np.fromfile(path, dtype=np.uint8)
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise DataError(f"{path} could not be read ({e}); replace it with an intact copy.") from None
+
+
+# what a path that is not a regular file is, as messages and the data: line say it
+SPECIAL_KINDS = {stat.S_IFIFO: "a named pipe", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+                 stat.S_IFBLK: "a block device", stat.S_IFDIR: "a folder"}
+
+
+class NotRegularFile(OSError):
+    """A path that is a named pipe, socket, device or folder where a file's bytes were wanted."""
+
+
+def special_kind(mode: int) -> Optional[str]:
+    """None for a regular file's ``st_mode``, else what it is ("a named pipe", "a socket", ...)."""
+    return None if stat.S_ISREG(mode) else SPECIAL_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def open_regular(path: Union[str, Path]) -> BinaryIO:
+    """``path`` opened for reading if it is a regular file (links followed), else NotRegularFile.
+
+    A named pipe would block ``open()`` until a writer comes (forever), a device may never end: they
+    are told apart by ``stat`` before anything opens them, and again on the opened descriptor
+    (non-blocking, so a file swapped for a pipe in between cannot block either)."""
+    kind = special_kind(os.stat(path).st_mode)
+    if kind is not None:
+        raise NotRegularFile(errno.EINVAL, f"{kind}, not a regular file", str(path))
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        kind = special_kind(os.fstat(fd).st_mode)
+        if kind is not None:
+            raise NotRegularFile(errno.EINVAL, f"{kind}, not a regular file", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def shown_name(name: str) -> str:
+    """A file name as text a terminal and JSON take: bytes that are not UTF-8 as \\xNN escapes."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def is_utf8(name: str) -> bool:
+    """Whether a name read from the disk is valid UTF-8 (Python keeps other bytes as lone surrogates)."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def md5(path: Path) -> str:

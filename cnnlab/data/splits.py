@@ -15,13 +15,18 @@ from the cache on disk, and batches are copied over).
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 
 from cnnlab.data import placement
-from cnnlab.data.common import DataError, RawData, channel_stats, resolve_root, to_grey  # noqa: F401 (to_grey)
+from cnnlab.data.common import DataError, RawData, channel_stats, resolve_root, short, to_grey  # noqa: F401 (to_grey)
 from cnnlab.data.placement import HostImages
 from cnnlab.data.sources import dataset_info
 from cnnlab.registry import DATASETS
@@ -34,7 +39,7 @@ if TYPE_CHECKING:
 DEFAULTS: dict[str, Any] = {
     "name": "mnist", "root": None, "download": True, "val_size": None, "split_seed": 0, "train_limit": None,
     "resize": None, "channels": None, "test_size": None, "resize_mode": "bilinear", "resize_policy": "stretch",
-    "skip_bad_images": False, "allow_modified": False, "max_memory": "auto",
+    "skip_bad_images": False, "allow_modified": False, "max_memory": "auto", "verify": "stat",
 }  # fmt: skip
 
 DataSettings = Union["DataConfig", dict, None]
@@ -93,6 +98,7 @@ class Splits:
     skipped: list[str] = field(default_factory=list)
     # where the images are kept (cnnlab.data.placement): "device", "pinned host memory" or "streamed from <file>"
     placement: str = "device"
+    layout: str = "split"  # image folders: "flat" (root/<class>/, split here) or "split" (train/ + test/ folders)
 
     @property
     def placement_note(self) -> str:
@@ -126,12 +132,166 @@ class Splits:
         saved=record)`` rebuilds the same split from it."""
         if self.files is None:
             return None
+        files = {s: [[p, c] for p, c in v] for s, v in self.files.items()}
         return {
-            "version": 1, "root": self.root, "classes": list(self.classes),
-            "files": {s: [[p, c] for p, c in v] for s, v in self.files.items()},
+            "version": 1, "root": self.root, "classes": list(self.classes), "layout": self.layout,
+            "files": files, "files_digest": files_digest(self.classes, files),
             "bad_images": [[p, why] for p, why in self.bad_images], "skipped_files": len(self.skipped),
             "preprocessing": self.preprocessing(),
         }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- splits.json, checked on every load
+
+SPLIT_NAMES = ("train", "val", "test")
+RECORD_HOW = ("splits.json is the list of files each split of this run used, written by cnnlab when the run "
+              "started; restore it from a copy of the run, or train a new run on the folder")
+
+
+def files_digest(classes: list[str], files: dict[str, list]) -> str:
+    """A hash of the classes and each split's file list as ``splits.json`` holds them: an edit shows."""
+    text = json.dumps({"classes": list(classes), "files": {s: [[p, int(c)] for p, c in v] for s, v in files.items()}},
+                      sort_keys=True, ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def read_record(path: Union[str, Path]) -> Optional[dict]:
+    """A run's ``splits.json``, checked (:func:`check_record`); None when the run has none (the built-in
+    data sets). Anything else than the record cnnlab wrote raises a DataError naming the file."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return None
+    try:
+        with open(path, "rb") as f:  # a named pipe or a folder there is no record: opened only if regular
+            from cnnlab.data.common import special_kind
+
+            kind = special_kind(os.fstat(f.fileno()).st_mode) if path.is_file() else "not a file"
+            if kind is not None:
+                raise DataError(f"{path} is {kind}, not the JSON file cnnlab wrote; {RECORD_HOW}.")
+            record = json.loads(f.read().decode("utf-8"))
+    except DataError:
+        raise
+    except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON
+        what = short(e, 160) if isinstance(e, OSError) else f"not valid JSON: {short(e, 160)}"
+        raise DataError(f"{path} cannot be read ({what}); {RECORD_HOW}.") from None
+    check_record(record, path)
+    return record
+
+
+def check_record(record: Any, where: Union[str, Path] = "splits.json") -> None:
+    """``record`` has the shape :meth:`Splits.record` gives: an object with ``classes`` (distinct names)
+    and ``files`` (per split a list of ``[path relative to data.root, class index]``), the splits
+    disjoint, no file listed twice, every path inside data.root, each file in its recorded class's
+    folder, a test split that is not empty, and (when recorded) the lists as they were written. Else a
+    DataError naming ``where`` and what is wrong."""
+    def bad(what: str) -> DataError:
+        return DataError(f"{where}: {what}; {RECORD_HOW}.")
+
+    if not isinstance(record, dict):
+        raise bad(f"expected a JSON object with classes and files, got {type(record).__name__}")
+    classes, files = record.get("classes"), record.get("files")
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) and c for c in classes) \
+            or len(set(classes)) != len(classes):
+        raise bad(f"classes must be a list of at least 2 distinct class names, got {_brief(classes)}")
+    if not isinstance(files, dict) or not files or set(files) - set(SPLIT_NAMES):
+        raise bad(f"files must be an object with the splits {', '.join(SPLIT_NAMES)} as keys, got {_brief(files)}")
+    layout = record.get("layout")
+    if layout is None:  # records written before the layout was: a train/ + test/ tree lists train/... paths
+        layout = "split" if any(str(e[0]).startswith("train/") for e in files.get("train") or []
+                                if isinstance(e, list) and e) else "flat"
+    if layout not in ("flat", "split"):
+        raise bad(f"layout must be flat or split, got {_brief(layout)}")
+    seen: dict[str, str] = {}
+    for s, entries in files.items():
+        if not isinstance(entries, list):
+            raise bad(f"files.{s} must be a list of [path, class index] pairs, got {_brief(entries)}")
+        for e in entries:
+            if not (isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and isinstance(e[1], int)
+                    and not isinstance(e[1], bool)):
+                raise bad(f"files.{s} holds {_brief(e)}; each entry must be [path relative to data.root, class index]")
+            p, c = e
+            if not 0 <= c < len(classes):
+                raise bad(f"files.{s} gives {p} the class index {c}; there are {len(classes)} classes (0..{len(classes) - 1})")
+            parts = PurePosixPath(p).parts
+            if not p or p.startswith("/") or "\\" in p or ".." in parts or ":" in parts[0]:
+                raise bad(f"files.{s} lists {p!r}, which is not a path inside data.root (paths are relative to it, "
+                          f"with no '..')")
+            folder = parts[1] if layout == "split" and len(parts) > 2 else parts[0] if len(parts) > 1 else None
+            if layout == "split" and parts[0] not in SPLIT_NAMES:
+                folder = None
+            if folder != classes[c]:
+                raise bad(f"files.{s} records {p} as class {classes[c]!r}, but it is in the folder "
+                          f"{folder!r}: each file's class is the class folder it is in")
+            if p in seen:
+                twice = f"twice in files.{s}" if seen[p] == s else f"in both files.{seen[p]} and files.{s}"
+                raise bad(f"{p} is listed {twice}: the splits must be disjoint and list each file once")
+            seen[p] = s
+    if not files.get("test"):
+        raise bad("files.test is empty: a run's split has test images")
+    digest = record.get("files_digest")
+    if digest is not None and digest != files_digest(classes, files):
+        raise bad("its file lists or classes were changed after the run wrote them (they no longer match "
+                  "files_digest), e.g. files moved between train and test; a run is evaluated and resumed on "
+                  "the split it was trained with")
+
+
+def check_record_against(record: dict, raw: RawData) -> None:
+    """The saved split still fits the image folder as it is now: the same classes in the same order (class
+    folders renamed after training would permute the labels), and every listed file still there."""
+    if list(record["classes"]) != list(raw.classes):
+        raise DataError(
+            f"the class folders of {raw.root} are now {', '.join(raw.classes)}, but this run was trained on "
+            f"{', '.join(record['classes'])} (its splits.json): scoring or training on would mix up the labels. "
+            f"Restore the folder names, or train a new run on the folder as it is now.")
+    have = {p for v in (raw.files or {}).values() for p in v} | {p for p, _ in raw.bad_images}
+    missing = [p for v in record["files"].values() for p, _ in v if p not in have]
+    if missing:
+        raise DataError(
+            f"the split this run saved (splits.json) lists {len(missing)} file(s) no longer in {raw.root} "
+            f"(e.g. {', '.join(missing[:3])}); restore them, or train a new run on the folder as it is now.")
+
+
+def check_preprocessing(record: Any, where: Union[str, Path] = "the checkpoint") -> dict:
+    """A preprocessing record (:meth:`Splits.preprocessing`, saved in every checkpoint as ``preprocess``)
+    as predict, export and ``cnnlab.load`` use it, checked: ``classes`` (at least 2 names), ``input_shape``
+    ``[C, H, W]`` of positive whole numbers with C 1 or 3, ``mean`` and ``std`` with C finite numbers each,
+    every std above 0 (a std of 0 divides by zero: nan probabilities), ``resize`` absent, null or two
+    positive whole numbers. Returns it; else a DataError naming ``where`` and the field."""
+    def bad(what: str) -> DataError:
+        return DataError(f"{where}: the preprocessing record (preprocess) {what}. cnnlab writes it when training; "
+                         f"use a checkpoint of the run as it was written, or train the run again.")
+
+    def whole(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+    if not isinstance(record, dict):
+        raise bad(f"must be an object, got {_brief(record)}")
+    classes = record.get("classes")
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+        raise bad(f"has classes {_brief(classes)}; expected a list of at least 2 class names")
+    shape = record.get("input_shape")
+    if not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(whole(v) for v in shape) \
+            or shape[0] not in (1, 3):
+        raise bad(f"has input_shape {_brief(shape)}; expected [channels, height, width] with channels 1 or 3 and "
+                  f"height and width positive whole numbers")
+    for key in ("mean", "std"):
+        v = record.get(key)
+        if not isinstance(v, (list, tuple)) or len(v) != shape[0] or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v):
+            raise bad(f"has {key} {_brief(v)}; expected {shape[0]} finite number(s), one per channel of "
+                      f"input_shape {list(shape)}")
+    if any(x <= 0 for x in record["std"]):
+        raise bad(f"has std {_brief(record['std'])}; every std must be above 0 (the input is divided by it)")
+    resize = record.get("resize")
+    if resize is not None and not (isinstance(resize, (list, tuple)) and len(resize) == 2
+                                   and all(whole(v) for v in resize)) and not whole(resize):
+        raise bad(f"has resize {_brief(resize)}; expected null or [height, width]")
+    return record
+
+
+def _brief(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def load_raw(data_cfg: DataSettings = None) -> RawData:
@@ -241,7 +401,11 @@ def load_splits(data_cfg: DataSettings = None, device: Union[str, torch.device] 
     and the free memory: to ``device`` in one go, or kept on the host (pinned, or memory-mapped
     from the cache on disk) as :class:`~cnnlab.data.placement.HostImages` handing out device batches."""
     name = setting(data_cfg, "name")
+    if saved is not None:
+        check_record(saved)
     raw = load_raw(data_cfg)
+    if saved is not None and raw.files is not None:
+        check_record_against(saved, raw)
     seed, limit = setting(data_cfg, "split_seed"), setting(data_cfg, "train_limit")
     val_size = setting(data_cfg, "val_size")
     if setting(data_cfg, "test_size") is not None and raw.layout != "flat":
@@ -325,7 +489,7 @@ def load_splits(data_cfg: DataSettings = None, device: Union[str, torch.device] 
         resize_policy=setting(data_cfg, "resize_policy"), interpolation=setting(data_cfg, "resize_mode"),
         resized_on_decode=bool(resize) and "resize" in DATASETS.get(name).options,
         root=str(raw.root) if raw.root is not None else None, files=files,
-        bad_images=list(raw.bad_images), skipped=list(raw.skipped), placement=where,
+        bad_images=list(raw.bad_images), skipped=list(raw.skipped), placement=where, layout=raw.layout,
     )  # fmt: skip
 
 
