@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
@@ -28,6 +28,9 @@ from cnnlab.loader import load_config
 from cnnlab.models import info_of
 from cnnlab.optim import nll_of
 from cnnlab.runtime import autocast_for, pick_device, plan_compute
+
+if TYPE_CHECKING:  # annotations only
+    from cnnlab.state import TrainState
 
 MISCLASSIFIED_KEPT = 32  # test images kept for the report's "most confident mistakes" grid
 SPLITS = ("train", "val", "test")
@@ -178,9 +181,9 @@ def print_results(summary: dict, log: Callable) -> None:
     log(time_line(summary["time"]))
 
 
-def time_record(s, eval_s: float, resumed: bool = False) -> dict:
+def time_record(s: TrainState, eval_s: float, resumed: bool = False) -> dict:
     """summary.json's ``time``: where this session's wall time went, in parts that add up to ``total_s``. ``s`` is
-    the trainer's state (:class:`cnnlab.train.TrainState`); ``eval_s`` the final scoring's time. ``other_s`` is what
+    the trainer's state (:class:`cnnlab.state.TrainState`); ``eval_s`` the final scoring's time. ``other_s`` is what
     no part timed (mostly recording the environment: library versions, the git commit). After a resume it is None:
     train_s, compile_s and curve_eval_s add up every session, while setup_s, data_s, eval_s and total_s are the
     last session's."""

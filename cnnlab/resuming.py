@@ -18,10 +18,13 @@ learning rates already used).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cnnlab import runs
 from cnnlab.config import Config, ConfigError, dump_yaml
+
+if TYPE_CHECKING:  # annotations only
+    from cnnlab.state import TrainState
 
 RESUMABLE = ("train.epochs", "train.eval_every", "train.eval_batch_size", "train.early_stopping.patience",
              "train.early_stopping.min_delta", "train.threads", "train.progress", "train.tensorboard",
@@ -77,7 +80,7 @@ def check(cfg: Config, out_dir: Path) -> dict[str, list]:
     return {k: [old, new] for k, (old, new) in diff.items()}
 
 
-def record(s, changes: dict[str, list]) -> None:
+def record(s: TrainState, changes: dict[str, list]) -> None:
     """After the checkpoint is restored: note the resume in the run's progress (summary.json's
     ``resumed``) and write the config it now runs with."""
     if changes:

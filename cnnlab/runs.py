@@ -277,68 +277,6 @@ def _git_commit() -> str | None:
 # ----------------------------------------------------------------------------- a training run's checkpoints
 
 
-def checkpoint_state(s) -> dict:
-    """Everything needed to resume a run bit-identically: weights, optimizer, schedule, EMA,
-    fp16's loss scaler, progress, random-number generator states and the config. ``s`` is the trainer's state
-    (:class:`cnnlab.train.TrainState`)."""
-    return {
-        "model": s.model.state_dict(),
-        "optimizer": s.optimizer.state_dict(),
-        "scheduler": s.schedule.state_dict(),
-        "ema": s.ema.state_dict() if s.ema is not None else {},
-        "lookahead": look.state_dict() if (look := _lookahead(s)) is not None else {},
-        "scaler": s.scaler.state_dict() if s.scaler is not None else {},  # fp16's loss scale and its growth count
-        "step": s.progress.step,
-        "progress": dict(vars(s.progress)),
-        "rng": {"torch": torch.get_rng_state(), "augment": s.aug_gen.get_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-        "config": s.cfg.to_dict(),
-        "preprocess": s.preprocess,
-    }
-
-
-def _lookahead(s):
-    """The run's train.lookahead state (cnnlab.step.Lookahead), or None."""
-    step = getattr(s, "train_step", None)
-    return getattr(getattr(step, "parts", None), "lookahead", None)
-
-
-def restore(path: Path, s) -> None:
-    """Load a :func:`checkpoint_state` file into the trainer's state ``s`` (its progress too)."""
-    state = load_checkpoint(path, map_location=s.device)
-    missing = [k for k in ("model", "optimizer", "scheduler", "ema", "rng", "progress") if k not in state]
-    if missing:
-        raise CheckpointError(f"{path} is not a cnnlab run checkpoint (it has no {', '.join(missing)}); "
-                              "--resume needs the last.pt a run wrote")
-    try:
-        s.model.load_state_dict(state["model"])
-        s.optimizer.load_state_dict(state["optimizer"])
-        s.schedule.load_state_dict(state["scheduler"])
-        if s.ema is not None and state["ema"]:
-            s.ema.load_state_dict(state["ema"])
-        if (look := _lookahead(s)) is not None and state.get("lookahead"):
-            look.load_state_dict(state["lookahead"])
-        if s.scaler is not None and state.get("scaler"):
-            s.scaler.load_state_dict(state["scaler"])
-        rng = state["rng"]
-        # set_state takes CPU byte tensors, also for CUDA generators; map_location may have moved them.
-        torch.set_rng_state(rng["torch"].cpu())
-        s.aug_gen.set_state(rng["augment"].cpu())
-        if rng["cuda"] and torch.cuda.is_available():  # a run saved on more GPUs than are visible now
-            torch.cuda.set_rng_state_all([r.cpu() for r in rng["cuda"][:torch.cuda.device_count()]])
-        s.progress = type(s.progress)(**state["progress"])
-    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise does_not_fit(path, e) from None
-
-
-def load_weights(path: Path, s) -> None:
-    """Load only the weights (the model's and the EMA's) of a checkpoint into the trainer's state."""
-    state = load_checkpoint(path, map_location="cpu")  # copied onto the device by load_state_dict
-    s.model.load_state_dict(state["model"])
-    if s.ema is not None and state["ema"]:
-        s.ema.load_state_dict(state["ema"])
-
-
 def trained_network(model: torch.nn.Module, state: dict, path: Path) -> torch.nn.Module:
     """``model`` (freshly built) with the weights a run kept in checkpoint ``state``: the EMA's when the
     run averaged its weights, else the model's own."""

@@ -22,12 +22,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 
 from cnnlab.models.airbench import WhiteningConv
 from cnnlab.runtime import autocast_for
+
+if TYPE_CHECKING:  # annotations only
+    from cnnlab.state import TrainState
 
 WARMUP_CALLS = 3  # compiled: call 1 compiles; with CUDA graphs, call 2 warms up and call 3 records
 
@@ -196,8 +199,8 @@ class Step:
         return {"compiled": self.mode is not None, "mode": self.mode, "drop_last": drop_last}
 
 
-def build_step(s, compile: bool, static_shapes: bool) -> Step:
-    """The run's step from the trainer's state ``s`` (cnnlab.train.TrainState)."""
+def build_step(s: TrainState, compile: bool, static_shapes: bool) -> Step:
+    """The run's step from the trainer's state ``s`` (cnnlab.state.TrainState)."""
     tc = s.cfg.train
     lookahead = Lookahead(s.model, tc.lookahead, tc.lookahead_every, s.total_steps) if tc.lookahead else None
     freeze = None if tc.whitening_bias_epochs is None else \

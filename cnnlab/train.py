@@ -1,7 +1,8 @@
 """The training loop: ``run(config, out_dir) -> summary``, readable top to bottom.
 
 1. :func:`set_up`: seed, load the data splits onto the device (uint8), build the model, optimizer,
-   schedule and loss from the registries, gathered in one :class:`TrainState`.
+   schedule and loss from the registries, gathered in one :class:`~cnnlab.state.TrainState` (whose saved
+   form, :class:`~cnnlab.state.Checkpoint`, is declared beside it).
 2. :func:`train_loop`: each iteration slices a per-epoch random permutation of the training split,
    augments and normalises the batch on the device, and takes one step. No DataLoader, no per-sample
    Python; the host waits on the device only at evaluation points (and every ``DIVERGENCE_CHECK_EVERY`` steps).
@@ -19,9 +20,8 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -38,76 +38,11 @@ from cnnlab.optim import Schedule, build_loss, build_optimizer, build_schedule, 
 from cnnlab.results import is_finished
 from cnnlab.runtime import (EMA, Compute, RunStopped, failure_text, make_scaler, pick_device, plan_compute, run_flags,
                             seed_everything, stop_on_signals, tf32_flags)
+from cnnlab.state import Checkpoint, TrainState
 from cnnlab.step import build_step, drops_last, steps_per_epoch
 from cnnlab.summary import summarize
 
 DIVERGENCE_CHECK_EVERY = 50  # iterations between host syncs that look for a non-finite loss
-
-
-@dataclass
-class Progress:
-    """What a checkpoint must carry besides the weights to resume exactly."""
-
-    step: int = 0
-    best_value: float | None = None
-    best_step: int = 0
-    best_epoch: float = 0.0
-    best_val_accuracy: float | None = None
-    best_val_loss: float | None = None
-    evals_since_best: int = 0
-    train_seconds: float = 0.0  # without compile_seconds (a compiled step's first steps' extra time)
-    compile_seconds: float = 0.0
-    curve_eval_seconds: float = 0.0  # evaluation points (val scoring, checkpoints): neither train nor final
-    epoch_seconds: list = field(default_factory=list)
-    # running training loss / accuracy since the last evaluation (a stop between evaluations resumes the same point)
-    accum_loss: float = 0.0
-    accum_correct: int = 0
-    accum_seen: int = 0
-    resumes: list = field(default_factory=list)  # summary.json's "resumed": [{step, changes}] (cnnlab.resuming)
-
-
-@dataclass
-class TrainState:
-    """One run in training: what the loop reads and changes, passed around as one object."""
-
-    cfg: Config
-    out_dir: Path
-    device: torch.device
-    splits: Any  # the data splits (uint8 images on the device)
-    model: nn.Module  # the whole network: its state_dict is the checkpoint
-    net: nn.Module  # maps the loop's inputs to outputs: the model, or the head alone
-    inputs: Any  # the loop's inputs: the splits, or a frozen backbone's cached features of them
-    train_pre: Callable  # fn(stored batch, generator) -> augmented, normalised batch
-    channels_last: bool
-    compute: Compute  # the precision and memory format used, and why (summary.json)
-    optimizer: torch.optim.Optimizer
-    schedule: Schedule
-    loss_fn: Callable
-    scaler: torch.amp.GradScaler | None
-    ema: EMA | None
-    aug_gen: torch.Generator  # the augmentation's random numbers (checkpointed)
-    evaluator: Evaluator
-    scored: nn.Module  # what evaluation scores (the EMA, the model, or the head on cached features)
-    eval_inputs: Any  # the splits evaluation scores on: images, or cached features
-    steps_per_epoch: int
-    total_steps: int
-    log: Callable
-    progress: Progress = field(default_factory=Progress)  # step, best-so-far, timing, running loss
-    history: list = field(default_factory=list)  # the metrics.jsonl rows
-    model_info: dict = field(default_factory=dict)
-    preprocess: dict = field(default_factory=dict)  # how an image becomes the model's input (for predict/export)
-    warnings: list = field(default_factory=list)
-    data_seconds: float = 0.0
-    t_start: float = field(default_factory=time.perf_counter)
-    t_mark: float = 0.0  # start of the training time not yet added to progress.train_seconds
-    t_loop: float = 0.0  # when this session's training loop began (set-up: the time before it, less the data's)
-    trackers: list = field(default_factory=list)  # cnnlab.tracking: TensorBoard, a Ray Tune reporter, ...
-    loss_sum: torch.Tensor | None = None  # training loss summed since the last evaluation (on the device:
-    correct: torch.Tensor | None = None  # no host sync per step), correct predictions and images seen
-    seen: int = 0
-    train_step: Any = None  # cnnlab.step.Step: forward, loss, backward, update, EMA, running sums
-    drop_last: bool = False  # each epoch's short last batch dropped (static shapes for a compiled step)
-    tf32: dict = field(default_factory=dict)  # runtime.tf32_flags' decision
 
 
 def say(message: str) -> None:
@@ -225,7 +160,7 @@ def open_run_folder(s: TrainState, changes: dict | None, verbose: bool = False, 
     metrics_file = s.out_dir / "metrics.jsonl"
     s.out_dir.mkdir(parents=True, exist_ok=True)
     if changes is not None:
-        runs.restore(s.out_dir / "last.pt", s)
+        Checkpoint.load(s.out_dir / "last.pt", map_location=s.device).restore(s, s.out_dir / "last.pt")
         resuming.record(s, changes)
         runs.write_jsonl(metrics_file, [r for r in runs.read_jsonl(metrics_file) if r["step"] <= s.progress.step])
         log(f"resuming {s.out_dir} at step {s.progress.step}/{s.total_steps}")
@@ -291,7 +226,7 @@ def train_loop(s: TrainState, stop: dict) -> str:
             if stop.get("stop"):
                 p.train_seconds += time.perf_counter() - s.t_mark
                 p.accum_loss, p.accum_correct, p.accum_seen = float(s.loss_sum), int(s.correct), s.seen
-                runs.save_checkpoint(s.out_dir / "last.pt", runs.checkpoint_state(s))
+                Checkpoint.of(s).save(s.out_dir / "last.pt")
                 raise RunStopped
     if bar is not None:
         bar.close()
@@ -318,10 +253,10 @@ def evaluation_point(s: TrainState) -> str | None:
     improved = track_best(s.cfg, row, p)
     # best.pt before last.pt: a kill between the two resumes from the older last.pt and
     # re-writes the same best.pt, never leaving a best.pt older than last.pt claims.
-    state = runs.checkpoint_state(s)
+    state = Checkpoint.of(s)
     if improved:
-        runs.save_checkpoint(s.out_dir / "best.pt", state)
-    runs.save_checkpoint(s.out_dir / "last.pt", state)
+        state.save(s.out_dir / "best.pt")
+    state.save(s.out_dir / "last.pt")
     if row["val_loss"] is not None and not math.isfinite(row["val_loss"]):
         return "diverged"
     if tc.early_stopping.patience and p.evals_since_best >= tc.early_stopping.patience:
@@ -363,7 +298,7 @@ def finish(s: TrainState, status: str, error: str | None, score: bool = True, re
     results = {}
     if score:
         if (s.out_dir / "best.pt").exists():
-            runs.load_weights(s.out_dir / "best.pt", s)
+            Checkpoint.load(s.out_dir / "best.pt").restore_weights(s, s.out_dir / "best.pt")
         results, mistakes = score_splits(s.evaluator, s.scored, s.eval_inputs, s.splits.test_x, s.cfg.train.progress,
                                          final_splits(s.cfg.train.score_train))
         runs.save_misclassified(s.out_dir, mistakes)

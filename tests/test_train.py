@@ -13,6 +13,7 @@ import torch
 from cnnlab import evaluate, runs, train
 from cnnlab.report import finish_run
 from cnnlab.config import ConfigError
+from cnnlab.state import Checkpoint, Progress
 from conftest import PRECISIONS
 
 
@@ -213,15 +214,15 @@ def test_restore_moves_rng_states_to_the_cpu_and_skips_gpus_not_visible(tmp_path
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     gen = torch.Generator().manual_seed(1)
     s = SimpleNamespace(model=model, optimizer=opt, schedule=build_schedule(opt, cfg.sched, 10, 1), ema=None, scaler=None,
-                        aug_gen=gen, progress=train.Progress(step=3), cfg=cfg, device=torch.device("cpu"), preprocess={})
-    state = runs.checkpoint_state(s)
+                        aug_gen=gen, progress=Progress(step=3), cfg=cfg, device=torch.device("cpu"), preprocess={},
+                        train_step=None)
+    state = Checkpoint.of(s)
     moved, cuda_set = [], []
-    state["rng"] = {"torch": _OnDevice(state["rng"]["torch"], moved), "augment": _OnDevice(gen.get_state(), moved),
-                    "cuda": [torch.zeros(16, dtype=torch.uint8)] * 3}  # saved on 3 GPUs
-    monkeypatch.setattr(runs, "load_checkpoint", lambda path, map_location: state)
+    state.rng = {"torch": _OnDevice(state.rng["torch"], moved), "augment": _OnDevice(gen.get_state(), moved),
+                 "cuda": [torch.zeros(16, dtype=torch.uint8)] * 3}  # saved on 3 GPUs
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: cuda_set.append(len(states)))
-    s.progress = train.Progress()
-    runs.restore(tmp_path / "last.pt", s)
+    s.progress = Progress()
+    state.restore(s, tmp_path / "last.pt")
     assert moved == [True, True] and cuda_set == [1] and s.progress.step == 3
