@@ -58,12 +58,16 @@ class Claim:
     margin: float | None = None  # for a ≈ b
     tolerance: float | None = None  # for a ≈ level
     metric: str = DEFAULT_METRIC
-    needs_full_schedule: bool = False  # a cut schedule cannot test it
+    needs_full_schedule: bool | None = None  # a cut schedule cannot test it; None: a level cannot, a pair can
     note: str = ""
 
     @property
     def is_level(self) -> bool:
         return self.level is not None
+
+    @property
+    def full_schedule_only(self) -> bool:
+        return self.is_level if self.needs_full_schedule is None else self.needs_full_schedule
 
 
 # ----------------------------------------------------------------------------- reading claims
@@ -127,8 +131,8 @@ def _parse_claim(item: Any, i: int, source: str) -> Claim:
     metric = item.get("metric", DEFAULT_METRIC)
     if not isinstance(metric, str) or not metric.strip():
         raise bad("metric", f"must be a dotted results key such as test.accuracy, got {metric!r}")
-    full = item.get("needs_full_schedule", has_level)
-    if not isinstance(full, bool):
+    full = item.get("needs_full_schedule")
+    if full is not None and not isinstance(full, bool):
         raise bad("needs_full_schedule", f"must be true or false, got {full!r}")
     note = item.get("note", "")
     if not isinstance(note, str):
@@ -333,7 +337,7 @@ def judge(claim: Claim, rows: list[dict], layout: Layout, cut: str | None = None
     if short:
         v.why = f"fewer than {MIN_SEEDS} runs per cell ({', '.join(short)})"
         return v
-    if cut and claim.needs_full_schedule:
+    if cut and claim.full_schedule_only:
         what = "a level" if claim.is_level else "this claim"
         v.why = f"the schedule was cut ({cut}); {what} belongs to the study's full schedule"
         return v
@@ -361,35 +365,36 @@ def _decide(v: Verdict) -> None:
         v.equivalence_p = stats.equivalence_p(a.values, b.values if b else None, level=claim.level, margin=margin)
         if v.equivalence_p < stats.ALPHA:
             v.word = HOLDS
-            v.why = f"equivalent within ±{_amount(margin, v.percent)} (TOST p = {_p(v.equivalence_p)})"
+            v.why = f"equivalent within ±{_amount(margin, v.percent)} (TOST p {_p(v.equivalence_p)})"
         elif significant:
             v.word = DIFFERS if b is not None else LEVEL_DIFFERS
             v.why = (f"{'the difference' if b is not None else 'the study figure'} is outside the 95 % interval "
-                     f"(p = {_p(test.p)}), and not shown within ±{_amount(margin, v.percent)} "
-                     f"(TOST p = {_p(v.equivalence_p)})")
+                     f"(p {_p(test.p)}), and not shown within ±{_amount(margin, v.percent)} "
+                     f"(TOST p {_p(v.equivalence_p)})")
         else:
             v.word = WITHIN_NOISE
             v.seeds_needed = stats.seeds_needed(test.diff, sds, margin=margin, one_sample=b is None, power=POWER)
-            v.why = (f"neither a difference (p = {_p(test.p)}) nor equivalence within ±{_amount(margin, v.percent)} "
-                     f"(TOST p = {_p(v.equivalence_p)}) is shown")
+            v.why = (f"neither a difference (p {_p(test.p)}) nor equivalence within ±{_amount(margin, v.percent)} "
+                     f"(TOST p {_p(v.equivalence_p)}) is shown")
         return
     claimed = 1 if claim.relation == ">" else -1
     if significant and test.diff * claimed > 0:
-        v.word, v.why = HOLDS, f"Welch p = {_p(test.p)} in the claimed direction"
+        v.word, v.why = HOLDS, f"Welch p {_p(test.p)} in the claimed direction"
     elif significant:
-        v.word, v.why = REVERSED, f"Welch p = {_p(test.p)} in the opposite direction"
+        v.word, v.why = REVERSED, f"Welch p {_p(test.p)} in the opposite direction"
     else:
         v.word = WITHIN_NOISE
         v.seeds_needed = stats.seeds_needed(test.diff, sds, one_sample=b is None, power=POWER)
-        v.why = f"p = {_p(test.p)} ≥ {stats.ALPHA}"
+        v.why = f"p {_p(test.p)} ≥ {stats.ALPHA}"
     if b is None and v.word != WITHIN_NOISE:
         v.why = v.why.replace("Welch p", "one-sample t-test p")
 
 
 def _p(p: float) -> str:
+    """A p-value as "= 0.03" or "< 0.0001", to follow "p"."""
     if p < 0.0001:
         return "< 0.0001"
-    return f"{p:.2g}" if p < 0.01 else f"{p:.2f}"
+    return f"= {p:.2g}" if p < 0.01 else f"= {p:.2f}"
 
 
 def _amount(x: float, percent: bool) -> str:

@@ -49,7 +49,7 @@ def claims_table(page: Path, args: dict[str, str]) -> str:
     rows = results.load_results(folder, log=None)
     if not rows:
         raise ConfigError(f"{page}: {folder} has no results.jsonl rows for the claims marker")
-    return claims.markdown(claims.judge_sweep(folder, claim_set, rows))
+    return claims.markdown(claims.judge_sweep(folder, claim_set, rows), notes=False)  # the legend: README.md
 
 
 def compare_table(page: Path, args: dict[str, str]) -> str:
