@@ -536,6 +536,23 @@ def _compare_tables(sweep_dir: Path, keys: list[str], metric: str) -> list[dict]
     return tables
 
 
+def _claims_table(sweep_dir: Path, plan: dict, rows: list[dict], note) -> Optional[dict]:
+    """The verdicts of the claims the sweep file carried (cnnlab.claims), as the template's rows."""
+    from cnnlab import claims
+
+    try:
+        claim_set = claims.from_plan(plan, str(sweep_dir / results.PLAN))
+        verdicts = claims.judge_sweep(sweep_dir, claim_set, rows)
+    except Exception as e:  # noqa: BLE001 - the rest of the report still shows
+        note(f"{sweep_dir / REPORT_NAME}: the claims' verdicts left out: {_why(e)}")
+        return None
+    return {"cut": claim_set.cut, "rows": [
+        {"claim": f"{v.claim.text} (a {v.claim.relation} {'b' if v.b is not None else 'level'})",
+         "study": f"{v.claim.study} ({v.claim.where})", "a": claims.cell_text(v.a, v.percent),
+         "b": claims.against_text(v), "diff": claims.difference_text(v), "word": v.label,
+         "verdict": claims.verdict_text(v).replace(f"**{v.label}**: ", "")} for v in verdicts]}
+
+
 def run_link(sweep_dir: Path, run_dir: Path) -> str:
     """The href of a run's report: a relative, percent-encoded path below the sweep folder.
 
@@ -637,6 +654,7 @@ def sweep_context(sweep_dir: Path, metric: str = DEFAULT_SWEEP_METRIC, build_run
         "settings_table": settings_table,
         "best_label": best_label,
         "compare_tables": _compare_tables(sweep_dir, keys, metric) if rows else [],
+        "claims": _claims_table(sweep_dir, plan, rows, note) if plan.get("claims") and rows else None,
         "factor_plots": factor_plots,
         "images": images,
         "pngs": {**pngs, **{f"factor {f['key']}": f["png"] for f in factor_plots}},  # the plots' bytes, by name

@@ -249,3 +249,20 @@ def test_a_page_table_is_rebuilt_and_the_prose_around_it_kept(tmp_path):
     assert new.startswith("intro\n<!-- cnnlab:claims") and new.endswith("<!-- /cnnlab -->\noutro\n")
     assert "stale table" not in new and "**holds**" in new
     assert regenerate(page, new) == new
+
+
+def test_the_sweep_report_shows_the_claims_verdicts(tmp_path):
+    from cnnlab import report
+
+    folder = tmp_path / "sw"
+    folder.mkdir()
+    (folder / "results.jsonl").write_text("".join(json.dumps({**r, "run_dir": f"runs/{r['run_id']}"}) + "\n" for r in
+                                                  rows([0.97, 0.971, 0.969], [0.95, 0.951, 0.949])))
+    plan = plan_sweep(spec(GOOD, {**GOOD, "claim": "lr 0.01 at 99 %", "b": None, "relation": "≈", "level": 0.99,
+                                  "tolerance": 0.002}, cut="1 epoch instead of 20"), source="s.yaml").to_dict()
+    (folder / "plan.json").write_text(json.dumps(plan))
+    context = report.sweep_context(folder, build_run_reports=False, log=lambda m: None)
+    assert [c["word"] for c in context["claims"]["rows"]] == ["holds", "not tested"]
+    html = report.write_sweep_report(folder, log=lambda m: None).read_text()
+    assert "The study&#39;s claims" in html or "The study's claims" in html
+    assert "lr 0.01 at 99 %" in html and "1 epoch instead of 20" in html
