@@ -31,6 +31,19 @@ def test_the_cpu_path_runs_and_exits_0(capsys, data_root, tmp_path):
     # the two local sweep workers, started by the sweep's own pool, get one (made-up) GPU each
     assert re.search(r"^two workers, two GPUs\s+ok\s+workers see CUDA_VISIBLE_DEVICES \['0', '1'\] "
                      r"\(assignment only", out, re.M), out
+    assert re.search(r"^224-px ResNet-50 in 8 GB\s+skipped\s+no CUDA device", out, re.M), out
+    assert "FAIL" not in out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine run the script itself")
+def test_every_row_a_cpu_can_run_passes_without_quick(capsys, data_root, tmp_path):
+    # what a maintainer runs first on a GPU, run in full up to the GPU: the compiled step and the test row too
+    assert load().main(["--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^compiled step\s+ok", out, re.M) and re.search(r"^CUDA-relevant tests\s+ok", out, re.M), out
+    skipped = re.findall(r"^(.+?)\s+skipped\s+(.+)$", out, re.M)
+    assert skipped and all(why.startswith("no CUDA device") for _, why in skipped), skipped
     assert "FAIL" not in out
 
 
