@@ -419,12 +419,9 @@ def from_plan(plan: dict, source: str) -> ClaimSet:
     return ClaimSet(parse_claims(plan.get("claims"), source), Layout.of(plan), plan.get("cut") or None, source)
 
 
-def load_claims(sweep_dir: str | Path, sweep_file: str | Path | None = None) -> ClaimSet:
-    """The claims of ``sweep_file`` (validated), else those the sweep folder's plan.json recorded."""
-    if sweep_file is not None:
-        from cnnlab.sweep import load_sweep
-
-        return from_plan(load_sweep(sweep_file).to_dict(), str(sweep_file))
+def load_claims(sweep_dir: str | Path) -> ClaimSet:
+    """The claims the sweep folder's plan.json recorded (a sweep file's own: ``from_plan(load_sweep(file)
+    .to_dict(), file)``, by the caller: the sweep grammar imports this module, not the other way round)."""
     plan = results.load_plan(sweep_dir)
     if plan is None:
         raise ConfigError(f"{sweep_dir}: no plan.json, so no claims to judge; run the sweep (cnnlab sweep FILE --out "

@@ -215,8 +215,10 @@ def cmd_compare(args) -> int:
 
 def cmd_claims(args) -> int:
     from cnnlab import claims
+    from cnnlab.sweep import load_sweep
 
-    claim_set = claims.load_claims(Path(args.dir), args.sweep)
+    claim_set = (claims.from_plan(load_sweep(args.sweep).to_dict(), str(args.sweep)) if args.sweep
+                 else claims.load_claims(Path(args.dir)))
     if not claim_set.claims:
         raise _config_error(f"{claim_set.source}: no claims: to judge; a sweep file lists them under claims: "
                             "(see docs/studies/README.md)")

@@ -43,9 +43,10 @@ def _args(text: str, page: Path, kind: str, allowed: tuple[str, ...]) -> dict[st
 
 def claims_table(page: Path, args: dict[str, str]) -> str:
     from cnnlab import claims, results
+    from cnnlab.sweep import load_sweep
 
-    folder = page.parent / args["results"]
-    claim_set = claims.load_claims(folder, page.parent / args["sweep"])
+    folder, sweep_file = page.parent / args["results"], page.parent / args["sweep"]
+    claim_set = claims.from_plan(load_sweep(sweep_file).to_dict(), str(sweep_file))
     rows = results.load_results(folder, log=None)
     if not rows:
         raise ConfigError(f"{page}: {folder} has no results.jsonl rows for the claims marker")
