@@ -26,10 +26,12 @@ SWEEP_MARKERS = ("results.jsonl", ".sweep.lock")
 
 
 def is_run_folder(folder: Union[str, Path]) -> bool:
-    """Whether ``folder`` is a cnnlab run folder (config.yaml beside what training writes)."""
+    """Whether ``folder`` is a cnnlab run folder: config.yaml beside what training writes, or the lock
+    alone (a run that is starting: it takes its folder's lock before it reads any data)."""
     folder = Path(folder)
     try:
-        return (folder / "config.yaml").is_file() and any(os.path.lexists(folder / m) for m in RUN_MARKERS)
+        return os.path.lexists(folder / ".cnnlab.lock") or (
+            (folder / "config.yaml").is_file() and any(os.path.lexists(folder / m) for m in RUN_MARKERS))
     except OSError:
         return False
 
