@@ -71,10 +71,9 @@ def config_of(study: str | Path | dict | Config, overrides: Overrides = None) ->
 def train(study: str | Path | dict | Config, overrides: Overrides = None, out: str | Path | None = None, *,
           resume: bool = False, force: bool = False, report: bool = True, verbose: bool = False) -> Run:
     """Train one study into ``out`` (default ``runs/<timestamp>-<name>``); with ``report`` also the
-    doctor's findings, curves.png and report.html (``cnnlab.report.finish_run``). ``resume=True``
+    doctor's findings, curves.png and report.html (``cnnlab.lifecycle``; also after a failure). ``resume=True``
     continues the run in ``out`` (``study`` may then be None: its config.yaml is used)."""
-    from cnnlab import report as reporting
-    from cnnlab.train import run as run_training
+    from cnnlab.lifecycle import train_and_finish
 
     if resume:
         if out is None:
@@ -83,12 +82,10 @@ def train(study: str | Path | dict | Config, overrides: Overrides = None, out: s
     else:
         cfg = config_of(study, overrides)
     out = Path(out) if out is not None else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
-    try:
-        summary = run_training(cfg, out, resume=resume, force=force, verbose=verbose)
+    try:  # the one after-run path, as cnnlab train and a sweep take it (cnnlab.lifecycle)
+        summary = train_and_finish(cfg, out, resume=resume, force=force, verbose=verbose, finish=report)
     except runs.RunExistsError as e:
         raise ConfigError(api_words(str(e))) from None
-    if report:
-        summary = reporting.finish_run(out, html=True) or summary
     return Run(out, summary)
 
 

@@ -75,7 +75,7 @@ def _is_input_error(e: BaseException) -> bool:
 
 
 def cmd_train(args) -> int:
-    from cnnlab import report, train
+    from cnnlab import lifecycle
     from cnnlab.loader import load_config
     from cnnlab.results import succeeded
 
@@ -101,26 +101,9 @@ def cmd_train(args) -> int:
                                 f"RUN_DIR{hint}")
         cfg = load_config(args.study, args.overrides)
         out = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
-    before = _stamp(out / "summary.json")
-    try:
-        summary = train.run(cfg, out, resume=bool(args.resume), force=args.force, verbose=args.verbose)
-    except Exception:
-        # A run that failed while training still gets its findings and curves: train.run wrote its
-        # summary.json before raising. A folder refused before training is left exactly as it was.
-        if _stamp(out / "summary.json") not in (before, None):
-            report.finish_run(out)
-        raise
-    summary = report.finish_run(out) or summary
+    # the one after-run path (findings, curves, report, uploads), also after a failure that wrote a summary
+    summary = lifecycle.train_and_finish(cfg, out, resume=bool(args.resume), force=args.force, verbose=args.verbose)
     return 0 if succeeded(summary["status"]) else 1
-
-
-def _stamp(path: Path):
-    """(inode, modification time in ns) of a file, or None: tells whether a call rewrote it."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns
 
 
 def cmd_eval(args) -> int:

@@ -25,7 +25,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Optional
 
-from cnnlab import doctor, plots, results, runs, tracking
+from cnnlab import doctor, plots, results, runs
 from cnnlab.config import ConfigError
 from cnnlab.plots import plot_curves  # noqa: F401 - kept as report.plot_curves for callers
 
@@ -166,8 +166,8 @@ def finish_run(out_dir, log=print, html: bool = True) -> Optional[dict]:
 
     Runs the doctor on the folder's files, stores its ``findings`` in summary.json (atomic
     rewrite), writes ``curves.png`` and, when ``html``, ``report.html``, and logs each finding.
-    The CLI, the sweep and Python callers call this after ``cnnlab.train.run`` (training
-    does not import reporting). Returns the updated summary, or None when the folder has no
+    :mod:`cnnlab.lifecycle` calls this after ``cnnlab.train.run`` for every caller (training
+    does not import reporting; the MLflow uploads follow there). Returns the updated summary, or None when the folder has no
     summary.json. A plotting or report problem is logged, never raised: the trained run stays.
     """
     out_dir = Path(out_dir)
@@ -188,7 +188,6 @@ def finish_run(out_dir, log=print, html: bool = True) -> Optional[dict]:
             write_run_report(out_dir, log=lambda m: log(f"warning: {m}"))
         except Exception as e:  # noqa: BLE001 - nor a report problem
             log(f"warning: could not write {out_dir / REPORT_NAME}: {_why(e)}")
-    tracking.upload_run_files(out_dir, log=log)  # the run's MLflow copies, when train.mlflow tracked it
     for f in summary["findings"]:
         log(f"doctor [{f['severity']}] {f['code']}: {f['message']}")
     return summary

@@ -20,8 +20,8 @@ The results file is append-only: a re-run of a failed run appends a new row, and
 readers (:func:`cnnlab.results.load_results`) keep the last row per ``run_id``.
 Rows are appended through :func:`cnnlab.runs.append_jsonl` (exclusive ``flock``,
 one ``O_APPEND`` write), so concurrent writers (workers) never
-interleave or lose lines. After each run the sweep asks :func:`cnnlab.report.finish_run`
-for the doctor's findings and ``curves.png`` (the runs' report.html pages are built
+interleave or lose lines. Each run is finished as every run is (:mod:`cnnlab.lifecycle`):
+the doctor's findings, ``curves.png`` and the uploads (the runs' report.html pages are built
 by ``cnnlab report SWEEP_DIR``).
 """
 from __future__ import annotations

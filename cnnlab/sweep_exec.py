@@ -83,7 +83,7 @@ def execute_task(task: dict, trackers: tuple = (), record: bool = True) -> dict:
     ``trackers`` watch the run (:mod:`cnnlab.tracking`); a Ray trial passes its reporter and
     ``record=False``, since there the driver alone writes results.jsonl.
     """
-    from cnnlab import report, train  # here, not at the top: planning a sweep needs neither (start-up time)
+    from cnnlab.lifecycle import train_and_finish  # here, not at the top: planning a sweep needs no training
 
     run_dir = Path(task["out_dir"]) / task["run_dir"]
     log = _FileLog(run_dir / "train.log")
@@ -94,17 +94,11 @@ def execute_task(task: dict, trackers: tuple = (), record: bool = True) -> dict:
         # killed sweep that is ending, or by `cnnlab train --resume`: wait a little for it, then refuse.
         runs.FolderLock(run_dir, wait=RUN_LOCK_WAIT_S).acquire_and_release()
         # report.html is skipped here: `cnnlab report SWEEP_DIR` builds the runs' reports it links to
-        summary = train.run(cfg, run_dir, resume=task["resume"], force=task["force"], log=log,
-                            trackers=tuple(trackers))
-        summary = report.finish_run(run_dir, log=log, html=False) or summary
+        summary = train_and_finish(cfg, run_dir, resume=task["resume"], force=task["force"], log=log, html=False,
+                                   trackers=tuple(trackers))  # finished also when it fails (cnnlab.lifecycle)
         row = row_from_summary(task, summary)
     except Exception as e:  # noqa: BLE001 - recorded in the row; one bad run must not end the sweep
-        # train.run leaves summary.json (status failed) when it got far enough to write one.
-        try:
-            report.finish_run(run_dir, log=log, html=False)
-        except Exception:  # noqa: BLE001 - the row below records the run's own error
-            pass
-        summary = read_summary(run_dir) or {}
+        summary = read_summary(run_dir) or {}  # train.run leaves one (status failed) when it got far enough
         summary["status"] = Status.FAILED
         row = row_from_summary(task, summary, error=f"{type(e).__name__}: {e}", time_s=time.perf_counter() - t0)
     finally:

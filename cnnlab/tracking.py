@@ -16,7 +16,7 @@ MLflow is a service shared across machines (or a database file shared by process
 3's store without a server, its artifacts in ``mlartifacts/`` beside it), so it must never cost a run: a
 tracker that cannot reach it warns once and trains on; what it could not send (points, artifacts, status)
 goes when the server answers again, at the latest when the run ends. ``<run>/mlflow.json`` names the MLflow
-run, so a resume continues it and :func:`upload_run_files` (called by ``report.finish_run`` once curves and
+run, so a resume continues it and :func:`upload_run_files` (called by ``cnnlab.lifecycle`` once curves and
 report exist) finds it.
 """
 from __future__ import annotations
@@ -311,7 +311,7 @@ def read_link(out_dir: Path) -> dict | None:
 
 def upload_run_files(out_dir: Path, log: Callable[[str], None] = print) -> list[str]:
     """Send the run folder's files (:data:`ARTIFACTS` that exist) to its MLflow run, if it has one; returns
-    the names sent. ``report.finish_run`` calls this once curves.png and report.html exist (summary.json then
+    the names sent. ``cnnlab.lifecycle.finish_folder`` calls this once curves.png and report.html exist (summary.json then
     holds the doctor's findings); the tracker sent what existed as the run ended. A failure is logged."""
     link = read_link(out_dir)
     if link is None:

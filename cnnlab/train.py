@@ -10,7 +10,7 @@
    row in ``metrics.jsonl``, ``best.pt`` by the validation metric, ``last.pt`` (enough to resume
    bit-identically), early stopping.
 4. :func:`finish`: score the best weights on val / test (and train: train.score_train), write ``summary.json``. The
-   doctor, ``curves.png`` and the report are the caller's (``cnnlab.report.finish_run``).
+   doctor, ``curves.png``, the report and the uploads are the caller's (``cnnlab.lifecycle``).
 
 A non-finite loss stops the run as ``diverged``; SIGINT/SIGTERM stop it at the next step boundary as
 ``interrupted`` after writing ``last.pt``; any other error leaves ``summary.json`` with status ``failed``.

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cnnlab import report, runs, train, tracking
+from cnnlab import lifecycle, runs, train, tracking
 from cnnlab.config import ConfigError, flatten
 from cnnlab.loader import load_config
 from cnnlab.sweep import run_sweep
@@ -209,7 +209,7 @@ def test_a_run_is_tracked_in_an_sqlite_database_its_artifacts_beside_it(tmp_path
     assert cfg.train.mlflow == uri
     monkeypatch.chdir(elsewhere)  # a resume, a sweep worker, a Ray trial: another folder, the same database
     train.run(cfg, tmp_path / "r", log=quiet)
-    report.finish_run(tmp_path / "r", log=quiet)
+    lifecycle.finish_folder(tmp_path / "r", log=quiet)
     assert (home / "mlflow.db").is_file() and not (elsewhere / "mlflow.db").exists()
     assert not (elsewhere / "mlruns").exists() and not (elsewhere / "mlartifacts").exists()
     run = check_tracked_run(client_for(uri), tmp_path / "r", experiment="tiny")
@@ -233,7 +233,7 @@ def test_a_run_is_tracked_in_a_file_store(tmp_path, data_root):
     uri = f"file:{tmp_path / 'store'}"
     cfg = load_config(None, {**flatten(TINY), "train.mlflow": uri})
     train.run(cfg, tmp_path / "r", log=quiet)
-    report.finish_run(tmp_path / "r", log=quiet)  # curves.png, report.html: sent to the same MLflow run
+    lifecycle.finish_folder(tmp_path / "r", log=quiet)  # curves.png, report.html: sent to the same MLflow run
     run = check_tracked_run(client_for(uri), tmp_path / "r", experiment="tiny")
     assert run.data.tags["run_id"] == "r" and run.info.run_name == "r"
     assert "report.html" in {a.path for a in client_for(uri).list_artifacts(run.info.run_id)}
@@ -398,7 +398,7 @@ def test_tensorboard_names_sweep_runs_by_their_settings_with_hparams(file_sweep)
 def test_a_run_is_tracked_on_a_real_mlflow_server(mlflow_server, tmp_path, data_root):
     cfg = load_config(None, {**flatten(TINY), "name": "served", "train.mlflow": mlflow_server})
     train.run(cfg, tmp_path / "r", log=quiet)
-    report.finish_run(tmp_path / "r", log=quiet)
+    lifecycle.finish_folder(tmp_path / "r", log=quiet)
     run = check_tracked_run(client_for(mlflow_server), tmp_path / "r", experiment="served")
     assert "report.html" in {a.path for a in client_for(mlflow_server).list_artifacts(run.info.run_id)}
 

@@ -1,0 +1,59 @@
+"""One run from its config to a finished folder, the same for every caller: ``cnnlab train``, the Python
+API's ``cnnlab.train``, a sweep's worker and a Ray trial.
+
+1. :func:`cnnlab.train.run` trains and writes ``summary.json``, also for a run that failed, diverged or was
+   interrupted (a crash while training writes status ``failed``, then re-raises);
+2. :func:`cnnlab.report.finish_run`: the doctor's findings into ``summary.json``, ``curves.png`` and, with
+   ``html``, ``report.html``;
+3. :func:`cnnlab.tracking.upload_run_files`: the trackers' copies of the finished files (the run's MLflow
+   run gets summary.json, metrics, curves and report once they exist).
+
+Steps 2 and 3 run after a failure too, as soon as step 1 wrote a ``summary.json``: a folder refused before
+training (a bad value, a run that exists) is left exactly as it was. A problem in step 2 or 3 is logged and
+never hides the run's own error, which is re-raised as it was.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from cnnlab import report, tracking, train
+from cnnlab.config import Config
+
+SUMMARY = "summary.json"
+
+
+def train_and_finish(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool = False,
+                     log: Callable[[str], None] = train.say, verbose: bool = False, finish: bool = True,
+                     html: bool = True, trackers: tuple = ()) -> dict:
+    """Train ``cfg`` into ``out_dir`` (:func:`cnnlab.train.run`'s arguments), then :func:`finish_folder` it
+    unless ``finish`` is False; returns the summary as the folder holds it."""
+    out_dir = Path(out_dir)
+    before = _stamp(out_dir / SUMMARY)
+    try:
+        summary = train.run(cfg, out_dir, resume=resume, force=force, log=log, verbose=verbose, trackers=trackers)
+    except BaseException:  # Ctrl-C included: an interrupted set-up that wrote a summary is finished too
+        if finish and _stamp(out_dir / SUMMARY) not in (before, None):
+            try:
+                finish_folder(out_dir, log=log, html=html)
+            except Exception as e:  # noqa: BLE001 - the run's own error is what the caller must see
+                log(f"warning: could not finish {out_dir} after the failure: {type(e).__name__}: {e}")
+        raise
+    return (finish_folder(out_dir, log=log, html=html) or summary) if finish else summary
+
+
+def finish_folder(out_dir: str | Path, *, log: Callable[[str], None] = print, html: bool = True) -> dict | None:
+    """Steps 2 and 3 on a run folder that has a ``summary.json`` (else None): findings, curves, report, uploads."""
+    summary = report.finish_run(Path(out_dir), log=log, html=html)
+    if summary is not None:
+        tracking.upload_run_files(Path(out_dir), log=log)
+    return summary
+
+
+def _stamp(path: Path):
+    """(inode, modification time in ns) of a file, or None: tells whether a call rewrote it."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
