@@ -113,7 +113,7 @@ def cmd_eval(args) -> int:
         result = evaluate_on(Path(args.run_dir), args.overrides, checkpoint=args.checkpoint,
                              split=args.split or "all")
     else:
-        from cnnlab.evaluate import evaluate_run
+        from cnnlab.predict import evaluate_run
 
         result = evaluate_run(Path(args.run_dir), splits=(args.split or "test").split(","), checkpoint=args.checkpoint)
     print(json.dumps(result, indent=2) if args.json else result["text"])

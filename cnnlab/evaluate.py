@@ -3,7 +3,7 @@
 :class:`Evaluator` scores a model on a split in large batches (optionally averaging the
 probabilities of test-time augmented views, ``train.tta``); the trainer uses it at every
 evaluation point and, through :func:`score_splits`, for the final scores of train /
-validation / test (printed by :func:`print_results`). :func:`evaluate_run` scores a finished
+validation / test (printed by :func:`print_results`). :func:`cnnlab.predict.evaluate_run` scores a finished
 run's checkpoint again (``cnnlab eval``). Test-time augmentation flips and shifts images, so
 it needs 4-D image batches: a trainer that trains a head on cached backbone features scores
 TTA through the whole network.
@@ -19,15 +19,10 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from torch import nn
 
-from cnnlab import data as datamod
-from cnnlab import metrics, runs, transfer
-from cnnlab.augment import Preprocess
+from cnnlab import metrics, transfer
 from cnnlab.data.batches import eval_batches
-from cnnlab.config import ConfigError
-from cnnlab.loader import load_config
-from cnnlab.models import info_of
 from cnnlab.optim import nll_of
-from cnnlab.runtime import autocast_for, pick_device, plan_compute
+from cnnlab.runtime import autocast_for
 
 if TYPE_CHECKING:  # annotations only
     from cnnlab.state import TrainState
@@ -218,35 +213,3 @@ def fmt(value, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def evaluate_run(run_dir: Path, splits: list[str] = ("test",), checkpoint: str = "best.pt") -> dict:
-    """Score a run's checkpoint again on the chosen splits (``cnnlab eval``)."""
-    run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.yaml")
-    for s in splits:
-        if s not in SPLITS:
-            raise ConfigError(f"--split: {s!r} is not a split; use train, val or test")
-    device = pick_device(cfg.train.device)
-    data = datamod.load_splits(cfg.data, device, saved=runs.read_split_record(run_dir))
-    model, _ = transfer.build_model(cfg.model_copy(update={"model": cfg.model.model_copy(
-        update={"init_from": None, "pretrained": None, "weights_path": None})}), data.num_classes, data.in_channels)
-    model.to(device)
-    state = runs.load_checkpoint(run_dir / checkpoint, map_location=device)
-    model = runs.trained_network(model, state, run_dir / checkpoint)
-    compute = plan_compute(cfg.train, model, device)  # train.precision: auto resolved on this machine
-    if compute.channels_last:
-        model.to(memory_format=torch.channels_last)
-    evaluator = Evaluator(Preprocess(data, cfg.data, train=False), cfg.train.eval_batch_size,
-                          compute.precision, device, info_of(model).output_kind, data.num_classes,
-                          tta=cfg.train.tta, channels_last=compute.channels_last)
-    result = {"run_dir": str(run_dir), "checkpoint": checkpoint, "step": state.get("step")}
-    lines = [f"{run_dir} / {checkpoint} (step {state.get('step')})"]
-    for s in splits:
-        r = evaluator.score(model, getattr(data, f"{s}_x"), getattr(data, f"{s}_y"), full=True)
-        r.pop("_mistakes")
-        result[s] = r
-        lines.append(f"{s}: accuracy {r['accuracy']:.4f}, loss {r['loss']:.4f}, f1_macro {r['f1_macro']:.4f}")
-        lines.append(metrics.format_per_class(r, list(data.classes)))
-        lines.append("confusion (rows: true, columns: predicted):\n" + metrics.format_confusion(r["confusion"],
-                                                                                           list(data.classes)))
-    result["text"] = "\n".join(lines)
-    return result

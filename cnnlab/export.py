@@ -47,7 +47,8 @@ def export(run_dir: str | Path, fmt: str, out: str | Path, checkpoint: str = "be
     if fmt not in FORMATS:
         raise ConfigError(f"format: {fmt!r}; use one of {', '.join(FORMATS)}")
     check_out_file(out)  # never a folder, nor a file a run wrote (RUN/best.pt): refused before any work
-    run = load_run(run_dir, checkpoint)
+    # the network as the format holds it: fp32 weights in the standard layout, whatever the run computed in
+    run = load_run(run_dir, checkpoint, overrides={"train.precision": "fp32", "train.channels_last": False})
     out = Path(out)
     example = torch.randn(2, *run.input_shape)
     data = to_onnx(run, example) if fmt == "onnx" else to_torchscript(run, example)

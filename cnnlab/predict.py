@@ -1,13 +1,14 @@
 """Using a trained model on new images: load a run, decode loose files, predict, score another folder.
 
-:func:`load_run` rebuilds a run's network from its checkpoint (the EMA weights when the run
-kept an average) in eval mode, with the preprocessing the run saved beside the weights
+:func:`load_run` (the one run loader: eval, predict, export and ``cnnlab.load``) rebuilds a run's
+network from its checkpoint (the EMA weights when the run kept an average) in eval mode, computing in the
+run's precision as resolved on this device, with the preprocessing the run saved beside the weights
 (``"preprocess"``: classes, input shape, channels, mean/std, resize policy; see
 :func:`cnnlab.augment.preprocess_record`). :func:`read_image` decodes one file the way
 predictions need it (Pillow, EXIF orientation applied, converted to the run's channels,
 resized to its input size); :class:`Transform` turns such uint8 images into the normalised
-float input. ``cnnlab predict`` is :func:`predict_paths` + :func:`format_table`;
-``cnnlab eval RUN data.root=...`` is :func:`evaluate_on` (the whole other folder, scored
+float input. ``cnnlab predict`` is :func:`predict_paths` + :func:`format_table`; ``cnnlab eval RUN`` is
+:func:`evaluate_run` (its own splits again); ``cnnlab eval RUN data.root=...`` is :func:`evaluate_on` (the whole other folder, scored
 with the run's own normalisation; its class names must be the run's).
 """
 from __future__ import annotations
@@ -25,12 +26,13 @@ from torch import nn
 
 from cnnlab import metrics, runs, transfer
 from cnnlab import data as datamod
-from cnnlab.augment import preprocess_record, resize
+from cnnlab.augment import Preprocess, preprocess_record, resize
 from cnnlab.config import ConfigError, apply_overrides
 from cnnlab.data import DataError
-from cnnlab.evaluate import Evaluator
+from cnnlab.evaluate import SPLITS, Evaluator
 from cnnlab.loader import build_config
 from cnnlab.models import info_of
+from cnnlab.runtime import Compute, pick_device, plan_compute
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _LUMA = torch.tensor([0.2989, 0.587, 0.114]).view(1, 3, 1, 1)  # the weights data.channels=1 uses
@@ -123,8 +125,9 @@ class LoadedRun:
     transform: Transform
     preprocess: dict
     output_kind: str
-    config: Any  # the run's Config
+    config: Any  # the run's Config (the checkpoint's own: config.yaml beside it is only a copy to read)
     device: torch.device
+    compute: Compute  # the run's train.precision and channels_last resolved here by the rule training used
     step: int | None = None
 
     def __repr__(self) -> str:
@@ -138,14 +141,19 @@ class LoadedRun:
         if tta and mode == "none":
             raise ConfigError(f"tta: the run {self.run_dir} was trained with train.tta=none, so there is no "
                               "test-time augmentation to apply")
-        ev = Evaluator(self.transform.batch, batch_size, "fp32", self.device, self.output_kind, len(self.classes),
-                       tta=mode)
+        ev = self.evaluator(self.transform.batch, batch_size, mode)
         out = []
         with torch.inference_mode():
             for i in range(0, len(x), batch_size):
                 o = ev.outputs(self.model, x[i:i + batch_size].to(self.device))
                 out.append(o.exp() if mode != "none" else to_probs(o.float(), self.output_kind))
         return torch.cat(out).cpu() if out else torch.zeros(0, len(self.classes))
+
+    def evaluator(self, preprocess, batch_size: int, tta: str = "none") -> Evaluator:
+        """What scores this run's network here: in its :attr:`compute` (the one precision policy of eval,
+        predict and cnnlab.load: the run's own setting, resolved on this device as its training resolved it)."""
+        return Evaluator(preprocess, batch_size, self.compute.precision, self.device, self.output_kind,
+                         len(self.classes), tta=tta, channels_last=self.compute.channels_last)
 
     def predict(self, images: Any, top_k: int = 3, tta: bool = False) -> list[dict]:
         """Top-k classes of each image (paths, PIL images or uint8 tensors; one or a list): a list of
@@ -181,18 +189,24 @@ class LoadedRun:
         return rows
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str | torch.device = "cpu") -> LoadedRun:
+def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str | torch.device | None = "cpu",
+             overrides: dict | None = None) -> LoadedRun:
     """A run folder's checkpoint (``best.pt`` by default; a path to a .pt file works too) as a
-    :class:`LoadedRun`: the network in eval mode with the EMA weights when the run kept them."""
+    :class:`LoadedRun`: the network rebuilt from the checkpoint's own config (never fetching pretrained
+    weights: the checkpoint holds them), in eval mode, with the EMA weights when the run kept them. The one
+    loader of ``cnnlab eval``, ``predict``, ``export`` and ``cnnlab.load``. ``device`` None: the run's
+    ``train.device`` resolved here; ``overrides``: settings that do not change the network
+    (:data:`EVAL_OVERRIDES`, e.g. ``train.precision``), applied to the config first."""
     run_dir = Path(run_dir)
     path = run_dir if run_dir.is_file() else run_dir / checkpoint
     if not run_dir.exists():
         raise ConfigError(f"{run_dir}: no such run folder")
-    device = torch.device(device)
-    state = runs.load_checkpoint(path, map_location=device)
+    state = runs.load_checkpoint(path, map_location="cpu")  # onto the device by load_state_dict
     if "config" not in state or "model" not in state:
         raise runs.CheckpointError(f"{path} is not a cnnlab run checkpoint (it has no config or model)")
-    cfg = build_config(state["config"], str(path))
+    config = apply_overrides(state["config"], overrides) if overrides else state["config"]
+    cfg = build_config(config, str(path))
+    device = pick_device(cfg.train.device) if device is None else torch.device(device)
     record = state.get("preprocess") or _record_from_data(cfg)  # runs saved before the record existed
     record = datamod.check_preprocessing(record, path)  # a wrong-length mean, a std of 0: one paragraph
     c, h, w = record["input_shape"]
@@ -204,10 +218,13 @@ def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str | tor
         with torch.no_grad():  # lazy layers take their size from one input
             model.eval()(torch.zeros(1, c, h, w, device=device))
     model = runs.trained_network(model, state, path).eval()
+    compute = plan_compute(cfg.train, model, device)
+    if compute.channels_last:
+        model.to(memory_format=torch.channels_last)
     return LoadedRun(run_dir=run_dir if run_dir.is_dir() else run_dir.parent, model=model,
                      classes=list(record["classes"]), input_shape=(c, h, w), transform=Transform(record),
                      preprocess=record, output_kind=info_of(model).output_kind, config=cfg, device=device,
-                     step=state.get("step"))
+                     compute=compute, step=state.get("step"))
 
 
 def _record_from_data(cfg) -> dict:
@@ -299,6 +316,33 @@ def write_predictions(path: str | Path, rows: list[dict]) -> Path:
     return path
 
 
+# ----------------------------------------------------------------------------- cnnlab eval RUN
+
+
+def evaluate_run(run_dir: str | Path, splits: Sequence[str] = ("test",), checkpoint: str = "best.pt") -> dict:
+    """Score a run's checkpoint again on its own splits (``cnnlab eval``): the same images (an image
+    folder's saved split), preprocessing and precision as the run's final scoring, so the same numbers."""
+    for s in splits:
+        if s not in SPLITS:
+            raise ConfigError(f"--split: {s!r} is not a split; use {', '.join(SPLITS)}")
+    run = load_run(run_dir, checkpoint, device=None)
+    run_dir, cfg = Path(run_dir), run.config
+    data = datamod.load_splits(cfg.data, run.device, saved=runs.read_split_record(run_dir))
+    evaluator = run.evaluator(Preprocess(data, cfg.data, train=False), cfg.train.eval_batch_size, cfg.train.tta)
+    result = {"run_dir": str(run_dir), "checkpoint": checkpoint, "step": run.step}
+    lines = [f"{run_dir} / {checkpoint} (step {run.step})"]
+    for s in splits:
+        r = evaluator.score(run.model, getattr(data, f"{s}_x"), getattr(data, f"{s}_y"), full=True)
+        r.pop("_mistakes")
+        result[s] = r
+        lines.append(f"{s}: accuracy {r['accuracy']:.4f}, loss {r['loss']:.4f}, f1_macro {r['f1_macro']:.4f}")
+        lines.append(metrics.format_per_class(r, list(data.classes)))
+        lines.append("confusion (rows: true, columns: predicted):\n" + metrics.format_confusion(r["confusion"],
+                                                                                           list(data.classes)))
+    result["text"] = "\n".join(lines)
+    return result
+
+
 # ----------------------------------------------------------------------------- cnnlab eval RUN data.root=...
 
 
@@ -307,12 +351,12 @@ def evaluate_on(run_dir: str | Path, overrides: list[str] | dict, checkpoint: st
     """Score a run's checkpoint on another labelled data set (``data.*`` overrides, e.g. ``data.root``):
     every image of it (``split``: all, or only its train / test part), preprocessed with the run's own
     channels, size and normalisation. Its class names must be the run's."""
-    run = load_run(run_dir, checkpoint)
     items = overrides.items() if isinstance(overrides, dict) else [o.split("=", 1) for o in overrides]
     for key, _ in items:
         if not (key.startswith("data.") or key in EVAL_OVERRIDES):
             raise ConfigError(f"{key}: eval takes data.* settings (another data set to score) and "
                               f"{', '.join(EVAL_OVERRIDES)}; the network is the run's")
+    run = load_run(run_dir, checkpoint, device=None, overrides={k: v for k, v in items if not k.startswith("data.")})
     cfg = build_config(apply_overrides(run.config.to_dict(), overrides), "eval overrides")
     if split not in ("all", "train", "test"):
         raise ConfigError(f"split: {split!r}; on another data set use all, train or test")
@@ -327,8 +371,7 @@ def evaluate_on(run_dir: str | Path, overrides: list[str] | dict, checkpoint: st
     y = _match_classes(run.classes, list(raw.classes), y.to(torch.int64), cfg.data.root or cfg.data.name)
     device = run.device
     mode = cfg.train.tta if cfg.train.tta != "none" and run.preprocess.get("tta", "none") != "none" else "none"
-    ev = Evaluator(run.transform.batch, cfg.train.eval_batch_size, "fp32", device, run.output_kind,
-                   len(run.classes), tta=mode)
+    ev = run.evaluator(run.transform.batch, cfg.train.eval_batch_size, mode)
     r = ev.score(run.model, x.to(device), y.to(device), full=True)
     r.pop("_mistakes")
     where = f"{cfg.data.name} at {datamod.resolve_root(cfg.data)}"

@@ -191,7 +191,7 @@ def test_a_streamed_run_gives_the_in_memory_run_s_metrics_bit_for_bit(tmp_path, 
     ma, mb = (torch.load(run.dir / "misclassified.pt", weights_only=True) for run in (held, streamed))
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
     # cnnlab eval of the streamed run streams as well, and scores what training scored
-    from cnnlab.evaluate import evaluate_run
+    from cnnlab.predict import evaluate_run
 
     assert evaluate_run(streamed.dir)["test"] == {k: v for k, v in b["test"].items()}
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from cnnlab import runs, train
-from cnnlab.evaluate import Evaluator, evaluate_run, time_line
+from cnnlab.evaluate import Evaluator, time_line
+from cnnlab.predict import evaluate_run
 
 
 def quiet(*_):
@@ -93,3 +94,17 @@ def test_the_time_line_says_when_the_total_is_one_session_of_several():
                             "set-up 2.0 s, total 20.0 s (this session)")
     older = {"train_s": 3.0, "eval_s": 1.0, "data_s": 0.5, "total_s": 5.0, "train_images_per_s": None}  # before these
     assert time_line(older) == "time: train 3.0 s (0 img/s), curve evals 0.0 s, final scoring 1.0 s, data 0.5 s, total 5.0 s"
+
+
+def test_one_loader_rebuilds_the_run_from_its_checkpoint_and_computes_as_training_did(tmp_path, tiny_config, data_root):
+    from cnnlab.predict import load_run
+
+    summary = train.run(tiny_config(**{"train.precision": "auto"}), tmp_path / "r", log=quiet)
+    # config.yaml is a copy for people to read: an edit to it changes neither eval nor predict
+    (tmp_path / "r" / "config.yaml").write_text("model: {name: resnet50}\ntrain: {precision: fp16}\n")
+    run = load_run(tmp_path / "r")
+    assert run.config.model.name == "lenet5"
+    assert run.compute.precision == summary["precision"]["used"]  # auto resolved here as training resolved it
+    again = evaluate_run(tmp_path / "r", ["test"])
+    assert again["test"]["accuracy"] == summary["test"]["accuracy"] and again["test"]["loss"] == summary["test"]["loss"]
+    assert load_run(tmp_path / "r", overrides={"train.precision": "fp32"}).compute.precision == "fp32"

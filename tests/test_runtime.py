@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlab import checks, evaluate, runtime, train
+from cnnlab import checks, predict, runtime, train
 from cnnlab.config import Config
 from cnnlab.loader import load_config
 from cnnlab.registry import MODELS
@@ -128,7 +128,7 @@ def test_a_tiny_run_shows_the_choice_at_start_and_in_its_summary(tmp_path, tiny_
     start = "\n".join(lines[:5])
     assert f"compute: {expected} (auto:" in start and "channels_last on" in start
     assert saved["config"]["train"]["precision"] == "auto"  # the config keeps what was asked: resolved per machine
-    again = evaluate.evaluate_run(tmp_path / "r", ["test"])  # cnnlab eval resolves auto the same way
+    again = predict.evaluate_run(tmp_path / "r", ["test"])  # cnnlab eval resolves auto the same way
     assert again["test"]["accuracy"] == pytest.approx(saved["test"]["accuracy"], abs=2e-3)
 
 

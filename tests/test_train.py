@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnlab import evaluate, runs, train
+from cnnlab import predict, runs, train
 from cnnlab.report import finish_run
 from cnnlab.config import ConfigError
 from cnnlab.state import Checkpoint, Progress
@@ -151,7 +151,7 @@ def test_frozen_backbone_trains_the_head_on_cached_features(tmp_path, tiny_confi
     assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("fc."))
     assert not torch.equal(before["fc.weight"], after["fc.weight"])
     # the head-only model scores the same through the full network (cnnlab eval re-runs the backbone)
-    again = evaluate.evaluate_run(tmp_path / "head", ["test"])
+    again = predict.evaluate_run(tmp_path / "head", ["test"])
     assert again["test"]["accuracy"] == pytest.approx(summary["test"]["accuracy"], abs=1e-3)
 
 
