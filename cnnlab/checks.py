@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,14 +62,39 @@ def check_model_options(name: str, options: dict[str, Any]) -> None:
             "takes it.")
 
 
+@dataclass(frozen=True)
+class Planned:
+    """What the config rules look at: the config, its data set's facts and its network built on the meta device
+    (no memory, no weights), so a sweep refuses a bad combination before its first run."""
+
+    cfg: Config
+    data: Any  # cnnlab.data.dataset_info(cfg.data.name)
+    options: dict  # the model builder's options (cfg.model.builder_options())
+    builder: Any
+    in_channels: int
+    num_classes: int
+    model: torch.nn.Module
+    info: Any  # the network's ModelInfo
+
+    @property
+    def image_size(self) -> int | None:
+        resize = self.cfg.data.resize
+        return (min(resize) if isinstance(resize, tuple) else resize) or self.data.image_size
+
+
 def check_config(cfg: Config) -> None:
-    """Combinations of fields that cannot work (the names are known: see check_names)."""
+    """Combinations of fields that cannot work (the names are known: see check_names): the network is built on
+    the meta device, then each rule of :data:`CONFIG_RULES` looks at it in turn; the first problem raises a
+    ConfigError naming the field."""
+    check_model_options(cfg.model.name, cfg.model.builder_options())
+    planned = plan_network(cfg)
+    for rule in CONFIG_RULES:
+        rule(planned)
 
+
+def plan_network(cfg: Config) -> Planned:
     info = dataset_info(cfg.data.name)
-    builder = MODELS.get(cfg.model.name)
-    options = cfg.model.builder_options()
-    check_model_options(cfg.model.name, options)
-
+    builder, options = MODELS.get(cfg.model.name), cfg.model.builder_options()
     in_channels = cfg.data.channels or info.in_channels or 3
     if cfg.data.channels == 1 and info.in_channels == 3:
         raise ConfigError(f"data.channels: 1 is not possible for {cfg.data.name!r}, whose images have 3 channels; "
@@ -83,68 +109,87 @@ def check_config(cfg: Config) -> None:
         # name every option as its field (model.widths=...), so the message points at what to change
         fields = ", ".join(f"model.{k}={v!r}" for k, v in options.items()) or "its default options"
         raise ConfigError(f"model: {cfg.model.name!r} cannot be built with {fields}: {e}") from None
+    return Planned(cfg, info, options, builder, in_channels, num_classes, model, info_of(model))
 
-    model_info = info_of(model)
-    output_kind = model_info.output_kind
+
+def _loss_takes_the_output(p: Planned) -> None:
+    cfg, kind = p.cfg, p.info.output_kind
     accepts = getattr(LOSSES.get(cfg.loss.name), "accepts", None)
-    if cfg.model.features_at is None and accepts and output_kind not in accepts:
+    if cfg.model.features_at is None and accepts and kind not in accepts:
         raise ConfigError(
             f"loss.name: {cfg.loss.name!r} expects a model that outputs {' or '.join(accepts)}, but "
-            f"{cfg.model.name!r} outputs {output_kind}; use {'nll' if output_kind == 'log_probs' else 'cross_entropy'}")
+            f"{cfg.model.name!r} outputs {kind}; use {'nll' if kind == 'log_probs' else 'cross_entropy'}")
 
-    if cfg.train.whitening_bias_epochs is not None and not model_info.needs_whitening_init:
-        raise ConfigError(f"train.whitening_bias_epochs: {cfg.model.name!r} has no whitening layer (airbench "
+
+def _whitening_needs_its_layer(p: Planned) -> None:
+    if p.cfg.train.whitening_bias_epochs is not None and not p.info.needs_whitening_init:
+        raise ConfigError(f"train.whitening_bias_epochs: {p.cfg.model.name!r} has no whitening layer (airbench "
                           "has one); leave it null for this model")
-    ft = cfg.train.finetune
-    stages = model_info.stages
+
+
+def _finetune_stage_exists(p: Planned) -> None:
+    ft, stages = p.cfg.train.finetune, p.info.stages
     if isinstance(ft, str) and ft.startswith("layer") and ft not in stages:
         raise ConfigError(f"train.finetune: {ft!r} needs a network with stages named layer1..; "
-                          f"{cfg.model.name!r} has {list(stages) or 'no stages'}; use all, head or a list of "
+                          f"{p.cfg.model.name!r} has {list(stages) or 'no stages'}; use all, head or a list of "
                           "parameter-name prefixes")
 
-    # features_at and finetune prefixes name layers: check them on the meta network too, so a sweep
-    # refuses them before its first run instead of failing each run in cnnlab.transfer.
-    if cfg.model.features_at is not None and cfg.model.features_at not in cut_points(model):
+
+def _named_layers_exist(p: Planned) -> None:
+    """features_at and finetune prefixes name layers: checked on the meta network too, so a sweep refuses them
+    before its first run instead of failing each run in cnnlab.transfer."""
+    cfg, ft = p.cfg, p.cfg.train.finetune
+    if cfg.model.features_at is not None and cfg.model.features_at not in cut_points(p.model):
         raise ConfigError(f"model.features_at: {cfg.model.features_at!r} is not a layer of {cfg.model.name!r} "
-                          f"before its classifier; choose one of: {', '.join(cut_points(model))}")
+                          f"before its classifier; choose one of: {', '.join(cut_points(p.model))}")
     if isinstance(ft, list) and cfg.model.features_at is None:
-        names = [n for n, _ in model.named_parameters()]
+        names = [n for n, _ in p.model.named_parameters()]
         for prefix in ft:
-            p = str(prefix).rstrip(".")
-            if not any(n == p or n.startswith(p + ".") for n in names):
-                raise ConfigError(f"train.finetune: no parameter name of {cfg.model.name!r} starts with {p!r}; "
+            prefix = str(prefix).rstrip(".")
+            if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+                raise ConfigError(f"train.finetune: no parameter name of {cfg.model.name!r} starts with {prefix!r}; "
                                   f"top-level names are: {', '.join(sorted({n.split('.')[0] for n in names}))}")
 
-    resize = cfg.data.resize
-    size = (min(resize) if isinstance(resize, tuple) else resize) or info.image_size
-    min_size = model_info.min_input_size
-    if isinstance(resize, tuple) and cfg.data.resize_policy != "stretch" and cfg.data.name != "imagefolder":
+
+def _resize_fits_the_data(p: Planned) -> None:
+    cfg, info = p.cfg, p.data
+    if isinstance(cfg.data.resize, tuple) and cfg.data.resize_policy != "stretch" and cfg.data.name != "imagefolder":
         raise ConfigError(f"data.resize_policy: {cfg.data.resize_policy!r} applies to image folders (resized when "
                           f"decoded); {cfg.data.name!r} is resized on the device by stretching, so use a square "
                           "data.resize or resize_policy=stretch")
     if cfg.data.test_size is not None and info.test_size is not None:
         raise ConfigError(f"data.test_size: {cfg.data.name!r} has its own {info.test_size:,} test images; "
                           "data.test_size splits a flat image folder (data.name=imagefolder) only. Remove it.")
-    if size is not None and size < min_size:
-        # Blame what made the images too small: options that raised the model's minimum (more stages
-        # in model.widths) before the data set, which only the default network fits.
-        culprits = [k for k in options if MODELS.info(cfg.model.name).min_input_size < min_size
-                    and _min_size_with(builder, num_classes, in_channels, {k: options[k]}) > size]
-        if culprits:
-            fields = ", ".join(f"model.{k}={options[k]!r}" for k in culprits)
-            raise ConfigError(f"{fields}: makes {cfg.model.name!r} need inputs of at least {min_size}×{min_size} "
-                              f"pixels, but images would be {size}×{size}; use fewer stages or set data.resize "
-                              f"to {min_size} or more")
-        field = "data.resize" if cfg.data.resize else "data.name"
-        raise ConfigError(f"{field}: {cfg.model.name!r} needs inputs of at least {min_size}×{min_size} pixels, "
-                          f"but images would be {size}×{size}; set data.resize to {min_size} or more")
 
-    aug = cfg.data.augment
+
+def _images_big_enough(p: Planned) -> None:
+    cfg, size, min_size = p.cfg, p.image_size, p.info.min_input_size
+    if size is None or size >= min_size:
+        return
+    # Blame what made the images too small: options that raised the model's minimum (more stages
+    # in model.widths) before the data set, which only the default network fits.
+    culprits = [k for k in p.options if MODELS.info(cfg.model.name).min_input_size < min_size
+                and _min_size_with(p.builder, p.num_classes, p.in_channels, {k: p.options[k]}) > size]
+    if culprits:
+        fields = ", ".join(f"model.{k}={p.options[k]!r}" for k in culprits)
+        raise ConfigError(f"{fields}: makes {cfg.model.name!r} need inputs of at least {min_size}×{min_size} "
+                          f"pixels, but images would be {size}×{size}; use fewer stages or set data.resize "
+                          f"to {min_size} or more")
+    field = "data.resize" if cfg.data.resize else "data.name"
+    raise ConfigError(f"{field}: {cfg.model.name!r} needs inputs of at least {min_size}×{min_size} pixels, "
+                      f"but images would be {size}×{size}; set data.resize to {min_size} or more")
+
+
+def _reflect_padding_fits(p: Planned) -> None:
+    aug, size = p.cfg.data.augment, p.image_size
     if size is not None and aug.crop_padding and aug.crop_mode == "reflect" and aug.crop_padding >= size:
         raise ConfigError(f"data.augment.crop_padding: {aug.crop_padding} with crop_mode=reflect must be smaller "
                           f"than the {size}×{size} images (reflection needs that many pixels to mirror); use at "
                           f"most {size - 1}, or crop_mode=zero")
 
+
+def _validation_leaves_training(p: Planned) -> None:
+    cfg, info = p.cfg, p.data
     val_size = cfg.data.val_size if cfg.data.val_size is not None else info.default_val_size
     if isinstance(val_size, float) and info.train_size is not None:
         val_size = max(1, round(val_size * info.train_size))
@@ -152,24 +197,37 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(f"data.val_size: {val_size} leaves no training images ({cfg.data.name!r} has "
                           f"{info.train_size:,} official training images); use fewer than {info.train_size}")
 
-    if cfg.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
+
+def _trackers_installed(p: Planned) -> None:
+    tc = p.cfg.train
+    if tc.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("train.tensorboard: true needs the tensorboard package, which is not installed; "
                           "pip install 'cnnlab[tensorboard]' (or tensorboard), or set train.tensorboard to false")
-
-    if cfg.train.mlflow and importlib.util.find_spec("mlflow") is None:
-        raise ConfigError(f"train.mlflow: {cfg.train.mlflow} needs the mlflow package, which is not installed; "
+    if tc.mlflow and importlib.util.find_spec("mlflow") is None:
+        raise ConfigError(f"train.mlflow: {tc.mlflow} needs the mlflow package, which is not installed; "
                           "pip install 'cnnlab[mlflow]' (or mlflow), or set train.mlflow to null")
-    if cfg.train.mlflow:
-        check_mlflow_database(cfg.train.mlflow)
+    if tc.mlflow:
+        check_mlflow_database(tc.mlflow)
 
-    check_schedule(cfg)
 
-    if cfg.model.pretrained and cfg.model.weights_path:
+def _schedule_acts(p: Planned) -> None:
+    check_schedule(p.cfg)
+
+
+def _weights_exist(p: Planned) -> None:
+    model = p.cfg.model
+    if model.pretrained and model.weights_path:
         raise ConfigError("model.weights_path: set together with model.pretrained; choose one source of weights")
     for field in ("weights_path", "init_from"):
-        path = getattr(cfg.model, field)
+        path = getattr(model, field)
         if path is not None and not Path(path).expanduser().exists():
             raise ConfigError(f"model.{field}: {path} does not exist")
+
+
+# In this order (a config with two problems is told the first): the network, the data, the extras, the weights.
+CONFIG_RULES = (_loss_takes_the_output, _whitening_needs_its_layer, _finetune_stage_exists, _named_layers_exist,
+                _resize_fits_the_data, _images_big_enough, _reflect_padding_fits, _validation_leaves_training,
+                _trackers_installed, _schedule_acts, _weights_exist)
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"
