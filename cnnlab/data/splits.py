@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import torch
 
 from cnnlab.data import placement
-from cnnlab.data.common import DataError, RawData, channel_stats, resolve_root, short, to_grey  # noqa: F401 (to_grey)
+from cnnlab.data.common import (DataError, NotRegularFile, RawData, channel_stats, open_regular,  # noqa: F401 (to_grey)
+                                resolve_root, short, to_grey)
 from cnnlab.data.placement import HostImages
 from cnnlab.data.sources import dataset_info
 from cnnlab.registry import DATASETS
@@ -162,15 +163,10 @@ def read_record(path: Union[str, Path]) -> Optional[dict]:
     if not os.path.lexists(path):
         return None
     try:
-        with open(path, "rb") as f:  # a named pipe or a folder there is no record: opened only if regular
-            from cnnlab.data.common import special_kind
-
-            kind = special_kind(os.fstat(f.fileno()).st_mode) if path.is_file() else "not a file"
-            if kind is not None:
-                raise DataError(f"{path} is {kind}, not the JSON file cnnlab wrote; {RECORD_HOW}.")
+        with open_regular(path) as f:  # a named pipe or a folder there is no record, and is never opened
             record = json.loads(f.read().decode("utf-8"))
-    except DataError:
-        raise
+    except NotRegularFile as e:
+        raise DataError(f"{path} is {e.strerror.split(',')[0]}, not the JSON file cnnlab wrote; {RECORD_HOW}.") from None
     except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON
         what = short(e, 160) if isinstance(e, OSError) else f"not valid JSON: {short(e, 160)}"
         raise DataError(f"{path} cannot be read ({what}); {RECORD_HOW}.") from None

@@ -361,7 +361,7 @@ def decode_image(source: Any, decode: Decode = Decode(), channels: Optional[int]
         raise
     except Exception as e:  # UnidentifiedImageError, OSError (truncated, a pipe), DecompressionBombError...
         raise UnreadableImage(short(e, 200) or type(e).__name__) from None
-    x = torch.from_numpy(np.ascontiguousarray(a[None] if a.ndim == 2 else a.transpose(2, 0, 1)))
+    x = torch.from_numpy((a[None] if a.ndim == 2 else a.transpose(2, 0, 1)).copy())
     if channels == 3 and x.shape[0] == 1:
         x = x.expand(3, -1, -1).contiguous()
     elif channels == 1 and x.shape[0] == 3:
