@@ -32,10 +32,12 @@ NETS = [("lenet5", 1, 28, 100), ("mnist_fast", 1, 28, 256), ("mnist_cnn", 1, 28,
         ("alexnet_small", 3, 32, 128), ("resnet20", 3, 32, 128), ("airbench", 3, 32, 512)]
 
 
-def step_seconds(name: str, c: int, side: int, batch: int, channels_last: bool, steps: int, precision: str) -> float:
+def step_seconds(name: str, c: int, side: int, batch: int, channels_last: bool, steps: int, precision: str,
+                 options: dict | None = None) -> float:
+    """CPU seconds per training step of the zoo net ``name`` (built with ``options``) after one warm-up step."""
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = MODELS.get(name)(num_classes=10, in_channels=c)
+    model = MODELS.get(name)(num_classes=10, in_channels=c, **(options or {}))
     model(torch.zeros(2, c, side, side))  # lazy layers take their size
     model.to(memory_format=fmt)
     x = torch.randn(batch, c, side, side).contiguous(memory_format=fmt)

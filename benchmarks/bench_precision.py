@@ -31,14 +31,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+from bench_channels_last import step_seconds as channels_last_step  # noqa: E402
 
 from cnnlab import doctor, stats, train  # noqa: E402
 from cnnlab.loader import load_config  # noqa: E402
 from cnnlab.models import MODELS  # noqa: E402
-from cnnlab.runtime import autocast_for, cpu_flags, cpu_model  # noqa: E402
+from cnnlab.runtime import cpu_flags, cpu_model  # noqa: E402
 
 # one net per family (registry family in brackets), with the input its studies use, the speed part's batch
 # and the options the accuracy part builds it with (small widths keep a CPU run short)
@@ -61,32 +62,12 @@ def cpu_line(threads: int) -> str:
 
 
 def step_seconds(name: str, precision: str, steps: int) -> float:
+    """bench_channels_last's timed step, in the memory format cnnlab picks on a CPU (channels_last for conv nets)."""
     spec = NETS[name]
-    c, side, batch = spec["c"], spec["side"], spec["batch"]
-    torch.manual_seed(0)
-    width = {k.removeprefix("model."): v for k, v in spec["options"].items()}
-    model = MODELS.get(name)(num_classes=10, in_channels=c, **width)
-    model(torch.zeros(2, c, side, side))  # lazy layers take their size
-    conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-    fmt = torch.channels_last if conv else torch.contiguous_format  # what cnnlab picks on a CPU
-    model.to(memory_format=fmt)
-    x = torch.randn(batch, c, side, side).contiguous(memory_format=fmt)
-    y = torch.randint(0, 10, (batch,))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    device = torch.device("cpu")
-
-    def step():
-        with autocast_for(precision, device):
-            loss = F.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    step()  # oneDNN builds its kernels on first use
-    t0 = time.process_time()
-    for _ in range(steps):
-        step()
-    return (time.process_time() - t0) / steps
+    options = {k.removeprefix("model."): v for k, v in spec["options"].items()}
+    conv = any(isinstance(m, torch.nn.Conv2d) for m in MODELS.get(name)(num_classes=10, in_channels=spec["c"],
+                                                                            **options).modules())
+    return channels_last_step(name, spec["c"], spec["side"], spec["batch"], conv, steps, precision, options)
 
 
 def speed(nets: list[str], rounds: int, steps: int) -> dict[str, float]:
