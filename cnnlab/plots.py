@@ -35,18 +35,26 @@ MAX_CONFUSION_ANNOTATED = 20  # above this many classes the cells are too small 
 MAX_LEGEND_ENTRIES = 12
 
 
-# Every text in a figure is literal: a class name or a setting such as "$\\undefinedmacro{$" is drawn as
-# written, never parsed as math text or handed to LaTeX. Text artists read these settings when they are
-# created, and tick labels are created while drawing, so both the figure builders and png_bytes run in it.
-LITERAL_TEXT = {"text.parse_math": False, "text.usetex": False}
+# Names (class folders, settings, metric keys) are drawn as written: :func:`as_text` escapes every "$" in
+# them, so matplotlib never reads a name such as "$\\undefinedmacro{$" as math text. Math text stays on
+# for the axes' own tick labels (a log axis labels its ticks "$\\mathdefault{10^{-2}}$"). LaTeX is never
+# used: text artists read the setting when they are created, and tick labels are created while drawing,
+# so both the figure builders and png_bytes run in this context.
+NO_LATEX = {"text.usetex": False}
 
 
 def literal_text(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with matplotlib.rc_context(LITERAL_TEXT):
+        with matplotlib.rc_context(NO_LATEX):
             return fn(*args, **kwargs)
     return wrapper
+
+
+def as_text(name: Any, limit: Optional[int] = None) -> str:
+    """A name as figure text: printable (:func:`cnnlab.results.shown`, cut to ``limit``) with each "$"
+    escaped, so matplotlib draws it literally instead of parsing what lies between two of them as math."""
+    return shown(name, limit).replace("$", "\\$")
 
 
 def _num(v: Any) -> float:
@@ -172,13 +180,13 @@ def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str],
     ax = fig.subplots()
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    names = [shown(c, 24) for c in classes] if len(classes) == n else [str(i) for i in range(n)]
+    names = [as_text(c, 24) for c in classes] if len(classes) == n else [str(i) for i in range(n)]
     ax.set_xticks(range(n), names, rotation=45 if max(map(len, names)) > 2 else 0, ha="right", fontsize=8)
     ax.set_yticks(range(n), names, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if title:
-        ax.set_title(title)
+        ax.set_title(as_text(title))
     if n <= MAX_CONFUSION_ANNOTATED:
         for i in range(n):
             for j in range(n):
@@ -213,7 +221,7 @@ def misclassified_figure(images, true, pred, confidence, classes: Sequence[str],
     ax.set_axis_off()
 
     def name(i: int) -> str:
-        return shown(classes[i], 16) if 0 <= i < len(classes) else str(i)
+        return as_text(classes[i], 16) if 0 <= i < len(classes) else str(i)
 
     for idx in range(k):
         r, q = divmod(idx, cols)
@@ -241,17 +249,16 @@ def factor_figure(series: dict[str, list[tuple[float, float, float]]], factor: s
         mean = np.array([p[1] for p in pts], dtype=float)
         sd = np.array([0.0 if p[2] is None else p[2] for p in pts], dtype=float)
         color = COLORS[i % len(COLORS)]
-        ax.plot(x, mean, marker="o", color=color, label=shown(label, 80) if i < MAX_LEGEND_ENTRIES else None)
+        ax.plot(x, mean, marker="o", color=color, label=as_text(label, 80) if i < MAX_LEGEND_ENTRIES else None)
         ax.fill_between(x, mean - sd, mean + sd, color=color, alpha=0.18, linewidth=0)
     if log_x:
         ax.set_xscale("log")
-        # The swept values as plain numbers: the log formatter's labels are math text, which literal_text
-        # would print as "$\\mathdefault{10^{-4}}$".
+        # The swept values as plain numbers (0.0001, as in the sweep file), not the log formatter's powers of ten.
         ticks = sorted({float(p[0]) for points in series.values() for p in points})
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks], rotation=45 if len(ticks) > 6 else 0)
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-    ax.set_xlabel(shown(factor, 80))
-    ax.set_ylabel(f"{shown(metric, 40)} (mean ± sd over seeds)")
+    ax.set_xlabel(as_text(factor, 80))
+    ax.set_ylabel(f"{as_text(metric, 40)} (mean ± sd over seeds)")
     ax.grid(alpha=0.3)
     if len(series) > 1:
         ax.legend(fontsize=8)
@@ -320,8 +327,8 @@ def bars_figure(groups: dict[str, list[tuple[str, float, float]]], factor: str, 
         extents += [b for b in bars if np.isfinite(b[0])]
         yerr = [[m - lo for m, (lo, _) in zip(means, bars)], [hi - m for m, (_, hi) in zip(means, bars)]]
         ax.bar(xs, means, width=width, yerr=np.nan_to_num(yerr), capsize=3, color=COLORS[i % len(COLORS)],
-               label=shown(label, 80) if i < MAX_LEGEND_ENTRIES else None)
-    ax.set_xticks(range(len(categories)), [shown(c, 24) for c in categories], rotation=20 if len(categories) > 4 else 0)
+               label=as_text(label, 80) if i < MAX_LEGEND_ENTRIES else None)
+    ax.set_xticks(range(len(categories)), [as_text(c, 24) for c in categories], rotation=20 if len(categories) > 4 else 0)
     if finite:
         # Accuracies of competing settings differ in the second decimal: zoom the y axis to show it, but
         # never so far that an error bar is cut (a 14 % ± 3 bar on an axis ending at 18 % hides its spread).
@@ -336,8 +343,8 @@ def bars_figure(groups: dict[str, list[tuple[str, float, float]]], factor: str, 
         if fraction:
             top = min(top, 1.0)  # a chance-level bar beside a 97 % one must not stretch the axis past 100 %
         ax.set_ylim(bottom, top)
-    ax.set_xlabel(shown(factor, 80))
-    ax.set_ylabel(f"{shown(metric, 40)} (mean ± sd over seeds)")
+    ax.set_xlabel(as_text(factor, 80))
+    ax.set_ylabel(f"{as_text(metric, 40)} (mean ± sd over seeds)")
     ax.grid(alpha=0.3, axis="y")
     if len(groups) > 1:
         ax.legend(fontsize=8)
@@ -356,7 +363,7 @@ def sweep_curves_figure(curves: dict[str, dict[str, np.ndarray]]) -> Figure:
         color = COLORS[i % len(COLORS)] if len(curves) <= len(COLORS) else None
         for ax, key in ((ax_loss, "val_loss"), (ax_acc, "val_accuracy")):
             ax.plot(c["step"], c[key], marker="o", markersize=2.5, color=color,
-                    label=shown(label, 80) if i < MAX_LEGEND_ENTRIES else None)
+                    label=as_text(label, 80) if i < MAX_LEGEND_ENTRIES else None)
     for ax, title in ((ax_loss, "validation loss"), (ax_acc, "validation accuracy")):
         ax.set_title(f"{title} (mean over seeds)")
         ax.set_xlabel("iteration")

@@ -75,3 +75,55 @@ def test_the_y_axis_holds_every_error_bar_whole():
     # a metric that may go below zero keeps the whole bar below zero too
     low, top = plots.bars_figure({"all runs": [("a", 0.01, 0.05), ("b", 0.02, 0.01)]}, "x", "gain").axes[0].get_ylim()
     assert low <= 0.01 - 0.05 and top >= 0.03
+
+
+def test_a_cosine_runs_learning_rate_axis_reads_as_numbers_beside_the_accuracy_panel(tmp_path, data_root):
+    # Issue 25 (6): with math text off for every figure, a cosine run's log-scale lr ticks printed as raw
+    # "$\mathdefault{4\times10^{-2}}$" and ran over the accuracy panel, in curves.png and report.html.
+    import cnnlab
+    from cnnlab import results
+
+    from conftest import tiny_overrides
+
+    run = cnnlab.train({"name": "cosine"}, tiny_overrides(**{
+        "sched.name": "cosine", "sched.interval": "step", "train.eval_every": 2, "data.train_limit": 2000}),
+        out=tmp_path / "run")
+    assert (run.dir / "curves.png").stat().st_size > 1000
+    fig = plots.curves_figure(results.read_metrics(run.dir), run.summary["best"]["step"])
+    ticks, boxes, legend, inner = _lr_ticks_and_boxes(fig)
+    assert fig.axes[2].get_yscale() == "log"
+    assert ticks, "the log axis shows no labelled tick"
+    for text, width in ticks:
+        # the source of a math label is "$\mathdefault{...}$"; drawn as math it is a short number, a few
+        # characters wide, while drawn as its source it is over 150 pixels
+        assert width < 70, (text, width)
+    assert boxes[0].x1 < boxes[1].x0 and boxes[1].x1 < boxes[2].x0, [(b.x0, b.x1) for b in boxes]
+    assert inner.x0 <= legend.x0 and legend.x1 <= inner.x1 and inner.y0 <= legend.y0 and legend.y1 <= inner.y1
+
+
+@plots.literal_text  # measured in the text settings curves.png is drawn with
+def _lr_ticks_and_boxes(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)  # the canvas png_bytes draws curves.png on
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    ax_loss, ax_acc, ax_lr = fig.axes[:3]
+    low, high = ax_lr.get_ylim()
+    ticks = [(t.get_text(), t.get_window_extent(renderer).width)
+             for t in ax_lr.get_yticklabels() + ax_lr.get_yticklabels(minor=True)
+             if t.get_visible() and t.get_text() and low <= t.get_position()[1] <= high]
+    boxes = [ax.get_tightbbox(renderer) for ax in (ax_loss, ax_acc, ax_lr)]
+    return ticks, boxes, ax_acc.get_legend().get_window_extent(renderer), ax_acc.get_window_extent(renderer)
+
+
+def test_names_with_dollar_signs_are_drawn_as_written_while_axes_keep_math_text():
+    import matplotlib
+
+    fig = plots.confusion_figure([[3, 1], [0, 4]], ["$x^{2}$", "cost $5"])
+    plots.png_bytes(fig)
+    ax = fig.axes[0]
+    for t in ax.get_xticklabels():
+        shown_text, is_math = t._preprocess_math(t.get_text())  # what matplotlib will draw, and whether as math
+        assert not is_math and shown_text in ("$x^{2}$", "cost $5")
+    assert matplotlib.rcParams["text.parse_math"]
