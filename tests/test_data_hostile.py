@@ -200,6 +200,22 @@ def _many_big_images(root: Path, per_class: int) -> Path:
     return root
 
 
+def _reading_an_image(pid: int, root: Path) -> bool:
+    """Whether the process has one of root's images open now (the decoding has begun)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(root)) and target.endswith(".png"):
+            return True
+    return False
+
+
 @pytest.mark.parametrize("sig", ["SIGKILL", "SIGINT"])
 def test_a_run_killed_or_interrupted_while_decoding_leaves_no_blocking_lock(tmp_path, sig):
     root = _many_big_images(tmp_path / "imgs", 1500)
@@ -209,7 +225,7 @@ def test_a_run_killed_or_interrupted_while_decoding_leaves_no_blocking_lock(tmp_
     proc = spawn(*args, log=log)
     try:
         wait_for(lambda: (out / runs.LOCK_NAME).exists() or proc.poll() is not None, 300, "the run's lock")
-        time.sleep(1.0)  # into the decoding of 3,000 images
+        wait_for(lambda: _reading_an_image(proc.pid, root) or proc.poll() is not None, 300, "the decoding")
         if proc.poll() is not None or any((tmp_path / "cache").rglob("*.pt")):
             pytest.skip("the data was loaded before the signal")
         proc.send_signal(getattr(signal, sig))
