@@ -567,12 +567,14 @@ def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested dict as ``{"optim.lr": 0.01, ...}`` (dotted keys, leaves only)."""
+def flatten(tree: dict[str, Any], prefix: str = "", keep_empty: bool = True) -> dict[str, Any]:
+    """A nested dict as ``{"optim.lr": 0.01, ...}`` (dotted keys, leaves only). ``keep_empty``: an empty dict
+    is a leaf (``{"train.sweep.settings": {}}``); False drops it, as a sweep's run ids and the resume check
+    always have (their results depend on it: a run id must not change)."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{prefix}{key}."))
+        if isinstance(value, dict) and (value or not keep_empty):
+            out.update(flatten(value, f"{prefix}{key}.", keep_empty))
         else:
             out[f"{prefix}{key}"] = value
     return out

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnlab import runs
-from cnnlab.config import Config, ConfigError, dump_yaml
+from cnnlab.config import Config, ConfigError, dump_yaml, flatten
 
 if TYPE_CHECKING:  # annotations only
     from cnnlab.state import TrainState
@@ -34,19 +34,9 @@ RESUMABLE_PREFIXES = ("train.sweep.",)  # which sweep a run belongs to (a rename
 LENGTH_BOUND_SCHEDULES = ("cosine", "onecycle")
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def differences(saved: dict, requested: dict) -> dict[str, tuple[Any, Any]]:
     """{dotted field: (saved value, requested value)} for every field that differs."""
-    a, b = _flat(saved), _flat(requested)
+    a, b = flatten(saved, keep_empty=False), flatten(requested, keep_empty=False)
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab import runs
-from cnnlab.config import Config, apply_overrides
+from cnnlab.config import Config, apply_overrides, flatten
 from cnnlab.loader import build_config
 from cnnlab.results import RESULTS, Status, append_row, read_summary, row_from_summary
 
@@ -22,20 +22,9 @@ RUN_LOCK_WAIT_S = 30  # how long a run waits for another process to let go of it
 ID_LENGTH = 10  # hex digits of the run id: collisions stay negligible for millions of runs
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 @lru_cache(maxsize=1)
 def _defaults() -> dict[str, Any]:
-    return _flatten(Config().to_dict())
+    return flatten(Config().to_dict(), keep_empty=False)
 
 
 def run_id(cfg: Config) -> str:
@@ -48,7 +37,7 @@ def run_id(cfg: Config) -> str:
     MLflow on keeps a sweep's finished runs.
     """
     defaults = _defaults()
-    resolved = {k: v for k, v in _flatten(cfg.to_dict()).items()
+    resolved = {k: v for k, v in flatten(cfg.to_dict(), keep_empty=False).items()
                 if k not in ("seed", "train.mlflow") and not k.startswith("train.sweep.")
                 and defaults.get(k, object()) != v}
     text = json.dumps({"config": resolved, "seed": cfg.seed}, sort_keys=True)
