@@ -67,15 +67,6 @@ def _b64(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _num(v: Any) -> Optional[float]:
-    if v is None or isinstance(v, bool):
-        return None
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
-
-
 def _fmt(v: Any, digits: int = 4) -> str:
     """Numbers for tables: floats to ``digits`` decimals, ints with thousands separators, '–' when missing."""
     if v is None:
@@ -84,7 +75,7 @@ def _fmt(v: Any, digits: int = 4) -> str:
         return str(v).lower()
     if isinstance(v, int):
         return f"{v:,}"
-    x = _num(v)
+    x = results.number(v, finite=False)
     if x is None:
         return str(v)
     if not math.isfinite(x):
@@ -93,7 +84,7 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 
 def _seconds(v: Any) -> str:
-    x = _num(v)
+    x = results.number(v, finite=False)
     if x is None:
         return "–"
     if x >= 120:
@@ -322,7 +313,8 @@ def run_context(run_dir: Path, log=results.warn, reuse: bool = True) -> dict:
     model = _mapping(summary.get("model"))
     layer_cols, layer_rows = guarded(f"{run_dir / 'summary.json'}: model.layers", lambda: _layers(model), ([], []))
     t = _mapping(summary.get("time"))
-    epoch_s = [x for x in (t.get("epoch_s") if isinstance(t.get("epoch_s"), list) else []) if _num(x) is not None]
+    epoch_s = [x for x in (t.get("epoch_s") if isinstance(t.get("epoch_s"), list) else [])
+               if results.number(x, finite=False) is not None]
     config_text = guarded(f"{run_dir / 'config.yaml'}", lambda: (run_dir / "config.yaml").read_text(errors="replace")
                           if (run_dir / "config.yaml").exists() else None, None)
     if config_text is None and summary.get("config"):
@@ -356,7 +348,8 @@ def run_context(run_dir: Path, log=results.warn, reuse: bool = True) -> dict:
             "total_s": t.get("total_s"), "train_s": t.get("train_s"), "eval_s": t.get("eval_s"),
             "data_s": t.get("data_s"), "images_per_s": t.get("train_images_per_s"),
             "curve_eval_s": t.get("curve_eval_s"), "setup_s": t.get("setup_s"),  # none in runs of older versions
-            "epoch_mean_s": statistics.fmean(_num(x) for x in epoch_s) if epoch_s else None, "epoch_s": epoch_s,
+            "epoch_mean_s": statistics.fmean(results.number(x, finite=False) for x in epoch_s) if epoch_s else None,
+            "epoch_s": epoch_s,
         },
         "n_evaluations": len(history),
         "last_eval": history[-1] if history else {},
@@ -446,7 +439,7 @@ def _factor_plots(rows: list[dict], keys: list[str], metric: str, plan: Optional
             for r in members:
                 if r.get("status") not in FINISHED:
                     continue  # a diverged or failed run has no result to average (compare does the same)
-                v, m = (r.get("settings") or {}).get(key), _num(_dig(r, metric))
+                v, m = (r.get("settings") or {}).get(key), results.number(_dig(r, metric), finite=False)
                 if m is not None and math.isfinite(m):
                     by_value.setdefault(v if numeric else _value_label(v), []).append(m)
             series[label] = [(v, *_mean_sd(ms)) for v, ms in by_value.items()]
@@ -479,12 +472,12 @@ def _mean_curves(run_dirs: dict, groups: "OrderedDict[str, list[dict]]") -> dict
             if run_dirs.get(r["run_id"]) is None:
                 continue
             for row in results.read_metrics(run_dirs[r["run_id"]]):
-                step = _num(row.get("step"))
+                step = results.number(row.get("step"), finite=False)
                 if step is None:
                     continue
                 slot = at_step.setdefault(step, {"val_loss": [], "val_accuracy": []})
                 for k in slot:
-                    v = _num(row.get(k))
+                    v = results.number(row.get(k), finite=False)
                     if v is not None and math.isfinite(v):
                         slot[k].append(v)
         if not at_step:
@@ -595,10 +588,11 @@ def sweep_context(sweep_dir: Path, metric: str = DEFAULT_SWEEP_METRIC, build_run
 
     settings_table = []
     for label, members in groups.items():
-        vals = [m for m in (_num(_dig(r, metric)) for r in members if r.get("status") in FINISHED)
+        vals = [m for m in (results.number(_dig(r, metric), finite=False) for r in members
+                            if r.get("status") in FINISHED)
                 if m is not None and math.isfinite(m)]
         mean, sd = _mean_sd(vals)
-        times = [t for t in (_num(r.get("time_s")) for r in members) if t is not None]
+        times = [t for t in (results.number(r.get("time_s"), finite=False) for r in members) if t is not None]
         settings_table.append({"label": label, "n": len(members), "n_ok": len(vals), "mean": mean, "sd": sd,
                                "min": min(vals) if vals else None, "max": max(vals) if vals else None,
                                "time_s": statistics.fmean(times) if times else None})

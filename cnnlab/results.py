@@ -84,15 +84,16 @@ def shown(name: Any, limit: int | None = NAME_SHOWN) -> str:
 # ----------------------------------------------------------------------------- numbers
 
 
-def number(v: Any) -> float | None:
-    """A finite float, or None for missing, non-numbers, booleans, NaN, infinities and their strings."""
+def number(v: Any, finite: bool = True) -> float | None:
+    """A float, or None for missing, non-numbers and booleans; with ``finite`` also None for NaN, infinities and
+    their strings (older run folders wrote non-finite values as "nan" / "inf"). The one metric coercer."""
     if v is None or isinstance(v, bool):
         return None
     try:
-        x = float(v)  # older run folders wrote non-finite values as "nan" / "inf"
+        x = float(v)
     except (TypeError, ValueError):
         return None
-    return x if math.isfinite(x) else None
+    return x if math.isfinite(x) or not finite else None
 
 
 # ----------------------------------------------------------------------------- run folders
