@@ -91,6 +91,36 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f} %"
 
 
+def _setting(summary: dict, dotted: str, default: Any = None) -> Any:
+    """One field of the run's own config (summary.json's ``config``), ``default`` when it is not there."""
+    node: Any = summary.get("config") or {}
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _patience(summary: dict) -> int:
+    value = _num(_setting(summary, "train.early_stopping.patience", 0))
+    return int(value) if value is not None and math.isfinite(value) else 0
+
+
+def _more_epochs_command(summary: dict, run_dir: Optional[Path]) -> str:
+    """The command that trains this run's setting for longer, with the number of epochs to ask for.
+
+    A cosine or one-cycle schedule spans the whole run, so a resume may not extend it (cnnlab.resuming):
+    the command is then a new run from the run's own config with more epochs."""
+    epochs = _num(_setting(summary, "train.epochs"))
+    more = f"{2 * epochs:g}" if epochs is not None and math.isfinite(epochs) and epochs > 0 else "N"
+    where = str(run_dir) if run_dir is not None else "RUN_DIR"
+    sched = _setting(summary, "sched.name")
+    if sched in ("cosine", "onecycle"):
+        return (f"under sched.name={sched} the schedule spans the whole run, so --resume cannot extend it: start a new "
+                f"run, e.g. cnnlab train {Path(where) / 'config.yaml'} train.epochs={more} --out {where}-{more}ep")
+    return f"continue it with cnnlab train --resume {where} train.epochs={more}"
+
+
 # ----------------------------------------------------------------------------- the rules
 
 
@@ -170,7 +200,7 @@ def _double_softmax(output_kind: Optional[str], loss_name: Optional[str]) -> lis
         "logits (model.softmax_output=false), or output log-probabilities and use loss.name=nll.")]
 
 
-def _overfitting(history: list[dict]) -> list[dict]:
+def _overfitting(history: list[dict], summary: dict) -> list[dict]:
     rows = [r for r in history if all(_finite(r.get(k)) for k in ("train_accuracy", "val_accuracy", "val_loss"))]
     if len(rows) < MIN_EVALS_FOR_TREND:
         return []
@@ -182,17 +212,19 @@ def _overfitting(history: list[dict]) -> list[dict]:
     if gap <= OVERFIT_ACC_GAP or rise <= OVERFIT_VAL_LOSS_RISE:
         return []
     low_at = rows[val_losses.index(low)]
+    patience = _patience(summary)
+    stop = (f"fewer epochs (early stopping is on with a patience of {patience} evaluations; a smaller one stops "
+            "sooner)" if patience else "fewer epochs / early stopping (train.early_stopping.patience)")
     return [_finding(
         "overfitting", "warning",
         f"train accuracy is {_pct(gap)} above validation accuracy at the end, and the validation loss has risen "
         f"{_pct(rise)} above its lowest value (step {low_at.get('step')}, epoch {low_at.get('epoch')}): the model "
-        "memorises the training set. Try data augmentation, dropout, weight decay, a smaller model, or fewer "
-        "epochs / early stopping (train.early_stopping.patience).")]
+        f"memorises the training set. Try data augmentation, dropout, weight decay, a smaller model, or {stop}.")]
 
 
-def _under_trained(history: list[dict]) -> list[dict]:
+def _under_trained(history: list[dict], summary: dict, run_dir: Optional[Path]) -> list[dict]:
     acc = _series(history, "val_accuracy")
-    if len(acc) < MIN_EVALS_FOR_TREND:
+    if len(acc) < MIN_EVALS_FOR_TREND or summary.get("status") == "pruned":  # a pruned run was cut off on purpose
         return []
     window = min(UNDER_TRAINED_WINDOW, len(acc) - 1)
     gain = acc[-1] - acc[-1 - window]
@@ -201,19 +233,29 @@ def _under_trained(history: list[dict]) -> list[dict]:
     return [_finding(
         "under_trained", "info",
         f"validation accuracy was still improving when training stopped (+{_pct(gain)} over the last "
-        f"{window} evaluations, best at the last one): more epochs would probably help.")]
+        f"{window} evaluations, best at the last one): more epochs would probably help; "
+        f"{_more_epochs_command(summary, run_dir)}.")]
 
 
-def _best_position(history: list[dict]) -> tuple[Optional[int], list[dict]]:
-    rows = [r for r in history if _finite(r.get("val_accuracy"))]
+def _best_position(history: list[dict], monitor: str = "val_accuracy") -> tuple[Optional[int], list[dict]]:
+    """The evaluation the trainer kept as best.pt (by the run's ``train.monitor``) among the rows that have it."""
+    rows = [r for r in history if _finite(r.get(monitor))]
     if not rows:
         return None, rows
-    acc = [float(_num(r["val_accuracy"])) for r in rows]
-    return acc.index(max(acc)), rows  # the first maximum is the checkpoint the trainer keeps
+    values = [float(_num(r[monitor])) for r in rows]
+    best = min(values) if monitor == "val_loss" else max(values)
+    return values.index(best), rows  # the first best is the checkpoint the trainer keeps
 
 
-def _early_or_late_best(history: list[dict], already: set[str]) -> list[dict]:
-    best, rows = _best_position(history)
+def _monitored(summary: dict) -> tuple[str, str]:
+    monitor = _setting(summary, "train.monitor", "val_accuracy")
+    monitor = monitor if monitor in ("val_accuracy", "val_loss") else "val_accuracy"
+    return monitor, ("validation loss" if monitor == "val_loss" else "validation accuracy")
+
+
+def _early_or_late_best(history: list[dict], already: set[str], summary: dict) -> list[dict]:
+    monitor, words = _monitored(summary)
+    best, rows = _best_position(history, monitor)
     if best is None or len(rows) < MIN_EVALS_FOR_TREND:
         return []
     if best == len(rows) - 1:
@@ -222,8 +264,10 @@ def _early_or_late_best(history: list[dict], already: set[str]) -> list[dict]:
             return []
         return [_finding(
             "late_best", "info",
-            f"the best validation accuracy came at the last evaluation (epoch {rows[-1].get('epoch')}), but it "
+            f"the best {words} came at the last evaluation (epoch {rows[-1].get('epoch')}), but it "
             "had levelled off: the run is near the end of what this setting can reach.")]
+    if summary.get("status") in ("early_stopped", "pruned") or _patience(summary):
+        return []  # the run stops on its own already (or was stopped): early stopping is no news to it
     stop = min(best + EARLY_STOP_PATIENCE, len(rows) - 1)
 
     def clock(r: dict) -> float:
@@ -238,7 +282,7 @@ def _early_or_late_best(history: list[dict], already: set[str]) -> list[dict]:
         return []
     return [_finding(
         "early_best", "info",
-        f"the best validation accuracy came at epoch {rows[best].get('epoch')} (step {rows[best].get('step')}), "
+        f"the best {words} came at epoch {rows[best].get('epoch')} (step {rows[best].get('step')}), "
         f"long before the end (epoch {rows[-1].get('epoch')}): early stopping with a patience of "
         f"{EARLY_STOP_PATIENCE} evaluations would have saved about {100 * saving:.0f} % of the training time "
         "(train.early_stopping.patience).")]
@@ -277,11 +321,13 @@ def _lr_too_low(history: list[dict]) -> list[dict]:
 
 
 def diagnose(history: list[dict], summary: dict, num_classes: int, model_output_kind: Optional[str],
-             loss_name: Optional[str]) -> list[dict]:
+             loss_name: Optional[str], run_dir: Optional[Path] = None) -> list[dict]:
     """Findings for one run, most severe first: a list of ``{code, severity, message}``.
 
     ``history`` is the list of metrics.jsonl rows, ``summary`` the run summary (``status`` and the precision),
     ``model_output_kind`` one of logits / log_probs / probs (None if unknown), ``loss_name`` the loss registry name.
+    The run's own settings come from ``summary["config"]`` (its schedule, early stopping and monitored metric), so
+    no finding advises what the run already does; ``run_dir`` goes into the commands a finding names.
     """
     history = list(history or [])
     summary = summary or {}
@@ -296,9 +342,9 @@ def diagnose(history: list[dict], summary: dict, num_classes: int, model_output_
         if "loss_rose" not in {f["code"] for f in findings}:  # the same rise, told once
             findings += _lr_too_high(history)
         findings += _lr_too_low(history)
-        findings += _overfitting(history)
-        findings += _under_trained(history)
-        findings += _early_or_late_best(history, {f["code"] for f in findings})
+        findings += _overfitting(history, summary)
+        findings += _under_trained(history, summary, run_dir)
+        findings += _early_or_late_best(history, {f["code"] for f in findings}, summary)
     rank = {s: i for i, s in enumerate(reversed(SEVERITIES))}
     return sorted(findings, key=lambda f: rank[f["severity"]])  # stable: rule order within a severity
 
@@ -316,4 +362,4 @@ def diagnose_run(run_dir) -> list[dict]:
     classes = summary.get("classes") or []
     output_kind = (summary.get("model") or {}).get("output_kind") or (
         "probs" if (config.get("model") or {}).get("softmax_output") else None)
-    return diagnose(history, summary, len(classes), output_kind, (config.get("loss") or {}).get("name"))
+    return diagnose(history, summary, len(classes), output_kind, (config.get("loss") or {}).get("name"), run_dir)

@@ -5,6 +5,7 @@ each test shows the exact curve that triggers a rule; the boundary tests move on
 across a named threshold to show the constant is the one in charge.
 """
 import math
+from pathlib import Path
 
 import pytest
 
@@ -202,3 +203,77 @@ def test_a_loss_just_under_twice_its_start_is_not_loss_rose():
     history = rows([start, 0.7, start * doctor.LOSS_ROSE_FACTOR * 0.99], [0.8, 0.8, 0.8])
     assert "loss_rose" not in codes(history)
     assert "loss_rose" in codes(rows([start, 0.7, start * doctor.LOSS_ROSE_FACTOR], [0.8, 0.8, 0.8]))
+
+
+# ----------------------------------------------------------------------------- the run's own settings (issue 25, 7)
+
+EARLY_BEST_HISTORY = dict(
+    train_loss=[0.5, 0.3, 0.25, 0.22, 0.2, 0.19, 0.18, 0.17, 0.16, 0.15],
+    val_acc=[0.90, 0.95, 0.94, 0.945, 0.94, 0.943, 0.941, 0.944, 0.942, 0.943],
+    val_loss=[0.3, 0.2, 0.21, 0.2, 0.21, 0.205, 0.21, 0.205, 0.21, 0.207],
+)
+
+
+def test_an_early_stopped_run_is_not_told_early_stopping_would_have_saved_time():
+    # The issue's run: early_stopped, patience 2 on val_loss, and still told "early stopping with a patience of 2".
+    summary = {"status": "early_stopped",
+               "config": {"train": {"monitor": "val_loss", "early_stopping": {"patience": 2}}}}
+    findings = diagnose(rows(**EARLY_BEST_HISTORY), summary, 10, "logits", "cross_entropy")
+    assert not [f for f in findings if "early stopping" in f["message"]], findings
+
+
+def test_a_run_with_patience_set_is_not_told_to_set_it():
+    summary = {"status": "completed", "config": {"train": {"early_stopping": {"patience": 5}}}}
+    assert "early_best" not in codes(rows(**EARLY_BEST_HISTORY), summary=summary)
+    # the same history without patience is still told
+    assert "early_best" in codes(rows(**EARLY_BEST_HISTORY), summary={"status": "completed", "config": {}})
+
+
+def test_the_best_is_the_monitored_metrics():
+    # best val_loss at the last evaluation: with monitor val_loss best.pt is the last one, so nothing "early"
+    history = rows(**EARLY_BEST_HISTORY)
+    history[-1]["val_loss"] = 0.1
+    summary = {"status": "completed", "config": {"train": {"monitor": "val_loss"}}}
+    found = diagnose(history, summary, 10, "logits", "cross_entropy")
+    assert "early_best" not in [f["code"] for f in found]
+    assert any("validation loss" in f["message"] for f in found if f["code"] == "late_best")
+
+
+UNDER_TRAINED = rows([1.0, 0.7, 0.5, 0.4], [0.60, 0.70, 0.78, 0.84])
+
+
+@pytest.mark.parametrize("sched", ["cosine", "onecycle"])
+def test_more_epochs_under_a_whole_run_schedule_names_a_new_run_not_a_resume(tmp_path, sched):
+    summary = {"status": "completed", "config": {"sched": {"name": sched}, "train": {"epochs": 4}}}
+    msg = next(f["message"] for f in diagnose(UNDER_TRAINED, summary, 10, "logits", "cross_entropy", tmp_path / "r")
+               if f["code"] == "under_trained")
+    assert "--resume" not in msg.replace("--resume cannot", "")
+    assert f"cnnlab train {tmp_path / 'r' / 'config.yaml'} train.epochs=8 --out" in msg
+
+
+def test_more_epochs_under_a_stepwise_schedule_names_the_resume(tmp_path):
+    summary = {"status": "completed", "config": {"sched": {"name": "step"}, "train": {"epochs": 4}}}
+    msg = next(f["message"] for f in diagnose(UNDER_TRAINED, summary, 10, "logits", "cross_entropy", tmp_path / "r")
+               if f["code"] == "under_trained")
+    assert f"cnnlab train --resume {tmp_path / 'r'} train.epochs=8" in msg
+
+
+@pytest.mark.parametrize("sched", ["cosine", "none"])
+def test_the_command_the_doctor_names_runs(tmp_path, data_root, sched, capsys):
+    # The command in "more epochs would help" must be one cnnlab accepts for this run (a resume with more
+    # epochs is refused under cosine), so it is run here on a real tiny run.
+    import shlex
+
+    import cnnlab
+    from cnnlab import cli, results
+
+    from conftest import tiny_overrides
+
+    run = cnnlab.train({"name": "more"}, tiny_overrides(**{"sched.name": sched, "data.train_limit": 300}),
+                       out=tmp_path / "run", report=False)
+    command = doctor._more_epochs_command(run.summary, run.dir).split("cnnlab ", 1)[1]
+    args = shlex.split(command)
+    assert cli.main(args) == 0, capsys.readouterr()
+    out = run.dir if "--resume" in args else Path(args[args.index("--out") + 1])
+    summary = results.read_summary(out)
+    assert summary["config"]["train"]["epochs"] == 2 and summary["status"] == "completed"
