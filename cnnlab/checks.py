@@ -180,6 +180,17 @@ def _images_big_enough(p: Planned) -> None:
                       f"but images would be {size}×{size}; set data.resize to {min_size} or more")
 
 
+def check_loaded_size(cfg: Config, image_size) -> None:
+    """The images as loaded (an image folder's size is known only then) against the network's smallest input:
+    a ConfigError naming data.resize before the first step, instead of a convolution's error inside it."""
+    side = min(image_size) if isinstance(image_size, tuple) else image_size
+    min_size = plan_network(cfg).info.min_input_size
+    if side is not None and side < min_size:
+        raise ConfigError(f"data.resize: the images of {cfg.data.root or cfg.data.name} are {side} pixels on their "
+                          f"shorter side as loaded, but {cfg.model.name!r} needs at least {min_size}×{min_size}; "
+                          f"set data.resize to {min_size} or more")
+
+
 def _reflect_padding_fits(p: Planned) -> None:
     aug, size = p.cfg.data.augment, p.image_size
     if size is not None and aug.crop_padding and aug.crop_mode == "reflect" and aug.crop_padding >= size:

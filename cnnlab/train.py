@@ -89,6 +89,7 @@ def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainStat
     saved = runs.read_split_record(out_dir) if resume else None  # an image folder's split, as saved
     splits = datamod.load_splits(cfg.data, device, saved=saved)
     data_seconds = time.perf_counter() - t0
+    checks.check_loaded_size(cfg, splits.image_size)  # an image folder's size is known only now
     model, model_log = transfer.build_model(cfg, splits.num_classes, splits.in_channels,
                                             image_size=splits.image_size)
     model.to(device)

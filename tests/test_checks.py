@@ -112,3 +112,17 @@ def test_fp16_on_a_cpu_is_warned_about():
 
     cfg = load_config(None, {"train.precision": "fp16"})
     assert any("fp16 on a CPU" in w for w in config_warnings(cfg, "logits", torch.device("cpu")))
+
+
+def test_an_image_folder_too_small_for_the_network_is_refused_naming_data_resize(tmp_path):
+    # an image folder's size is known once loaded: refused there, before the first step, not in a convolution
+    from cnnlab import train
+    from conftest import write_image_folder
+
+    write_image_folder(tmp_path / "imgs" / "train", ["a", "b"], per_class=4, size=(8, 8))
+    write_image_folder(tmp_path / "imgs" / "test", ["a", "b"], per_class=2, size=(8, 8))
+    cfg = load_config(None, {"data.name": "imagefolder", "data.root": str(tmp_path / "imgs"), "data.val_size": 2,
+                             "model.name": "lenet5", "train.epochs": 1, "train.progress": False})
+    with pytest.raises(ConfigError, match=r"data.resize: .* are 8 pixels .* needs at least \d+×\d+"):
+        train.run(cfg, tmp_path / "run", log=lambda *_: None)
+    assert not (tmp_path / "run" / "summary.json").exists()
