@@ -122,12 +122,14 @@ class CompareResult:
         for r in self.rows:
             cells = [self.cell_text(self.cells.get((r, c))) for c in self.cols]
             lines.append("| " + " | ".join([" / ".join(r) or "all", *cells]) + " |")
-        return "\n".join(lines + [""] + [f"- {n}" for n in self.notes]) + "\n"
+        units = [f"Units: {self.metric} in % here; compare.csv holds the same numbers as fractions of 1 (0.9712 for "
+                 "97.12 %), as its unit column says."] if self.percent else []
+        return "\n".join(lines + [""] + [f"- {n}" for n in self.notes + units]) + "\n"
 
     def csv(self) -> str:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow([*self.row_keys, *self.col_keys, "metric", "n", "mean", "sd", "ci95_low", "ci95_high",
+        w.writerow([*self.row_keys, *self.col_keys, "metric", "unit", "n", "mean", "sd", "ci95_low", "ci95_high",
                     "p_vs_best", "best", "same_as_best", "chance", "diverged", "failed", "total", "pruned",
                     "not_in_sweep_file"])
         for r in self.rows:
@@ -136,7 +138,7 @@ class CompareResult:
                 if cell is None:
                     continue
                 s = cell.summary
-                w.writerow([*r, *c, self.metric, len(cell.values),
+                w.writerow([*r, *c, self.metric, "fraction" if self.percent else "", len(cell.values),
                             *(("" if v is None else v) for v in
                               ((s.mean, s.sd, s.ci_low, s.ci_high) if s else (None,) * 4)),
                             "" if cell.p is None else cell.p, int(cell.is_best),

@@ -164,8 +164,7 @@ def print_results(summary: dict, log: Callable) -> None:
     log(f"status: {summary['status']}" + (f" ({summary['error']})" if summary.get("error") else ""))
     if "test" not in summary:
         return
-    log(f"best: epoch {summary['best']['epoch']} (step {summary['best']['step']}), "
-        f"val accuracy {summary['best']['val_accuracy']}")
+    log(best_line(summary))
     log(f"{'split':<6} {'accuracy':>9} {'loss':>8} {'precision':>10} {'recall':>8} {'f1':>8}")
     for split in ("train", "val", "test"):
         if (r := summary.get(split)) is None:  # not scored (train.score_train: false)
@@ -174,6 +173,19 @@ def print_results(summary: dict, log: Callable) -> None:
             f"{r['recall_macro']:8.4f} {r['f1_macro']:8.4f}")
     log("test, per class:\n" + metrics.format_per_class(summary["test"], summary["classes"]))
     log(time_line(summary["time"]))
+
+
+def best_line(summary: dict) -> str:
+    """Where best.pt was taken, by the metric that chose it (``train.monitor``), scores rounded:
+    ``best (lowest val loss): epoch 6 (step 84), val loss 0.9123, val accuracy 0.5583``."""
+    best = summary.get("best") or {}
+    monitor = ((summary.get("config") or {}).get("train") or {}).get("monitor") or "val_accuracy"
+    order = ("val_loss", "val_accuracy") if monitor == "val_loss" else ("val_accuracy", "val_loss")
+    chosen = "lowest val loss" if monitor == "val_loss" else "highest val accuracy"
+    epoch = best.get("epoch")
+    where = f"epoch {epoch:g}" if isinstance(epoch, (int, float)) else f"epoch {epoch}"
+    scores = ", ".join(f"{key.replace('_', ' ')} {fmt(best.get(key))}" for key in order)
+    return f"best ({chosen}): {where} (step {best.get('step')}), {scores}"
 
 
 def time_record(s: TrainState, eval_s: float, resumed: bool = False) -> dict:

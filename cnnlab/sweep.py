@@ -804,7 +804,11 @@ def format_row(row: dict, base: dict | None = None, classes: int | None = None) 
     text = f"{row['run_id']} {describe_run(row['settings'], base)} seed={row['seed']}: {row['status']}"
     if acc is not None:
         text += f" test accuracy {acc:.4f}"
-        if at_chance(acc, classes):
+        if row["status"] == Status.PRUNED:  # cut short on purpose: its score says nothing about learning
+            epoch = (row.get("best") or {}).get("epoch")
+            text += (" (stopped by the sweep's scheduler" + (f" at epoch {epoch:g}" if isinstance(epoch, (int, float))
+                                                             else "") + ": a partial score, not a result)")
+        elif at_chance(acc, classes):
             text += " (chance level: the network did not learn)"
     if row.get("time_s") is not None:
         text += f" ({row['time_s']:.1f} s)"

@@ -174,7 +174,13 @@ def test_write_compare_writes_md_and_csv(tmp_path):
     text = write_compare(d, by=["model.name", "optim.lr"], metric="best.val_accuracy")
     assert (d / "compare.md").read_text() == text
     assert "best.val_accuracy (%)" in text
-    assert (d / "compare.csv").read_text().splitlines()[0].startswith("model.name,optim.lr,metric,n,mean")
+    assert (d / "compare.csv").read_text().splitlines()[0].startswith("model.name,optim.lr,metric,unit,n,mean")
+    # Issue 25 (8): compare.md shows % and compare.csv fractions; both say so
+    table = list(csv.DictReader(io.StringIO((d / "compare.csv").read_text())))
+    assert {r["unit"] for r in table} == {"fraction"} and all(0 <= float(r["mean"]) <= 1 for r in table)
+    assert "compare.csv holds the same numbers as fractions of 1" in text
+    losses = compare(d, by=["model.name", "optim.lr"], metric="final_train_loss")
+    assert "fractions" not in losses.markdown() and {r["unit"] for r in csv.DictReader(io.StringIO(losses.csv()))} == {""}
     # columns can be chosen: optimizer-major rows instead
     res = compare(d, by=["model.name", "optim.lr"], columns=["model.name"])
     assert res.row_keys == ["optim.lr"] and res.cols == [("lenet",), ("mlp",)]

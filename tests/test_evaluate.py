@@ -108,3 +108,18 @@ def test_one_loader_rebuilds_the_run_from_its_checkpoint_and_computes_as_trainin
     again = evaluate_run(tmp_path / "r", ["test"])
     assert again["test"]["accuracy"] == summary["test"]["accuracy"] and again["test"]["loss"] == summary["test"]["loss"]
     assert load_run(tmp_path / "r", overrides={"train.precision": "fp32"}).compute.precision == "fp32"
+
+
+@pytest.mark.parametrize("monitor,words", [("val_loss", "lowest val loss"), ("val_accuracy", "highest val accuracy")])
+def test_the_best_line_names_the_monitored_metric_rounded(tmp_path, tiny_config, data_root, capsys, monitor, words):
+    # Issue 25 (8): "best: epoch 6.0 (step 84), val accuracy 0.5583333333333333" under monitor val_loss.
+    import re
+
+    summary = train.run(tiny_config(**{"train.monitor": monitor, "train.eval_every": 5}), tmp_path / "run")
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("best"))
+    best = summary["best"]
+    first, second = ("val loss", "val accuracy") if monitor == "val_loss" else ("val accuracy", "val loss")
+    key = first.replace(" ", "_")
+    assert line.startswith(f"best ({words}): epoch {best['epoch']:g} (step {best['step']}), "
+                           f"{first} {best[key]:.4f}, {second} "), line
+    assert not re.search(r"\d\.\d{5,}", line), line  # every score rounded to 4 decimals

@@ -428,6 +428,15 @@ def test_a_progress_line_says_when_a_run_ended_at_chance():
     assert "chance level" in format_row({**collapsed, "test": {"accuracy": 0.52}}, classes=2)
 
 
+def test_a_pruned_run_is_not_said_to_have_failed_to_learn():
+    # Issue 25 (8): an ASHA-pruned run printed "test accuracy 0.2583 (chance level: the network did not learn)".
+    pruned = {"run_id": "p0", "settings": {"optim.lr": 0.1}, "seed": 0, "status": "pruned",
+              "test": {"accuracy": 0.1050}, "best": {"val_accuracy": 0.11, "epoch": 1.0}, "time_s": 2.0}
+    line = format_row(pruned, classes=10)
+    assert "chance level" not in line and "did not learn" not in line
+    assert "stopped by the sweep's scheduler at epoch 1" in line and "partial score" in line
+
+
 def left_s(text: str) -> float:
     """The seconds an eta text says are left (`` (… elapsed, about 1 min 5 s left)``)."""
     words = text.split("about ")[1].removesuffix(" left)").split()
