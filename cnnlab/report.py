@@ -27,6 +27,7 @@ from typing import Any, Optional
 
 from cnnlab import doctor, plots, results, runs
 from cnnlab.config import ConfigError
+from cnnlab.errors import one_line
 from cnnlab.plots import plot_curves  # noqa: F401 - kept as report.plot_curves for callers
 
 REPORT_NAME = "report.html"
@@ -51,12 +52,6 @@ class ReportError(ConfigError):
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _why(e: BaseException) -> str:
-    """An exception as one non-empty line: its type, and its message when it has one."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {text}" if text else f"{type(e).__name__} (no message)"
 
 
 def _mapping(v: Any) -> dict:
@@ -173,12 +168,12 @@ def finish_run(out_dir, log=print, html: bool = True) -> Optional[dict]:
         plots.plot_curves(results.read_metrics(out_dir), out_dir / "curves.png",
                           best_step=int(best_step) if best_step else None)
     except Exception as e:  # noqa: BLE001 - a plotting problem must not cost the trained run
-        log(f"warning: could not write {out_dir / 'curves.png'}: {_why(e)}")
+        log(f"warning: could not write {out_dir / 'curves.png'}: {one_line(e)}")
     if html:
         try:
             write_run_report(out_dir, log=lambda m: log(f"warning: {m}"))
         except Exception as e:  # noqa: BLE001 - nor a report problem
-            log(f"warning: could not write {out_dir / REPORT_NAME}: {_why(e)}")
+            log(f"warning: could not write {out_dir / REPORT_NAME}: {one_line(e)}")
     for f in summary["findings"]:
         log(f"doctor [{f['severity']}] {f['code']}: {f['message']}")
     return summary
@@ -252,7 +247,7 @@ def run_context(run_dir: Path, log=results.warn, reuse: bool = True) -> dict:
         try:
             return fn()
         except Exception as e:  # noqa: BLE001 - one bad part must not cost the whole report
-            note(f"{what} left out of the report: {_why(e)}")
+            note(f"{what} left out of the report: {one_line(e)}")
             return default
 
     summary = results.read_summary(run_dir)
@@ -536,7 +531,7 @@ def _claims_table(sweep_dir: Path, plan: dict, rows: list[dict], note) -> Option
         claim_set = claims.from_plan(plan, str(sweep_dir / results.PLAN))
         verdicts = claims.judge_sweep(sweep_dir, claim_set, rows)
     except Exception as e:  # noqa: BLE001 - the rest of the report still shows
-        note(f"{sweep_dir / REPORT_NAME}: the claims' verdicts left out: {_why(e)}")
+        note(f"{sweep_dir / REPORT_NAME}: the claims' verdicts left out: {one_line(e)}")
         return None
     return {"cut": claim_set.cut, "rows": [
         {"claim": f"{v.claim.text} (a {v.claim.relation} {'b' if v.b is not None else 'level'})",
@@ -614,7 +609,7 @@ def sweep_context(sweep_dir: Path, metric: str = DEFAULT_SWEEP_METRIC, build_run
                         write_run_report(run_dir, log=note, reuse=not force)
                         built["built"] += 1
                     except Exception as e:  # noqa: BLE001 - a broken run keeps its row, just without a link
-                        note(f"could not write {run_dir / REPORT_NAME}: {_why(e)}")
+                        note(f"could not write {run_dir / REPORT_NAME}: {one_line(e)}")
             if (run_dir / REPORT_NAME).is_file():
                 link = run_link(sweep_dir, run_dir)
         run_rows.append({"run_id": r.get("run_id"), "label": _label(r.get("settings") or {}, keys),
@@ -628,7 +623,7 @@ def sweep_context(sweep_dir: Path, metric: str = DEFAULT_SWEEP_METRIC, build_run
             pngs["curves"] = plots.png_bytes(plots.sweep_curves_figure(curves))
             images["curves"] = _b64(pngs["curves"])
         except Exception as e:  # noqa: BLE001 - the tables still show
-            note(f"{sweep_dir / REPORT_NAME}: the learning curves per setting left out: {_why(e)}")
+            note(f"{sweep_dir / REPORT_NAME}: the learning curves per setting left out: {one_line(e)}")
     statuses: dict[str, int] = {}
     for r in rows:
         statuses[str(r.get("status"))] = statuses.get(str(r.get("status")), 0) + 1
@@ -636,7 +631,7 @@ def sweep_context(sweep_dir: Path, metric: str = DEFAULT_SWEEP_METRIC, build_run
         factor_plots = _factor_plots(rows, keys, metric, plan)
     except Exception as e:  # noqa: BLE001 - the tables still show
         factor_plots = []
-        note(f"{sweep_dir / REPORT_NAME}: the factor plots left out: {_why(e)}")
+        note(f"{sweep_dir / REPORT_NAME}: the factor plots left out: {one_line(e)}")
     return {
         "title": sweep_dir.resolve().name,
         "sweep_dir": str(sweep_dir.resolve()),
@@ -685,7 +680,7 @@ def write_plot_files(folder: Path, pngs: dict[str, bytes], log=results.warn) -> 
             runs.write_bytes(path, png)
             written.append(path)
         except OSError as e:
-            log(f"could not write {path}: {_why(e)}")
+            log(f"could not write {path}: {one_line(e)}")
     return written
 
 

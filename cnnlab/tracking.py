@@ -32,6 +32,7 @@ from typing import Any, Callable, Protocol
 
 from cnnlab import runs
 from cnnlab.config import Config, flatten, mlflow_uri, sqlite_path
+from cnnlab.errors import one_line
 
 MLFLOW_FILE = "mlflow.json"  # in the run folder: the tracking URI, MLflow run id and the last step sent
 ARTIFACTS = ("summary.json", "metrics.jsonl", "curves.png", "report.html")
@@ -174,11 +175,6 @@ def _client(uri: str):
     return client
 
 
-def _why(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:300] if text else ''}"
-
-
 def _params(cfg: Config) -> dict[str, str]:
     """The flattened config as MLflow params (text), without where it is tracked or which sweep it is in."""
     out = {}
@@ -225,7 +221,7 @@ class MLflow:
             self.retry_at = time.monotonic() + RETRY_AFTER_S
             if not self.warned:
                 self.warned = True
-                self.warn(f"MLflow at {self.uri} failed ({_why(e)}); training goes on, and what was not sent "
+                self.warn(f"MLflow at {self.uri} failed ({one_line(e)}); training goes on, and what was not sent "
                           "is sent when the server answers again (at the latest when the run ends)")
             return False
 
@@ -311,7 +307,8 @@ def read_link(out_dir: Path) -> dict | None:
 
 def upload_run_files(out_dir: Path, log: Callable[[str], None] = print) -> list[str]:
     """Send the run folder's files (:data:`ARTIFACTS` that exist) to its MLflow run, if it has one; returns
-    the names sent. ``cnnlab.lifecycle.finish_folder`` calls this once curves.png and report.html exist (summary.json then
+    the names sent. ``cnnlab.lifecycle.finish_folder`` calls this once curves.png and report.html exist
+    (summary.json then
     holds the doctor's findings); the tracker sent what existed as the run ended. A failure is logged."""
     link = read_link(out_dir)
     if link is None:
@@ -319,7 +316,7 @@ def upload_run_files(out_dir: Path, log: Callable[[str], None] = print) -> list[
     try:
         return _upload(_client(link["tracking_uri"]), link["run_id"], Path(out_dir))
     except Exception as e:  # noqa: BLE001 - the run and its folder are fine without the copies
-        log(f"warning: could not send the run's files to MLflow at {link['tracking_uri']}: {_why(e)}")
+        log(f"warning: could not send the run's files to MLflow at {link['tracking_uri']}: {one_line(e)}")
         return []
 
 
