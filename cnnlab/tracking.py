@@ -75,12 +75,16 @@ class TensorBoard:
     metrics as hparams, so ``tensorboard --logdir <sweep folder>`` names runs by their settings and its
     HParams tab compares them."""
 
-    def __init__(self, out_dir: Path, label: str | None = None, hparams: dict | None = None):
+    def __init__(self, out_dir: Path, label: str | None = None, hparams: dict | None = None,
+                 log: Callable[[str], None] | None = None):
         from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package (checked at load)
 
         logdir = Path(out_dir) / "tensorboard"
         self.writer = SummaryWriter(str(logdir / label if label else logdir))
         self.hparams = hparams
+        if log is not None:
+            log(f"tensorboard: on, writing {logdir / label if label else logdir}; watch it with: "
+                f"tensorboard --logdir {logdir}")
 
     def on_eval(self, row: dict) -> None:
         for key, value in row.items():
@@ -190,15 +194,40 @@ def _metrics(row: dict) -> dict[str, float]:
             if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
+FINAL_SCORES = ("accuracy", "loss", "precision_macro", "recall_macro", "f1_macro")
+
+
+def final_metrics(summary: dict) -> dict[str, float]:
+    """The run's final scores as MLflow metrics: ``test_<score>`` and ``best_val_<score>`` (the best checkpoint
+    scored at the end; ``val_*`` is the learning curve's name), ``best_train_<score>`` when the train split was
+    scored, and ``final_train_loss``. Missing or non-finite values are left out."""
+    out = {}
+    for split, prefix in (("test", "test_"), ("val", "best_val_"), ("train", "best_train_")):
+        scores = summary.get(split) if isinstance(summary.get(split), dict) else {}
+        out.update({f"{prefix}{k}": scores.get(k) for k in FINAL_SCORES})
+    out["final_train_loss"] = summary.get("final_train_loss")
+    return _metrics(out)
+
+
+def ui_hint(uri: str, experiment_id: str, run_id: str) -> str:
+    """How to look at an MLflow run: its page on a server, or the ``mlflow ui`` command for a local store."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    allow = "MLFLOW_ALLOW_FILE_STORE=true " if uri.startswith("file:") else ""
+    return f"{allow}mlflow ui --backend-store-uri {uri} (then open http://127.0.0.1:5000)"
+
+
 class MLflow:
     """One MLflow run per cnnlab run: the config as params, every evaluation point as metrics at its step,
     tags (sweep, run_id, seed, status), the run folder's files as artifacts, and a status that mirrors
     cnnlab's (FINISHED, FAILED, KILLED). Experiment: the sweep's name for a sweep run, else the study name."""
 
-    def __init__(self, cfg: Config, out_dir: Path, warn: Callable[[str], None] | None = None):
+    def __init__(self, cfg: Config, out_dir: Path, warn: Callable[[str], None] | None = None,
+                 log: Callable[[str], None] | None = None):
         self.cfg, self.out_dir = cfg, Path(out_dir)
         self.uri = tracking_uri(cfg.train.mlflow)
         self.warn = warn or (lambda m: print(f"warning: {m}", file=sys.stderr, flush=True))
+        self.log = log or (lambda m: None)
         self.warned, self.retry_at, self.status = False, 0.0, "running"
         saved = read_link(self.out_dir)
         # Continue the MLflow run only for a resume (last.pt restored) into the same store: a fresh or
@@ -257,9 +286,11 @@ class MLflow:
             self.client = _client(self.uri)
         if self.run_id is None:
             self._start()
+            self._announce("tracking this run as")
         elif self.reopen:
             self.client.update_run(self.run_id, status="RUNNING")
             self.reopen = False
+            self._announce("continuing")
         if not self.params_sent:
             params = [Param(k, v) for k, v in _params(self.cfg).items()]
             for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
@@ -275,6 +306,13 @@ class MLflow:
         self.sent_step = max(int(r["step"]) for r in rows)
         self._save_link()
 
+    def _announce(self, what: str) -> None:
+        """The console line saying tracking is on: the MLflow run id, its experiment and how to see it."""
+        experiment_id = self.client.get_run(self.run_id).info.experiment_id
+        name = self.client.get_experiment(experiment_id).name
+        self.log(f"mlflow: {what} run {self.run_id} (experiment {name!r}) in {self.uri}; see it with: "
+                 f"{ui_hint(self.uri, experiment_id, self.run_id)}")
+
     def on_eval(self, row: dict) -> None:
         self._try(self._send_points)
 
@@ -282,7 +320,13 @@ class MLflow:
         self.status = summary.get("status", "failed")
 
         def end() -> None:
+            from mlflow.entities import Metric
+
             self._send_points()
+            step = max(self.sent_step, 0)  # at the run's last point
+            scores = [Metric(k, v, int(time.time() * 1000), step) for k, v in final_metrics(summary).items()]
+            if scores:
+                self.client.log_batch(self.run_id, metrics=scores)
             self.client.set_tag(self.run_id, "status", self.status)
             if summary.get("resumed"):
                 self.client.set_tag(self.run_id, "resumed", json.dumps(summary["resumed"])[:5000])
@@ -327,13 +371,13 @@ def _upload(client, run_id: str, out_dir: Path) -> list[str]:
     return names
 
 
-def trackers_for(cfg: Config, out_dir: Path) -> list:
-    """The trackers ``cfg`` asks for."""
+def trackers_for(cfg: Config, out_dir: Path, log: Callable[[str], None] | None = None) -> list:
+    """The trackers ``cfg`` asks for; each says on ``log`` that it is on and how to look at what it records."""
     out: list = []
     if cfg.train.tensorboard:
         sweep = cfg.train.sweep
         out.append(TensorBoard(out_dir, run_label(cfg),
-                               {**sweep.settings, "seed": cfg.seed} if sweep is not None else None))
+                               {**sweep.settings, "seed": cfg.seed} if sweep is not None else None, log=log))
     if cfg.train.mlflow:
-        out.append(MLflow(cfg, out_dir))
+        out.append(MLflow(cfg, out_dir, log=log))
     return out

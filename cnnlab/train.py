@@ -177,7 +177,7 @@ def open_run_folder(s: TrainState, changes: dict | None, verbose: bool = False, 
     for w in s.warnings:
         log(f"warning: {w}")
     s.history = runs.read_jsonl(metrics_file)
-    s.trackers = [*tracking.trackers_for(cfg, s.out_dir), *trackers]
+    s.trackers = [*tracking.trackers_for(cfg, s.out_dir, log=log), *trackers]
 
 
 # ----------------------------------------------------------------------------- the loop

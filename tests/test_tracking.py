@@ -407,3 +407,37 @@ def test_a_run_is_tracked_on_a_real_mlflow_server(mlflow_server, tmp_path, data_
 def test_a_sweep_lands_in_one_experiment_on_a_real_mlflow_server(mlflow_server, tmp_path, data_root):
     out, rows = run_tiny_sweep(tmp_path, mlflow_server)
     check_sweep_experiment(client_for(mlflow_server), out, rows)
+
+
+def test_the_console_says_tracking_is_on_and_the_final_scores_are_mlflow_metrics(tmp_path, data_root):
+    # Issue 25 (9): nothing said tracking was on, which MLflow run it was or how to look at it, and the final
+    # test/val scores were only inside summary.json.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = load_config(None, {**flatten(TINY), "train.mlflow": uri, "train.tensorboard": True})
+    said: list[str] = []
+    summary = train.run(cfg, tmp_path / "r", log=said.append)
+    run_id = json.loads((tmp_path / "r" / "mlflow.json").read_text())["run_id"]
+    client = client_for(uri)
+    run = client.get_run(run_id)
+    line = next(m for m in said if m.startswith("mlflow:"))
+    assert f"run {run_id} (experiment 'tiny') in {uri}" in line
+    assert f"mlflow ui --backend-store-uri {uri}" in line
+    assert any(m.startswith("tensorboard: on") and f"tensorboard --logdir {tmp_path / 'r' / 'tensorboard'}" in m
+               for m in said), said
+    metrics = run.data.metrics
+    for key in ("accuracy", "loss", "f1_macro", "precision_macro", "recall_macro"):
+        assert metrics[f"test_{key}"] == pytest.approx(summary["test"][key])
+        assert metrics[f"best_val_{key}"] == pytest.approx(summary["val"][key])
+    assert metrics["final_train_loss"] == pytest.approx(summary["final_train_loss"])
+    (point,) = client.get_metric_history(run_id, "test_accuracy")
+    assert point.step == runs.read_jsonl(tmp_path / "r" / "metrics.jsonl")[-1]["step"]  # at the run's last point
+    # a resume says it continues the same MLflow run
+    said.clear()
+    train.run(load_config(None, {**flatten(TINY), "train.mlflow": uri, "train.epochs": 2}), tmp_path / "r",
+              resume=True, log=said.append)
+    assert any(m.startswith(f"mlflow: continuing run {run_id}") for m in said), said
+
+
+def test_how_to_see_a_run_on_a_server_is_its_page():
+    assert tracking.ui_hint("http://mlflow.lab:5000/", "3", "abc") == "open http://mlflow.lab:5000/#/experiments/3/runs/abc"
+    assert tracking.ui_hint("file:///x/store", "1", "r").startswith("MLFLOW_ALLOW_FILE_STORE=true mlflow ui ")
