@@ -611,9 +611,12 @@ def run_sweep(sweep_path: str | Path, out_dir: str | Path | None = None, workers
     sweep = load_sweep(sweep_path)  # validates every config before anything is written
     for entry in sweep.same_as_default:
         warn(same_as_default_warning(sweep.source, entry))
-    if executor == "local" and (sweep.scheduler or sweep.search):
-        raise ConfigError(f"{sweep.source}: {'search' if sweep.search else 'scheduler'}: is Ray Tune's; run the sweep "
-                          "with --executor ray (on this machine, without --address, Ray starts a private instance)")
+    if executor == "local" and sweep.search:
+        raise ConfigError(f"{sweep.source}: search: is Ray Tune's; run the sweep with --executor ray (on this machine, "
+                          "without --address, Ray starts a private instance)")
+    if executor == "local" and sweep.scheduler:  # one file serves both executors: here every run goes to its end
+        warn(f"{sweep.source}: scheduler: {sweep.scheduler['name']} is Ray Tune's; the local executor runs every run "
+             "to its end without pruning (--executor ray prunes)")
     sweep.resources = {**sweep.resources, **resources}  # the command line wins over the sweep file
     if out_dir is None:  # the default folder is built from the file name: it must stay inside sweeps/
         check_name(sweep.name, "the sweep file name (the default --out is sweeps/<file stem>)", str(sweep_path))

@@ -71,10 +71,11 @@ def test_bad_ray_blocks_fail_before_anything_runs(tmp_path, extra, message):
     assert not out.exists()
 
 
-def test_scheduler_search_and_resources_need_the_ray_executor(tmp_path):
+def test_a_search_and_resources_need_the_ray_executor(tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(ConfigError, match="scheduler: is Ray Tune's; run the sweep with --executor ray"):
-        run_sweep(sweep_file(tmp_path, {"base": FAST, "scheduler": {"name": "asha"}}), out_dir=out)
+    search = {"base": FAST, "axes": {"optim.lr": {"loguniform": [0.001, 0.1]}}, "search": {"name": "optuna", "trials": 2}}
+    with pytest.raises(ConfigError, match="search: is Ray Tune's; run the sweep with --executor ray"):
+        run_sweep(sweep_file(tmp_path, search), out_dir=out)
     with pytest.raises(ConfigError, match="apply to the ray executor only"):
         run_sweep(sweep_file(tmp_path, {"base": FAST}), out_dir=out, resources={"cpu": 2})
     with pytest.raises(ConfigError, match=r"--cpus-per-run / --gpus-per-run: resources\.cpu must be above 0"):
@@ -85,6 +86,18 @@ def test_scheduler_search_and_resources_need_the_ray_executor(tmp_path):
            "--gpus-per-run", "0.5"]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 2 and "add --executor ray" in done.stderr and not out.exists()
+
+
+def test_a_sweep_file_with_a_scheduler_runs_locally_without_pruning_and_says_so_once(tmp_path, data_root, capsys):
+    # Issue 25 (10): "scheduler: is Ray Tune's" refused the local executor, so one file could not serve both.
+    spec = {"base": FAST, "axes": {"optim.lr": [0.01, 0.003]},
+            "scheduler": {"name": "asha", "metric": "val.accuracy", "grace_epochs": 0.5, "reduction_factor": 2}}
+    rows = run_sweep(sweep_file(tmp_path, spec), out_dir=tmp_path / "out")
+    assert [r["status"] for r in rows] == ["completed", "completed"]
+    err = capsys.readouterr().err
+    assert err.count("scheduler: asha is Ray Tune's; the local executor runs every run to its end without pruning") \
+        == 1, err
+    assert all(r["best"]["epoch"] == 1.0 for r in load_results(tmp_path / "out"))  # every run to its last epoch
 
 
 def test_a_search_plans_its_space_not_its_runs(tmp_path, capsys):
