@@ -168,9 +168,7 @@ def label(value: Any) -> str:
 
 def metric_value(row: dict, metric: str) -> float | None:
     """The row's metric as a finite float; None when missing, not a number, NaN or infinite (never a best cell)."""
-    node: Any = row
-    for part in metric.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
+    node = results.dig(row, metric)
     return results.number(node) if isinstance(node, (int, float)) else None
 
 

@@ -29,12 +29,12 @@ from cnnlab import data as datamod
 from cnnlab.augment import Preprocess, preprocess_record, resize
 from cnnlab.config import ConfigError, apply_overrides
 from cnnlab.data import DataError
+from cnnlab.data.check import IMAGE_SUFFIXES  # the suffixes an image folder is scanned for
 from cnnlab.evaluate import SPLITS, Evaluator
 from cnnlab.loader import build_config
 from cnnlab.models import info_of
 from cnnlab.runtime import Compute, pick_device, plan_compute
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _LUMA = torch.tensor([0.2989, 0.587, 0.114]).view(1, 3, 1, 1)  # the weights data.channels=1 uses
 # settings `cnnlab eval RUN key=value` may change besides data.*: none of them changes the network
 EVAL_OVERRIDES = ("train.device", "train.eval_batch_size", "train.tta", "train.precision", "train.threads")

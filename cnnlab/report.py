@@ -87,14 +87,6 @@ def _seconds(v: Any) -> str:
     return f"{x:.2f} s"
 
 
-def _dig(d: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(d, dict):
-            return None
-        d = d.get(part)
-    return d
-
-
 def is_current(target: Path, sources: tuple[str, ...]) -> bool:
     """True when ``target`` exists and is at least as new as each of ``sources`` (names in its folder) that exists."""
     try:
@@ -434,7 +426,7 @@ def _factor_plots(rows: list[dict], keys: list[str], metric: str, plan: Optional
             for r in members:
                 if r.get("status") not in FINISHED:
                     continue  # a diverged or failed run has no result to average (compare does the same)
-                v, m = (r.get("settings") or {}).get(key), results.number(_dig(r, metric), finite=False)
+                v, m = (r.get("settings") or {}).get(key), results.number(results.dig(r, metric), finite=False)
                 if m is not None and math.isfinite(m):
                     by_value.setdefault(v if numeric else _value_label(v), []).append(m)
             series[label] = [(v, *_mean_sd(ms)) for v, ms in by_value.items()]
@@ -583,7 +575,7 @@ def sweep_context(sweep_dir: Path, metric: str = DEFAULT_SWEEP_METRIC, build_run
 
     settings_table = []
     for label, members in groups.items():
-        vals = [m for m in (results.number(_dig(r, metric), finite=False) for r in members
+        vals = [m for m in (results.number(results.dig(r, metric), finite=False) for r in members
                             if r.get("status") in FINISHED)
                 if m is not None and math.isfinite(m)]
         mean, sd = _mean_sd(vals)
@@ -613,8 +605,8 @@ def sweep_context(sweep_dir: Path, metric: str = DEFAULT_SWEEP_METRIC, build_run
             if (run_dir / REPORT_NAME).is_file():
                 link = run_link(sweep_dir, run_dir)
         run_rows.append({"run_id": r.get("run_id"), "label": _label(r.get("settings") or {}, keys),
-                         "seed": r.get("seed"), "status": r.get("status"), "metric": _dig(r, metric),
-                         "best_val": _dig(r, "best.val_accuracy"), "best_epoch": _dig(r, "best.epoch"),
+                         "seed": r.get("seed"), "status": r.get("status"), "metric": results.dig(r, metric),
+                         "best_val": results.dig(r, "best.val_accuracy"), "best_epoch": results.dig(r, "best.epoch"),
                          "time_s": r.get("time_s"), "link": link})
     curves = _mean_curves(run_dirs, groups)
     images, pngs = {}, {}

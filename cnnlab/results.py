@@ -84,6 +84,15 @@ def shown(name: Any, limit: int | None = NAME_SHOWN) -> str:
 # ----------------------------------------------------------------------------- numbers
 
 
+def dig(tree: Any, dotted: str) -> Any:
+    """``tree["a"]["b"]`` for ``"a.b"``; None where a level is missing or not a dict (a row's ``test.accuracy``)."""
+    for part in dotted.split("."):
+        if not isinstance(tree, dict):
+            return None
+        tree = tree.get(part)
+    return tree
+
+
 def number(v: Any, finite: bool = True) -> float | None:
     """A float, or None for missing, non-numbers and booleans; with ``finite`` also None for NaN, infinities and
     their strings (older run folders wrote non-finite values as "nan" / "inf"). The one metric coercer."""
