@@ -245,6 +245,22 @@ def cmd_data(args) -> int:
     return 1 if bad else 0
 
 
+def cmd_models(args) -> int:
+    from cnnlab.catalog import format_models, model_entries
+
+    entries = model_entries()
+    print(json.dumps(entries, indent=2) if args.json else format_models(entries))
+    return 0
+
+
+def cmd_options(args) -> int:
+    from cnnlab.catalog import format_options, option_entries
+
+    entries = option_entries(args.section)
+    print(json.dumps(entries, indent=2) if args.json else format_options(entries))
+    return 0
+
+
 def _config_error(message: str):
     from cnnlab.config import ConfigError
 
@@ -261,9 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"cnnlab {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train one study file into a run folder")
+    t = sub.add_parser("train", help="train one study file into a run folder",
+                       epilog="Every key a study file or an override may set, with its type, default and help: "
+                              "cnnlab options [SECTION]; the models and their options: cnnlab models.")
     t.add_argument("study", nargs="?", help="study YAML file")
-    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.01")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.01 (the keys: cnnlab options)")
     t.add_argument("--out", help="run folder (default runs/<timestamp>-<study>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     t.add_argument("--force", action="store_true", help="overwrite a run folder that already holds a run")
@@ -346,6 +364,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rebuild every run's report and redraw its curves (default: a sweep reuses the run reports "
                         "and curves.png files that are newer than their run's files)")
     r.set_defaults(func=cmd_report)
+
+    m = sub.add_parser("models", help="the models: parameters, input size, each family's options and defaults")
+    m.add_argument("--json", action="store_true", help="print the list as JSON")
+    m.set_defaults(func=cmd_models)
+
+    o = sub.add_parser("options", help="every config key a study file may set: type, default, range and help")
+    o.add_argument("section", nargs="?", help="one section (data, data.augment, model, optim, sched, loss, train, "
+                                              "train.early_stopping); default: all of them")
+    o.add_argument("--json", action="store_true", help="print the fields as JSON")
+    o.set_defaults(func=cmd_options)
 
     d = sub.add_parser("data", help="which data sets are present, and their checksums")
     d.add_argument("action", choices=["list", "check"], help="list: what is present; check: also verify checksums")

@@ -78,3 +78,89 @@ def test_config_printed_as_differences_unless_verbose():
 
     lines = config_diff_lines(load_config(None, {"optim.lr": 0.01, "model.widths": [6, 16, 120]}))
     assert lines[1:] == ["  model.widths: [6, 16, 120]", "  optim.lr: 0.01"] and "config.yaml" in lines[0]
+
+
+# ----------------------------------------------------------------------------- discovering options (issue 25, 11)
+
+
+def test_models_lists_every_registered_model_with_its_parameters_input_and_options():
+    import importlib
+
+    import torch
+
+    from cnnlab.registry import MODELS
+
+    importlib.import_module("cnnlab.models")  # fills the registry
+
+    r = cnnlab("models", "--json")
+    assert r.returncode == 0, r.stderr
+    entries = {e["name"]: e for e in json.loads(r.stdout)}
+    assert sorted(entries) == MODELS.names()
+    lenet = entries["lenet5"]
+    assert lenet["family"] == "lenet" and lenet["parameters"] == 61706 and lenet["input"] == [1, 28, 28]
+    options = {o["name"]: o for o in lenet["options"]}
+    assert set(options) == set(MODELS.options("lenet5"))
+    assert options["activation"]["default"] == "tanh" and "relu" in options["activation"]["choices"]
+    assert options["pooling"]["choices"] == ["avg", "max"] and options["widths"]["default"] == [6, 16, 120]
+    for name in ("resnet20", "mlp", "lenet5_cifar"):  # counted the way a real network of that input has them
+        c, h, w = entries[name]["input"]
+        model = MODELS.get(name)(num_classes=10, in_channels=c)
+        model.eval()(torch.zeros(1, c, h, w))
+        assert entries[name]["parameters"] == sum(p.numel() for p in model.parameters()), name
+    table = cnnlab("models").stdout
+    assert "family resnet_cifar" in table and "resnet20" in table and "269,722 parameters" in table
+    assert "stem=imagenet [imagenet|cifar]" in table
+
+
+def _fields(model, prefix=""):
+    """Every leaf field of the typed config, walked here independently of cnnlab.catalog."""
+    from pydantic import BaseModel
+
+    out = {}
+    for key, field in model.model_fields.items():
+        inner = [a for a in (field.annotation, *getattr(field.annotation, "__args__", ()))
+                 if isinstance(a, type) and issubclass(a, BaseModel)]
+        if inner:
+            out.update(_fields(inner[0], f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = field
+    return out
+
+
+def test_options_lists_every_config_field_with_type_default_and_help():
+    from cnnlab.config import Config
+
+    r = cnnlab("options", "--json")
+    assert r.returncode == 0, r.stderr
+    listed = {e["key"]: e for e in json.loads(r.stdout)}
+    fields = _fields(Config)
+    assert set(fields) <= set(listed), sorted(set(fields) - set(listed))
+    defaults = Config().to_dict()
+    for key in fields:
+        if key.startswith("train.sweep.") or key == "optim.weight_decay":
+            continue  # set by cnnlab sweep: no default; null, resolved to the optimizer's own at validation
+        node = defaults
+        for part in key.split("."):
+            node = node[part]
+        assert listed[key]["default"] == node, (key, listed[key]["default"], node)
+    assert listed["train.epochs"]["type"] == "float" and listed["train.epochs"]["range"] == "≥ 0, ≤ 10000"
+    assert listed["train.monitor"]["type"] == "one of: val_accuracy | val_loss"
+    assert listed["train.channels_last"]["type"] == "bool | null"
+    assert "without improvement" in listed["train.early_stopping.patience"]["help"]  # the comment in config.py
+    assert "airbench94" in listed["train.lookahead"]["help"]  # the field's description
+    assert "lenet5" in listed["model.name"]["help"] and "adamw" in listed["optim.name"]["help"]
+    assert listed["optim.weight_decay"]["default"] is None and "0.01" in listed["optim.weight_decay"]["help"]
+    one = cnnlab("options", "sched")
+    assert one.returncode == 0 and "sched.warmup_steps  (int; default 0; ≥ 0)" in one.stdout
+    assert "train.epochs" not in one.stdout
+
+
+def test_options_of_an_unknown_section_exits_2_naming_the_sections():
+    r = cnnlab("options", "trian")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "unknown section 'trian'" in r.stderr and "train.early_stopping" in r.stderr
+
+
+def test_train_help_points_to_the_options():
+    r = cnnlab("train", "--help")
+    assert r.returncode == 0 and "cnnlab options" in r.stdout and "cnnlab models" in r.stdout
