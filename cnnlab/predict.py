@@ -116,7 +116,8 @@ def to_probs(out: torch.Tensor, kind: str) -> torch.Tensor:
 class LoadedRun:
     """A trained run ready to use: ``model`` (a plain nn.Module in eval mode), ``classes``,
     ``input_shape`` (C, H, W), ``transform`` (what :meth:`predict` applies) and ``preprocess``
-    (the saved record). :meth:`predict` takes paths, PIL images or uint8 tensors."""
+    (the saved record). :meth:`predict` takes raw images (paths, PIL images, uint8 arrays or tensors HW, HWC or
+    CHW) and, with ``transformed=True``, float tensors already in the model's input form."""
 
     run_dir: Path
     model: nn.Module
@@ -134,14 +135,16 @@ class LoadedRun:
         return (f"LoadedRun({str(self.run_dir)!r}, model={self.config.model.name}, classes={len(self.classes)}, "
                 f"input_shape={self.input_shape})")
 
-    def probabilities(self, x: torch.Tensor, tta: bool = False, batch_size: int = 256) -> torch.Tensor:
-        """Class probabilities ``[N, classes]`` of a uint8 batch (any channels / size); ``tta`` averages
-        the run's test-time augmented views (``train.tta``)."""
+    def probabilities(self, x: torch.Tensor, tta: bool = False, batch_size: int = 256,
+                      transformed: bool = False) -> torch.Tensor:
+        """Class probabilities ``[N, classes]`` of a uint8 batch (any channels / size), or with ``transformed``
+        of a float batch already in the model's input form ``[N, C, H, W]`` (normalised with the run's mean and
+        std); ``tta`` averages the run's test-time augmented views (``train.tta``)."""
         mode = self.preprocess.get("tta", "none") if tta else "none"
         if tta and mode == "none":
             raise ConfigError(f"tta: the run {self.run_dir} was trained with train.tta=none, so there is no "
                               "test-time augmentation to apply")
-        ev = self.evaluator(self.transform.batch, batch_size, mode)
+        ev = self.evaluator(_as_given if transformed else self.transform.batch, batch_size, mode)
         out = []
         with torch.inference_mode():
             for i in range(0, len(x), batch_size):
@@ -155,31 +158,40 @@ class LoadedRun:
         return Evaluator(preprocess, batch_size, self.compute.precision, self.device, self.output_kind,
                          len(self.classes), tta=tta, channels_last=self.compute.channels_last)
 
-    def predict(self, images: Any, top_k: int = 3, tta: bool = False) -> list[dict]:
-        """Top-k classes of each image (paths, PIL images or uint8 tensors; one or a list): a list of
-        ``{"file", "class", "probability", "top": [(class, probability), ...]}``. An unreadable file
-        raises DataError naming it."""
-        items = [images] if isinstance(images, (str, Path)) or not isinstance(images, (list, tuple)) else images
-        decoded, names = [], []
-        for item in items:
-            if isinstance(item, (str, Path)):
-                try:
-                    decoded.append(self.transform.read(item))
-                except (OSError, ValueError, SyntaxError) as e:
-                    raise DataError(f"{item}: not a readable image ({_short(e)})") from None
-                names.append(str(item))
-            elif isinstance(item, torch.Tensor):
-                decoded.append(self.transform.conform((item if item.ndim == 4 else item.unsqueeze(0)))[0])
-                names.append(None)
-            else:
-                decoded.append(self.transform.read(item))
-                names.append(None)
-        return self._rows(names, decoded, top_k, tta)
+    def predict(self, images: Any, top_k: int = 3, tta: bool = False, transformed: bool = False) -> list[dict]:
+        """Top-k classes of each image: a list of ``{"file", "class", "probability", "top": [(class, p), ...]}``.
 
-    def _rows(self, names: list, decoded: list[torch.Tensor], top_k: int, tta: bool) -> list[dict]:
+        ``images`` is one image or a list of them. Raw images, decoded and resized as training decoded its
+        images (the run's resize policy and interpolation; alpha over black): paths, PIL images, and uint8
+        numpy arrays or tensors ``[H, W]``, ``[H, W, C]`` or ``[C, H, W]`` (C = 1, 3 or 4; a 4-D uint8 array is
+        a batch of such images). A float tensor or array is taken as input already transformed (scaled to 0..1
+        and normalised with the run's mean and std, shape ``[C, H, W]`` or ``[N, C, H, W]`` at the run's input
+        shape) only with ``transformed=True``; otherwise it is refused, since normalising it again would
+        silently change every prediction. An unreadable file raises DataError naming it."""
+        items = [images] if isinstance(images, (str, Path)) or not isinstance(images, (list, tuple)) else images
+        raw, ready = [], []  # (position, name, uint8 [C, H, W]) and (position, float [C, H, W])
+        for i, item in enumerate(items):
+            where = "images" if len(items) == 1 and items is not images else f"images[{i}]"
+            for image in _input_images(item, where, transformed, self.input_shape):
+                if isinstance(image, torch.Tensor) and image.is_floating_point():
+                    ready.append((len(raw) + len(ready), image))
+                    continue
+                try:
+                    raw.append((len(raw) + len(ready), str(item) if isinstance(item, (str, Path)) else None,
+                                self.transform.read(image)))
+                except (OSError, ValueError, SyntaxError) as e:
+                    raise DataError(f"{item if isinstance(item, (str, Path)) else where}: not a readable image "
+                                    f"({_short(e)})") from None
+        rows = self._rows([n for _, n, _ in raw], [x for _, _, x in raw], top_k, tta)
+        rows += self._rows([None] * len(ready), [x for _, x in ready], top_k, tta, transformed=True)
+        order = [pos for pos, _, _ in raw] + [pos for pos, _ in ready]
+        return [row for _, row in sorted(zip(order, rows), key=lambda pair: pair[0])]
+
+    def _rows(self, names: list, decoded: list[torch.Tensor], top_k: int, tta: bool,
+              transformed: bool = False) -> list[dict]:
         if not decoded:
             return []
-        probs = self.probabilities(torch.stack(decoded), tta=tta)
+        probs = self.probabilities(torch.stack(decoded), tta=tta, transformed=transformed)
         k = max(1, min(top_k, len(self.classes)))
         p, idx = probs.topk(k, dim=1)
         rows = []
@@ -187,6 +199,71 @@ class LoadedRun:
             top = [(self.classes[c], round(float(q), 6)) for c, q in zip(ii, pi)]
             rows.append({"file": name, "class": top[0][0], "probability": top[0][1], "top": top})
         return rows
+
+
+def _as_given(x: torch.Tensor, generator=None) -> torch.Tensor:
+    """The preprocessing of input that is already transformed: none."""
+    return x
+
+
+RAW_IMAGES = ("a path, a PIL image, or a uint8 numpy array / tensor of shape [H, W], [H, W, C] or [C, H, W] "
+              "(C = 1, 3 or 4; [N, ...] for several)")
+
+
+def _input_images(item: Any, where: str, transformed: bool, input_shape: tuple) -> list:
+    """One item of ``LoadedRun.predict`` as what is decoded (paths, PIL images: uint8 arrays become PIL
+    images, so they are resized as training resized) or float ``[C, H, W]`` tensors already transformed."""
+    from PIL import Image
+
+    if isinstance(item, (str, Path, Image.Image)):
+        return [item]
+    numpy_layout = isinstance(item, np.ndarray)
+    if numpy_layout:
+        try:
+            item = torch.from_numpy(np.ascontiguousarray(item))
+        except TypeError:  # object arrays, strings: torch has no such dtype
+            raise ConfigError(f"{where}: a numpy array of {item.dtype} is no image; give {RAW_IMAGES}") from None
+    if not isinstance(item, torch.Tensor):
+        raise ConfigError(f"{where}: a {type(item).__name__} is not an image; give {RAW_IMAGES}")
+    if item.is_floating_point():
+        return _transformed(item, where, transformed, input_shape)
+    if item.dtype != torch.uint8:
+        raise ConfigError(f"{where}: a {item.dtype} tensor is no image; raw images are {RAW_IMAGES}, and a float "
+                          "tensor already normalised with the run's mean/std is given with transformed=True")
+    x = item.detach().cpu()
+    batch = list(x) if x.ndim == 4 else [x] if x.ndim in (2, 3) else None
+    if batch is None:
+        raise ConfigError(f"{where}: a uint8 array of shape {tuple(x.shape)} is no image; give {RAW_IMAGES}")
+    return [Image.fromarray(_hwc(image, where, numpy_layout).numpy()) for image in batch]
+
+
+def _hwc(x: torch.Tensor, where: str, numpy_layout: bool) -> torch.Tensor:
+    """A uint8 image as [H, W] or [H, W, C] for PIL: the channel axis is the first or the last one whose size
+    is 1, 3 or 4; when both could be, a numpy array's is the last (HWC) and a tensor's the first (CHW)."""
+    if x.ndim == 2:
+        return x
+    first, last = x.shape[0] in (1, 3, 4), x.shape[-1] in (1, 3, 4)
+    if not (first or last):
+        raise ConfigError(f"{where}: a uint8 image of shape {tuple(x.shape)} has no channel axis of 1, 3 or 4 "
+                          f"(grey, RGB, RGBA) first or last; give {RAW_IMAGES}")
+    hwc = x if last and (numpy_layout or not first) else x.permute(1, 2, 0)
+    return hwc[..., 0] if hwc.shape[-1] == 1 else hwc.contiguous()
+
+
+def _transformed(x: torch.Tensor, where: str, transformed: bool, input_shape: tuple) -> list[torch.Tensor]:
+    """Float input: the model's input as it is, with ``transformed=True`` and the run's input shape; refused
+    otherwise (a raw image must be uint8: a float one could be 0..1 or already normalised)."""
+    shape = tuple(input_shape)
+    if not transformed:
+        raise ConfigError(f"{where}: a float array or tensor of shape "
+                          f"{tuple(x.shape)} is ambiguous: it is taken as input already transformed (scaled to "
+                          f"0..1 and normalised with the run's mean and std, shape {list(shape)}) only with "
+                          f"transformed=True; a raw image is {RAW_IMAGES}")
+    batch = [x] if x.ndim == 3 else list(x) if x.ndim == 4 else []
+    if not batch or any(tuple(b.shape) != shape for b in batch):
+        raise ConfigError(f"{where}: transformed input must have the run's input shape [C, H, W] = {list(shape)} "
+                          f"(or [N, C, H, W]), got {list(x.shape)}")
+    return [b.detach().float().cpu() for b in batch]
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str | torch.device | None = "cpu",

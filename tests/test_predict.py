@@ -128,3 +128,84 @@ def test_eval_on_a_folder_with_other_classes_names_them(tiny_run, tmp_path):
     assert "cat, dog" in r.stderr and "only in the run" in r.stderr and "Traceback" not in r.stderr
     r = cnnlab("eval", str(tiny_run.dir), "model.name=mlp")
     assert r.returncode == 2 and "model.name" in r.stderr
+
+
+# ----------------------------------------------------------------------------- what predict takes (issue 25, 2)
+
+
+def _digits(n=3, side=40):
+    """MNIST test digits at another size than the run's 28 px, so every input form is resized."""
+    from cnnlab import data as datamod
+
+    x = datamod.load_raw({"name": "mnist"}).test_x[:n, 0]
+    return [np.asarray(Image.fromarray(d.numpy(), mode="L").resize((side, side), Image.BICUBIC)) for d in x]
+
+
+def test_predict_takes_paths_pil_and_uint8_arrays_and_tensors_in_any_layout_alike(tiny_run, tmp_path):
+    import cnnlab
+
+    run = cnnlab.load(tiny_run.dir)
+    digits = _digits()
+    paths = []
+    for i, d in enumerate(digits):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(d, mode="L").save(paths[-1])
+    expected = [r["top"] for r in run.predict(paths)]
+    d = digits[0]
+    rgb = np.repeat(d[:, :, None], 3, axis=2)
+    forms = {
+        "PIL": Image.fromarray(d, mode="L"),
+        "numpy HW": d, "numpy HWC grey": d[:, :, None], "numpy HWC RGB": rgb,
+        "numpy CHW": d[None], "tensor CHW": torch.from_numpy(d)[None], "tensor HWC RGB": torch.from_numpy(rgb),
+        "tensor CHW RGB": torch.from_numpy(rgb).permute(2, 0, 1).contiguous(),
+        "numpy RGBA opaque": np.dstack([rgb, np.full_like(d, 255)]),
+    }
+    for what, image in forms.items():
+        (row,) = run.predict(image)
+        assert row["class"] == expected[0][0][0], what
+        assert [p for _, p in row["top"]] == pytest.approx([p for _, p in expected[0]], abs=2e-3), what
+    # a batch: a 4-D uint8 array is several images, in order, mixed with paths in a list
+    batch = np.stack(digits)[:, :, :, None]  # [N, H, W, 1]
+    rows = run.predict([paths[0], batch, torch.from_numpy(np.stack(digits))[:, None]])
+    assert [r["top"] for r in rows] == [expected[0], *expected, *expected]
+    assert rows[0]["file"] == str(paths[0]) and rows[1]["file"] is None
+
+
+def test_a_float_tensor_is_refused_unless_it_is_said_to_be_transformed(tiny_run, tmp_path):
+    import cnnlab
+    from cnnlab.config import ConfigError
+
+    run = cnnlab.load(tiny_run.dir)
+    path = tmp_path / "digit.png"
+    Image.fromarray(_digits(1)[0], mode="L").save(path)
+    (from_path,) = run.predict(path)
+    ready = run.transform(path)  # the model's input: decoded, scaled and normalised
+    with pytest.raises(ConfigError, match=r"images: a float array or tensor of shape \(1, 28, 28\) is ambiguous.*"
+                                          r"transformed=True"):
+        run.predict(ready)  # once normalised a second time without a word
+    with pytest.raises(ConfigError, match=r"images\[1\]: a float array"):
+        run.predict([path, ready.numpy()])
+    (as_given,) = run.predict(ready, transformed=True)
+    assert [c for c, _ in as_given["top"]] == [c for c, _ in from_path["top"]]
+    assert [p for _, p in as_given["top"]] == pytest.approx([p for _, p in from_path["top"]], abs=1e-5)
+    both = run.predict([path, torch.stack([ready, ready])], transformed=True)  # raw images stay raw
+    for row in both:
+        assert [p for _, p in row["top"]] == pytest.approx([p for _, p in from_path["top"]], abs=1e-5)
+    with pytest.raises(ConfigError, match=r"must have the run's input shape \[C, H, W\] = \[1, 28, 28\]"):
+        run.predict(torch.zeros(3, 32, 32), transformed=True)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (torch.zeros(28, 28, dtype=torch.int64), r"torch.int64 tensor is no image"),
+    (np.zeros((28, 28), dtype=np.int32), r"torch.int32 tensor is no image"),
+    (np.zeros((5, 28, 28), dtype=np.uint8), r"has no channel axis of 1, 3 or 4"),
+    (np.zeros((2, 2, 2, 2, 2), dtype=np.uint8), r"shape \(2, 2, 2, 2, 2\) is no image"),
+    (42, r"a int is not an image"),
+])
+def test_what_is_no_image_is_refused_naming_what_is_allowed(tiny_run, bad, message):
+    import cnnlab
+    from cnnlab.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message) as e:
+        cnnlab.load(tiny_run.dir).predict(bad)
+    assert "uint8 numpy array / tensor" in str(e.value)
