@@ -281,8 +281,13 @@ def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str | tor
     state = runs.load_checkpoint(path, map_location="cpu")  # onto the device by load_state_dict
     if "config" not in state or "model" not in state:
         raise runs.CheckpointError(f"{path} is not a cnnlab run checkpoint (it has no config or model)")
-    config = apply_overrides(state["config"], overrides) if overrides else state["config"]
-    cfg = build_config(config, str(path))
+    try:  # the checkpoint's own settings first: a file whose settings cannot be built is named as the problem
+        cfg = build_config(state["config"], str(path))
+    except ConfigError as e:
+        raise runs.CheckpointError(f"checkpoint {path}: the settings saved in it cannot rebuild its network ({e}); "
+                                   "it was not written by this run, or was edited") from None
+    if overrides:
+        cfg = build_config(apply_overrides(cfg.to_dict(), overrides), "eval overrides")
     device = pick_device(cfg.train.device) if device is None else torch.device(device)
     record = state.get("preprocess") or _record_from_data(cfg)  # runs saved before the record existed
     record = datamod.check_preprocessing(record, path)  # a wrong-length mean, a std of 0: one paragraph
