@@ -82,10 +82,16 @@ def run_cli(*args, timeout: float = 300) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
+def _sigint_as_in_a_terminal() -> None:
+    # A shell that started the tests in the background (nohup, `cmd &` in a script) ignores SIGINT, and children
+    # inherit that: Python then never raises KeyboardInterrupt. The command a user runs gets Ctrl-C by default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spawn(*args, log: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", "cnnlab.cli", *map(str, args)], cwd=REPO, env=env(),
-                                stdout=out, stderr=subprocess.STDOUT)
+                                stdout=out, stderr=subprocess.STDOUT, preexec_fn=_sigint_as_in_a_terminal)
 
 
 def wait_for(condition, timeout: float = 300, what: str = "condition") -> None:
