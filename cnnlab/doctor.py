@@ -64,12 +64,7 @@ SEVERITIES = ("info", "warning", "error")
 
 def _num(value: Any) -> Optional[float]:
     """A metric as a float; NaN/inf strings of older run folders ('nan', 'inf') come back as floats too."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
+    return results.number(value, finite=False)
 
 
 def _finite(value: Any) -> bool:

@@ -26,7 +26,7 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 
 from cnnlab import runs
-from cnnlab.results import shown
+from cnnlab.results import number, shown
 
 DPI = 100
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -59,12 +59,8 @@ def as_text(name: Any, limit: Optional[int] = None) -> str:
 
 def _num(v: Any) -> float:
     """A metric as a float, NaN when missing or not a number (matplotlib leaves a gap at NaN)."""
-    if v is None or isinstance(v, bool):
-        return math.nan
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
+    x = number(v, finite=False)
+    return math.nan if x is None else x
 
 
 def column(rows: Sequence[dict], key: str) -> np.ndarray:
