@@ -56,9 +56,33 @@ class Run:
                                                                    else ")")
 
 
+def check_overrides(overrides: Any) -> dict | list:
+    """``overrides`` as the API takes them: None, a dict of dotted keys ({"optim.lr": 0.01}) or a list of
+    ``"key=value"`` strings; anything else is a ConfigError naming the argument (not an error deep inside)."""
+    if overrides is None:
+        return {}
+    if isinstance(overrides, dict):
+        bad = [k for k in overrides if not isinstance(k, str)]
+        if bad:
+            raise ConfigError(f"overrides: keys must be dotted setting names such as 'optim.lr' (strings), got "
+                              f"{bad[0]!r} ({type(bad[0]).__name__})")
+        return overrides
+    if isinstance(overrides, (list, tuple)) and all(isinstance(o, str) for o in overrides):
+        return list(overrides)
+    raise ConfigError(f"overrides: expected a dict such as {{'optim.lr': 0.01}} or a list of 'key=value' strings, "
+                      f"got {type(overrides).__name__} {overrides!r:.80}")
+
+
+def check_out(out: Any, what: str = "out") -> Path | None:
+    """``out`` as a folder path, or None; a ConfigError naming the argument for anything else (out=123)."""
+    if out is None or isinstance(out, (str, Path)):
+        return Path(out) if out is not None else None
+    raise ConfigError(f"{what}: expected a folder path (str or pathlib.Path), got {type(out).__name__} {out!r:.80}")
+
+
 def config_of(study: str | Path | dict | Config, overrides: Overrides = None) -> Config:
     """A study (YAML path, nested dict or Config) with dotted overrides ({"optim.lr": 0.01}), validated."""
-    overrides = overrides or {}
+    overrides = check_overrides(overrides)
     if isinstance(study, (str, Path)):
         return load_config(study, overrides)
     if isinstance(study, Config):
@@ -75,6 +99,7 @@ def train(study: str | Path | dict | Config, overrides: Overrides = None, out: s
     continues the run in ``out`` (``study`` may then be None: its config.yaml is used)."""
     from cnnlab.lifecycle import train_and_finish
 
+    out = check_out(out)
     if resume:
         if out is None:
             raise ConfigError("resume=True needs out=RUN_DIR, the run folder to continue")

@@ -60,3 +60,18 @@ def test_api_errors_name_fields_not_flags(tiny_run, tmp_path):
         cnnlab.train(42)
     with pytest.raises(ConfigError, match="no such run folder"):
         cnnlab.load(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("overrides,out,words", [
+    ({1: 2}, "r", "overrides: keys must be dotted setting names"),
+    ("optim.lr=0.01", "r", "overrides: expected a dict"),
+    ([("optim.lr", 0.01)], "r", "overrides: expected a dict"),
+    (None, 123, "out: expected a folder path"),
+])
+def test_wrong_kinds_of_api_arguments_are_named_before_any_work(tmp_path, overrides, out, words):
+    import cnnlab
+    from cnnlab.config import ConfigError
+
+    with pytest.raises(ConfigError, match=words):
+        cnnlab.train({"name": "x"}, overrides, out=tmp_path / out if isinstance(out, str) else out)
+    assert not (tmp_path / "r").exists()
