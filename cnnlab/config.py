@@ -195,7 +195,8 @@ class ModelConfig(_Section):
     hidden: Optional[list[PositiveInt]] = None  # fully connected hidden sizes
     batch_norm: Optional[bool] = None
     dropout: Optional[float] = Field(None, ge=0, lt=1)
-    softmax_output: Optional[bool] = None  # end forward() in a softmax (Study A/E)
+    softmax_output: Optional[bool] = None  # end forward() in a softmax (Study A/C/E)
+    dropout_before_act: Optional[bool] = None  # mlp: linear → dropout → activation (Study C's order)
     variant: Optional[str] = Field(None, min_length=1)  # named variant of a family, e.g. mnist_cnn 'dropout'
     init: Optional[Literal["default", "xavier_uniform", "kaiming"]] = None
     stem: Optional[Literal["imagenet", "cifar"]] = None  # torchvision nets at 32 px

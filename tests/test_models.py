@@ -224,6 +224,42 @@ def test_mlp_xavier_init_and_dropout_placement():
     assert [type(m).__name__ for m in model.hidden] == ["Linear", "ReLU", "Dropout"]
 
 
+def test_mlp_as_study_c_ran_it():
+    """Study C's report lists Linear → Dropout → ReLU for every hidden layer (also the last, 10-unit one),
+    then Linear 10→10 and Softmax: 61,720 parameters, probabilities out."""
+    hidden = [64, 64, 64, 32, 16, 16, 10]
+    model = MODELS.get("mlp")(num_classes=10, in_channels=1, hidden=hidden, dropout=0.1,
+                              dropout_before_act=True, softmax_output=True)
+    out = model.eval()(torch.randn(3, 1, 28, 28))
+    names = [type(m).__name__ for m in model.hidden]
+    assert names == ["Linear", "Dropout", "ReLU"] * len(hidden)
+    assert [m.out_features for m in model.hidden if isinstance(m, nn.Linear)] == hidden
+    assert (model.fc.in_features, model.fc.out_features) == (10, 10) and isinstance(model.out, nn.Softmax)
+    assert n_params(model) == 61_720
+    assert info_of(model).output_kind == "probs"
+    torch.testing.assert_close(out.sum(1), torch.ones(3))
+    assert info_of(built("mlp", 1, 28, hidden=hidden)).output_kind == "logits"  # the default is unchanged
+    assert [type(m).__name__ for m in built("mlp", 1, 28, hidden=[8], dropout=0.1).hidden] == ["Linear", "ReLU",
+                                                                                                 "Dropout"]
+
+
+def test_mlp_dropout_order_is_the_same_function_for_relu():
+    """For ReLU, dropout before or after the activation gives the same outputs with the same masks, so the
+    report's order changes the layer summary, not the training; for tanh it changes the network."""
+    def both(activation):
+        outs = []
+        for before in (False, True):
+            torch.manual_seed(0)
+            model = MODELS.get("mlp")(num_classes=10, in_channels=1, hidden=[32, 16], dropout=0.3,
+                                      activation=activation, dropout_before_act=before)
+            x = torch.randn(8, 1, 28, 28)
+            torch.manual_seed(1)
+            outs.append(model.train()(x))
+        return outs
+    torch.testing.assert_close(*both("relu"))
+    assert not torch.allclose(*both("tanh"))
+
+
 def test_mnist_cnn_variants_differ_as_the_study_says():
     kinds = {v: built("mnist_cnn", 1, 28, variant=v) for v in ("base", "dropout", "batchnorm", "stride2", "kernel5")}
     assert all(info_of(m).output_kind == "log_probs" for m in kinds.values())

@@ -15,7 +15,7 @@ from typing import Sequence
 
 from torch import nn
 
-from cnnlab.registry import MODELS, ModelInfo
+from cnnlab.registry import MODELS, ModelInfo, attach_info
 
 # ============================================================================= blocks (shared with the other families)
 
@@ -89,9 +89,17 @@ def first_linear(out_features: int, scheme: str = "default") -> nn.Module:
 
 
 class MLP(nn.Module):
-    """flatten → (linear → activation → dropout) per hidden size → linear ``fc``."""
+    """flatten → (linear → activation → dropout) per hidden size → linear ``fc`` → optional softmax.
 
-    def __init__(self, num_classes: int, hidden: Sequence[int], activation: str, dropout: float, init: str):
+    ``dropout_before_act`` puts each dropout between its linear layer and the activation
+    (linear → dropout → activation: Study C's order, as its report's layer summary lists it). For
+    ReLU the two orders compute the same function with the same random masks (ReLU(0) = 0 and
+    ReLU(c·x) = c·ReLU(x) for the 1/(1 − p) scale), so the choice shows in the summary, not in
+    the numbers; for tanh or sigmoid it changes the network.
+    """
+
+    def __init__(self, num_classes: int, hidden: Sequence[int], activation: str, dropout: float, init: str,
+                 dropout_before_act: bool = False, softmax_output: bool = False):
         super().__init__()
         check_init(init)
         self.flatten = nn.Flatten()
@@ -99,16 +107,17 @@ class MLP(nn.Module):
         prev = None
         for i, width in enumerate(hidden):
             layers.append(first_linear(width, init) if prev is None else nn.Linear(prev, width))
-            layers.append(activation_layer(activation))
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+            act_and_drop = [activation_layer(activation)] + ([nn.Dropout(dropout)] if dropout > 0 else [])
+            layers += act_and_drop[::-1] if dropout_before_act else act_and_drop
             prev = width
         self.hidden = nn.Sequential(*layers)
         self.fc = first_linear(num_classes, init) if prev is None else nn.Linear(prev, num_classes)
+        # Study C's final Softmax (a double softmax under cross_entropy): a module, so it shows in the summary
+        self.out = nn.Softmax(dim=1) if softmax_output else nn.Identity()
         init_weights(self, init)
 
     def forward(self, x):
-        return self.fc(self.hidden(self.flatten(x)))
+        return self.out(self.fc(self.hidden(self.flatten(x))))
 
 
 # ============================================================================= builder
@@ -121,9 +130,13 @@ INFO = ModelInfo(family="mlp", head_name="fc", input_size=28)  # any input size:
 
 @MODELS.register("mlp", info=INFO)
 def mlp(num_classes: int = 10, in_channels: int = 1, *, hidden: Sequence[int] = (512,), activation: str = "relu",
-        dropout: float = 0.0, init: str = "default") -> nn.Module:
+        dropout: float = 0.0, init: str = "default", dropout_before_act: bool = False,
+        softmax_output: bool = False) -> nn.Module:
     """Study E's 784→512→10 by default; Study C's 61,720-parameter MLP is
-    ``hidden=[64, 64, 64, 32, 16, 16, 10], activation=relu, dropout=p``."""
+    ``hidden=[64, 64, 64, 32, 16, 16, 10], activation=relu, dropout=p``, and as the study ran it
+    also ``dropout_before_act=True, softmax_output=True`` (linear → dropout → ReLU per hidden layer,
+    then linear 10→10 and a softmax; output_kind "probs")."""
     if any(w < 1 for w in hidden):
         raise ValueError(f"hidden sizes must be positive, got {list(hidden)}")
-    return MLP(num_classes, tuple(hidden), activation, dropout, init)
+    model = MLP(num_classes, tuple(hidden), activation, dropout, init, dropout_before_act, softmax_output)
+    return attach_info(model, INFO.but(output_kind="probs" if softmax_output else "logits"))
