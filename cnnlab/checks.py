@@ -309,7 +309,7 @@ def scheduler_steps(cfg: Config, n_train: int | None) -> int | None:
         return math.ceil(epochs)
     if n_train is None:
         return None
-    per_epoch = max(1, math.ceil(n_train / cfg.train.batch_size))
+    per_epoch = math.ceil(max(1, math.ceil(n_train / cfg.train.batch_size)) / cfg.train.accumulate)  # optimizer steps
     return max(1, round(epochs * per_epoch)) if epochs > 0 else 0
 
 
@@ -321,10 +321,11 @@ def schedule_problems(cfg: Config, n_train: int | None = None) -> tuple[list[str
     total = scheduler_steps(cfg, n_train)
     if tc.epochs == 0 or total is None:
         return errors, warnings
-    unit = "epoch" if s.interval == "epoch" else "iteration"
+    unit = "epoch" if s.interval == "epoch" else "iteration" if tc.accumulate == 1 else "optimizer step"
     how = (f"with sched.interval={s.interval} the schedule steps once per {unit}, {total} time"
            f"{'s' if total != 1 else ''} in this run (train.epochs={tc.epochs:g}"
-           + (f", {n_train:,} training images, batch size {tc.batch_size}" if s.interval == "step" else "") + ")")
+           + (f", {n_train:,} training images, batch size {tc.batch_size}" if s.interval == "step" else "")
+           + (f", {tc.accumulate} batches a step" if s.interval == "step" and tc.accumulate > 1 else "") + ")")
     warm = s.warmup_steps if s.name not in ("none", "plateau") else 0
     after = f" after the {warm} warm-up steps" if warm else ""
     room = total - warm  # scheduler steps left to the schedule itself

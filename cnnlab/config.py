@@ -233,6 +233,11 @@ class OptimConfig(_Section):
     no_decay_norm_bias: bool = False  # exclude norm weights and biases from weight decay
     # airbench's larger lr for batch-norm shifts: their lr × this and weight decay ÷ this (lr × decay kept)
     norm_bias_lr_scale: float = Field(1.0, gt=0, le=1000)
+    clip_grad_norm: Optional[float] = Field(None, gt=0, description=(
+        "gradient clipping: before each optimizer step the gradients of all trained parameters are scaled down "
+        "together so that their total 2-norm is at most this (torch.nn.utils.clip_grad_norm_; under fp16's loss "
+        "scaler the true, unscaled gradients are clipped; with train.accumulate, the step's summed gradient); "
+        "a number above 0, or null = off"))
 
     @field_validator("weight_decay")
     @classmethod
@@ -315,10 +320,20 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 class TrainConfig(_Section):
-    epochs: float = Field(10, ge=0, le=10_000)  # fractional epochs allowed for quick runs
-    batch_size: int = Field(64, ge=1, le=65_536)
+    epochs: float = Field(10, ge=0, le=10_000, description=(
+        "passes over the training split; fractions allowed for quick runs (rounded to whole optimizer steps)"))
+    batch_size: int = Field(64, ge=1, le=65_536, description=(
+        "images per forward/backward pass; an optimizer step takes train.accumulate such batches"))
+    accumulate: int = Field(1, ge=1, le=4096, description=(
+        "gradient accumulation: each optimizer step sums the gradients of this many consecutive batches (each "
+        "batch's loss weighted by its share of the step's images, 1/accumulate for full batches), so one step "
+        "sees batch_size x accumulate images at the memory of one batch; the optimizer, the schedule, the EMA "
+        "and lookahead step once per optimizer step. Every count of steps (train.eval_every, "
+        "sched.warmup_steps, sched.interval=step, train.lookahead_every, metrics.jsonl's step) counts optimizer "
+        "steps, not batches; an epoch's last step takes the batches left over. 1 = off"))
     eval_batch_size: int = Field(1000, ge=1, le=65_536)
-    eval_every: int = Field(0, ge=0)  # iterations between evaluations; 0 = only at epoch ends
+    eval_every: int = Field(0, ge=0, description=(
+        "optimizer steps between evaluations (each step is train.accumulate batches); 0 = only at epoch ends"))
     monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"  # picks best.pt
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     # auto = bf16 where the hardware runs it natively, fp16 on older GPUs, else fp32 (runtime.resolve_precision)

@@ -198,7 +198,7 @@ def time_record(s: TrainState, eval_s: float, resumed: bool = False) -> dict:
     parts = {"train_s": p.train_seconds, "curve_eval_s": p.curve_eval_seconds, "eval_s": eval_s,
              "data_s": s.data_seconds, "setup_s": max(0.0, s.t_loop - s.t_start - s.data_seconds),
              "compile_s": p.compile_seconds}
-    images = p.step * s.cfg.train.batch_size
+    images = p.step * s.cfg.train.batch_size * s.cfg.train.accumulate  # whole steps (an epoch's last may be short)
     return {**{k: round(v, 3) for k, v in parts.items()}, "total_s": round(total_s, 3),
             "other_s": None if resumed else round(total_s - sum(parts.values()), 3) + 0.0,  # not -0.0
             "train_images_per_s": round(images / p.train_seconds, 1) if p.train_seconds else None,

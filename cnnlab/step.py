@@ -1,9 +1,11 @@
 """One training step, built once per run: eager, or compiled with ``torch.compile`` (``train.compile``).
 
-A step is: forward + loss (+ the batch's correct count, for the running accuracy), backward, the
-optimizer update (through GradScaler for fp16), the EMA update, and adding the batch's loss and hits to
-the running sums on the device. The training loop calls it once per batch; the schedule and the
-evaluation points stay in the loop.
+A step is one optimizer step: for each of its ``train.accumulate`` batches (one by default) forward + loss
+(+ the batch's correct count, for the running accuracy), backward of the loss weighted by the batch's share
+of the step's images, and adding the batch's loss and hits to the running sums on the device; then gradient
+clipping (``optim.clip_grad_norm``, on the unscaled gradients under fp16's GradScaler), the optimizer update
+(through GradScaler for fp16) and the EMA / lookahead update. The training loop calls it once per optimizer
+step; the schedule and the evaluation points stay in the loop.
 
 Compiled (``train.compile: true``), the unit handed to ``torch.compile`` is forward + loss + hit count;
 AOTAutograd compiles its backward with it, so forward, loss and backward run as compiled graphs. The
@@ -22,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 import torch
 
@@ -42,8 +44,11 @@ def drops_last(setting: Optional[bool], compile: bool, n: int, batch_size: int) 
     return bool(drop) and n >= batch_size and n % batch_size != 0
 
 
-def steps_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
-    return max(1, n // batch_size if drop_last else math.ceil(n / batch_size))
+def steps_per_epoch(n: int, batch_size: int, drop_last: bool, accumulate: int = 1) -> int:
+    """Optimizer steps in one epoch of ``n`` images: batches of ``batch_size``, ``accumulate`` batches a step (the
+    epoch's last step takes the batches left over, so every step, and every stop, stays within one epoch)."""
+    batches = max(1, n // batch_size if drop_last else math.ceil(n / batch_size))
+    return math.ceil(batches / accumulate)
 
 
 def compile_mode(device_type: str, static_shapes: bool) -> str:
@@ -117,6 +122,7 @@ class StepParts:
     device: torch.device
     lookahead: Optional[Lookahead] = None
     freeze: Optional[WhiteningBiasFreeze] = None
+    clip_grad_norm: Optional[float] = None  # optim.clip_grad_norm: the gradients' largest total 2-norm, or None
 
 
 class Step:
@@ -144,6 +150,17 @@ class Step:
     def _backward(self, loss: torch.Tensor) -> None:
         (self.parts.scaler.scale(loss) if self.parts.scaler is not None else loss).backward()
 
+    def _clip(self) -> None:
+        """``optim.clip_grad_norm``: scale the gradients down to that total 2-norm (the true gradients': a
+        GradScaler's are unscaled first, and its step then skips the unscaling) when they are longer."""
+        p = self.parts
+        if p.clip_grad_norm is None:
+            return
+        if p.scaler is not None:
+            p.scaler.unscale_(p.optimizer)
+        params = [q for g in p.optimizer.param_groups for q in g["params"] if q.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, p.clip_grad_norm)
+
     def _update(self) -> None:
         p = self.parts
         if p.scaler is not None:
@@ -167,20 +184,31 @@ class Step:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, loss_sum: torch.Tensor, correct: torch.Tensor,
                  step: int = 0) -> float:
-        """``step``: the run's steps done before this one (the schedules of lookahead and the whitening bias)."""
+        """One optimizer step on one batch; see :meth:`accumulated`."""
+        return self.accumulated([(x, y)], len(y), loss_sum, correct, step)
+
+    def accumulated(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], n: int, loss_sum: torch.Tensor,
+                    correct: torch.Tensor, step: int = 0) -> float:
+        """One optimizer step on the gradients of ``batches`` (``train.accumulate`` of them, ``n`` images in all):
+        each batch's mean loss is weighted by its share of the ``n`` images before its backward, so the summed
+        gradient is that of the mean loss over all ``n`` (one batch of them, for a net without batch norm);
+        then clipping, the update and the averages, once. ``step``: the run's optimizer steps done before this
+        one (the schedules of lookahead and the whitening bias). Returns the compile seconds found at this call."""
         timing = self.mode is not None and len(self.times) <= WARMUP_CALLS
         if timing:
             t0 = self._now()
-        if self.graphs:  # a new iteration: the previous step's graph outputs may be overwritten
-            torch.compiler.cudagraph_mark_step_begin()
         if self.parts.freeze is not None:
             self.parts.freeze.before_step(step)
         self.parts.optimizer.zero_grad(set_to_none=True)
-        loss, hits = self.forward_loss(x, y)
-        self._backward(loss)
+        for x, y in batches:
+            if self.graphs:  # a new iteration: the previous step's graph outputs may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
+            loss, hits = self.forward_loss(x, y)
+            self._backward(loss if len(y) == n else loss * (len(y) / n))  # one batch: no extra op
+            self._accumulate(loss, hits, len(y), loss_sum, correct)
+        self._clip()
         self._update()
         self._average(step + 1)
-        self._accumulate(loss, hits, len(y), loss_sum, correct)
         if not timing:
             return 0.0
         self.times.append(self._now() - t0)
@@ -206,5 +234,7 @@ def build_step(s: TrainState, compile: bool, static_shapes: bool) -> Step:
     freeze = None if tc.whitening_bias_epochs is None else \
         WhiteningBiasFreeze(s.model, round(tc.whitening_bias_epochs * s.steps_per_epoch))
     parts = StepParts(net=s.net, model=s.model, loss_fn=s.loss_fn, optimizer=s.optimizer, scaler=s.scaler,
-                      ema=s.ema, precision=s.compute.precision, device=s.device, lookahead=lookahead, freeze=freeze)
-    return Step(parts, compile_mode(s.device.type, static_shapes) if compile else None)
+                      ema=s.ema, precision=s.compute.precision, device=s.device, lookahead=lookahead, freeze=freeze,
+                      clip_grad_norm=s.cfg.optim.clip_grad_norm)
+    # several forwards per step: no CUDA graphs (a replay could overwrite the previous batch's gradients' buffers)
+    return Step(parts, compile_mode(s.device.type, static_shapes and tc.accumulate == 1) if compile else None)

@@ -113,7 +113,7 @@ def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainStat
     scaler = make_scaler(compute.precision, device)
     optimizer = build_optimizer(transfer.param_groups(model, cfg.optim), cfg.optim, fused=True, scaled=bool(scaler))
     drop_last = drops_last(tc.drop_last, tc.compile, len(splits.train_y), tc.batch_size)
-    spe = steps_per_epoch(len(splits.train_y), tc.batch_size, drop_last)
+    spe = steps_per_epoch(len(splits.train_y), tc.batch_size, drop_last, tc.accumulate)  # optimizer steps
     # at least one step for any positive epochs (0.001 epochs of a small set would round to none)
     total_steps = max(1, round(tc.epochs * spe)) if tc.epochs > 0 else 0
     ema = EMA(model, tc.ema, device) if tc.ema else None  # no host sync per update
@@ -194,19 +194,20 @@ def train_loop(s: TrainState, stop: dict) -> str:
     while p.step < s.total_steps:
         epoch, i = divmod(p.step, s.steps_per_epoch)
         bar = progress_bar(s, epoch, i)
-        # One permutation per epoch from (seed, epoch): resuming mid-epoch rebuilds it exactly.
-        for x, y in train_batches(s.inputs.train_x, s.inputs.train_y, bs, s.cfg.seed, epoch, start=i,
-                                  drop_last=s.drop_last):
+        # One permutation per epoch from (seed, epoch): resuming mid-epoch rebuilds it exactly. A step takes
+        # train.accumulate batches of it; stops and checkpoints fall between steps, never inside one.
+        batches = train_batches(s.inputs.train_x, s.inputs.train_y, bs, s.cfg.seed, epoch, start=i * tc.accumulate,
+                                drop_last=s.drop_last)
+        for group in step_groups(batches, tc.accumulate):
             if p.step == s.total_steps:  # a fraction of an epoch ends here
                 break
-            x = s.train_pre(x, s.aug_gen, epoch)
-            if s.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            compile_s = s.train_step(x, y, s.loss_sum, s.correct, p.step)  # > 0 once when compiled: kept apart
+            n = sum(len(y) for _, y in group)
+            prepared = ((prepare(s, x, epoch), y) for x, y in group)  # augmented one batch at a time
+            compile_s = s.train_step.accumulated(prepared, n, s.loss_sum, s.correct, p.step)  # > 0 once if compiled
             p.train_seconds, p.compile_seconds = p.train_seconds - compile_s, p.compile_seconds + compile_s
             s.schedule.after_step()
             p.step += 1
-            s.seen += len(y)
+            s.seen += n
             if bar is not None:
                 bar.update(1)
 
@@ -234,6 +235,24 @@ def train_loop(s: TrainState, stop: dict) -> str:
     return "completed"
 
 
+def step_groups(batches, k: int):
+    """Lists of ``k`` consecutive batches (the last one shorter when the batches run out): one optimizer step each."""
+    group = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == k:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def prepare(s: TrainState, x: torch.Tensor, epoch: int) -> torch.Tensor:
+    """A stored training batch augmented and normalised (in the memory format the model runs in)."""
+    x = s.train_pre(x, s.aug_gen, epoch)
+    return x.contiguous(memory_format=torch.channels_last) if s.channels_last else x
+
+
 def evaluation_point(s: TrainState) -> str | None:
     """Score the validation split, record a learning-curve point, write the checkpoints; returns
     a final status when the run must stop here (diverged, early stopped), else None."""
@@ -248,7 +267,7 @@ def evaluation_point(s: TrainState) -> str | None:
     runs.append_jsonl(s.out_dir / "metrics.jsonl", row)
     s.log(f"step {row['step']:>6} epoch {row['epoch']:6.2f}  lr {row['lr']:.3g}  train loss "
           f"{row['train_loss']:.4f} acc {row['train_accuracy']:.4f}  val loss {fmt(row['val_loss'])} "
-          f"acc {fmt(row['val_accuracy'])}  ({p.step * tc.batch_size / max(p.train_seconds, 1e-9):,.0f} img/s)")
+          f"acc {fmt(row['val_accuracy'])}  ({p.step * tc.batch_size * tc.accumulate / max(p.train_seconds, 1e-9):,.0f} img/s)")
     s.loss_sum.zero_(), s.correct.zero_()
     s.seen = p.accum_loss = p.accum_correct = p.accum_seen = 0
     improved = track_best(s.cfg, row, p)

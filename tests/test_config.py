@@ -53,6 +53,10 @@ def test_dump_round_trips(tmp_path):
     ("train.finetune=layer3", "train.finetune"),  # lenet5 has no stages
     ("model.stem=cifar", "model.stem"),  # lenet5 has no stem option
     ("sched.name=multistep", "sched.milestones"),
+    ("train.accumulate=0", "train.accumulate"),
+    ("train.accumulate=1.5", "train.accumulate"),
+    ("optim.clip_grad_norm=0", "optim.clip_grad_norm"),
+    ("optim.clip_grad_norm=-1", "optim.clip_grad_norm"),
 ])
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(ConfigError) as e:

@@ -161,3 +161,85 @@ def test_what_the_loop_adds_per_step_stays_small(tmp_path, data_root):
         parts, _, steps = bench.count(augment_and_ema, augment_and_ema, 8, tmp_path / str(augment_and_ema))
         assert steps == 6 and sum(parts[p] for p in bench.MODEL_PARTS) > 0
         assert bench.loop_adds(parts, steps) <= bound, dict(parts)
+
+
+# ----------------------------------------------------------------------------- accumulation and clipping
+
+
+def _linear_step(clip=None, scaler=None, seed=0, lr=0.1):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 3))  # no batch norm
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+    return net, Step(StepParts(net=net, model=net, loss_fn=nn.CrossEntropyLoss(), optimizer=opt, scaler=scaler,
+                               ema=None, precision="fp32", device=torch.device("cpu"), clip_grad_norm=clip))
+
+
+@pytest.mark.parametrize("sizes", [[8, 8, 8, 8], [16, 16, 8]], ids=["equal", "short_last"])
+def test_accumulating_k_batches_equals_one_batch_of_all_their_images(sizes):
+    torch.manual_seed(1)
+    x, y = torch.randn(sum(sizes), 1, 8, 8), torch.randint(0, 3, (sum(sizes),))
+    big_net, big = _linear_step()
+    acc_net, acc = _linear_step()
+    sums = [(torch.zeros(()), torch.zeros((), dtype=torch.long)) for _ in range(2)]
+    for step in range(2):  # two optimizer steps: momentum carries the first one's summed gradient
+        big(x, y, *sums[0], step)
+        parts = list(zip(x.split(sizes), y.split(sizes)))
+        acc.accumulated(iter(parts), len(y), *sums[1], step)
+    for a, b in zip(big_net.parameters(), acc_net.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    plain_net, _ = _linear_step()
+    assert not torch.allclose(plain_net[1].weight, acc_net[1].weight)  # the steps did move the weights
+    assert torch.allclose(sums[0][0], sums[1][0]) and torch.equal(sums[0][1], sums[1][1])  # the running sums too
+    # a wrong weighting (each batch's mean loss summed, not averaged) would take a k times larger step
+    wrong_net, wrong = _linear_step()
+    for xb, yb in zip(x.split(sizes), y.split(sizes)):
+        wrong.accumulated([(xb, yb)], len(yb), *sums[1])  # one step per batch: not the same either
+    assert not torch.allclose(wrong_net[1].weight, acc_net[1].weight, rtol=1e-3)
+
+
+def _hand_clipped_update(net, x, y, clip, lr):
+    """SGD's first step (momentum 0.9 starts from the gradient itself) with the gradient clipped by hand."""
+    ref = [q.detach().clone() for q in net.parameters()]
+    grads = torch.autograd.grad(nn.functional.cross_entropy(net(x), y), list(net.parameters()))
+    norm = torch.sqrt(sum((g ** 2).sum() for g in grads))
+    scale = min(1.0, clip / (float(norm) + 1e-6))
+    return [w - lr * g * scale for w, g in zip(ref, grads)], float(norm)
+
+
+@pytest.mark.parametrize("scaled", [False, True], ids=["fp32", "grad_scaler"])
+def test_clipping_bounds_the_gradient_norm_as_computed_by_hand(scaled):
+    torch.manual_seed(2)
+    x, y = torch.randn(32, 1, 8, 8) * 5, torch.randint(0, 3, (32,))
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0) if scaled else None
+    net, step = _linear_step(clip=0.05, scaler=scaler, lr=0.5)
+    expected, norm = _hand_clipped_update(net, x, y, clip=0.05, lr=0.5)
+    assert norm > 0.5  # far above the bound: the clipping acts
+    seen = []
+    step.parts.optimizer.register_step_pre_hook(lambda opt, *_: seen.append(float(torch.sqrt(sum(
+        (q.grad ** 2).sum() for g in opt.param_groups for q in g["params"])))))
+    step(x, y, torch.zeros(()), torch.zeros((), dtype=torch.long))
+    assert len(seen) == 1 and seen[0] <= 0.05 * (1 + 1e-4)  # what the optimizer got: the true gradient, clipped
+    for w, e in zip(net.parameters(), expected):
+        assert torch.allclose(w, e, rtol=1e-4, atol=1e-6)
+    loose_net, loose = _linear_step(clip=1e6, lr=0.5)  # a bound above the norm leaves the gradient as it is
+    unclipped, _ = _hand_clipped_update(loose_net, x, y, clip=1e9, lr=0.5)
+    loose(x, y, torch.zeros(()), torch.zeros((), dtype=torch.long))
+    assert all(torch.allclose(w, e, rtol=1e-4, atol=1e-6) for w, e in zip(loose_net.parameters(), unclipped))
+
+
+def test_a_run_accumulating_two_half_batches_matches_one_of_full_batches(tiny_config, tmp_path, data_root):
+    # 1,000 images: batches of 30 in pairs (the epoch's last pair 30 + 10) against batches of 60 (the last 40)
+    common = {"model.name": "mlp", "model.hidden": [32], "optim.name": "sgd", "optim.lr": 0.05,
+              "optim.momentum": 0.9, "optim.clip_grad_norm": 5.0, "train.epochs": 2, "sched.name": "cosine",
+              "sched.interval": "step", "train.eval_every": 5}
+    one = train.run(tiny_config(**common, **{"train.batch_size": 60}), tmp_path / "one", log=lambda m: None)
+    acc = train.run(tiny_config(**common, **{"train.batch_size": 30, "train.accumulate": 2}), tmp_path / "acc",
+                    log=lambda m: None)
+    assert one["time"]["steps"] == acc["time"]["steps"] == 34  # optimizer steps: 17 an epoch
+    rows = [runs.read_jsonl(tmp_path / r / "metrics.jsonl") for r in ("one", "acc")]
+    assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] == [5, 10, 15, 17, 20, 25, 30, 34]
+    assert all(math.isclose(a["lr"], b["lr"]) for a, b in zip(*rows))  # the schedule steps once per optimizer step
+    assert all(math.isclose(a["train_loss"], b["train_loss"], rel_tol=1e-4) for a, b in zip(*rows))
+    wa, wb = (runs.load_checkpoint(tmp_path / r / "last.pt")["model"] for r in ("one", "acc"))
+    assert all(torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-5) for k in wa)
+    assert acc["time"]["train_images_per_s"] and acc["config"]["train"]["accumulate"] == 2

@@ -110,8 +110,14 @@ AIRBENCH_STATE = ["train.lookahead=0.77", "data.augment.flip_mode=alternate", "d
                   "data.augment.pre_pad=true"]
 
 
-@pytest.mark.parametrize("extra", [[f"train.precision={p}"] for p in PRECISIONS] + [AIRBENCH_STATE + ["train.precision=fp32"]],
-                         ids=[*PRECISIONS, "lookahead_alternate_prepad"])
+# two batches of 25 a step (40 optimizer steps an epoch, as the others' 40 batches of 50), clipped: a stop
+# falls between optimizer steps, never between the batches of one
+ACCUMULATE = ["train.batch_size=25", "train.accumulate=2", "optim.clip_grad_norm=0.5", "train.precision=fp32"]
+
+
+@pytest.mark.parametrize("extra", [[f"train.precision={p}"] for p in PRECISIONS]
+                         + [AIRBENCH_STATE + ["train.precision=fp32"], ACCUMULATE],
+                         ids=[*PRECISIONS, "lookahead_alternate_prepad", "accumulate_clip"])
 def test_sigint_then_resume_matches_an_uninterrupted_run(tmp_path, data_root, extra):
     full = _cli("train", "recipes/quickstart_lenet5_mnist.yaml", *TINY, *extra, "--out", str(tmp_path / "full"))
     assert full.wait(timeout=300) == 0, full.stdout.read()
