@@ -139,6 +139,10 @@ class DataConfig(_Section):
     # image folders: what tells the decoded cache that an image changed: "stat" (its size and mtime) or
     # "content" (a hash of its bytes too: every image is read on every load, for files edited in place)
     verify: Literal["stat", "content"] = "stat"
+    sampler: Literal["shuffle", "balanced"] = Field("shuffle", description=(
+        "how each training epoch orders its images: shuffle = a permutation (every image once); balanced = as "
+        "many images drawn with replacement, each with probability 1 / its class's count, so classes come about "
+        "equally often (seeded by seed and epoch: a resume draws the same)"))
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
     @field_validator("val_size", "test_size", mode="before")
@@ -275,6 +279,20 @@ class SchedConfig(_Section):
 class LossConfig(_Section):
     name: str = "cross_entropy"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weights: Union[Literal["auto"], list[float], None] = Field(None, description=(
+        "a weight per class in the training loss (cross_entropy, nll, focal, multi_margin): auto = each class's "
+        "inverse frequency in the training split, normalised to mean 1 over the classes; or a list, one weight "
+        "above 0 per class in the order of the class list; null = unweighted. The validation loss stays unweighted"))
+    gamma: float = Field(2.0, ge=0, le=20, description=(
+        "loss.name=focal: the focusing exponent, each image's cross-entropy times (1 - p_true)**gamma; "
+        "0 = cross-entropy"))
+
+    @field_validator("class_weights")
+    @classmethod
+    def _positive_weights(cls, v: Any) -> Any:
+        if isinstance(v, list) and (not v or not all(w > 0 for w in v)):
+            raise ValueError(f"must be 'auto', null or a list of one weight above 0 per class, got {v}")
+        return v
 
 
 class EarlyStoppingConfig(_Section):
@@ -423,6 +441,11 @@ class Config(_Section):
         if self.train.lookahead is not None and self.train.ema is not None:
             raise ValueError("train.lookahead and train.ema both average the weights (lookahead resets the training "
                              "weights to its average; ema keeps one beside them): set one of them to null")
+        if self.loss.class_weights is not None and self.loss.name == "mse":
+            raise ValueError("loss.class_weights: loss.name=mse takes no class weights; use cross_entropy, nll, "
+                             "focal or multi_margin, or class_weights: null")
+        if self.loss.name == "focal" and self.loss.label_smoothing:
+            raise ValueError("loss.label_smoothing: loss.name=focal has no label smoothing; set it to 0")
         if self.data.augment.flip_mode == "alternate" and not self.data.augment.flip:
             raise ValueError("data.augment.flip_mode=alternate needs data.augment.flip=true")
         if self.model.features_at is not None and self.model.name != "linear":

@@ -31,6 +31,8 @@ def scores(confusion: torch.Tensor) -> dict:
     total = cm.sum()
     return {
         "accuracy": float(tp.sum() / total) if total > 0 else 0.0,
+        # the mean recall over the classes present: accuracy as if every class had as many images
+        "balanced_accuracy": float(recall[support > 0].mean()) if bool((support > 0).any()) else 0.0,
         "precision_macro": float(precision.mean()),
         "recall_macro": float(recall.mean()),
         "f1_macro": float(f1.mean()),
@@ -44,6 +46,13 @@ def scores(confusion: torch.Tensor) -> dict:
     }
 
 
+def is_imbalanced(support: list[int], ratio: float = 1.5) -> bool:
+    """Whether the largest class has over ``ratio`` times the images of the smallest (the per-class tables then
+    show balanced accuracy beside accuracy)."""
+    present = [s for s in support if s > 0]
+    return bool(present) and max(present) > ratio * min(present)
+
+
 def format_per_class(split_scores: dict, classes: list[str]) -> str:
     """A plain-text per-class table (class | precision | recall | F1 | support)."""
     pc = split_scores["per_class"]
@@ -55,6 +64,9 @@ def format_per_class(split_scores: dict, classes: list[str]) -> str:
     lines.append(f"{'macro':<{width}}  {split_scores['precision_macro']:9.4f}  {split_scores['recall_macro']:6.4f}  "
                  f"{split_scores['f1_macro']:.4f}  {sum(pc['support']):7d}")
     lines.append(f"accuracy {split_scores['accuracy']:.4f}")
+    if is_imbalanced(pc["support"]) and "balanced_accuracy" in split_scores:
+        lines.append(f"balanced accuracy {split_scores['balanced_accuracy']:.4f} (mean recall: the classes are "
+                     f"imbalanced, {min(pc['support'])} to {max(pc['support'])} images)")
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.errors import ConfigError
 from cnnlab.registry import LOSSES, OPTIMIZERS, SCHEDULERS
 
 # ----------------------------------------------------------------------------- optimizers
@@ -175,23 +176,23 @@ def build_schedule(opt, cfg, total_steps: int, epochs: float) -> Schedule:
 
 
 @LOSSES.register("cross_entropy")
-def cross_entropy(cfg, num_classes):
-    return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+def cross_entropy(cfg, num_classes, weight=None):
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
 
 
 cross_entropy.accepts = ("logits", "probs")  # probs is allowed but warned about (double softmax)
 
 
 @LOSSES.register("nll")
-def nll(cfg, num_classes):
-    return nn.NLLLoss()
+def nll(cfg, num_classes, weight=None):
+    return nn.NLLLoss(weight=weight)
 
 
 nll.accepts = ("log_probs",)
 
 
 @LOSSES.register("mse")
-def mse(cfg, num_classes):
+def mse(cfg, num_classes, weight=None):  # class weights are refused for mse at load (config.Config)
     def mse_one_hot(outputs, targets):
         return F.mse_loss(outputs.float(), F.one_hot(targets, num_classes).float())
 
@@ -202,15 +203,59 @@ mse.accepts = ("logits", "probs")
 
 
 @LOSSES.register("multi_margin")
-def multi_margin(cfg, num_classes):
-    return nn.MultiMarginLoss()
+def multi_margin(cfg, num_classes, weight=None):
+    return nn.MultiMarginLoss(weight=weight)
 
 
 multi_margin.accepts = ("logits", "probs")
 
 
-def build_loss(cfg, num_classes: int):
-    return LOSSES.get(cfg.name)(cfg, num_classes)
+class FocalLoss(nn.Module):
+    """Focal loss (Lin et al. 2017): each image's cross-entropy −log p_t times (1 − p_t)^gamma, so images the
+    model already gets right count less; gamma 0 is cross-entropy. With class weights w the mean is weighted
+    as nn.CrossEntropyLoss weights it: Σ w_y · loss / Σ w_y."""
+
+    def __init__(self, gamma: float, weight: torch.Tensor | None = None):
+        super().__init__()
+        self.gamma = gamma
+        self.register_buffer("weight", weight)
+
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logp = F.log_softmax(outputs.float(), dim=1).gather(1, targets[:, None]).squeeze(1)
+        loss = -logp if self.gamma == 0 else -(1 - logp.exp()).pow(self.gamma) * logp
+        if self.weight is None:
+            return loss.mean()
+        w = self.weight[targets]
+        return (w * loss).sum() / w.sum()
+
+
+@LOSSES.register("focal")
+def focal(cfg, num_classes, weight=None):
+    return FocalLoss(cfg.gamma, weight)
+
+
+focal.accepts = ("logits", "probs")  # probs: a double softmax, as for cross_entropy
+
+
+def class_weights(setting, train_y: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+    """``loss.class_weights`` as a tensor on ``train_y``'s device: ``auto`` = each class's inverse frequency in
+    the training split, normalised to mean 1 over the classes (a class with no training image gets 0); a list
+    is taken as given; None = unweighted."""
+    if setting is None:
+        return None
+    if setting != "auto":
+        if len(setting) != num_classes:
+            raise ConfigError(f"invalid config: loss.class_weights: {len(setting)} weights for {num_classes} "
+                              f"classes; give one weight per class, in the order of the class list, or 'auto'")
+        return torch.tensor(setting, dtype=torch.float32, device=train_y.device)
+    counts = torch.bincount(train_y.long(), minlength=num_classes).float()
+    inverse = torch.where(counts > 0, 1 / counts.clamp_min(1), torch.zeros_like(counts))
+    return inverse * (num_classes / inverse.sum())
+
+
+def build_loss(cfg, num_classes: int, weight: torch.Tensor | None = None):
+    """The loss ``cfg.name`` names; ``weight``: one weight per class (:func:`class_weights`), or None."""
+    return LOSSES.get(cfg.name)(cfg, num_classes, weight)
 
 
 def nll_of(outputs: torch.Tensor, targets: torch.Tensor, output_kind: str) -> torch.Tensor:

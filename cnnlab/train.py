@@ -34,7 +34,7 @@ from cnnlab.data.batches import train_batches
 from cnnlab.config import Config, config_diff_lines, dump_yaml
 from cnnlab.evaluate import Evaluator, final_splits, fmt, print_results, score_splits, time_record
 from cnnlab.models import info_of
-from cnnlab.optim import Schedule, build_loss, build_optimizer, build_schedule, lrs_of
+from cnnlab.optim import Schedule, build_loss, build_optimizer, build_schedule, class_weights, lrs_of
 from cnnlab.results import is_finished
 from cnnlab.runtime import (EMA, Compute, RunStopped, failure_text, make_scaler, pick_device, plan_compute, run_flags,
                             seed_everything, stop_on_signals, tf32_flags)
@@ -124,7 +124,8 @@ def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainStat
         net=model, inputs=(train_pre := Preprocess(splits, cfg.data, train=True)).prepared(splits, cfg.seed),
         drop_last=drop_last, train_pre=train_pre, channels_last=channels_last,
         optimizer=optimizer, schedule=build_schedule(optimizer, cfg.sched, total_steps, tc.epochs),
-        loss_fn=build_loss(cfg.loss, splits.num_classes), preprocess=preprocess_record(splits, cfg.data, tc.tta),
+        loss_fn=build_loss(cfg.loss, splits.num_classes, class_weights(cfg.loss.class_weights, splits.train_y,
+                                                                       splits.num_classes)), preprocess=preprocess_record(splits, cfg.data, tc.tta),
         scaler=scaler, compute=compute,
         ema=ema, aug_gen=torch.Generator(device=device).manual_seed(cfg.seed + 1), evaluator=evaluator,
         scored=ema.module if ema is not None else model, eval_inputs=splits, steps_per_epoch=spe,
@@ -197,7 +198,7 @@ def train_loop(s: TrainState, stop: dict) -> str:
         # One permutation per epoch from (seed, epoch): resuming mid-epoch rebuilds it exactly. A step takes
         # train.accumulate batches of it; stops and checkpoints fall between steps, never inside one.
         batches = train_batches(s.inputs.train_x, s.inputs.train_y, bs, s.cfg.seed, epoch, start=i * tc.accumulate,
-                                drop_last=s.drop_last)
+                                drop_last=s.drop_last, sampler=s.cfg.data.sampler)
         for group in step_groups(batches, tc.accumulate):
             if p.step == s.total_steps:  # a fraction of an epoch ends here
                 break

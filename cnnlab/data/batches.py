@@ -26,25 +26,44 @@ def epoch_permutation(n: int, seed: int, epoch: int, device: Device = None) -> t
     return perm.to(device) if device is not None else perm
 
 
+def balanced_draw(y: torch.Tensor, seed: int, epoch: int, device: Device = None) -> torch.Tensor:
+    """``data.sampler: balanced``: ``len(y)`` indices drawn with replacement, each image with probability
+    proportional to 1 / (its class's count), so every class present is drawn about equally often. Drawn on the
+    CPU from ``(seed, epoch)`` alone, like :func:`epoch_permutation`: a resumed epoch draws the same."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    labels = y.long().cpu()
+    counts = torch.bincount(labels)
+    idx = torch.multinomial(1.0 / counts[labels].double(), len(labels), replacement=True, generator=g)
+    return idx.to(device) if device is not None else idx
+
+
+def epoch_order(y: torch.Tensor, seed: int, epoch: int, sampler: str = "shuffle", device: Device = None) -> torch.Tensor:
+    """The indices of ``epoch``'s training images in order: a permutation (``shuffle``) or a class-balanced
+    draw with replacement (``balanced``)."""
+    if sampler == "balanced":
+        return balanced_draw(y, seed, epoch, device)
+    return epoch_permutation(len(y), seed, epoch, device)
+
+
 def train_batches(
     x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, epoch: int, start: int = 0, device: Device = None,
-    drop_last: bool = False,
+    drop_last: bool = False, sampler: str = "shuffle",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``(x[idx], y[idx])`` for the slices ``idx`` of :func:`epoch_permutation`, from
+    """``(x[idx], y[idx])`` for the slices ``idx`` of :func:`epoch_order` (``sampler``), from
     batch index ``start`` (to resume mid-epoch); the last short batch is kept unless ``drop_last``
-    (a compiled step keeps one batch shape). The permutation goes to ``device``, by default where ``x`` is.
+    (a compiled step keeps one batch shape). The order goes to ``device``, by default where ``x`` is.
     Images kept on the host (:class:`~cnnlab.data.placement.HostImages`) are gathered there by the same
-    permutation on the CPU, and the labels by its copy on their device."""
+    order on the CPU, and the labels by its copy on their device."""
     _check(batch_size)
     end = len(y) - len(y) % batch_size if drop_last else len(y)
     starts = range(start * batch_size, end, batch_size)
     if isinstance(x, torch.Tensor):
-        perm = epoch_permutation(len(y), seed, epoch, x.device if device is None else device)
+        perm = epoch_order(y, seed, epoch, sampler, x.device if device is None else device)
         for i in starts:  # index_select copies whole images; x[idx] went element by element (5x slower on CPU)
             idx = perm[i : i + batch_size]
             yield x.index_select(0, idx), y.index_select(0, idx)
         return
-    perm = epoch_permutation(len(y), seed, epoch)
+    perm = epoch_order(y, seed, epoch, sampler)
     perm_y = perm.to(y.device)
     batches = _gathered_ahead(x, [perm[i : i + batch_size] for i in starts])
     for i, xb in zip(starts, batches):
