@@ -61,6 +61,19 @@ def tiny_config():
     return make
 
 
+def cnnlab_here(*args) -> int:
+    """``cnnlab ARGS`` in this process (its exit code); torch's thread count, which a run may set, put back."""
+    import torch
+
+    from cnnlab import cli
+
+    threads = torch.get_num_threads()
+    try:
+        return cli.main([str(a) for a in args])
+    finally:
+        torch.set_num_threads(threads)
+
+
 def print_summary_line(request, line: str) -> None:
     """Print one line to the terminal past pytest's capture (tests that report figures they counted)."""
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")

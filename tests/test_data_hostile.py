@@ -28,9 +28,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab import cli, runs
+from cnnlab import runs
 from cnnlab.data import DataError
-from conftest import print_summary_line
+from conftest import cnnlab_here as cnnlab, print_summary_line
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "recipes" / "quickstart_lenet5_mnist.yaml"
@@ -58,14 +58,6 @@ def hostile(ok: bool, what: str = "") -> None:
     COUNTS["hostile_inputs"] += 1
     COUNTS["handled"] += bool(ok)
     assert ok, what
-
-
-def cnnlab(*args) -> int:
-    threads = torch.get_num_threads()
-    try:
-        return cli.main([str(a) for a in args])
-    finally:
-        torch.set_num_threads(threads)
 
 
 def one_line_error(err: str) -> bool:

@@ -34,8 +34,8 @@ import pytest
 import torch
 import yaml
 
-from cnnlab import cli, runs
-from conftest import print_summary_line
+from cnnlab import runs
+from conftest import cnnlab_here as cnnlab, print_summary_line
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "recipes" / "quickstart_lenet5_mnist.yaml"
@@ -63,15 +63,6 @@ def _report_counts(request):
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def cnnlab(*args) -> int:
-    """``cnnlab ARGS`` in this process; torch's thread count is put back afterwards."""
-    threads = torch.get_num_threads()
-    try:
-        return cli.main([str(a) for a in args])
-    finally:
-        torch.set_num_threads(threads)
 
 
 def spawn(*args, log: Path, preexec_fn=None) -> subprocess.Popen:

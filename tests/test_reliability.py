@@ -20,11 +20,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
-from cnnlab import cli, runs
-from conftest import print_summary_line
+from cnnlab import runs
+from conftest import cnnlab_here as cnnlab, print_summary_line
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "recipes" / "quickstart_lenet5_mnist.yaml"
@@ -46,14 +45,6 @@ def hostile(ok: bool) -> None:
     COUNTS["hostile_inputs"] += 1
     COUNTS["handled"] += bool(ok)
     assert ok
-
-
-def cnnlab(*args) -> int:
-    threads = torch.get_num_threads()
-    try:
-        return cli.main([str(a) for a in args])
-    finally:
-        torch.set_num_threads(threads)
 
 
 def spawn(*args, log: Path) -> subprocess.Popen:
