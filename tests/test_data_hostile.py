@@ -551,6 +551,13 @@ def test_an_unreadable_subfolder_is_counted_and_reported(tmp_path):
     finally:
         (root / "b").chmod(0o755)
     hostile(r.stdout.startswith("DataError") and str(root / "b") in r.stdout, r.stdout + r.stderr)
+    # an unreadable data.root: named as the root, not as a train/ inside it
+    _unreadable(root)
+    try:
+        r = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
+    finally:
+        root.chmod(0o755)
+    hostile(r.stdout.startswith("DataError") and f"{root} (data.root itself)" in r.stdout, r.stdout + r.stderr)
 
 
 def test_a_run_written_inside_the_data_root_is_never_read_as_data(tmp_path, capsys):

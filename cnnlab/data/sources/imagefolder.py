@@ -496,6 +496,8 @@ def read_tree(folder: Path, label: str, decode: Decode = Decode(), skip_bad: boo
         tree = scan_tree(folder, label, decode, verify)
     except OSError as e:  # a symbolic link loop (ELOOP), an unreadable folder, a file that vanished
         where = e.filename or folder
+        if not os.access(folder, os.R_OK | os.X_OK):  # the root itself, not the train/ inside it that failed
+            where = f"{folder} (data.root itself)"
         loop = " (a symbolic link that points back into itself)" if e.errno == errno.ELOOP else ""
         raise DataError(f"{label}: cannot read {where}: {e.strerror or e}{loop}; fix or remove it, "
                         f"or point data.root elsewhere") from None
