@@ -247,6 +247,11 @@ def invalid_values(name: str, info) -> dict[str, st.SearchStrategy]:
         kinds["unknown name"] = words
         kinds["wrong type"] = st.one_of(st.integers().filter(lambda i: i not in (0, 1)), fractional, small_lists,
                                         small_dicts)
+    elif name == "loss.class_weights":  # "auto", a list of positive weights (one per class), or null
+        kinds["unknown name"] = words
+        kinds["wrong type"] = st.one_of(st.integers(), small_dicts, st.lists(words, min_size=1, max_size=3))
+        kinds["out of range"] = st.lists(st.floats(0.1, 10), min_size=0, max_size=2).flatmap(
+            lambda ok: st.floats(-1e6, 0).map(lambda bad: [*ok, bad]))
     elif name == "train.sweep":  # set by cnnlab sweep: {name, run_id, settings}
         kinds["wrong type"] = st.one_of(words, st.integers(), small_lists,
                                         st.dictionaries(st.just("nmae"), st.integers(0, 9), min_size=1))
