@@ -111,6 +111,7 @@ def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainStat
         init_whitening(model, eval_pre(splits.train_x[:5000], None))
 
     scaler = make_scaler(compute.precision, device)
+    weights = class_weights(cfg.loss.class_weights, splits.train_y, splits.num_classes)  # loss.class_weights
     optimizer = build_optimizer(transfer.param_groups(model, cfg.optim), cfg.optim, fused=True, scaled=bool(scaler))
     drop_last = drops_last(tc.drop_last, tc.compile, len(splits.train_y), tc.batch_size)
     spe = steps_per_epoch(len(splits.train_y), tc.batch_size, drop_last, tc.accumulate)  # optimizer steps
@@ -124,8 +125,8 @@ def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainStat
         net=model, inputs=(train_pre := Preprocess(splits, cfg.data, train=True)).prepared(splits, cfg.seed),
         drop_last=drop_last, train_pre=train_pre, channels_last=channels_last,
         optimizer=optimizer, schedule=build_schedule(optimizer, cfg.sched, total_steps, tc.epochs),
-        loss_fn=build_loss(cfg.loss, splits.num_classes, class_weights(cfg.loss.class_weights, splits.train_y,
-                                                                       splits.num_classes)), preprocess=preprocess_record(splits, cfg.data, tc.tta),
+        loss_fn=build_loss(cfg.loss, splits.num_classes, weights),
+        preprocess=preprocess_record(splits, cfg.data, tc.tta),
         scaler=scaler, compute=compute,
         ema=ema, aug_gen=torch.Generator(device=device).manual_seed(cfg.seed + 1), evaluator=evaluator,
         scored=ema.module if ema is not None else model, eval_inputs=splits, steps_per_epoch=spe,
