@@ -40,9 +40,9 @@ test-all: setup browser
 	$(PY) -m pytest -q -m "slow or not slow"
 
 # The tables of docs/studies/*.md between <!-- cnnlab:... --> markers, rebuilt from the committed results and
-# the sweep files' claims (cnnlab.study_pages); tests/test_study_pages.py checks that this changes nothing.
+# the sweep files' claims (cnnlab.reporting.study_pages); tests/test_claims.py checks that this changes nothing.
 studies-docs: setup
-	$(PY) -m cnnlab.study_pages
+	$(PY) -m cnnlab.reporting.study_pages
 
 clean:
 	rm -rf $(VENV) runs sweeps

@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("CNNLAB_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 
 from bench_speedrun_mnist import cpu_line  # noqa: E402
-from cnnlab import train  # noqa: E402
-from cnnlab.loader import load_config  # noqa: E402
+from cnnlab.training import loop as train  # noqa: E402
+from cnnlab.config.load import load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes/speedrun/cifar10_91_10min.yaml"
@@ -70,8 +70,8 @@ def pre_pad_timing(threads: int, rounds: int = 5, steps: int = 40) -> None:
     CPU seconds per batch, the best of ``rounds`` rounds of ``steps`` batches, the two alternating."""
     import torch
 
-    from cnnlab.augment import Preprocess
-    from cnnlab.config import DataConfig
+    from cnnlab.data.augment import Preprocess
+    from cnnlab.config.schema import DataConfig
 
     torch.set_num_threads(threads)
     x = torch.randint(0, 256, (10_000, 3, 32, 32), dtype=torch.uint8)

@@ -1,5 +1,5 @@
 """Is channels_last faster than NCHW for the zoo's conv nets on this device, in fp32 (or --precision)?
-The measurement behind cnnlab.runtime.CHANNELS_LAST_FASTER (what ``train.channels_last: null`` picks).
+The measurement behind cnnlab.training.runtime.CHANNELS_LAST_FASTER (what ``train.channels_last: null`` picks).
 
 For each net: training steps (forward, cross-entropy, backward, Adam) on a fixed random batch, NCHW and
 channels_last alternately (the order swapping each round, so other jobs on a shared machine hit both),
@@ -25,7 +25,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from cnnlab.models import MODELS  # noqa: E402
-from cnnlab.runtime import autocast_for, cpu_flags  # noqa: E402
+from cnnlab.training.runtime import autocast_for, cpu_flags  # noqa: E402
 
 # (name, input channels, side, batch): the zoo's conv nets at the sizes their studies use
 NETS = [("lenet5", 1, 28, 100), ("mnist_fast", 1, 28, 256), ("mnist_cnn", 1, 28, 128),

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cnnlab.models  # noqa: E402,F401 - fills the registry
-from cnnlab import augment  # noqa: E402
+from cnnlab.data import augment  # noqa: E402
 from cnnlab import data as datamod  # noqa: E402
-from cnnlab.config import DataConfig  # noqa: E402
+from cnnlab.config.schema import DataConfig  # noqa: E402
 from cnnlab.registry import MODELS  # noqa: E402
 
 DEFAULT_ROOT = Path(os.environ.get("CNNLAB_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))

@@ -129,9 +129,9 @@ def pieces(root: Path, threads: int) -> dict:
 
     sys.path.insert(0, str(REPO))
     from cnnlab import data as datamod
-    from cnnlab import transfer
-    from cnnlab.config import Config
-    from cnnlab.optim import build_loss, build_optimizer
+    from cnnlab.models import transfer
+    from cnnlab.config.schema import Config
+    from cnnlab.training.optim import build_loss, build_optimizer
 
     torch.set_num_threads(threads)
     cfg = Config.model_validate(dict(

@@ -1,5 +1,5 @@
 """fp32 against bf16 on this CPU, per model family: how fast a training step is, and whether a short real
-run lands in the same place. The measurement behind cnnlab.runtime.CPU_BF16_SLOWER (the families for which
+run lands in the same place. The measurement behind cnnlab.training.runtime.CPU_BF16_SLOWER (the families for which
 ``precision: auto`` keeps fp32 on a CPU with native bf16) and BENCHMARKS.md's "Precision" table.
 
 Speed: for one net of each family, training steps (forward, cross-entropy, backward, Adam) on a fixed random
@@ -8,9 +8,9 @@ fp32 and bf16 autocast alternately (the order swapping each round, so other load
 rounds of ``--steps`` steps after a warm-up; the figure is the median over rounds of the process's CPU
 seconds per step with ``--threads`` threads (CPU time: less swayed by other processes than wall time).
 
-Accuracy: ``cnnlab.train.run`` on real MNIST (``--train`` training images, 500 for validation, ``--epochs``
+Accuracy: ``cnnlab.training.loop.run`` on real MNIST (``--train`` training images, 500 for validation, ``--epochs``
 epochs, Adam 0.002, batch 100) for ``--seeds`` seeds in each precision; test accuracy as mean ± sd and the
-verdict of the rule below (Welch's t-test through cnnlab.stats: "within noise" at p ≥ 0.05, else which
+verdict of the rule below (Welch's t-test through cnnlab.reporting.stats: "within noise" at p ≥ 0.05, else which
 precision is ahead). A run that ends diverged or with the doctor's loss_rose counts as failed.
 
     .venv/bin/python benchmarks/bench_precision.py                          # both parts, every family
@@ -36,10 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from bench_channels_last import step_seconds as channels_last_step  # noqa: E402
 
-from cnnlab import doctor, stats, train  # noqa: E402
-from cnnlab.loader import load_config  # noqa: E402
+from cnnlab.training import loop as train  # noqa: E402
+from cnnlab.reporting import doctor
+from cnnlab.reporting import stats
+from cnnlab.config.load import load_config  # noqa: E402
 from cnnlab.models import MODELS  # noqa: E402
-from cnnlab.runtime import cpu_flags, cpu_model  # noqa: E402
+from cnnlab.training.runtime import cpu_flags, cpu_model  # noqa: E402
 
 # one net per family (registry family in brackets), with the input its studies use, the speed part's batch
 # and the options the accuracy part builds it with (small widths keep a CPU run short)

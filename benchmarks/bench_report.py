@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml  # noqa: E402
 
-from cnnlab import report, results  # noqa: E402
-from cnnlab.runtime import cpu_model  # noqa: E402
-from cnnlab.sweep import run_sweep  # noqa: E402
+from cnnlab.reporting import results  # noqa: E402
+from cnnlab.reporting import html as report
+from cnnlab.training.runtime import cpu_model  # noqa: E402
+from cnnlab.sweeps.run import run_sweep  # noqa: E402
 
 
 def tiny_sweep(folder: Path, settings: int, seeds: int) -> Path:

@@ -5,7 +5,7 @@ augmentation (mean ± sd over the seeds), mean training seconds and the ratio of
 
 Each pair runs in turns (the reference first for even seeds, ours first for odd ones) after one discarded
 warm-up of each on a small setting (oneDNN builds its kernels on first use). Both use the same threads and
-the precision cnnlab.runtime.resolve_precision picks for this CPU: bf16 autocast with fp32 weights where the
+the precision cnnlab.training.runtime.resolve_precision picks for this CPU: bf16 autocast with fp32 weights where the
 CPU runs bf16 natively (AVX-512 BF16 / AMX), else fp32; both in channels_last. Training seconds: ours is
 the step loop (summary.json time.train_s; the whitening init and the final scoring apart), the reference's
 its whitening init plus its epochs (its final scoring apart).
@@ -54,9 +54,10 @@ import torch  # noqa: E402
 import airbench94  # noqa: E402
 from bench_speedrun_mnist import cpu_line  # noqa: E402
 from cnnlab import data as datamod  # noqa: E402
-from cnnlab import runtime, train  # noqa: E402
+from cnnlab.training import loop as train  # noqa: E402
+from cnnlab.training import runtime
 from cnnlab.data.batches import train_batches  # noqa: E402
-from cnnlab.loader import load_config  # noqa: E402
+from cnnlab.config.load import load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE_OURS = ["data.train_limit=2000", "train.epochs=1", "model.width=16", "train.batch_size=256"]
@@ -73,7 +74,7 @@ def ours(recipe: Path, overrides: list[str], seed: int, threads: int, out: Path)
 
 class Clock:
     """Marks each evaluation point of cnnlab's loop: the training seconds so far (``row["elapsed_s"]``, as a
-    tracker of cnnlab.tracking's protocol) and the process's CPU seconds at its log line (after the steps,
+    tracker of cnnlab.training.tracking's protocol) and the process's CPU seconds at its log line (after the steps,
     before the checkpoints are written) and when the trackers hear of it (after them)."""
 
     def __init__(self):

@@ -7,7 +7,7 @@ Both run in this one process with the allocator and OpenMP settings the `cnnlab`
 Each pair runs in turns (the reference first for even seeds, ours first for odd ones) after one
 discarded warm-up run of each (oneDNN builds its kernels on first use). Both use the same thread
 count. The reference runs in its best configuration on this CPU: fp32 + channels_last, or bf16
-autocast + channels_last where the CPU runs bf16 natively (cnnlab.runtime.resolve_precision).
+autocast + channels_last where the CPU runs bf16 natively (cnnlab.training.runtime.resolve_precision).
 Training time is the step loop only for both (data loading and the final scoring timed apart), as wall
 seconds and as the process's CPU seconds (with one thread, CPU time is less swayed by other jobs).
 
@@ -38,8 +38,9 @@ os.environ.setdefault("CNNLAB_DATA", str(Path(__file__).resolve().parents[2] / "
 import torch  # noqa: E402
 
 import mnist_record  # noqa: E402
-from cnnlab import runtime, train  # noqa: E402
-from cnnlab.loader import load_config  # noqa: E402
+from cnnlab.training import loop as train  # noqa: E402
+from cnnlab.training import runtime
+from cnnlab.config.load import load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -30,7 +30,7 @@ COMMANDS = {
 
 
 def cpu_model() -> str:
-    """The CPU's name, read here rather than via cnnlab.runtime.cpu_model: importing cnnlab imports torch,
+    """The CPU's name, read here rather than via cnnlab.training.runtime.cpu_model: importing cnnlab imports torch,
     which would load it into the page cache before the timed start-ups and flatter them."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -2,13 +2,13 @@
 
 At GPU speed each aten operator is a kernel launch the host must issue, so a small network's step is
 bounded by how many there are. This counts, with a ``TorchDispatchMode``, every aten operator the real
-training loop (``cnnlab.train.train_loop``; evaluation points excluded) dispatches for the quick start's
+training loop (``cnnlab.training.loop.train_loop``; evaluation points excluded) dispatches for the quick start's
 LeNet-5 (recipes/quickstart_lenet5_mnist.yaml, shortened, on the CPU, eager), and sorts each by the
 code it came from (the innermost frame that names a part):
 
 - the model's own work: forward and loss (under an ``nn.Module`` call), backward (the autograd engine);
-- what the loop adds: augmentation and normalisation (cnnlab.augment), batch gather (cnnlab.data.batches),
-  the accuracy count and the running loss/accuracy sums (cnnlab.step), the optimizer (torch.optim),
+- what the loop adds: augmentation and normalisation (cnnlab.data.augment), batch gather (cnnlab.data.batches),
+  the accuracy count and the running loss/accuracy sums (cnnlab.training.step), the optimizer (torch.optim),
   the EMA (``update_parameters``), the schedule (torch.optim.lr_scheduler), and the rest of the loop.
 
 Counts are per step, averaged over the steps after the first two (the optimizer's and the EMA's state
@@ -32,23 +32,23 @@ from torch.utils._python_dispatch import TorchDispatchMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cnnlab import train  # noqa: E402
-from cnnlab.loader import load_config  # noqa: E402
-from cnnlab.runtime import cpu_model  # noqa: E402
+from cnnlab.training import loop as train  # noqa: E402
+from cnnlab.config.load import load_config  # noqa: E402
+from cnnlab.training.runtime import cpu_model  # noqa: E402
 
 QUICKSTART = ROOT / "recipes" / "quickstart_lenet5_mnist.yaml"
 MODEL_PARTS = ("forward + loss", "backward")
 # (path fragment, function name or None for any) -> part; the innermost frame that matches names the op's part
 PARTS = [
-    ("cnnlab/step.py", "_hits", "accuracy count"),
-    ("cnnlab/step.py", "_accumulate", "loss/accuracy sums"),
-    ("cnnlab/runtime.py", "update_parameters", "EMA"),
+    ("cnnlab/training/step.py", "_hits", "accuracy count"),
+    ("cnnlab/training/step.py", "_accumulate", "loss/accuracy sums"),
+    ("cnnlab/training/runtime.py", "update_parameters", "EMA"),
     ("torch/optim/lr_scheduler.py", None, "schedule"),
     ("torch/optim/", None, "optimizer"),
     ("torch/amp/grad_scaler.py", None, "optimizer"),
     ("torch/nn/modules/module.py", "_call_impl", "forward + loss"),
     ("torch/autograd/", None, "backward"),
-    ("cnnlab/augment.py", None, "augmentation"),
+    ("cnnlab/data/augment.py", None, "augmentation"),
     ("cnnlab/data/batches.py", None, "batch gather"),
 ]
 

@@ -1,6 +1,6 @@
 """Training throughput with the images in memory vs streamed from the memory-mapped decoded cache.
 
-The real training loop (``cnnlab.train.run``) trains a small conv net (``lenet5_cifar``) on the
+The real training loop (``cnnlab.training.loop.run``) trains a small conv net (``lenet5_cifar``) on the
 CIFAR-10 JPEG copy for a fixed number of images, once with the splits in memory (the default
 ``data.max_memory: auto``) and once with ``data.max_memory`` too small for them, so every batch
 is gathered from the cache file under ``$CNNLAB_CACHE`` (``data_placement: streamed from ...``).
@@ -31,9 +31,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cnnlab.loader import load_config  # noqa: E402
-from cnnlab.train import run  # noqa: E402
-from cnnlab.runtime import cpu_model  # noqa: E402
+from cnnlab.config.load import load_config  # noqa: E402
+from cnnlab.training.loop import run  # noqa: E402
+from cnnlab.training.runtime import cpu_model  # noqa: E402
 
 DEFAULT_ROOT = Path(os.environ.get("CNNLAB_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 
@@ -105,7 +105,7 @@ def main(argv=None) -> dict:
 def streamed_from(args) -> Path:
     """The cache file the streamed runs read (loading the set once, which also writes it if missing)."""
     from cnnlab import data as datamod
-    from cnnlab.config import DataConfig
+    from cnnlab.config.schema import DataConfig
 
     splits = datamod.load_splits(DataConfig(name="cifar10", root=str(args.root), download=False, max_memory="1MB"))
     return Path(splits.placement.removeprefix("streamed from "))
@@ -115,7 +115,7 @@ def gather(args) -> dict:
     """Microseconds to gather one batch of 128 training images by a random permutation: advanced indexing
     and index_select of an in-memory split, and HostImages over the memory-mapped cache (warm page cache)."""
     from cnnlab import data as datamod
-    from cnnlab.config import DataConfig
+    from cnnlab.config.schema import DataConfig
 
     torch.set_num_threads(args.threads)
     print(f"CPU: {cpu_model()} (capability {torch.backends.cpu.get_cpu_capability()}); torch {torch.__version__}; "
@@ -142,9 +142,9 @@ def gather(args) -> dict:
 
 def data_path(args, cache_file) -> dict[str, list[float]]:
     """Images/s of ``train_batches`` + augmentation alone (no network), both placements alternated."""
-    from cnnlab import augment
+    from cnnlab.data import augment
     from cnnlab import data as datamod
-    from cnnlab.config import DataConfig
+    from cnnlab.config.schema import DataConfig
 
     settings = dict(name="cifar10", root=str(args.root), download=False, train_limit=args.images, val_size=1000,
                     augment={"crop_padding": 4, "flip": True})

@@ -1,7 +1,7 @@
 """Time to accuracy of a speed-run recipe over several seeds: mean test accuracy ± sd and the
 median training wall time, with data loading and evaluation reported apart.
 
-Each seed is one ``cnnlab.train.run`` in this process (what ``cnnlab train`` does), into its
+Each seed is one ``cnnlab.training.loop.run`` in this process (what ``cnnlab train`` does), into its
 own folder under ``--out``. Training time is the trainer's own ``time.train_s`` (the step
 loop, including the per-epoch validation passes); ``data_s`` is files → device tensors
 (the CIFAR JPEG copy is decoded once and cached, so its first run loads slower);
@@ -24,8 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("CNNLAB_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 
-from cnnlab import train  # noqa: E402
-from cnnlab.loader import load_config  # noqa: E402
+from cnnlab.training import loop as train  # noqa: E402
+from cnnlab.config.load import load_config  # noqa: E402
 
 
 def main(argv=None) -> dict:

@@ -1,6 +1,6 @@
 """What tracking costs a run: MLflow's import, and each evaluation point sent to MLflow or TensorBoard.
 
-A tracker runs in the training process at each evaluation point (:mod:`cnnlab.tracking`), so its cost
+A tracker runs in the training process at each evaluation point (:mod:`cnnlab.training.tracking`), so its cost
 is paid once per point, plus once per process for importing mlflow (each ``--workers`` process of a
 sweep pays that). Measured without training: a run folder gets realistic ``metrics.jsonl`` rows one
 at a time and each tracker is told, as the trainer would; the figures are medians of the calls, in
@@ -24,9 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cnnlab import runs, tracking  # noqa: E402
-from cnnlab.config import validate  # noqa: E402
-from cnnlab.runtime import cpu_model  # noqa: E402
+from cnnlab import runs  # noqa: E402
+from cnnlab.training import tracking  # noqa: E402
+from cnnlab.config.schema import validate  # noqa: E402
+from cnnlab.training.runtime import cpu_model  # noqa: E402
 
 
 def import_seconds(reps: int) -> tuple[float, float]:

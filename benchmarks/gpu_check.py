@@ -43,9 +43,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cnnlab import runs, sweep, train  # noqa: E402
-from cnnlab.loader import load_config  # noqa: E402
-from cnnlab.runtime import decide_tf32  # noqa: E402
+from cnnlab import runs  # noqa: E402
+from cnnlab.training import loop as train  # noqa: E402
+from cnnlab.sweeps import local
+from cnnlab.config.load import load_config  # noqa: E402
+from cnnlab.training.runtime import decide_tf32  # noqa: E402
 
 QUICKSTART = ROOT / "recipes" / "quickstart_lenet5_mnist.yaml"
 # CUDA-relevant tests: device handling, resume, determinism, memory, evaluation (CPU-run, but they
@@ -291,11 +293,11 @@ def _which_gpu(_: int) -> tuple[int, str]:
 def workers_on_gpus(cuda: bool) -> tuple:
     """Two local sweep workers, started as `cnnlab sweep --workers 2` starts them (its very pool), report
     their GPU."""
-    from cnnlab.runtime import visible_gpus
+    from cnnlab.training.runtime import visible_gpus
 
     gpus = visible_gpus() if cuda else ()
     real = len(gpus) > 1
-    with sweep.worker_pool(2, gpus if real else ("0", "1")) as pool:  # without two GPUs: the assignment alone
+    with local.worker_pool(2, gpus if real else ("0", "1")) as pool:  # without two GPUs: the assignment alone
         got = dict(pool.map(_which_gpu, range(4)))
     ok = len(got) == 2 and len(set(got.values())) == 2
     detail = f"workers see CUDA_VISIBLE_DEVICES {sorted(got.values())}"

@@ -3,8 +3,8 @@
 ``cnnlab.train(study, overrides, out)`` runs one study (a YAML path, a dict or a Config)
 and finishes its folder for reporting, returning a :class:`Run`; ``cnnlab.sweep`` and
 ``cnnlab.compare`` do what the commands of the same name do; ``cnnlab.load(run_dir)``
-gives the trained model ready to predict (:class:`cnnlab.predict.LoadedRun`). Errors are
-:class:`~cnnlab.config.ConfigError` (or DataError / CheckpointError) naming the fields
+gives the trained model ready to predict (:class:`cnnlab.inference.predict.LoadedRun`). Errors are
+:class:`~cnnlab.config.schema.ConfigError` (or DataError / CheckpointError) naming the fields
 and arguments of these functions, not command-line flags.
 """
 from __future__ import annotations
@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab import runs
-from cnnlab.config import Config, ConfigError, apply_overrides
-from cnnlab.loader import build_config, load_config
-from cnnlab.predict import LoadedRun, load_run
-from cnnlab.results import read_metrics, read_summary
+from cnnlab.config.schema import Config, ConfigError, apply_overrides
+from cnnlab.config.load import build_config, load_config
+from cnnlab.inference.predict import LoadedRun, load_run
+from cnnlab.runs import read_metrics, read_summary
 
 Overrides = dict[str, Any] | list[str] | None
 
@@ -128,7 +128,8 @@ class SweepResult:
 def sweep(sweep_file: str | Path, out: str | Path | None = None, *, workers: int = 1, executor: str = "local",
           address: str | None = None, dry_run: bool = False) -> SweepResult:
     """Run a sweep file (settings × seeds) into ``out`` (default ``sweeps/<name>``)."""
-    from cnnlab.sweep import load_sweep, run_sweep
+    from cnnlab.sweeps.plan import load_sweep
+    from cnnlab.sweeps.run import run_sweep
 
     try:
         rows = run_sweep(sweep_file, out_dir=out, workers=workers, executor=executor, address=address,
@@ -141,7 +142,7 @@ def sweep(sweep_file: str | Path, out: str | Path | None = None, *, workers: int
 def compare(sweep_dir: str | Path, by: str | list[str] | None = None, metric: str = "test.accuracy") -> str:
     """The comparison table of a sweep's runs (Markdown; also written as compare.md / compare.csv); ``by``
     None: the keys the sweep varies, or ``base`` (one row pooling the seeds) when it varies none."""
-    from cnnlab.compare import write_compare
+    from cnnlab.reporting.compare import write_compare
 
     keys = by.split(",") if isinstance(by, str) else list(by or ())
     return write_compare(Path(sweep_dir), by=keys, metric=metric)

@@ -4,9 +4,9 @@
 at the input it is built for by default, that input, the smallest image side it takes and its own options
 with their defaults (and the values ``model.<option>`` allows, where the typed config lists them).
 
-:func:`option_entries` reads the typed config (:class:`cnnlab.config.Config`) itself: every field of a
+:func:`option_entries` reads the typed config (:class:`cnnlab.config.schema.Config`) itself: every field of a
 section with its type, default, allowed range and help. The help is the field's ``description`` where it
-has one, else the comment written beside (or just above) the field in ``cnnlab/config.py``, so the list
+has one, else the comment written beside (or just above) the field in ``cnnlab/config/schema.py``, so the list
 cannot drift from the schema. Registry-named fields (``model.name``, ``optim.name`` ...) also list the
 registered names.
 """
@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origi
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from cnnlab.config import Config, ConfigError, ModelConfig
+from cnnlab.config.schema import Config, ConfigError, ModelConfig
 
 PARAMS_CLASSES = 10  # parameter counts are for a 10-class head
 
@@ -221,7 +221,7 @@ def _default(field) -> Any:
 def option_entries(section: Optional[str] = None) -> list[dict]:
     """Every config field (of ``section`` and the sections inside it; all of them when None): key, type,
     default, range, help. An unknown section is a ConfigError naming the sections there are."""
-    from cnnlab.checks import NAMED_FIELDS
+    from cnnlab.config.rules import NAMED_FIELDS
 
     known = sections()
     wanted = [s for s in known if section in (None, "") or s == section or s.startswith(f"{section}.")]

@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
 
 # Errors that mean bad input (exit code 2), by module. A module not imported yet cannot have raised
 # its error, so the check looks only in sys.modules: the CLI imports no heavy module just to catch.
-INPUT_ERRORS = (("cnnlab.config", "ConfigError"), ("cnnlab.registry", "UnknownName"), ("cnnlab.data", "DataError"),
-                ("cnnlab.runs", "CheckpointError"), ("cnnlab.transfer", "TransferError"))
+INPUT_ERRORS = (("cnnlab.config.schema", "ConfigError"), ("cnnlab.registry", "UnknownName"), ("cnnlab.data", "DataError"),
+                ("cnnlab.runs", "CheckpointError"), ("cnnlab.models.transfer", "TransferError"))
 
 
 def _is_input_error(e: BaseException) -> bool:
@@ -76,8 +76,8 @@ def _is_input_error(e: BaseException) -> bool:
 
 def cmd_train(args) -> int:
     from cnnlab import lifecycle
-    from cnnlab.loader import load_config
-    from cnnlab.results import succeeded
+    from cnnlab.config.load import load_config
+    from cnnlab.runs import succeeded
 
     # argparse gives the first positional to `study`: with --resume (or when it is no file) a key=value
     # there is the first override, never a study path.
@@ -108,12 +108,12 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     if args.overrides:  # another data set: every image of it, with the run's own preprocessing
-        from cnnlab.predict import evaluate_on
+        from cnnlab.inference.predict import evaluate_on
 
         result = evaluate_on(Path(args.run_dir), args.overrides, checkpoint=args.checkpoint,
                              split=args.split or "all")
     else:
-        from cnnlab.predict import evaluate_run
+        from cnnlab.inference.predict import evaluate_run
 
         result = evaluate_run(Path(args.run_dir), splits=(args.split or "test").split(","), checkpoint=args.checkpoint)
     print(json.dumps(result, indent=2) if args.json else result["text"])
@@ -121,7 +121,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from cnnlab.predict import format_table, load_run, predict_paths, write_predictions
+    from cnnlab.inference.predict import format_table, load_run, predict_paths, write_predictions
 
     if args.top_k < 1:
         raise _config_error(f"--top-k must be at least 1, got {args.top_k}")
@@ -145,8 +145,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from cnnlab.export import export, max_difference
-    from cnnlab.predict import load_run
+    from cnnlab.inference.export import export, max_difference
+    from cnnlab.inference.predict import load_run
 
     t0 = time.perf_counter()
     path = export(Path(args.run_dir), args.format, args.out, checkpoint=args.checkpoint)
@@ -158,9 +158,9 @@ def cmd_export(args) -> int:
 
 def cmd_summary(args) -> int:
     from cnnlab.data import dataset_info
-    from cnnlab.loader import load_config
-    from cnnlab.summary import format_table, summarize
-    from cnnlab.transfer import build_model
+    from cnnlab.config.load import load_config
+    from cnnlab.models.layers import format_table, summarize
+    from cnnlab.models.transfer import build_model
 
     overrides = [f"model.name={args.model}", f"data.name={args.dataset}", *args.overrides]
     cfg = load_config(None, overrides)
@@ -177,8 +177,8 @@ def cmd_summary(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from cnnlab.results import FINAL_STATUSES
-    from cnnlab.sweep import run_sweep
+    from cnnlab.runs import FINAL_STATUSES
+    from cnnlab.sweeps.run import run_sweep
 
     rows = run_sweep(args.sweep, out_dir=args.out, workers=args.workers, executor=args.executor,
                      address=args.address, dry_run=args.dry_run, wait=args.wait,
@@ -189,7 +189,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from cnnlab.compare import write_compare
+    from cnnlab.reporting.compare import write_compare
 
     text = write_compare(Path(args.dir), by=args.by.split(",") if args.by else None, metric=args.metric)
     print(text)
@@ -197,8 +197,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_claims(args) -> int:
-    from cnnlab import claims
-    from cnnlab.sweep import load_sweep
+    from cnnlab.reporting import claims
+    from cnnlab.sweeps.plan import load_sweep
 
     claim_set = (claims.from_plan(load_sweep(args.sweep).to_dict(), str(args.sweep)) if args.sweep
                  else claims.load_claims(Path(args.dir)))
@@ -211,7 +211,7 @@ def cmd_claims(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from cnnlab.report import build_report
+    from cnnlab.reporting.html import build_report
 
     t0 = time.perf_counter()
     counts: dict = {}
@@ -262,7 +262,7 @@ def cmd_options(args) -> int:
 
 
 def _config_error(message: str):
-    from cnnlab.config import ConfigError
+    from cnnlab.config.schema import ConfigError
 
     return ConfigError(message)
 

@@ -1,11 +1,11 @@
 """One run from its config to a finished folder, the same for every caller: ``cnnlab train``, the Python
-API's ``cnnlab.train``, a sweep's worker and a Ray trial.
+API's ``cnnlab.training.loop``, a sweep's worker and a Ray trial.
 
-1. :func:`cnnlab.train.run` trains and writes ``summary.json``, also for a run that failed, diverged or was
+1. :func:`cnnlab.training.loop.run` trains and writes ``summary.json``, also for a run that failed, diverged or was
    interrupted (a crash while training writes status ``failed``, then re-raises);
-2. :func:`cnnlab.report.finish_run`: the doctor's findings into ``summary.json``, ``curves.png`` and, with
+2. :func:`cnnlab.reporting.html.finish_run`: the doctor's findings into ``summary.json``, ``curves.png`` and, with
    ``html``, ``report.html``;
-3. :func:`cnnlab.tracking.upload_run_files`: the trackers' copies of the finished files (the run's MLflow
+3. :func:`cnnlab.training.tracking.upload_run_files`: the trackers' copies of the finished files (the run's MLflow
    run gets summary.json, metrics, curves and report once they exist).
 
 Steps 2 and 3 run after a failure too, as soon as step 1 wrote a ``summary.json``: a folder refused before
@@ -17,8 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from cnnlab import report, tracking, train
-from cnnlab.config import Config
+from cnnlab.reporting import html as report
+from cnnlab.training import tracking
+from cnnlab.training import loop as train
+from cnnlab.config.schema import Config
 
 SUMMARY = "summary.json"
 
@@ -26,7 +28,7 @@ SUMMARY = "summary.json"
 def train_and_finish(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool = False,
                      log: Callable[[str], None] = train.say, verbose: bool = False, finish: bool = True,
                      html: bool = True, trackers: tuple = ()) -> dict:
-    """Train ``cfg`` into ``out_dir`` (:func:`cnnlab.train.run`'s arguments), then :func:`finish_folder` it
+    """Train ``cfg`` into ``out_dir`` (:func:`cnnlab.training.loop.run`'s arguments), then :func:`finish_folder` it
     unless ``finish`` is False; returns the summary as the folder holds it."""
     out_dir = Path(out_dir)
     before = _stamp(out_dir / SUMMARY)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 from cnnlab.errors import ConfigError
 
@@ -73,3 +73,16 @@ def check_out_file(out: Union[str, Path], what: str = "--out") -> Path:
                     f"its checkpoints). Choose another name, e.g. {folder / 'export'}{path.suffix or '.out'}")
             break
     return path
+
+
+# ----------------------------------------------------------------------------- names as text
+
+NAME_SHOWN = 48  # characters of a class or setting name shown in a plot or a terminal table
+
+
+def shown(name: Any, limit: int | None = NAME_SHOWN) -> str:
+    """A name (a class folder, a setting) as plain printable text: undecodable bytes (lone surrogates)
+    and control characters become U+FFFD, and a name longer than ``limit`` is cut with an ellipsis."""
+    text = str(name).encode("utf-8", "replace").decode("utf-8")
+    text = "".join("\ufffd" if (ord(c) < 32 or 0x7F <= ord(c) < 0xA0) else c for c in text)
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"

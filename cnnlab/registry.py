@@ -83,10 +83,10 @@ class ModelInfo:
     stages: tuple[str, ...] = ()  # stage modules, for train.finetune=layerN (ResNets: layer1..)
     min_input_size: int = 1  # smallest image side (pixels) the network accepts
     input_size: Optional[int] = None  # the image side it was designed for (informational; 224 for ImageNet nets)
-    input_conv: Optional[str] = None  # first conv, adapted when RGB weights meet grey input (cnnlab.transfer)
+    input_conv: Optional[str] = None  # first conv, adapted when RGB weights meet grey input (cnnlab.models.transfer)
     torchvision_name: Optional[str] = None  # torchvision's name for it: which ImageNet weights fit
     needs_whitening_init: bool = False  # the trainer calls models.airbench.init_whitening before training
-    # facts of one built instance (filled by the registry, cnnlab.transfer)
+    # facts of one built instance (filled by the registry, cnnlab.models.transfer)
     name: Optional[str] = None  # the registry name it was built under
     in_channels: Optional[int] = None  # input channels it was built for
     features_at: Optional[str] = None  # cut after this layer, with a new linear head (model.features_at)
@@ -128,7 +128,7 @@ def find_info(model: Any) -> Optional[ModelInfo]:
 
 def info_of(model: Any) -> ModelInfo:
     """The facts of a model built by a registered builder (``cnnlab.models.build_model``,
-    ``MODELS.get(name)(...)`` or ``cnnlab.transfer.build_model``)."""
+    ``MODELS.get(name)(...)`` or ``cnnlab.models.transfer.build_model``)."""
     info = find_info(model)
     if info is None:
         raise TypeError(f"{type(model).__name__} carries no ModelInfo: build it through cnnlab's model registry, "

@@ -15,6 +15,7 @@ Checkpoints hold only tensors and plain Python values so they load with
 """
 from __future__ import annotations
 
+import enum
 import errno
 import json
 import math
@@ -133,7 +134,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def read_json(path: Path) -> Any:
-    """A JSON file's content (raises OSError / ValueError; see cnnlab.results for forgiving readers)."""
+    """A JSON file's content (raises OSError / ValueError; see cnnlab.reporting.results for forgiving readers)."""
     return json.loads(Path(path).read_text())
 
 
@@ -428,7 +429,7 @@ def is_locked(folder: Path, name: str = LOCK_NAME) -> bool:
 # What a run folder may hold besides progress worth keeping: a folder with only these (a run killed
 # before its first checkpoint) is started afresh without --force.
 LEFTOVERS = ("config.yaml", "metrics.jsonl", "train.log", "report.html", "curves.png", LOCK_NAME,
-             "mlflow.json")  # mlflow.json: cnnlab.tracking's link to the MLflow run
+             "mlflow.json")  # mlflow.json: cnnlab.training.tracking's link to the MLflow run
 
 
 def prepare_out_dir(out_dir: Path, resume: bool, force: bool, finished: bool = False) -> bool:
@@ -465,23 +466,49 @@ def prepare_out_dir(out_dir: Path, resume: bool, force: bool, finished: bool = F
     return False
 
 
-# ----------------------------------------------------------------------------- an image folder's split
+# ----------------------------------------------------------------------------- how a run ended
 
 
-def write_split_record(run_dir: Path, record: dict | None) -> None:
-    """``splits.json`` (each split's files, skipped images, preprocessing) and ``bad_images.txt``
-    (one ``path<TAB>why`` line per image skipped by ``data.skip_bad_images``); nothing for
-    the built-in data sets, whose splits are fixed (``record`` None)."""
-    if record is None:
-        return
-    write_json(Path(run_dir) / "splits.json", record)
-    if record["bad_images"]:
-        write_text(Path(run_dir) / "bad_images.txt", "".join(f"{p}\t{why}\n" for p, why in record["bad_images"]))
+class Status(enum.StrEnum):
+    """How a run ended (``summary.json`` / results rows), plus the two states of rows not run yet."""
+
+    COMPLETED = "completed"  # trained for the planned steps
+    EARLY_STOPPED = "early_stopped"  # stopped by early stopping: a normal, finished run
+    DIVERGED = "diverged"  # the loss became non-finite: finished, with no usable result
+    INTERRUPTED = "interrupted"  # SIGINT/SIGTERM: last.pt kept, resumable
+    PRUNED = "pruned"  # stopped early by a sweep scheduler (Ray Tune's ASHA, median): finished, not in statistics
+    FAILED = "failed"  # an error: a sweep runs it again
+    PENDING = "pending"  # a planned run with no row yet (sweep tables)
+    PLANNED = "planned"  # a dry run's rows
 
 
-def read_split_record(run_dir: Path) -> dict | None:
-    """The ``splits.json`` a run saved, so ``--resume`` and ``cnnlab eval`` see the same images (checked:
-    a damaged or edited one is a DataError naming it, see cnnlab.data.read_record)."""
-    from cnnlab.data.splits import read_record
+FINAL_STATUSES = (Status.COMPLETED, Status.EARLY_STOPPED, Status.DIVERGED, Status.PRUNED)  # a sweep does not run these again
+SUCCEEDED = (Status.COMPLETED, Status.EARLY_STOPPED)  # metrics that count; the CLI exits 0
 
-    return read_record(Path(run_dir) / "splits.json")
+
+def succeeded(status: Any) -> bool:
+    return status in SUCCEEDED
+
+
+def is_final(status: Any) -> bool:
+    return status in FINAL_STATUSES
+
+
+def read_summary(run_dir: str | Path) -> dict | None:
+    """A run folder's summary.json as a dict, or None when it is missing, torn or not a mapping."""
+    try:
+        data = read_json(Path(run_dir) / "summary.json")
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """A run folder's metrics.jsonl rows (a torn last line is skipped)."""
+    return [r for r in read_jsonl(Path(run_dir) / "metrics.jsonl") if isinstance(r, dict)]
+
+
+def is_finished(run_dir: str | Path) -> bool:
+    """True when the run folder's summary.json holds a final status."""
+    summary = read_summary(run_dir)
+    return bool(summary) and is_final(summary.get("status"))

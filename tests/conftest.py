@@ -53,7 +53,7 @@ def precision(request) -> str:
 
 @pytest.fixture
 def tiny_config():
-    from cnnlab.loader import load_config
+    from cnnlab.config.load import load_config
 
     def make(**extra):
         return load_config(None, tiny_overrides(**extra))

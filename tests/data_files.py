@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnlab.config import DataConfig
+from cnnlab.config.schema import DataConfig
 
 
 def real_root() -> Path:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import cnnlab.models  # noqa: F401 - fills the registry
-from cnnlab import transfer
+from cnnlab.models import transfer
 from cnnlab.models.airbench import WhiteningConv, init_whitening
 from cnnlab.models import info_of
 from cnnlab.registry import MODELS
@@ -83,7 +83,7 @@ def test_mnist_fast_matches_the_record_net():
 
 def test_the_trainer_calls_the_whitening_hook(tmp_path, tiny_config, data_root, monkeypatch, precision):
     # in each precision: bf16 once ended this run at chance (the zero-variance channel, airbench.NORM_EPS)
-    from cnnlab import train
+    from cnnlab.training import loop as train
     from cnnlab.models import airbench as module
 
     calls = []

@@ -13,11 +13,16 @@ def test_import_is_cheap_and_lists_the_api():
     assert r.stdout.strip() == "False ['compare', 'load', 'sweep', 'train']", r.stderr
 
 
-def test_train_module_stays_a_module_and_is_callable():
-    import cnnlab
-    from cnnlab import train
+def test_the_api_is_plain_functions_and_the_loop_lives_in_training():
+    import inspect
 
-    assert callable(train.run) and callable(cnnlab.train) and cnnlab.train is train
+    import cnnlab
+    from cnnlab import api
+    from cnnlab.training import loop
+
+    for name in ("train", "sweep", "compare", "load"):
+        assert inspect.isfunction(getattr(cnnlab, name)) and getattr(cnnlab, name) is getattr(api, name)
+    assert callable(loop.run) and not hasattr(cnnlab, "training") or not callable(cnnlab.training)
 
 
 def test_train_returns_a_run_and_load_predicts(tiny_run, tmp_path):
@@ -38,7 +43,7 @@ def test_train_returns_a_run_and_load_predicts(tiny_run, tmp_path):
 
 def test_train_with_config_object_and_finish_run(tmp_path, data_root):
     import cnnlab
-    from cnnlab.loader import load_config
+    from cnnlab.config.load import load_config
     from conftest import tiny_overrides
 
     cfg = load_config(None, tiny_overrides(**{"train.epochs": 0.2}))
@@ -49,7 +54,7 @@ def test_train_with_config_object_and_finish_run(tmp_path, data_root):
 
 def test_api_errors_name_fields_not_flags(tiny_run, tmp_path):
     import cnnlab
-    from cnnlab.config import ConfigError
+    from cnnlab.config.schema import ConfigError
 
     with pytest.raises(ConfigError, match="optim.lr"):
         cnnlab.train({"name": "x"}, {"optim.lr": -1}, out=tmp_path / "bad")
@@ -70,7 +75,7 @@ def test_api_errors_name_fields_not_flags(tiny_run, tmp_path):
 ])
 def test_wrong_kinds_of_api_arguments_are_named_before_any_work(tmp_path, overrides, out, words):
     import cnnlab
-    from cnnlab.config import ConfigError
+    from cnnlab.config.schema import ConfigError
 
     with pytest.raises(ConfigError, match=words):
         cnnlab.train({"name": "x"}, overrides, out=tmp_path / out if isinstance(out, str) else out)

@@ -1,4 +1,4 @@
-"""Tests for cnnlab.augment: each batched augmentation against torchvision's
+"""Tests for cnnlab.data.augment: each batched augmentation against torchvision's
 per-image function on the same input and the same random parameters, the
 random parameters themselves statistically (flip rate, crop offsets, jitter ranges),
 and Preprocess, the per-batch pipeline, on real MNIST."""
@@ -10,9 +10,9 @@ import torchvision.transforms.functional as TF
 from data_files import cfg, real_root
 from torchvision.transforms import InterpolationMode
 
-from cnnlab import augment as A
+from cnnlab.data import augment as A
 from cnnlab import data
-from cnnlab.config import ConfigError
+from cnnlab.config.schema import ConfigError
 
 
 def batch(n=6, c=3, h=11, w=9, dtype=torch.uint8, seed=0) -> torch.Tensor:

@@ -1,8 +1,8 @@
-"""cnnlab.checks: combinations of valid fields that cannot work together, refused at load."""
+"""cnnlab.config.rules: combinations of valid fields that cannot work together, refused at load."""
 import pytest
 
-from cnnlab.config import ConfigError
-from cnnlab.loader import load_config
+from cnnlab.config.schema import ConfigError
+from cnnlab.config.load import load_config
 
 
 def refused(**overrides) -> str:
@@ -53,8 +53,8 @@ def test_a_model_option_the_builder_does_not_take_is_refused_in_one_paragraph():
 
 
 def test_an_option_no_model_takes_says_so():
-    from cnnlab.checks import check_model_options
-    from cnnlab.config import ConfigError
+    from cnnlab.config.rules import check_model_options
+    from cnnlab.config.schema import ConfigError
 
     with pytest.raises(ConfigError, match="no registered model takes it"):
         check_model_options("lenet5", {"colour": "red"})
@@ -91,8 +91,8 @@ def test_checks_read_the_models_info():
 def test_one_double_softmax_rule_for_the_warning_and_the_doctor():
     import torch
 
-    from cnnlab.checks import config_warnings, double_softmax
-    from cnnlab.doctor import diagnose
+    from cnnlab.config.rules import config_warnings, double_softmax
+    from cnnlab.reporting.doctor import diagnose
 
     assert double_softmax("probs", "cross_entropy")
     assert not double_softmax("logits", "cross_entropy") and not double_softmax("probs", "mse")
@@ -108,7 +108,7 @@ def test_one_double_softmax_rule_for_the_warning_and_the_doctor():
 def test_fp16_on_a_cpu_is_warned_about():
     import torch
 
-    from cnnlab.checks import config_warnings
+    from cnnlab.config.rules import config_warnings
 
     cfg = load_config(None, {"train.precision": "fp16"})
     assert any("fp16 on a CPU" in w for w in config_warnings(cfg, "logits", torch.device("cpu")))
@@ -116,7 +116,7 @@ def test_fp16_on_a_cpu_is_warned_about():
 
 def test_an_image_folder_too_small_for_the_network_is_refused_naming_data_resize(tmp_path):
     # an image folder's size is known once loaded: refused there, before the first step, not in a convolution
-    from cnnlab import train
+    from cnnlab.training import loop as train
     from conftest import write_image_folder
 
     write_image_folder(tmp_path / "imgs" / "train", ["a", "b"], per_class=4, size=(8, 8))

@@ -7,12 +7,13 @@ import pytest
 import yaml
 from scipy import stats as scipy_stats
 
-from cnnlab import claims, stats
-from cnnlab.claims import Claim, Layout, judge
+from cnnlab.reporting import claims
+from cnnlab.reporting import stats
+from cnnlab.reporting.claims import Claim, Layout, judge
 from cnnlab.cli import main
-from cnnlab.config import ConfigError
-from cnnlab.study_pages import regenerate
-from cnnlab.sweep import plan_sweep
+from cnnlab.config.schema import ConfigError
+from cnnlab.reporting.study_pages import regenerate
+from cnnlab.sweeps.plan import plan_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 LAYOUT = Layout(["optim.lr"])
@@ -252,7 +253,7 @@ def test_a_page_table_is_rebuilt_and_the_prose_around_it_kept(tmp_path):
 
 
 def test_the_sweep_report_shows_the_claims_verdicts(tmp_path):
-    from cnnlab import report
+    from cnnlab.reporting import html as report
 
     folder = tmp_path / "sw"
     folder.mkdir()

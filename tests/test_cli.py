@@ -73,8 +73,8 @@ def test_version_and_help_text_on_every_option():
 
 
 def test_config_printed_as_differences_unless_verbose():
-    from cnnlab.config import config_diff_lines
-    from cnnlab.loader import load_config
+    from cnnlab.config.schema import config_diff_lines
+    from cnnlab.config.load import load_config
 
     lines = config_diff_lines(load_config(None, {"optim.lr": 0.01, "model.widths": [6, 16, 120]}))
     assert lines[1:] == ["  model.widths: [6, 16, 120]", "  optim.lr: 0.01"] and "config.yaml" in lines[0]
@@ -128,7 +128,7 @@ def _fields(model, prefix=""):
 
 
 def test_options_lists_every_config_field_with_type_default_and_help():
-    from cnnlab.config import Config
+    from cnnlab.config.schema import Config
 
     r = cnnlab("options", "--json")
     assert r.returncode == 0, r.stderr

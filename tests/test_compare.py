@@ -4,11 +4,11 @@ import io
 
 import pytest
 
-from cnnlab import stats
-from cnnlab.compare import compare, write_compare
-from cnnlab.config import ConfigError
+from cnnlab.reporting import stats
+from cnnlab.reporting.compare import compare, write_compare
+from cnnlab.config.schema import ConfigError
 from cnnlab.runs import write_json
-from cnnlab.sweep import append_row
+from cnnlab.reporting.results import append_row
 
 
 def row(run_id, settings, seed, status="completed", acc=None, loss=None):
@@ -206,7 +206,7 @@ def test_zip_partners_follow_their_factor(tmp_path):
 
 
 def test_pruned_runs_are_shown_as_pruned_and_left_out_of_the_numbers(tmp_path):
-    from cnnlab.report import write_sweep_report
+    from cnnlab.reporting.html import write_sweep_report
 
     # a pruned run's metrics are those of a run stopped early: counted, its 0.50 would drag the mean down
     rows = [row(f"a{s}", {"optim.lr": 0.01}, s, acc=0.98 + s / 1000) for s in range(2)]
@@ -337,7 +337,7 @@ def test_a_real_sweep_of_one_study_and_three_seeds_is_one_row_named_by_the_study
 
     import yaml
 
-    from cnnlab.sweep import run_sweep
+    from cnnlab.sweeps.run import run_sweep
 
     study = {"data": {"name": "mnist", "train_limit": 500, "val_size": 100}, "model": {"name": "linear"},
              "optim": {"name": "adam", "lr": 0.01},

@@ -1,7 +1,7 @@
 import pytest
 
-from cnnlab.config import ConfigError, apply_overrides, dump_yaml, parse_value
-from cnnlab.loader import load_config
+from cnnlab.config.schema import ConfigError, apply_overrides, dump_yaml, parse_value
+from cnnlab.config.load import load_config
 
 
 def test_defaults_are_valid():
@@ -109,7 +109,7 @@ def test_every_recipe_is_valid():
 def test_weight_decay_null_is_the_optimizers_own_as_in_torch_whatever_built_the_config(name):
     import torch
 
-    from cnnlab.config import validate
+    from cnnlab.config.schema import validate
 
     params = [torch.nn.Parameter(torch.zeros(1))]
     torch_class = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
@@ -125,7 +125,7 @@ def test_weight_decay_null_is_the_optimizers_own_as_in_torch_whatever_built_the_
 
 
 def test_adamw_prints_the_decay_it_trains_with():
-    from cnnlab.config import config_diff_lines
+    from cnnlab.config.schema import config_diff_lines
 
     lines = config_diff_lines(load_config(None, ["optim.name=adamw"]))
     assert "  optim.weight_decay: 0.01" in lines

@@ -9,10 +9,12 @@ import torch
 from torch.optim.optimizer import _get_value
 from torch.optim import swa_utils
 
-from cnnlab import runtime, sweep, train
-from cnnlab.config import ConfigError
-from cnnlab.loader import load_config
-from cnnlab.optim import build_optimizer
+from cnnlab.training import runtime
+from cnnlab.sweeps import local
+from cnnlab.training import loop as train
+from cnnlab.config.schema import ConfigError
+from cnnlab.config.load import load_config
+from cnnlab.training.optim import build_optimizer
 
 HOST_READS = ("item", "tolist", "__float__", "__int__", "__bool__")
 
@@ -175,7 +177,7 @@ def test_each_sweep_worker_gets_its_own_gpu(monkeypatch):
     assert runtime.visible_gpus() == ("0", "1")
     started, got = multiprocessing.get_context("spawn").Value("i", 0), []
     for _ in range(3):  # what each new worker process runs first
-        sweep.assign_gpu(started, ("0", "1"))  # (the rest of _worker_init ties the worker to its parent)
+        local.assign_gpu(started, ("0", "1"))  # (the rest of _worker_init ties the worker to its parent)
         got.append(__import__("os").environ["CUDA_VISIBLE_DEVICES"])
     assert got == ["0", "1", "0"]
 
@@ -191,7 +193,7 @@ def test_the_splits_go_to_the_device_only_when_they_fit():
 
 
 def test_evaluation_halves_its_batch_when_memory_runs_out():
-    from cnnlab.evaluate import Evaluator
+    from cnnlab.training.scoring import Evaluator
 
     class Small(torch.nn.Module):  # runs out of memory above 64 images, as a GPU would
         def forward(self, x):

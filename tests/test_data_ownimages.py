@@ -226,7 +226,7 @@ def test_skip_bad_images_trains_and_lists_them(tmp_path, capsys):
     assert sum(len(v) for v in rec["files"].values()) == 14 - 2  # 13 images and fake.png, less the two bad ones
     assert len(rec["files"]["test"]) == 2 and rec["preprocessing"]["input_shape"] == [3, 32, 32]
     # eval uses the saved split: the same test files
-    from cnnlab.predict import evaluate_run
+    from cnnlab.inference.predict import evaluate_run
 
     result = evaluate_run(out, ["test"])
     assert sum(result["test"]["per_class"]["support"]) == 2

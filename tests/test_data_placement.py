@@ -12,13 +12,14 @@ import torch
 from data_files import cfg, listing, make_tree, real_root
 from PIL import Image
 
-from cnnlab import data, transfer
-from cnnlab.config import ConfigError
+from cnnlab import data
+from cnnlab.models import transfer
+from cnnlab.config.schema import ConfigError
 from cnnlab.data import placement
 from cnnlab.data.batches import eval_batches, train_batches
 from cnnlab.data.placement import HostImages, choose_placement
 from cnnlab.data.sources import cifar10
-from cnnlab.loader import load_config
+from cnnlab.config.load import load_config
 
 GB = 10**9
 
@@ -151,8 +152,8 @@ def test_streaming_needs_a_writable_cache_directory(tmp_path, monkeypatch):
 
 
 def test_frozen_features_of_streamed_splits_are_the_same(tmp_path):
-    from cnnlab.augment import Preprocess
-    from cnnlab.evaluate import Evaluator
+    from cnnlab.data.augment import Preprocess
+    from cnnlab.training.scoring import Evaluator
 
     settings = dict(name="imagefolder", root=str(photos(tmp_path / "p")), resize=8)
     held, streamed = data.load_splits(cfg(**settings)), data.load_splits(cfg(**settings, max_memory=1))
@@ -191,7 +192,7 @@ def test_a_streamed_run_gives_the_in_memory_run_s_metrics_bit_for_bit(tmp_path, 
     ma, mb = (torch.load(run.dir / "misclassified.pt", weights_only=True) for run in (held, streamed))
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
     # cnnlab eval of the streamed run streams as well, and scores what training scored
-    from cnnlab.predict import evaluate_run
+    from cnnlab.inference.predict import evaluate_run
 
     assert evaluate_run(streamed.dir)["test"] == {k: v for k, v in b["test"].items()}
 

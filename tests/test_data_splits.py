@@ -77,9 +77,9 @@ def test_resolve_root_order(monkeypatch, tmp_path):
 
 
 def test_defaults_for_a_dict_or_none_are_data_config_s():
-    """load_splits takes a DataConfig, a dict or None without importing cnnlab.config:
+    """load_splits takes a DataConfig, a dict or None without importing cnnlab.config.schema:
     the defaults it uses then must be DataConfig's own."""
-    from cnnlab.config import DataConfig
+    from cnnlab.config.schema import DataConfig
     from cnnlab.data.splits import DEFAULTS, setting
 
     assert DEFAULTS == {k: getattr(DataConfig(), k) for k in DEFAULTS}
@@ -98,6 +98,6 @@ def test_importing_cnnlab_data_does_not_import_config():
     import subprocess
     import sys
 
-    code = "import sys, cnnlab.data, cnnlab.augment; print('cnnlab.config' in sys.modules)"
+    code = "import sys, cnnlab.data, cnnlab.data.augment; print('cnnlab.config.schema' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from cnnlab import doctor
-from cnnlab.doctor import diagnose
+from cnnlab import runs
+from cnnlab.reporting import doctor
+from cnnlab.reporting.doctor import diagnose
 
 
 def rows(train_loss, val_acc, *, train_acc=None, val_loss=None, steps_per_epoch=100, seconds_per_eval=10.0):
@@ -265,7 +266,8 @@ def test_the_command_the_doctor_names_runs(tmp_path, data_root, sched, capsys):
     import shlex
 
     import cnnlab
-    from cnnlab import cli, results
+    from cnnlab import cli
+    from cnnlab.reporting import results
 
     from conftest import tiny_overrides
 
@@ -275,5 +277,5 @@ def test_the_command_the_doctor_names_runs(tmp_path, data_root, sched, capsys):
     args = shlex.split(command)
     assert cli.main(args) == 0, capsys.readouterr()
     out = run.dir if "--resume" in args else Path(args[args.index("--out") + 1])
-    summary = results.read_summary(out)
+    summary = runs.read_summary(out)
     assert summary["config"]["train"]["epochs"] == 2 and summary["status"] == "completed"

@@ -1,12 +1,13 @@
-"""cnnlab.evaluate: scoring splits, test-time augmentation, re-scoring a run (cnnlab eval)."""
+"""cnnlab.training.scoring: scoring splits, test-time augmentation, re-scoring a run (cnnlab eval)."""
 import time
 
 import pytest
 import torch
 
-from cnnlab import runs, train
-from cnnlab.evaluate import Evaluator, time_line
-from cnnlab.predict import evaluate_run
+from cnnlab import runs
+from cnnlab.training import loop as train
+from cnnlab.training.scoring import Evaluator, time_line
+from cnnlab.inference.predict import evaluate_run
 
 
 def quiet(*_):
@@ -97,7 +98,7 @@ def test_the_time_line_says_when_the_total_is_one_session_of_several():
 
 
 def test_one_loader_rebuilds_the_run_from_its_checkpoint_and_computes_as_training_did(tmp_path, tiny_config, data_root):
-    from cnnlab.predict import load_run
+    from cnnlab.inference.predict import load_run
 
     summary = train.run(tiny_config(**{"train.precision": "auto"}), tmp_path / "r", log=quiet)
     # config.yaml is a copy for people to read: an edit to it changes neither eval nor predict

@@ -9,8 +9,8 @@ import torch
 
 
 def test_torchscript_export_matches_and_carries_metadata(tiny_run, tmp_path):
-    from cnnlab.export import export, max_difference, read_metadata
-    from cnnlab.predict import load_run
+    from cnnlab.inference.export import export, max_difference, read_metadata
+    from cnnlab.inference.predict import load_run
 
     path = export(tiny_run.dir, "torchscript", tmp_path / "m.pt")
     run = load_run(tiny_run.dir)
@@ -32,8 +32,8 @@ def test_onnx_export_matches_pytorch_through_onnxruntime(tiny_run, tmp_path):
                         "--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "max |difference|" in r.stdout
-    from cnnlab.export import read_metadata
-    from cnnlab.predict import load_run
+    from cnnlab.inference.export import read_metadata
+    from cnnlab.inference.predict import load_run
 
     run = load_run(tiny_run.dir)
     meta = read_metadata(out)
@@ -51,7 +51,7 @@ def test_onnx_export_matches_pytorch_through_onnxruntime(tiny_run, tmp_path):
 def test_export_of_an_ema_run_uses_the_averaged_weights(tmp_path, data_root):
     import cnnlab
     from cnnlab import runs
-    from cnnlab.export import export
+    from cnnlab.inference.export import export
     from conftest import tiny_overrides
 
     run = cnnlab.train({"name": "ema"}, tiny_overrides(**{"train.ema": 0.9, "train.epochs": 0.3}),
@@ -68,8 +68,8 @@ def test_export_of_an_ema_run_uses_the_averaged_weights(tmp_path, data_root):
 
 
 def test_export_refuses_unknown_format(tiny_run, tmp_path):
-    from cnnlab.config import ConfigError
-    from cnnlab.export import export
+    from cnnlab.config.schema import ConfigError
+    from cnnlab.inference.export import export
 
     with pytest.raises(ConfigError, match="format"):
         export(tiny_run.dir, "tflite", tmp_path / "x")

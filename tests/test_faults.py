@@ -764,7 +764,7 @@ def test_file_size_limit_fails_clearly_and_keeps_the_checkpoint(reference, tmp_p
 
 def _append_many(path: str, writer: int, rows: int, via: str) -> None:
     if via == "sweep":
-        from cnnlab.sweep import append_row as append
+        from cnnlab.reporting.results import append_row as append
     else:
         append = runs.append_jsonl
     rng = random.Random(writer)
@@ -777,7 +777,7 @@ def _append_many(path: str, writer: int, rows: int, via: str) -> None:
 @pytest.mark.parametrize("via", ["runs.append_jsonl", "sweep"])
 def test_concurrent_appenders_lose_nothing(tmp_path, via):
     if via == "sweep":
-        pytest.importorskip("cnnlab.sweep")
+        pytest.importorskip("cnnlab.sweeps.run")
     path = tmp_path / "results.jsonl"
     writers, rows = 6, 150
     ctx = multiprocessing.get_context("fork")  # real processes; the appenders use no torch
@@ -822,7 +822,7 @@ def _results(out: Path) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize("when", ["during the second run", "right after the first row"])
 def test_a_killed_sweep_rerun_ends_with_one_row_per_run(tmp_path, data_root, when):
-    pytest.importorskip("cnnlab.sweep")
+    pytest.importorskip("cnnlab.sweeps.run")
     sweep = _sweep_file(tmp_path, {"optim.lr": [0.003, 0.005, 0.01]})
     out = tmp_path / "sweep"
     proc = spawn("sweep", sweep, "--out", out, log=tmp_path / "log.txt")
@@ -848,7 +848,7 @@ def test_a_killed_sweep_rerun_ends_with_one_row_per_run(tmp_path, data_root, whe
 
 @pytest.mark.slow
 def test_a_diverging_run_does_not_stop_the_sweep(tmp_path, data_root):
-    pytest.importorskip("cnnlab.sweep")
+    pytest.importorskip("cnnlab.sweeps.run")
     sweep = _sweep_file(tmp_path, {"zip": [{"optim.name": ["sgd", "adam"], "optim.lr": [50.0, 0.005]}]})
     out = tmp_path / "sweep"
     assert cnnlab("sweep", sweep, "--out", out) == 0

@@ -18,7 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cnnlab import cli, compare, plots, report, results, runs
+from cnnlab import cli, outputs, runs
+from cnnlab.reporting import compare
+from cnnlab.reporting import plots
+from cnnlab.reporting import html as report
+from cnnlab.reporting import results
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import print_summary_line  # noqa: E402
@@ -271,7 +275,7 @@ def test_property_malformed_rows_never_break_compare_or_displace_good_rows(tmp_p
     except results.runs.json.JSONDecodeError:  # pragma: no cover - must not happen
         raise
     except Exception as e:  # only a refusal of the request itself (no key left) may be raised
-        from cnnlab.config import ConfigError
+        from cnnlab.config.schema import ConfigError
 
         assert isinstance(e, ConfigError), e
         return
@@ -301,8 +305,8 @@ def test_class_names_are_drawn_literally(tmp_path):
     plots.png_bytes(plots.factor_figure({c: [(1.0, 0.5, None), (2.0, 0.6, 0.1)] for c in NASTY_CLASSES[:6]},
                                         "$\\k{$", "m", log_x=False))
     counted("nasty class name", n)
-    assert results.shown("$\\undefinedmacro{$") == "$\\undefinedmacro{$"
-    assert len(results.shown("x" * 3000)) == results.NAME_SHOWN and "\x00" not in results.shown("a\x00")
+    assert outputs.shown("$\\undefinedmacro{$") == "$\\undefinedmacro{$"
+    assert len(outputs.shown("x" * 3000)) == outputs.NAME_SHOWN and "\x00" not in outputs.shown("a\x00")
 
 
 def test_a_run_with_nasty_class_names_gets_its_report(tmp_path, capsys):
@@ -337,8 +341,8 @@ def test_training_on_class_folders_with_nasty_names(tmp_path):
     """A real image folder whose class folders are named like math text and HTML trains and reports."""
     from PIL import Image
 
-    from cnnlab import train
-    from cnnlab.loader import load_config
+    from cnnlab.training import loop as train
+    from cnnlab.config.load import load_config
 
     names = ["$\\undefinedmacro{$", "<b>x&amp;", "plain"]
     for split in ("train", "test"):

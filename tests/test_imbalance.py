@@ -3,11 +3,11 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlab.config import Config, ConfigError
+from cnnlab.config.schema import Config, ConfigError
 from cnnlab.data.batches import balanced_draw, train_batches
-from cnnlab.loader import load_config
-from cnnlab.metrics import confusion_matrix, format_per_class, scores
-from cnnlab.optim import build_loss, class_weights
+from cnnlab.config.load import load_config
+from cnnlab.training.metrics import confusion_matrix, format_per_class, scores
+from cnnlab.training.optim import build_loss, class_weights
 
 
 def _batch():

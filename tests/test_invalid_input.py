@@ -1,7 +1,7 @@
 """Bad input never starts work: every way a study or sweep file can be wrong ends the
 command with exit code 2 and one message that names the field, before a run folder exists.
 
-The field list is not written out by hand: it is read from ``cnnlab.config.Config``
+The field list is not written out by hand: it is read from ``cnnlab.config.schema.Config``
 (recursively), so a field added later is covered automatically. For each field,
 hypothesis generates values of the wrong type, out of its range, names that are not
 registered, and keys that do not exist; they reach the real ``cnnlab train`` (called
@@ -32,7 +32,7 @@ from pydantic import BaseModel
 
 from cnnlab import cli
 from conftest import print_summary_line
-from cnnlab.config import Config, parse_value
+from cnnlab.config.schema import Config, parse_value
 from cnnlab.registry import DATASETS, LOSSES, MODELS, OPTIMIZERS, SCHEDULERS
 
 # A valid, tiny study: if a bad value were accepted, the run that follows would be short.
@@ -516,7 +516,7 @@ SWEEP_BASE = {"base": BASE, "axes": {"optim.lr": [0.001, 0.003]}, "seeds": 2}
 
 @pytest.fixture
 def sweep_module():
-    return pytest.importorskip("cnnlab.sweep")
+    return pytest.importorskip("cnnlab.sweeps.run")
 
 
 @pytest.mark.parametrize("name, kind", FIELD_KINDS, ids=[f"{n}:{k.replace(' ', '_')}" for n, k in FIELD_KINDS])

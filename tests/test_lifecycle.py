@@ -1,4 +1,4 @@
-"""The one after-run path (cnnlab.lifecycle) taken alike by `cnnlab train`, the API's cnnlab.train and a
+"""The one after-run path (cnnlab.lifecycle) taken alike by `cnnlab train`, the API's cnnlab.training.loop and a
 sweep's run: a run that fails while training still gets its findings, curves and report; a folder refused
 before training is left exactly as it was."""
 import json
@@ -7,9 +7,10 @@ import pytest
 import yaml
 
 import cnnlab
-from cnnlab import cli, train
-from cnnlab.config import ConfigError
-from cnnlab.sweep_exec import execute_task, task_from_settings
+from cnnlab import cli
+from cnnlab.training import loop as train
+from cnnlab.config.schema import ConfigError
+from cnnlab.sweeps.task import execute_task, task_from_settings
 
 TINY = {"name": "tiny", "data": {"name": "mnist", "train_limit": 1000, "val_size": 500},
         "model": {"name": "lenet5"}, "optim": {"name": "adam", "lr": 0.003},

@@ -3,7 +3,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix as sk_confusion, precision_recall_fscore_support
 
-from cnnlab.metrics import confusion_matrix, format_per_class, scores
+from cnnlab.training.metrics import confusion_matrix, format_per_class, scores
 
 
 def _compare_with_sklearn(true, pred, k):
@@ -37,7 +37,7 @@ def test_class_never_predicted_or_absent():
 
 def test_real_predictions_match_sklearn(data_root):
     # a nearest-class-mean classifier on real MNIST test images: real, imperfect predictions
-    from cnnlab.loader import load_config
+    from cnnlab.config.load import load_config
     from cnnlab.data import load_splits
 
     s = load_splits(load_config(None, {"data.name": "mnist"}).data, torch.device("cpu"))

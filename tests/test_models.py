@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import cnnlab.models  # noqa: F401 - fills the registry
-from cnnlab.config import ModelConfig
+from cnnlab.config.schema import ModelConfig
 from cnnlab.models.resnet_cifar import PadShortcut
 from cnnlab.models import info_of
 from cnnlab.registry import MODELS
@@ -85,7 +85,7 @@ def test_forward_backward(name, channels, size):
 def test_info_matches_the_network(name):
     """head_name names the last linear layer with num_classes outputs; stages and the input conv exist;
     the instance facts are filled in; options are config fields."""
-    with torch.device("meta"):  # as cnnlab.checks builds it: no memory, no time
+    with torch.device("meta"):  # as cnnlab.config.rules builds it: no memory, no time
         model = MODELS.get(name)(num_classes=NUM_CLASSES, in_channels=3)
     info = info_of(model)
     head = model.get_submodule(info.head_name)

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlab.loader import load_config
-from cnnlab.optim import build_loss, build_optimizer, build_scheduler, nll_of
+from cnnlab.config.load import load_config
+from cnnlab.training.optim import build_loss, build_optimizer, build_scheduler, nll_of
 from cnnlab.registry import LOSSES, OPTIMIZERS, SCHEDULERS
 
 
@@ -99,7 +99,7 @@ def test_nll_of_agrees_across_output_kinds(kind):
 
 
 def _schedule(**overrides):
-    from cnnlab.optim import build_schedule
+    from cnnlab.training.optim import build_schedule
 
     cfg = load_config(None, overrides)
     opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0)
@@ -159,7 +159,7 @@ def test_schedule_state_round_trips():
 
 
 def test_lrs_of_logs_the_body_and_the_head_separately():
-    from cnnlab.optim import lrs_of
+    from cnnlab.training.optim import lrs_of
 
     body, head = nn.Linear(2, 2), nn.Linear(2, 2)
     opt = torch.optim.SGD([{"params": body.parameters(), "name": "body"},
@@ -176,7 +176,7 @@ def test_adamw_trains_with_its_own_decay_from_cnnlab_train_and_from_a_sweep(tmp_
 
     import cnnlab
     from cnnlab.runs import load_checkpoint
-    from cnnlab.sweep import run_sweep
+    from cnnlab.sweeps.run import run_sweep
 
     study = {"name": "adamw", "data": {"name": "mnist", "train_limit": 300, "val_size": 100},
              "model": {"name": "linear"}, "optim": {"name": "adamw", "lr": 0.01},

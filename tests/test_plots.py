@@ -1,5 +1,6 @@
-"""cnnlab.plots: the sweep figures' axes say what the numbers can be."""
-from cnnlab import plots
+"""cnnlab.reporting.plots: the sweep figures' axes say what the numbers can be."""
+from cnnlab import runs
+from cnnlab.reporting import plots
 
 
 def test_bars_of_an_accuracy_never_reach_past_one():
@@ -81,7 +82,7 @@ def test_a_cosine_runs_learning_rate_axis_reads_as_numbers_beside_the_accuracy_p
     # Issue 25 (6): with math text off for every figure, a cosine run's log-scale lr ticks printed as raw
     # "$\mathdefault{4\times10^{-2}}$" and ran over the accuracy panel, in curves.png and report.html.
     import cnnlab
-    from cnnlab import results
+    from cnnlab.reporting import results
 
     from conftest import tiny_overrides
 
@@ -89,7 +90,7 @@ def test_a_cosine_runs_learning_rate_axis_reads_as_numbers_beside_the_accuracy_p
         "sched.name": "cosine", "sched.interval": "step", "train.eval_every": 2, "data.train_limit": 2000}),
         out=tmp_path / "run")
     assert (run.dir / "curves.png").stat().st_size > 1000
-    fig = plots.curves_figure(results.read_metrics(run.dir), run.summary["best"]["step"])
+    fig = plots.curves_figure(runs.read_metrics(run.dir), run.summary["best"]["step"])
     ticks, boxes, legend, inner = _lr_ticks_and_boxes(fig)
     assert fig.axes[2].get_yscale() == "log"
     assert ticks, "the log axis shows no labelled tick"

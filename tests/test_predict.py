@@ -31,7 +31,7 @@ def test_checkpoint_and_summary_carry_the_preprocessing(tiny_run):
 def test_loaded_run_matches_the_evaluator_on_test_images(tiny_run):
     """predict's own decoding + transform gives the probabilities the run's evaluation gives."""
     from cnnlab import data as datamod
-    from cnnlab.predict import load_run
+    from cnnlab.inference.predict import load_run
 
     run = load_run(tiny_run.dir)
     assert not run.model.training and run.input_shape == (1, 28, 28)
@@ -47,7 +47,7 @@ def test_loaded_run_matches_the_evaluator_on_test_images(tiny_run):
 
 
 def test_read_image_applies_exif_converts_modes_and_resizes(tmp_path):
-    from cnnlab.predict import read_image
+    from cnnlab.inference.predict import read_image
 
     a = np.zeros((10, 20, 3), dtype=np.uint8)
     a[:, :10] = 255  # left half white
@@ -173,7 +173,7 @@ def test_predict_takes_paths_pil_and_uint8_arrays_and_tensors_in_any_layout_alik
 
 def test_a_float_tensor_is_refused_unless_it_is_said_to_be_transformed(tiny_run, tmp_path):
     import cnnlab
-    from cnnlab.config import ConfigError
+    from cnnlab.config.schema import ConfigError
 
     run = cnnlab.load(tiny_run.dir)
     path = tmp_path / "digit.png"
@@ -204,7 +204,7 @@ def test_a_float_tensor_is_refused_unless_it_is_said_to_be_transformed(tiny_run,
 ])
 def test_what_is_no_image_is_refused_naming_what_is_allowed(tiny_run, bad, message):
     import cnnlab
-    from cnnlab.config import ConfigError
+    from cnnlab.config.schema import ConfigError
 
     with pytest.raises(ConfigError, match=message) as e:
         cnnlab.load(tiny_run.dir).predict(bad)

@@ -119,7 +119,7 @@ def test_info_of_looks_through_wrappers_and_refuses_foreign_networks():
 
 
 def test_every_registered_model_has_info_and_options_a_study_file_can_set():
-    from cnnlab.config import ModelConfig
+    from cnnlab.config.schema import ModelConfig
 
     for name in MODELS.names():
         info = MODELS.info(name)

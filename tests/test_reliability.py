@@ -149,7 +149,7 @@ def test_resume_refuses_any_other_change_naming_old_and_new(run_copy, capsys, ov
     if how == "override":
         rc = cnnlab("train", "--resume", run_copy, *overrides)
     else:
-        from cnnlab.config import apply_overrides
+        from cnnlab.config.schema import apply_overrides
 
         raw = yaml.safe_load((run_copy / "config.yaml").read_text())
         (run_copy / "config.yaml").write_text(yaml.safe_dump(apply_overrides(raw, overrides)))
@@ -276,7 +276,7 @@ def test_workers_end_when_their_sweep_is_killed(tmp_path, data_root):
 
 def test_the_parent_watchdog_alone_ends_an_orphan(tmp_path):
     """Where prctl is missing (not Linux) the watchdog thread must do it: pretend not to be on Linux."""
-    code_child = ("import os, sys, time; from cnnlab.sweep import die_with_parent; sys.platform = 'darwin'; "
+    code_child = ("import os, sys, time; from cnnlab.sweeps.local import die_with_parent; sys.platform = 'darwin'; "
                   "die_with_parent(os.getppid(), poll_s=0.1); print('ready', flush=True); time.sleep(120)")
     code_parent = ("import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', sys.argv[1]]); "
                    "print(c.pid, flush=True); time.sleep(120)")
@@ -447,8 +447,8 @@ def test_a_file_that_is_no_checkpoint_is_named_so(finished, tmp_path, capsys, ki
 def test_a_rerun_after_a_kill_before_the_first_checkpoint_just_works(tmp_path, data_root, leftovers, how):
     out = tmp_path / "run"
     out.mkdir()
-    from cnnlab.loader import load_config
-    from cnnlab.config import dump_yaml
+    from cnnlab.config.load import load_config
+    from cnnlab.config.schema import dump_yaml
 
     for name in leftovers:
         text = dump_yaml(load_config(STUDY, TINY)) if name == "config.yaml" else ""

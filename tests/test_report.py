@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cnnlab import report, runs
+from cnnlab import runs
+from cnnlab.reporting import html as report
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import tiny_overrides  # noqa: E402
@@ -130,13 +131,13 @@ def table_cells(dom: str, table_id: str) -> list[list[str]]:
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory, data_root):
     """A tiny real MNIST run (1,000 images, 1 epoch, evaluations every 3 iterations); the trainer writes the report."""
-    from cnnlab import train
-    from cnnlab.loader import load_config
+    from cnnlab.training import loop as train
+    from cnnlab.config.load import load_config
 
     out = tmp_path_factory.mktemp("report") / "run"
     cfg = load_config(None, tiny_overrides(**{"train.epochs": 1, "train.eval_every": 3}))
     train.run(cfg, out, log=lambda *_: None)
-    from cnnlab.report import finish_run
+    from cnnlab.reporting.html import finish_run
 
     return out, finish_run(out, log=lambda *_: None)
 
@@ -210,7 +211,7 @@ def real_sweep(tmp_path_factory, data_root):
     """A real sweep: learning rate (numeric, log axis) × optimizer (categorical), two seeds, 8 tiny runs."""
     import yaml
 
-    from cnnlab.sweep import run_sweep
+    from cnnlab.sweeps.run import run_sweep
 
     root = tmp_path_factory.mktemp("sweep")
     base = {k: v for k, v in tiny_overrides(**{"data.train_limit": 500, "data.val_size": 300,
@@ -267,7 +268,7 @@ def test_sweep_report_in_chromium(real_sweep, chromium, tmp_path):
     assert len(settings) == 4 and all(s[1] == "2/2" for s in settings)
     means = [float(s[2]) for s in settings]
     assert means == sorted(means, reverse=True)
-    # The comparison table from cnnlab.compare (in %): the best cell is starred.
+    # The comparison table from cnnlab.reporting.compare (in %): the best cell is starred.
     assert "★" in dom and "optim.lr × optim.name" in dom
 
     # A run report reached through a link opens cleanly too.
@@ -359,7 +360,7 @@ def test_plot_curves_writes_a_png(tmp_path):
 
 
 def test_build_report_refuses_other_folders(tmp_path):
-    from cnnlab.config import ConfigError
+    from cnnlab.config.schema import ConfigError
 
     with pytest.raises(ConfigError, match="neither a run folder"):
         report.build_report(tmp_path)
@@ -426,7 +427,7 @@ def test_crafted_sweep_report_in_chromium(tmp_path, chromium):
     assert settings[1][1:4] == ["1/2", "0.8500", "–"]  # one finished run: no spread
     assert settings[2][1] == "2/3"  # the failed run has a row but no result
 
-    # The comparison tables come from cnnlab.compare: main table plus one per factor, best cell starred.
+    # The comparison tables come from cnnlab.reporting.compare: main table plus one per factor, best cell starred.
     compare_tables = re.findall(r'<table class="compare">', dom)
     assert len(compare_tables) == 3
     assert dom.count('class="bestcell"') == 3 and "87.50 ± 0.71 (2)" in dom
@@ -452,7 +453,7 @@ def test_cli_report_command(tmp_path, capsys):
 def test_ofat_factor_plots_show_a_zip_group_once_with_all_its_values():
     # Study E: loss.name and model.softmax_output change together (MSE on the softmax output); the partner
     # got a plot of its own holding only the base case, and the loss plot lost the MSE runs.
-    from cnnlab.report import _factor_plots
+    from cnnlab.reporting.html import _factor_plots
 
     base = {"optim.lr": 0.001, "loss.name": "cross_entropy", "model.softmax_output": None}
     def row(seed, acc, **change):
@@ -513,7 +514,7 @@ def test_sweep_report_writes_its_plots_as_png_files(tmp_path, data_root, capsys)
     import yaml
 
     from cnnlab import cli
-    from cnnlab.sweep import run_sweep
+    from cnnlab.sweeps.run import run_sweep
 
     base = {"data": {"name": "mnist", "train_limit": 300, "val_size": 100}, "model": {"name": "linear"},
             "optim": {"name": "adam"}, "train": {"epochs": 1, "batch_size": 100, "progress": False, "threads": 1}}

@@ -1,20 +1,21 @@
-"""cnnlab.results: statuses, the results row, forgiving readers, the one chance-level rule."""
+"""cnnlab.reporting.results: statuses, the results row, forgiving readers, the one chance-level rule."""
 import json
 import math
 
 import pytest
 
-from cnnlab import results, runs
-from cnnlab.results import Status
+from cnnlab import runs
+from cnnlab.reporting import results
+from cnnlab.runs import Status
 
 
 def test_statuses_are_plain_strings_in_json():
     assert Status.EARLY_STOPPED == "early_stopped"
     assert json.dumps({"status": Status.DIVERGED}) == '{"status": "diverged"}'
     assert f"{Status.FAILED}" == "failed"
-    assert set(results.FINAL_STATUSES) == {"completed", "early_stopped", "diverged", "pruned"}
-    assert not results.succeeded("pruned")  # a pruned run is finished but left out of the statistics
-    assert results.succeeded("completed") and results.succeeded("early_stopped") and not results.succeeded("diverged")
+    assert set(runs.FINAL_STATUSES) == {"completed", "early_stopped", "diverged", "pruned"}
+    assert not runs.succeeded("pruned")  # a pruned run is finished but left out of the statistics
+    assert runs.succeeded("completed") and runs.succeeded("early_stopped") and not runs.succeeded("diverged")
 
 
 def test_row_from_summary_keeps_finite_numbers_only():
@@ -43,16 +44,16 @@ def test_load_results_keeps_the_last_row_per_run_and_skips_a_torn_line(tmp_path)
 
 
 def test_read_summary_is_none_for_missing_torn_or_odd_files(tmp_path):
-    assert results.read_summary(tmp_path) is None
+    assert runs.read_summary(tmp_path) is None
     (tmp_path / "summary.json").write_text('{"status": "comp')
-    assert results.read_summary(tmp_path) is None
+    assert runs.read_summary(tmp_path) is None
     (tmp_path / "summary.json").write_text("[1, 2]")
-    assert results.read_summary(tmp_path) is None
+    assert runs.read_summary(tmp_path) is None
     runs.write_json(tmp_path / "summary.json", {"status": "early_stopped", "classes": ["a", "b"]})
-    assert results.is_finished(tmp_path)
+    assert runs.is_finished(tmp_path)
     assert results.num_classes(tmp_path.parent, [{"run_dir": tmp_path.name}]) == 2
     runs.write_json(tmp_path / "summary.json", {"status": "interrupted"})
-    assert not results.is_finished(tmp_path)
+    assert not runs.is_finished(tmp_path)
 
 
 @pytest.mark.parametrize("accuracy, classes, expected", [
@@ -65,7 +66,8 @@ def test_one_chance_rule(accuracy, classes, expected):
 
 
 def test_compare_and_doctor_share_the_chance_rule():
-    from cnnlab import compare, doctor
+    from cnnlab.reporting import compare
+    from cnnlab.reporting import doctor
 
     assert doctor.CHANCE_MARGIN == compare.CHANCE_MARGIN == results.CHANCE_MARGIN
 

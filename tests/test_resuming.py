@@ -1,8 +1,9 @@
-"""cnnlab.resuming: which differences between a checkpoint's config and a resume's are allowed."""
+"""cnnlab.training.resuming: which differences between a checkpoint's config and a resume's are allowed."""
 import pytest
 
-from cnnlab import resuming, runs
-from cnnlab.config import ConfigError, validate
+from cnnlab import runs
+from cnnlab.training import resuming
+from cnnlab.config.schema import ConfigError, validate
 
 SWEEP_RUN = {"name": "lr_sweep", "run_id": "0123456789", "settings": {"optim.lr": 0.01}}
 

@@ -109,7 +109,7 @@ def test_environment_records_versions():
 
 
 def test_a_run_killed_before_its_first_checkpoint_restarts_and_drops_its_mlflow_link(tmp_path):
-    # mlflow.json is written as the run starts (cnnlab.tracking): it must not make the folder look finished work
+    # mlflow.json is written as the run starts (cnnlab.training.tracking): it must not make the folder look finished work
     for name in ("config.yaml", "metrics.jsonl", "mlflow.json"):
         (tmp_path / name).write_text("{}")
     assert runs.prepare_out_dir(tmp_path, resume=False, force=False) is False

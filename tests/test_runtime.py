@@ -1,4 +1,4 @@
-"""cnnlab.runtime's choices of precision and memory format: the rules called with given machines'
+"""cnnlab.training.runtime's choices of precision and memory format: the rules called with given machines'
 facts, this machine's facts read back, and a tiny real run showing the choice at its start and in
 summary.json."""
 import json
@@ -10,11 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlab import checks, predict, runtime, train
-from cnnlab.config import Config
-from cnnlab.loader import load_config
+from cnnlab.config import rules as checks
+from cnnlab.inference import predict
+from cnnlab.training import runtime
+from cnnlab.training import loop as train
+from cnnlab.config.schema import Config
+from cnnlab.config.load import load_config
 from cnnlab.registry import MODELS
-from cnnlab.runtime import DeviceFacts, resolve_channels_last, resolve_precision
+from cnnlab.training.runtime import DeviceFacts, resolve_channels_last, resolve_precision
 
 AVX2 = DeviceFacts("cpu", cpu_flags=frozenset({"sse4_2", "avx", "avx2", "fma"}), cpu_capability="AVX2")
 AVX512 = DeviceFacts("cpu", cpu_flags=frozenset({"avx2", "avx512f", "avx512bw"}), cpu_capability="AVX512")
@@ -153,7 +156,7 @@ def test_auto_on_this_gpu(tmp_path, tiny_config, data_root):
 def test_cpu_model_names_this_machine_s_cpu_as_cpuinfo_does():
     from pathlib import Path
 
-    from cnnlab.runtime import cpu_model
+    from cnnlab.training.runtime import cpu_model
 
     name = cpu_model()
     info = Path("/proc/cpuinfo")

@@ -3,9 +3,9 @@ capability >= 8.0), forced either way by the setting, the flags put back after t
 import pytest
 import torch
 
-from cnnlab.config import ConfigError
-from cnnlab.loader import load_config
-from cnnlab.runtime import decide_tf32, tf32_flags
+from cnnlab.config.schema import ConfigError
+from cnnlab.config.load import load_config
+from cnnlab.training.runtime import decide_tf32, tf32_flags
 
 
 @pytest.mark.parametrize("setting, precision, device, capability, on", [

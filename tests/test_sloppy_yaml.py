@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cnnlab import cli
-from cnnlab.config import ConfigError, check_name, load_yaml_text, name_problem, parse_value
-from cnnlab.loader import load_config
+from cnnlab.config.schema import ConfigError, check_name, load_yaml_text, name_problem, parse_value
+from cnnlab.config.load import load_config
 from conftest import print_summary_line
 
 COUNTS: dict[str, int] = {}
@@ -239,7 +239,7 @@ def test_impossible_schedules_are_refused_at_load(tmp_path, capsys, overrides, f
     (["sched.name=cosine", "sched.warmup_steps=7", "train.epochs=10"], "more than half"),
 ])
 def test_suspicious_schedules_load_with_a_warning(overrides, needle):
-    from cnnlab.checks import check_schedule
+    from cnnlab.config.rules import check_schedule
 
     TRIED["n"] += 1
     cfg = load_config(None, ["data.train_limit=1000", "data.val_size=500", "train.batch_size=100", *overrides])
@@ -249,7 +249,7 @@ def test_suspicious_schedules_load_with_a_warning(overrides, needle):
 
 
 def test_sound_schedules_and_every_recipe_pass_without_refusal():
-    from cnnlab.checks import check_schedule
+    from cnnlab.config.rules import check_schedule
 
     for overrides in (["sched.name=onecycle", "sched.interval=step"], ["sched.name=onecycle", "train.epochs=5"],
                       ["sched.name=multistep", "sched.milestones=[3,6]", "train.epochs=10"],
@@ -259,7 +259,7 @@ def test_sound_schedules_and_every_recipe_pass_without_refusal():
 
 
 def test_warnings_reach_the_summary(tmp_path, tiny_config):
-    from cnnlab import train
+    from cnnlab.training import loop as train
 
     cfg = tiny_config(**{"sched.name": "none", "sched.warmup_steps": 2, "train.epochs": 0.2})
     summary = train.run(cfg, tmp_path / "run", log=lambda m: None)

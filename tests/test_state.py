@@ -1,12 +1,13 @@
-"""The training state and its saved form (cnnlab.state): every piece of state is declared saved or rebuilt,
+"""The training state and its saved form (cnnlab.training.state): every piece of state is declared saved or rebuilt,
 the files a run writes are the declared form, and checkpoints of the format before keep resuming."""
 from dataclasses import fields
 
 import pytest
 import torch
 
-from cnnlab import runs, train
-from cnnlab.state import CHECKPOINT_FORMAT, REBUILT, SAVED, Checkpoint, TrainState
+from cnnlab import runs
+from cnnlab.training import loop as train
+from cnnlab.training.state import CHECKPOINT_FORMAT, REBUILT, SAVED, Checkpoint, TrainState
 
 
 def test_every_field_of_the_training_state_is_saved_or_declared_rebuilt():

@@ -1,11 +1,11 @@
-"""cnnlab.stats against scipy / numpy computed independently, and its small-n edge cases."""
+"""cnnlab.reporting.stats against scipy / numpy computed independently, and its small-n edge cases."""
 import math
 
 import numpy as np
 import pytest
 from scipy import stats as sps
 
-from cnnlab import stats
+from cnnlab.reporting import stats
 
 
 def test_describe_matches_numpy_and_scipy_t_interval():

@@ -1,4 +1,4 @@
-"""cnnlab.step: the step's decisions (drop the short last batch, compile mode), the eager step against a
+"""cnnlab.training.step: the step's decisions (drop the short last batch, compile mode), the eager step against a
 hand-written one, and a tiny compiled run on the CPU (slow: compiling takes a minute on 2 busy cores)."""
 import math
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlab import train
+from cnnlab.training import loop as train
 from cnnlab import runs
 from cnnlab.models.airbench import airbench
-from cnnlab.step import Lookahead, Step, StepParts, WhiteningBiasFreeze, compile_mode, drops_last, steps_per_epoch
+from cnnlab.training.step import Lookahead, Step, StepParts, WhiteningBiasFreeze, compile_mode, drops_last, steps_per_epoch
 
 
 def test_the_short_last_batch_is_dropped_when_compiling_unless_told():

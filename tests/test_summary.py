@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 import cnnlab.models  # noqa: F401
-from cnnlab import transfer
+from cnnlab.models import transfer
 from cnnlab.registry import MODELS
-from cnnlab.summary import format_table, summarize
+from cnnlab.models.layers import format_table, summarize
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cnnlab.config import ConfigError
-from cnnlab.sweep import (RESULTS, append_row, eta, format_row, load_results, load_sweep, plan_sweep, run_id,
-                          run_sweep)
+from cnnlab.config.schema import ConfigError
+from cnnlab.reporting.results import RESULTS, append_row, load_results
+from cnnlab.sweeps.run import eta, format_row, run_sweep
+from cnnlab.sweeps.plan import load_sweep, plan_sweep
+from cnnlab.sweeps.task import run_id
 
 TINY = {"data": {"name": "mnist", "train_limit": 1000, "val_size": 500},
         "model": {"name": "lenet5"}, "optim": {"name": "adam", "lr": 0.003},
@@ -266,7 +268,7 @@ def test_local_sweep_runs_skips_and_repairs(tmp_path, data_root, capsys):
 
 
 def test_ofat_progress_names_the_factor_and_a_shorter_sweep_file_shares_the_folder(tmp_path, data_root, capsys):
-    from cnnlab.compare import compare
+    from cnnlab.reporting.compare import compare
 
     base = {**TINY, "name": "tiny", "data": {"name": "mnist", "train_limit": 300, "val_size": 100}}
     short = sweep_file(tmp_path, {"base": base, "ofat": True, "axes": {"optim.lr": [0.003, 0.01]}}, "short")

@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 
-from cnnlab.sweep import plan_sweep
-from cnnlab.sweep_exec import execute_task, task_from_settings
+from cnnlab.sweeps.plan import plan_sweep
+from cnnlab.sweeps.task import execute_task, task_from_settings
 
 FAST = {"data": {"name": "mnist", "train_limit": 1000, "val_size": 500}, "model": {"name": "linear"},
         "optim": {"name": "adam", "lr": 0.01},

@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cnnlab.config import ConfigError
-from cnnlab.results import load_results
-from cnnlab.sweep import plan_sweep, run_sweep
-from cnnlab.sweep_ray import RayJob, run_resources
+from cnnlab.config.schema import ConfigError
+from cnnlab.reporting.results import load_results
+from cnnlab.sweeps.plan import plan_sweep
+from cnnlab.sweeps.run import run_sweep
+from cnnlab.sweeps.tune import RayJob, run_resources
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"data": {"name": "mnist", "train_limit": 1000, "val_size": 500}, "model": {"name": "linear"},
@@ -113,7 +114,7 @@ def test_a_search_plans_its_space_not_its_runs(tmp_path, capsys):
 
 
 def test_the_optuna_searcher_is_reproducible_from_the_sweep_seed(tmp_path):
-    from cnnlab.sweep_ray import _param_space, _searcher
+    from cnnlab.sweeps.tune import _param_space, _searcher
 
     space = {"optim.lr": {"loguniform": [1e-4, 1e-1]}, "train.batch_size": {"int": [50, 200]},
              "optim.name": ["adam", "sgd"]}
@@ -241,7 +242,7 @@ def test_optuna_search_samples_rows_like_any_other(tmp_path, data_root, local_ra
         assert summary["config"]["train"]["batch_size"] == r["settings"]["train.batch_size"]
     plan = json.loads((out / "plan.json").read_text())
     assert sorted(r["run_id"] for r in plan["runs"]) == sorted(r["run_id"] for r in rows)
-    from cnnlab.compare import compare
+    from cnnlab.reporting.compare import compare
 
     assert compare(out, by=["optim.lr"]).cells  # the sampled runs compare like a grid's
     # the trials are done: a re-run samples nothing more

@@ -1,4 +1,4 @@
-"""cnnlab.tracking: trackers see every evaluation point and the summary, may stop a run, and are closed;
+"""cnnlab.training.tracking: trackers see every evaluation point and the summary, may stop a run, and are closed;
 MLflow (an sqlite database, a file: store and a real server) and TensorBoard get what the run folder holds."""
 import json
 import os
@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cnnlab import lifecycle, runs, train, tracking
-from cnnlab.config import ConfigError, flatten
-from cnnlab.loader import load_config
-from cnnlab.sweep import run_sweep
+from cnnlab import lifecycle, runs
+from cnnlab.training import loop as train
+from cnnlab.training import tracking
+from cnnlab.config.schema import ConfigError, flatten
+from cnnlab.config.load import load_config
+from cnnlab.sweeps.run import run_sweep
 
 
 class Recorder:
@@ -304,7 +306,7 @@ def test_a_store_that_comes_back_gets_every_point_by_the_end_of_the_run(tmp_path
 
 
 def test_turning_mlflow_on_keeps_a_sweeps_run_ids():
-    from cnnlab.sweep import plan_sweep
+    from cnnlab.sweeps.plan import plan_sweep
 
     spec = {"base": TINY, "axes": {"optim.lr": [0.003, 0.001]}}
     tracked = {"base": {**TINY, "train": {**TINY["train"], "mlflow": "http://127.0.0.1:5000"}},

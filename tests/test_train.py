@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnlab import predict, runs, train
-from cnnlab.report import finish_run
-from cnnlab.config import ConfigError
-from cnnlab.state import Checkpoint, Progress
+from cnnlab import runs
+from cnnlab.inference import predict
+from cnnlab.training import loop as train
+from cnnlab.reporting.html import finish_run
+from cnnlab.config.schema import ConfigError
+from cnnlab.training.state import Checkpoint, Progress
 from conftest import PRECISIONS
 
 
@@ -146,7 +148,7 @@ def test_sigint_then_resume_matches_an_uninterrupted_run(tmp_path, data_root, ex
 
 
 def test_frozen_backbone_trains_the_head_on_cached_features(tmp_path, tiny_config, data_root):
-    from cnnlab.loader import load_config
+    from cnnlab.config.load import load_config
 
     first = train.run(tiny_config(), tmp_path / "pre", log=lambda *_: None)
     cfg = tiny_config(**{"model.init_from": str(tmp_path / "pre"), "train.finetune": "head", "optim.lr": 0.01})
@@ -213,7 +215,7 @@ class _OnDevice:
 def test_restore_moves_rng_states_to_the_cpu_and_skips_gpus_not_visible(tmp_path, tiny_config, monkeypatch):
     from types import SimpleNamespace
 
-    from cnnlab.optim import build_schedule
+    from cnnlab.training.optim import build_schedule
 
     cfg = tiny_config()
     model = torch.nn.Linear(2, 2)

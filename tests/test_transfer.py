@@ -11,11 +11,11 @@ import torchvision
 from torch import nn
 
 import cnnlab.models  # noqa: F401
-from cnnlab import transfer
-from cnnlab.loader import load_config
+from cnnlab.models import transfer
+from cnnlab.config.load import load_config
 from cnnlab.models import info_of
 from cnnlab.registry import MODELS, ModelInfo, attach_info
-from cnnlab.transfer import TransferError
+from cnnlab.models.transfer import TransferError
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -204,7 +204,7 @@ def train_steps(model, optim_overrides=None, steps=3):
     torch.manual_seed(0)
     cfg = config(**{"optim.name": "sgd", "optim.lr": 0.1, "optim.momentum": 0.9, "optim.weight_decay": 0.01,
                     **(optim_overrides or {})})
-    from cnnlab.optim import build_optimizer
+    from cnnlab.training.optim import build_optimizer
 
     opt = build_optimizer(transfer.param_groups(model, cfg.optim), cfg.optim)
     transfer.set_train_mode(model, True)
@@ -283,7 +283,7 @@ def test_param_groups_give_the_head_its_lr_and_spare_norms_and_biases_from_decay
 
 
 def test_norm_bias_lr_scale_gives_batch_norm_shifts_airbench_s_lr_and_keeps_lr_times_decay():
-    from cnnlab.optim import build_optimizer, build_schedule
+    from cnnlab.training.optim import build_optimizer, build_schedule
 
     model = MODELS.get("airbench")(num_classes=10, in_channels=3, widths=[8, 16, 16])
     cfg = config(**{"optim.name": "sgd", "optim.lr": 0.75, "optim.weight_decay": 0.0013,
@@ -391,7 +391,7 @@ def test_a_cut_that_would_not_reproduce_the_network_is_refused():
 def test_cached_features_run_the_backbone_once_per_split_even_an_empty_one():
     from types import SimpleNamespace
 
-    from cnnlab.evaluate import Evaluator
+    from cnnlab.training.scoring import Evaluator
 
     torch.manual_seed(5)
     m, _ = transfer.build_model(config(**{"data.name": "cifar10", "model.name": "resnet20",

@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 64 * 2**20  # what a borrowed GPU machine accepts from here, all files together
-# `cnnlab train` imports pydantic (cnnlab/config.py) and torchinfo (cnnlab/summary.py); the GPU machines
+# `cnnlab train` imports pydantic (cnnlab/config/schema.py) and torchinfo (cnnlab/models/layers.py); the GPU machines
 # have neither. typing-extensions is there (torch needs it), but maybe older than pydantic asks for:
 # carried too (backwards compatible, so shadowing the machine's copy costs nothing).
 TRAIN = ("pydantic", "pydantic-core", "annotated-types", "typing-inspection", "typing-extensions", "torchinfo")

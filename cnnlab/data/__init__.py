@@ -7,7 +7,7 @@ train / validation / test (:func:`load_splits`, :mod:`cnnlab.data.splits`) and
 moved to the device in one go (or, when they do not fit, kept in pinned host memory
 or streamed from the cache on disk: :mod:`cnnlab.data.placement`). Training and evaluation then take batches from
 :mod:`cnnlab.data.batches` and turn them into normalised float input with
-:class:`cnnlab.augment.Preprocess`. Decoded image folders are cached under the
+:class:`cnnlab.data.augment.Preprocess`. Decoded image folders are cached under the
 cache directory (:mod:`cnnlab.data.cache`), never in the data root;
 ``cnnlab data list|check`` is :func:`describe_data` (:mod:`cnnlab.data.check`).
 Anything missing or broken raises :class:`DataError`, whose message says which

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 
+from cnnlab import runs
 from cnnlab.data import placement
 from cnnlab.data.common import (DataError, NotRegularFile, RawData, channel_stats, open_regular,  # noqa: F401 (to_grey)
                                 resolve_root, short, to_grey)
@@ -33,7 +34,7 @@ from cnnlab.data.sources import dataset_info
 from cnnlab.registry import DATASETS
 
 if TYPE_CHECKING:
-    from cnnlab.config import DataConfig
+    from cnnlab.config.schema import DataConfig
 
 # What a missing setting means when a dict or None stands for a DataConfig (tests check
 # that these are DataConfig's own defaults).
@@ -62,7 +63,7 @@ class Splits:
     device batches the same way, see ``placement``).
 
     ``*_x`` are uint8 ``[N, C, H, W]`` as stored (a grey set stays one channel even with
-    ``data.channels=3``: :class:`~cnnlab.augment.Preprocess` repeats it), ``*_y`` int64.
+    ``data.channels=3``: :class:`~cnnlab.data.augment.Preprocess` repeats it), ``*_y`` int64.
     ``mean``/``std``, ``in_channels`` and ``image_size`` describe what the model sees, i.e.
     after ``data.channels`` and ``data.resize``. ``image_size`` is an int for square
     images, else ``(height, width)``. ``train_index``/``val_index`` (CPU) are the
@@ -172,6 +173,23 @@ def read_record(path: Union[str, Path]) -> Optional[dict]:
         raise DataError(f"{path} cannot be read ({what}); {RECORD_HOW}.") from None
     check_record(record, path)
     return record
+
+
+def save_record(run_dir: Union[str, Path], record: Optional[dict]) -> None:
+    """``splits.json`` (each split's files, skipped images, preprocessing) and ``bad_images.txt``
+    (one ``path<TAB>why`` line per image skipped by ``data.skip_bad_images``) in a run folder; nothing
+    for the built-in data sets, whose splits are fixed (``record`` None)."""
+    if record is None:
+        return
+    runs.write_json(Path(run_dir) / "splits.json", record)
+    if record["bad_images"]:
+        runs.write_text(Path(run_dir) / "bad_images.txt", "".join(f"{p}\t{why}\n" for p, why in record["bad_images"]))
+
+
+def saved_record(run_dir: Union[str, Path]) -> Optional[dict]:
+    """The ``splits.json`` a run saved, so ``--resume`` and ``cnnlab eval`` see the same images (checked by
+    :func:`read_record`: a damaged or edited one is a DataError naming it)."""
+    return read_record(Path(run_dir) / "splits.json")
 
 
 def check_record(record: Any, where: Union[str, Path] = "splits.json") -> None:

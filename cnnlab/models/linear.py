@@ -3,7 +3,7 @@
 It is the MLP with no hidden layer, so its single layer is lazy too: the number of inputs
 (784 on MNIST, 3,072 on CIFAR-10) is fixed by the first forward pass. To train a linear
 classifier on a network's features instead, keep that network's name and set
-``model.features_at`` (see ``cnnlab.transfer``).
+``model.features_at`` (see ``cnnlab.models.transfer``).
 """
 from __future__ import annotations
 

@@ -3,8 +3,8 @@ the small layer helpers the other families share (activation by name, weight ini
 
 The first layer is an ``nn.LazyLinear``: a builder gets the channel count but not the image
 size, so the number of input features (784 for MNIST, 3,072 for CIFAR-10) is fixed by the
-first forward pass. Until then the parameter count is unknown; ``cnnlab.transfer.build_model``
-runs one dummy forward when the image size is known, and ``cnnlab.summary.summarize`` does
+first forward pass. Until then the parameter count is unknown; ``cnnlab.models.transfer.build_model``
+runs one dummy forward when the image size is known, and ``cnnlab.models.layers.summarize`` does
 so in any case, before the optimizer is built. Everything after the first layer has fixed
 sizes, so e.g. ``hidden=[64, 64, 64, 32, 16, 16, 10]`` on 1×28×28 input has exactly
 61,720 parameters (Study C) and ``hidden=[512]`` has 407,050 (Study E).

@@ -1,7 +1,7 @@
 """torchvision's ImageNet networks, sized for this run: AlexNet, VGG-16, ResNet-18/50/101.
 
 The networks are torchvision's own builders (``weights=None``; ImageNet weights are loaded
-by ``cnnlab.transfer`` when a study asks for them), changed only where a run needs it:
+by ``cnnlab.models.transfer`` when a study asks for them), changed only where a run needs it:
 the classifier gets ``num_classes`` outputs, the first conv takes one channel when the
 data are grey (``in_channels=1``), and for ResNets ``stem="cifar"`` swaps the 7×7/stride-2
 conv and the max-pool for one 3×3/stride-1 conv, the usual change for 32-pixel images.

@@ -1,0 +1,1 @@
+"""Using a trained run: rebuild its network, predict on new images, score another folder, export."""

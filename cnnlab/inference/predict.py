@@ -1,0 +1,488 @@
+"""Using a trained model on new images: load a run, decode loose files, predict, score another folder.
+
+:func:`load_run` (the one run loader: eval, predict, export and ``cnnlab.load``) rebuilds a run's
+network from its checkpoint (the EMA weights when the run kept an average) in eval mode, computing in the
+run's precision as resolved on this device, with the preprocessing the run saved beside the weights
+(``"preprocess"``: classes, input shape, channels, mean/std, resize policy; see
+:func:`cnnlab.data.augment.preprocess_record`). :func:`read_image` decodes one file the way
+predictions need it (Pillow, EXIF orientation applied, converted to the run's channels,
+resized to its input size); :class:`Transform` turns such uint8 images into the normalised
+float input. ``cnnlab predict`` is :func:`predict_paths` + :func:`format_table`; ``cnnlab eval RUN`` is
+:func:`evaluate_run` (its own splits again); ``cnnlab eval RUN data.root=...`` is :func:`evaluate_on` (the whole other folder, scored
+with the run's own normalisation; its class names must be the run's).
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnlab import runs
+from cnnlab.training import metrics
+from cnnlab.models import transfer
+from cnnlab import data as datamod
+from cnnlab.data import splits as data_splits
+from cnnlab.data.augment import Preprocess, preprocess_record, resize
+from cnnlab.config.schema import ConfigError, apply_overrides
+from cnnlab.data import DataError
+from cnnlab.data.check import IMAGE_SUFFIXES  # the suffixes an image folder is scanned for
+from cnnlab.training.scoring import SPLITS, Evaluator
+from cnnlab.config.load import build_config
+from cnnlab.models import info_of
+from cnnlab.training.runtime import Compute, pick_device, plan_compute
+
+_LUMA = torch.tensor([0.2989, 0.587, 0.114]).view(1, 3, 1, 1)  # the weights data.channels=1 uses
+# settings `cnnlab eval RUN key=value` may change besides data.*: none of them changes the network
+EVAL_OVERRIDES = ("train.device", "train.eval_batch_size", "train.tta", "train.precision", "train.threads")
+
+
+# ----------------------------------------------------------------------------- decoding and the transform
+
+
+def read_image(source: Any, channels: int, size: Sequence[int], mode: str = "stretch") -> torch.Tensor:
+    """One image as uint8 ``[channels, H, W]`` at ``size`` (H, W): a path or a PIL image, EXIF
+    orientation applied, grey / palette / RGBA converted (alpha dropped). ``mode``: ``crop``
+    (scale the shorter side, cut the centre), ``pad`` (letterbox on black), anything else
+    stretches (``bicubic`` with bicubic filtering, else bilinear). Raises OSError or ValueError
+    for a file that is not a readable image."""
+    from cnnlab.data.sources.imagefolder import Decode, decode_image  # the one decoding training uses too
+
+    policy = mode if mode in ("crop", "pad") else "stretch"
+    decode = Decode((int(size[0]), int(size[1])), policy, "bicubic" if mode == "bicubic" else "bilinear")
+    return decode_image(source, decode, channels)
+
+
+class Transform:
+    """What predict applies to an image: decode (:func:`read_image`), then scale to 0..1 and
+    normalise with the run's mean/std. ``transform(path_or_pil_or_uint8)`` gives one float
+    ``[C, H, W]`` input; :meth:`batch` does a uint8 ``[N, c, h, w]`` batch (any channels / size:
+    converted to the run's)."""
+
+    def __init__(self, record: dict):
+        self.record = record
+        self.channels, self.height, self.width = record["input_shape"]
+        self.mean = torch.tensor(record["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(record["std"], dtype=torch.float32).view(1, -1, 1, 1)
+
+    def __repr__(self) -> str:
+        r = self.record
+        policy = r.get('resize_policy', r.get('resize_mode'))
+        return (f"Transform(input_shape={tuple(r['input_shape'])}, resize={policy!r}, "
+                f"mean={[round(m, 4) for m in r['mean']]}, std={[round(s, 4) for s in r['std']]})")
+
+    def read(self, source: Any) -> torch.Tensor:
+        """A path or PIL image as the uint8 ``[C, H, W]`` the model's input is made from."""
+        r = self.record  # resize_policy (stretch | crop | pad) + interpolation, or the older resize_mode
+        mode = r.get("resize_policy") or r.get("resize_mode", "")
+        mode = "bicubic" if mode == "stretch" and r.get("interpolation") == "bicubic" else mode
+        return read_image(source, self.channels, (self.height, self.width), mode)
+
+    def conform(self, x: torch.Tensor) -> torch.Tensor:
+        """A uint8 batch in the run's channels and input size."""
+        if x.shape[1] == 3 and self.channels == 1:
+            x = (x.float() * _LUMA.to(x.device)).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
+        elif x.shape[1] == 1 and self.channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        bicubic = "bicubic" in (self.record.get("resize_mode"), self.record.get("interpolation"))
+        return resize(x, (self.height, self.width), "bicubic" if bicubic else "bilinear")
+
+    def batch(self, x: torch.Tensor, generator=None) -> torch.Tensor:
+        x = self.conform(x).float().div_(255)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        if isinstance(image, torch.Tensor):
+            x = image if image.ndim == 3 else image.unsqueeze(0)
+            if x.dtype != torch.uint8:
+                raise TypeError(f"expected a uint8 image tensor [C, H, W], got {x.dtype}")
+        else:
+            x = self.read(image)
+        return self.batch(x.unsqueeze(0))[0]
+
+
+def to_probs(out: torch.Tensor, kind: str) -> torch.Tensor:
+    """Class probabilities from what a model returned (logits, log-probabilities or probabilities)."""
+    return out.softmax(1) if kind == "logits" else out.exp() if kind == "log_probs" else out
+
+
+# ----------------------------------------------------------------------------- a loaded run
+
+
+@dataclass
+class LoadedRun:
+    """A trained run ready to use: ``model`` (a plain nn.Module in eval mode), ``classes``,
+    ``input_shape`` (C, H, W), ``transform`` (what :meth:`predict` applies) and ``preprocess``
+    (the saved record). :meth:`predict` takes raw images (paths, PIL images, uint8 arrays or tensors HW, HWC or
+    CHW) and, with ``transformed=True``, float tensors already in the model's input form."""
+
+    run_dir: Path
+    model: nn.Module
+    classes: list[str]
+    input_shape: tuple[int, int, int]
+    transform: Transform
+    preprocess: dict
+    output_kind: str
+    config: Any  # the run's Config (the checkpoint's own: config.yaml beside it is only a copy to read)
+    device: torch.device
+    compute: Compute  # the run's train.precision and channels_last resolved here by the rule training used
+    step: int | None = None
+
+    def __repr__(self) -> str:
+        return (f"LoadedRun({str(self.run_dir)!r}, model={self.config.model.name}, classes={len(self.classes)}, "
+                f"input_shape={self.input_shape})")
+
+    def probabilities(self, x: torch.Tensor, tta: bool = False, batch_size: int = 256,
+                      transformed: bool = False) -> torch.Tensor:
+        """Class probabilities ``[N, classes]`` of a uint8 batch (any channels / size), or with ``transformed``
+        of a float batch already in the model's input form ``[N, C, H, W]`` (normalised with the run's mean and
+        std); ``tta`` averages the run's test-time augmented views (``train.tta``)."""
+        mode = self.preprocess.get("tta", "none") if tta else "none"
+        if tta and mode == "none":
+            raise ConfigError(f"tta: the run {self.run_dir} was trained with train.tta=none, so there is no "
+                              "test-time augmentation to apply")
+        ev = self.evaluator(_as_given if transformed else self.transform.batch, batch_size, mode)
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(x), batch_size):
+                o = ev.outputs(self.model, x[i:i + batch_size].to(self.device))
+                out.append(o.exp() if mode != "none" else to_probs(o.float(), self.output_kind))
+        return torch.cat(out).cpu() if out else torch.zeros(0, len(self.classes))
+
+    def evaluator(self, preprocess, batch_size: int, tta: str = "none") -> Evaluator:
+        """What scores this run's network here: in its :attr:`compute` (the one precision policy of eval,
+        predict and cnnlab.load: the run's own setting, resolved on this device as its training resolved it)."""
+        return Evaluator(preprocess, batch_size, self.compute.precision, self.device, self.output_kind,
+                         len(self.classes), tta=tta, channels_last=self.compute.channels_last)
+
+    def predict(self, images: Any, top_k: int = 3, tta: bool = False, transformed: bool = False) -> list[dict]:
+        """Top-k classes of each image: a list of ``{"file", "class", "probability", "top": [(class, p), ...]}``.
+
+        ``images`` is one image or a list of them. Raw images, decoded and resized as training decoded its
+        images (the run's resize policy and interpolation; alpha over black): paths, PIL images, and uint8
+        numpy arrays or tensors ``[H, W]``, ``[H, W, C]`` or ``[C, H, W]`` (C = 1, 3 or 4; a 4-D uint8 array is
+        a batch of such images). A float tensor or array is taken as input already transformed (scaled to 0..1
+        and normalised with the run's mean and std, shape ``[C, H, W]`` or ``[N, C, H, W]`` at the run's input
+        shape) only with ``transformed=True``; otherwise it is refused, since normalising it again would
+        silently change every prediction. An unreadable file raises DataError naming it."""
+        items = [images] if isinstance(images, (str, Path)) or not isinstance(images, (list, tuple)) else images
+        raw, ready = [], []  # (position, name, uint8 [C, H, W]) and (position, float [C, H, W])
+        for i, item in enumerate(items):
+            where = "images" if len(items) == 1 and items is not images else f"images[{i}]"
+            for image in _input_images(item, where, transformed, self.input_shape):
+                if isinstance(image, torch.Tensor) and image.is_floating_point():
+                    ready.append((len(raw) + len(ready), image))
+                    continue
+                try:
+                    raw.append((len(raw) + len(ready), str(item) if isinstance(item, (str, Path)) else None,
+                                self.transform.read(image)))
+                except (OSError, ValueError, SyntaxError) as e:
+                    raise DataError(f"{item if isinstance(item, (str, Path)) else where}: not a readable image "
+                                    f"({_short(e)})") from None
+        rows = self._rows([n for _, n, _ in raw], [x for _, _, x in raw], top_k, tta)
+        rows += self._rows([None] * len(ready), [x for _, x in ready], top_k, tta, transformed=True)
+        order = [pos for pos, _, _ in raw] + [pos for pos, _ in ready]
+        return [row for _, row in sorted(zip(order, rows), key=lambda pair: pair[0])]
+
+    def _rows(self, names: list, decoded: list[torch.Tensor], top_k: int, tta: bool,
+              transformed: bool = False) -> list[dict]:
+        if not decoded:
+            return []
+        probs = self.probabilities(torch.stack(decoded), tta=tta, transformed=transformed)
+        k = max(1, min(top_k, len(self.classes)))
+        p, idx = probs.topk(k, dim=1)
+        rows = []
+        for name, pi, ii in zip(names, p.tolist(), idx.tolist()):
+            top = [(self.classes[c], round(float(q), 6)) for c, q in zip(ii, pi)]
+            rows.append({"file": name, "class": top[0][0], "probability": top[0][1], "top": top})
+        return rows
+
+
+def _as_given(x: torch.Tensor, generator=None) -> torch.Tensor:
+    """The preprocessing of input that is already transformed: none."""
+    return x
+
+
+RAW_IMAGES = ("a path, a PIL image, or a uint8 numpy array / tensor of shape [H, W], [H, W, C] or [C, H, W] "
+              "(C = 1, 3 or 4; [N, ...] for several)")
+
+
+def _input_images(item: Any, where: str, transformed: bool, input_shape: tuple) -> list:
+    """One item of ``LoadedRun.predict`` as what is decoded (paths, PIL images: uint8 arrays become PIL
+    images, so they are resized as training resized) or float ``[C, H, W]`` tensors already transformed."""
+    from PIL import Image
+
+    if isinstance(item, (str, Path, Image.Image)):
+        return [item]
+    numpy_layout = isinstance(item, np.ndarray)
+    if numpy_layout:
+        try:
+            item = torch.from_numpy(np.ascontiguousarray(item))
+        except TypeError:  # object arrays, strings: torch has no such dtype
+            raise ConfigError(f"{where}: a numpy array of {item.dtype} is no image; give {RAW_IMAGES}") from None
+    if not isinstance(item, torch.Tensor):
+        raise ConfigError(f"{where}: a {type(item).__name__} is not an image; give {RAW_IMAGES}")
+    if item.is_floating_point():
+        return _transformed(item, where, transformed, input_shape)
+    if item.dtype != torch.uint8:
+        raise ConfigError(f"{where}: a {item.dtype} tensor is no image; raw images are {RAW_IMAGES}, and a float "
+                          "tensor already normalised with the run's mean/std is given with transformed=True")
+    x = item.detach().cpu()
+    batch = list(x) if x.ndim == 4 else [x] if x.ndim in (2, 3) else None
+    if batch is None:
+        raise ConfigError(f"{where}: a uint8 array of shape {tuple(x.shape)} is no image; give {RAW_IMAGES}")
+    return [Image.fromarray(_hwc(image, where, numpy_layout).numpy()) for image in batch]
+
+
+def _hwc(x: torch.Tensor, where: str, numpy_layout: bool) -> torch.Tensor:
+    """A uint8 image as [H, W] or [H, W, C] for PIL: the channel axis is the first or the last one whose size
+    is 1, 3 or 4; when both could be, a numpy array's is the last (HWC) and a tensor's the first (CHW)."""
+    if x.ndim == 2:
+        return x
+    first, last = x.shape[0] in (1, 3, 4), x.shape[-1] in (1, 3, 4)
+    if not (first or last):
+        raise ConfigError(f"{where}: a uint8 image of shape {tuple(x.shape)} has no channel axis of 1, 3 or 4 "
+                          f"(grey, RGB, RGBA) first or last; give {RAW_IMAGES}")
+    hwc = x if last and (numpy_layout or not first) else x.permute(1, 2, 0)
+    return hwc[..., 0] if hwc.shape[-1] == 1 else hwc.contiguous()
+
+
+def _transformed(x: torch.Tensor, where: str, transformed: bool, input_shape: tuple) -> list[torch.Tensor]:
+    """Float input: the model's input as it is, with ``transformed=True`` and the run's input shape; refused
+    otherwise (a raw image must be uint8: a float one could be 0..1 or already normalised)."""
+    shape = tuple(input_shape)
+    if not transformed:
+        raise ConfigError(f"{where}: a float array or tensor of shape "
+                          f"{tuple(x.shape)} is ambiguous: it is taken as input already transformed (scaled to "
+                          f"0..1 and normalised with the run's mean and std, shape {list(shape)}) only with "
+                          f"transformed=True; a raw image is {RAW_IMAGES}")
+    batch = [x] if x.ndim == 3 else list(x) if x.ndim == 4 else []
+    if not batch or any(tuple(b.shape) != shape for b in batch):
+        raise ConfigError(f"{where}: transformed input must have the run's input shape [C, H, W] = {list(shape)} "
+                          f"(or [N, C, H, W]), got {list(x.shape)}")
+    return [b.detach().float().cpu() for b in batch]
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str | torch.device | None = "cpu",
+             overrides: dict | None = None) -> LoadedRun:
+    """A run folder's checkpoint (``best.pt`` by default; a path to a .pt file works too) as a
+    :class:`LoadedRun`: the network rebuilt from the checkpoint's own config (never fetching pretrained
+    weights: the checkpoint holds them), in eval mode, with the EMA weights when the run kept them. The one
+    loader of ``cnnlab eval``, ``predict``, ``export`` and ``cnnlab.load``. ``device`` None: the run's
+    ``train.device`` resolved here; ``overrides``: settings that do not change the network
+    (:data:`EVAL_OVERRIDES`, e.g. ``train.precision``), applied to the config first."""
+    run_dir = Path(run_dir)
+    path = run_dir if run_dir.is_file() else run_dir / checkpoint
+    if not run_dir.exists():
+        raise ConfigError(f"{run_dir}: no such run folder")
+    state = runs.load_checkpoint(path, map_location="cpu")  # onto the device by load_state_dict
+    if "config" not in state or "model" not in state:
+        raise runs.CheckpointError(f"{path} is not a cnnlab run checkpoint (it has no config or model)")
+    try:  # the checkpoint's own settings first: a file whose settings cannot be built is named as the problem
+        cfg = build_config(state["config"], str(path))
+    except ConfigError as e:
+        raise runs.CheckpointError(f"checkpoint {path}: the settings saved in it cannot rebuild its network ({e}); "
+                                   "it was not written by this run, or was edited") from None
+    if overrides:
+        cfg = build_config(apply_overrides(cfg.to_dict(), overrides), "eval overrides")
+    device = pick_device(cfg.train.device) if device is None else torch.device(device)
+    record = state.get("preprocess") or _record_from_data(cfg)  # runs saved before the record existed
+    record = datamod.check_preprocessing(record, path)  # a wrong-length mean, a std of 0: one paragraph
+    c, h, w = record["input_shape"]
+    weights = cfg.model.model_copy(update={"init_from": None, "pretrained": None, "weights_path": None})
+    model, _ = transfer.build_model(cfg.model_copy(update={"model": weights}), len(record["classes"]), c,
+                                    image_size=h if h == w else None)
+    model.to(device)
+    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
+        with torch.no_grad():  # lazy layers take their size from one input
+            model.eval()(torch.zeros(1, c, h, w, device=device))
+    model = runs.trained_network(model, state, path).eval()
+    compute = plan_compute(cfg.train, model, device)
+    if compute.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return LoadedRun(run_dir=run_dir if run_dir.is_dir() else run_dir.parent, model=model,
+                     classes=list(record["classes"]), input_shape=(c, h, w), transform=Transform(record),
+                     preprocess=record, output_kind=info_of(model).output_kind, config=cfg, device=device,
+                     compute=compute, step=state.get("step"))
+
+
+def _record_from_data(cfg) -> dict:
+    splits = datamod.load_splits(cfg.data, "cpu")
+    return preprocess_record(splits, cfg.data, cfg.train.tta)
+
+
+# ----------------------------------------------------------------------------- cnnlab predict
+
+
+def find_images(patterns: Iterable[str]) -> tuple[list[Path], list[str]]:
+    """Files named, files under folders (recursively, image suffixes only, hidden ones skipped) and
+    glob matches, in order without repeats; plus one problem line per input that matched nothing."""
+    files, problems, seen = [], [], set()
+
+    def add(p: Path) -> None:
+        if p not in seen:
+            seen.add(p)
+            files.append(p)
+
+    for pattern in patterns:
+        p = Path(pattern)
+        matches = [p] if p.exists() else [Path(m) for m in sorted(glob.glob(pattern, recursive=True))]
+        if not matches:
+            problems.append(f"{pattern}: no such file, folder or matching pattern")
+        for m in matches:
+            if m.is_dir():
+                inside = sorted(f for f in m.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                                and not any(part.startswith(".") for part in f.relative_to(m).parts))
+                if not inside:
+                    problems.append(f"{m}: folder holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+                for f in inside:
+                    add(f)
+            else:
+                add(m)
+    return files, problems
+
+
+def predict_paths(run: LoadedRun, patterns: Iterable[str], top_k: int = 3, tta: bool = False,
+                  batch_size: int = 256) -> tuple[list[dict], list[str]]:
+    """Predictions for every readable image the patterns name, and one line per unreadable input.
+    Raises DataError when nothing at all was readable."""
+    files, problems = find_images(patterns)
+    rows = []
+    for i in range(0, len(files), batch_size):
+        names, decoded = [], []
+        for f in files[i:i + batch_size]:
+            try:
+                decoded.append(run.transform.read(f))
+                names.append(str(f))
+            except (OSError, ValueError, SyntaxError) as e:  # PIL: UnidentifiedImageError, truncated, bombs
+                problems.append(f"{f}: not a readable image ({_short(e)})")
+        rows += run._rows(names, decoded, top_k, tta)
+    if not rows:
+        raise DataError("no readable image among the inputs:\n  " + "\n  ".join(problems or ["(none given)"]))
+    return rows, problems
+
+
+def format_table(rows: list[dict]) -> str:
+    """Predictions as a text table: file, then class and probability for each of the top k."""
+    k = max(len(r["top"]) for r in rows)
+    fw = min(60, max(4, *(len(r["file"] or "") for r in rows)))
+    cw = max(5, *(len(c) for r in rows for c, _ in r["top"]))
+    head = f"{'file':<{fw}}" + "".join(f"  {f'class {i + 1}':<{cw}} {'p':>6}" for i in range(k))
+    lines = [head]
+    for r in rows:
+        name = r["file"] or "-"
+        name = name if len(name) <= fw else "…" + name[-(fw - 1):]
+        lines.append(f"{name:<{fw}}" + "".join(f"  {c:<{cw}} {p:6.4f}" for c, p in r["top"]))
+    return "\n".join(lines)
+
+
+def write_predictions(path: str | Path, rows: list[dict]) -> Path:
+    """``.csv`` (file, class_1, p_1, ...) or ``.json`` (the rows) through the atomic writer."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        runs.write_json(path, [{"file": r["file"], "class": r["class"], "probability": r["probability"],
+                                "top": [{"class": c, "probability": p} for c, p in r["top"]]} for r in rows])
+    elif path.suffix.lower() == ".csv":
+        k = max(len(r["top"]) for r in rows)
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["file", *[f"{x}_{i + 1}" for i in range(k) for x in ("class", "p")]])
+        for r in rows:
+            w.writerow([r["file"], *[v for c, p in r["top"] for v in (c, f"{p:.6f}")]])
+        runs.write_text(path, buf.getvalue())
+    else:
+        raise ConfigError(f"out: {path} must end in .csv or .json")
+    return path
+
+
+# ----------------------------------------------------------------------------- cnnlab eval RUN
+
+
+def evaluate_run(run_dir: str | Path, splits: Sequence[str] = ("test",), checkpoint: str = "best.pt") -> dict:
+    """Score a run's checkpoint again on its own splits (``cnnlab eval``): the same images (an image
+    folder's saved split), preprocessing and precision as the run's final scoring, so the same numbers."""
+    for s in splits:
+        if s not in SPLITS:
+            raise ConfigError(f"--split: {s!r} is not a split; use {', '.join(SPLITS)}")
+    run = load_run(run_dir, checkpoint, device=None)
+    run_dir, cfg = Path(run_dir), run.config
+    data = datamod.load_splits(cfg.data, run.device, saved=data_splits.saved_record(run_dir))
+    evaluator = run.evaluator(Preprocess(data, cfg.data, train=False), cfg.train.eval_batch_size, cfg.train.tta)
+    result = {"run_dir": str(run_dir), "checkpoint": checkpoint, "step": run.step}
+    lines = [f"{run_dir} / {checkpoint} (step {run.step})"]
+    for s in splits:
+        r = evaluator.score(run.model, getattr(data, f"{s}_x"), getattr(data, f"{s}_y"), full=True)
+        r.pop("_mistakes")
+        result[s] = r
+        lines.append(f"{s}: accuracy {r['accuracy']:.4f}, loss {r['loss']:.4f}, f1_macro {r['f1_macro']:.4f}")
+        lines.append(metrics.format_per_class(r, list(data.classes)))
+        lines.append("confusion (rows: true, columns: predicted):\n" + metrics.format_confusion(r["confusion"],
+                                                                                           list(data.classes)))
+    result["text"] = "\n".join(lines)
+    return result
+
+
+# ----------------------------------------------------------------------------- cnnlab eval RUN data.root=...
+
+
+def evaluate_on(run_dir: str | Path, overrides: list[str] | dict, checkpoint: str = "best.pt",
+                split: str = "all") -> dict:
+    """Score a run's checkpoint on another labelled data set (``data.*`` overrides, e.g. ``data.root``):
+    every image of it (``split``: all, or only its train / test part), preprocessed with the run's own
+    channels, size and normalisation. Its class names must be the run's."""
+    items = overrides.items() if isinstance(overrides, dict) else [o.split("=", 1) for o in overrides]
+    for key, _ in items:
+        if not (key.startswith("data.") or key in EVAL_OVERRIDES):
+            raise ConfigError(f"{key}: eval takes data.* settings (another data set to score) and "
+                              f"{', '.join(EVAL_OVERRIDES)}; the network is the run's")
+    run = load_run(run_dir, checkpoint, device=None, overrides={k: v for k, v in items if not k.startswith("data.")})
+    cfg = build_config(apply_overrides(run.config.to_dict(), overrides), "eval overrides")
+    if split not in ("all", "train", "test"):
+        raise ConfigError(f"split: {split!r}; on another data set use all, train or test")
+    raw = datamod.load_raw(cfg.data)
+    if split != "all" and raw.layout == "flat":
+        raise ConfigError(f"--split {split}: {raw.root} is one folder per class, with no train/ and test/ parts; "
+                          "leave --split out to score every image of it")
+    parts = {"train": [(raw.train_x, raw.train_y)], "test": [(raw.test_x, raw.test_y)]}
+    pieces = [p for p in parts.get(split) or parts["train"] + parts["test"] if len(p[1])] or parts["test"]
+    # one part is scored where it is (a memory-mapped cache stays mapped on a CPU); two are joined
+    x, y = pieces[0] if len(pieces) == 1 else (torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces]))
+    y = _match_classes(run.classes, list(raw.classes), y.to(torch.int64), cfg.data.root or cfg.data.name)
+    device = run.device
+    mode = cfg.train.tta if cfg.train.tta != "none" and run.preprocess.get("tta", "none") != "none" else "none"
+    ev = run.evaluator(run.transform.batch, cfg.train.eval_batch_size, mode)
+    r = ev.score(run.model, x.to(device), y.to(device), full=True)
+    r.pop("_mistakes")
+    where = f"{cfg.data.name} at {datamod.resolve_root(cfg.data)}"
+    text = [f"{run.run_dir} / {checkpoint} (step {run.step}) on {where} ({split}: {len(y):,} images; {raw.source})",
+            f"accuracy {r['accuracy']:.4f}, loss {r['loss']:.4f}, f1_macro {r['f1_macro']:.4f}",
+            metrics.format_per_class(r, run.classes), "confusion (rows: true, columns: predicted):",
+            metrics.format_confusion(r["confusion"], run.classes)]
+    return {"run_dir": str(run.run_dir), "checkpoint": checkpoint, "step": run.step, "data": where,
+            "split": split, split: r, "text": "\n".join(text)}
+
+
+def _match_classes(run_classes: list[str], data_classes: list[str], y: torch.Tensor, where: str) -> torch.Tensor:
+    """Labels of the other data set in the run's class order; an error naming the classes that differ."""
+    if data_classes == run_classes:
+        return y
+    only_run = [c for c in run_classes if c not in data_classes]
+    only_data = [c for c in data_classes if c not in run_classes]
+    if only_run or only_data:
+        parts = ([f"only in the run: {', '.join(only_run)}"] if only_run else []) + (
+            [f"only in {where}: {', '.join(only_data)}"] if only_data else [])
+        raise DataError(f"the classes of {where} differ from the run's ({'; '.join(parts)}); a model can only be "
+                        "scored on the classes it was trained for")
+    order = torch.tensor([run_classes.index(c) for c in data_classes])
+    return order[y]
+
+
+def _short(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[:200]

@@ -1,0 +1,1 @@
+"""What a finished run or sweep says: results rows, statistics, comparison tables, claims, doctor, plots, HTML."""

@@ -1,0 +1,1 @@
+"""Sweeps: the sweep file, its runs as plain tasks, the local worker pool and the Ray Tune executor."""
