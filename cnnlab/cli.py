@@ -270,116 +270,162 @@ def _config_error(message: str):
 # ----------------------------------------------------------------------------- parser
 
 
+def add_train(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train one study file into a run folder",
+                              epilog="Every key a study file or an override may set, with its type, default and "
+                                     "help: cnnlab options [SECTION]; the models and their options: cnnlab models.")
+    p.add_argument("study", nargs="?", help="study YAML file")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.01 (the keys: cnnlab options)")
+    p.add_argument("--out", help="run folder (default runs/<timestamp>-<study>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--force", action="store_true", help="overwrite a run folder that already holds a run")
+    p.add_argument("--verbose", action="store_true",
+                   help="print the whole config at the start (default: only the settings that differ from the "
+                        "defaults; config.yaml always holds all of them)")
+    p.set_defaults(func=cmd_train)
+
+
+def add_eval(subparsers) -> None:
+    p = subparsers.add_parser("eval",
+                              help="re-score a run's best checkpoint, or score it on another labelled data set")
+    p.add_argument("run_dir", help="a run folder")
+    p.add_argument("overrides", nargs="*",
+                   help="data.key=value to score another labelled data set with the run's preprocessing, e.g. "
+                        "data.root=photos/ (its class names must be the run's); every image of it is scored")
+    p.add_argument("--split", help="comma-separated train,val,test of the run's data (default test); with data "
+                                   "overrides: all (default), train or test part of the other data set")
+    p.add_argument("--checkpoint", default="best.pt", help="best.pt (default) or last.pt")
+    p.add_argument("--json", action="store_true", help="print the scores as JSON")
+    p.set_defaults(func=cmd_eval)
+
+
+def add_predict(subparsers) -> None:
+    p = subparsers.add_parser("predict", help="classify image files with a trained run")
+    p.add_argument("run_dir", help="a run folder (its best checkpoint and saved preprocessing are used)")
+    p.add_argument("paths", nargs="+", help="image files, folders (searched recursively) or glob patterns")
+    p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
+    p.add_argument("--out", help="also write the predictions to this .csv or .json file")
+    p.add_argument("--tta", action="store_true",
+                   help="average over the run's test-time augmented views (only for runs trained with train.tta)")
+    p.add_argument("--checkpoint", default="best.pt", help="best.pt (default) or last.pt")
+    p.set_defaults(func=cmd_predict)
+
+
+def add_export(subparsers) -> None:
+    p = subparsers.add_parser("export",
+                              help="write a run's best checkpoint as ONNX or TorchScript, preprocessing included")
+    p.add_argument("run_dir", help="a run folder")
+    p.add_argument("--format", choices=["onnx", "torchscript"], required=True,
+                   help="onnx (needs the export extra: pip install 'cnnlab[export]') or torchscript")
+    p.add_argument("--out", required=True, help="file to write, e.g. model.onnx or model.pt")
+    p.add_argument("--checkpoint", default="best.pt", help="best.pt (default) or last.pt")
+    p.set_defaults(func=cmd_export)
+
+
+def add_summary(subparsers) -> None:
+    p = subparsers.add_parser("summary", help="layer table, parameters and FLOPs of a model")
+    p.add_argument("model", help="a model name (see the model registry), e.g. lenet5 or resnet20")
+    p.add_argument("overrides", nargs="*", help="key=value, e.g. model.activation=relu")
+    p.add_argument("--dataset", default="mnist", help="the data set whose image size and classes to assume")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_summary)
+
+
+def add_sweep(subparsers) -> None:
+    p = subparsers.add_parser("sweep", help="run a sweep file (settings × seeds)")
+    p.add_argument("sweep", help="sweep YAML file")
+    p.add_argument("--out", help="sweep folder (default sweeps/<sweep name>)")
+    p.add_argument("--workers", type=int, default=1, help="runs at the same time (default 1)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local processes (default) or a Ray cluster")
+    p.add_argument("--address", help="Ray cluster address HOST:PORT, as `ray start --head` printed (default: "
+                   "$RAY_ADDRESS, else a private local Ray instance)")
+    p.add_argument("--cpus-per-run", type=float, help="Ray executor: CPUs each run asks for (fractions allowed; "
+                   "default: the sweep file's resources.cpu, else 1); the run's torch threads follow it")
+    p.add_argument("--gpus-per-run", type=float, help="Ray executor: GPUs each run asks for (0.5: two runs share "
+                   "a GPU; default: the sweep file's resources.gpu, else 1 when the cluster has GPUs and "
+                   "train.device is auto or cuda)")
+    p.add_argument("--dry-run", action="store_true", help="print the planned runs and write nothing")
+    p.add_argument("--wait", action="store_true",
+                   help="if another sweep command is writing the same --out, wait for it instead of refusing")
+    p.set_defaults(func=cmd_sweep)
+
+
+def add_compare(subparsers) -> None:
+    p = subparsers.add_parser("compare", help="compare a sweep's runs: mean ± sd, CI, Welch's test")
+    p.add_argument("dir", help="a sweep folder")
+    p.add_argument("--by", help="key1[,key2]: rows, then columns (default: the keys the sweep varies; base: "
+                   "one row per base study, pooling a one-setting sweep's seeds)")
+    p.add_argument("--metric", default="test.accuracy", help="the metric to compare (default test.accuracy)")
+    p.set_defaults(func=cmd_compare)
+
+
+def add_claims(subparsers) -> None:
+    p = subparsers.add_parser("claims", help="judge a sweep's claims on its results: the verdict table")
+    p.add_argument("dir", help="a sweep folder")
+    p.add_argument("--sweep", help="the sweep file whose claims: to judge (default: those its plan.json recorded)")
+    p.add_argument("--json", action="store_true", help="print the verdicts as JSON")
+    p.set_defaults(func=cmd_claims)
+
+
+def add_report(subparsers) -> None:
+    p = subparsers.add_parser("report", help="write report.html for a run or a sweep folder (a sweep's plots also "
+                                              "as PNG files in its plots/ folder)")
+    p.add_argument("dir", help="a run folder or a sweep folder")
+    p.add_argument("--force", action="store_true",
+                   help="rebuild every run's report and redraw its curves (default: a sweep reuses the run reports "
+                        "and curves.png files that are newer than their run's files)")
+    p.set_defaults(func=cmd_report)
+
+
+def add_models(subparsers) -> None:
+    p = subparsers.add_parser("models",
+                              help="the models: parameters, input size, each family's options and defaults")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    p.set_defaults(func=cmd_models)
+
+
+def add_options(subparsers) -> None:
+    p = subparsers.add_parser("options",
+                              help="every config key a study file may set: type, default, range and help")
+    p.add_argument("section", nargs="?", help="one section (data, data.augment, model, optim, sched, loss, train, "
+                                             "train.early_stopping); default: all of them")
+    p.add_argument("--json", action="store_true", help="print the fields as JSON")
+    p.set_defaults(func=cmd_options)
+
+
+def add_data(subparsers) -> None:
+    p = subparsers.add_parser("data", help="which data sets are present, and their checksums")
+    p.add_argument("action", choices=["list", "check"], help="list: what is present; check: also verify checksums")
+    p.add_argument("--root", help="data root (default $CNNLAB_DATA or ~/.cache/cnnlab)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_data)
+
+
+COMMANDS = (add_train,
+            add_eval,
+            add_predict,
+            add_export,
+            add_summary,
+            add_sweep,
+            add_compare,
+            add_claims,
+            add_report,
+            add_models,
+            add_options,
+            add_data)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The cnnlab parser: one add_<command> function per subcommand (a new command: one function and one entry
+    in COMMANDS)."""
     from cnnlab.version import __version__
 
     p = argparse.ArgumentParser(prog="cnnlab", description="Image-classification studies from one study file.")
     p.add_argument("--version", action="version", version=f"cnnlab {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser("train", help="train one study file into a run folder",
-                       epilog="Every key a study file or an override may set, with its type, default and help: "
-                              "cnnlab options [SECTION]; the models and their options: cnnlab models.")
-    t.add_argument("study", nargs="?", help="study YAML file")
-    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.01 (the keys: cnnlab options)")
-    t.add_argument("--out", help="run folder (default runs/<timestamp>-<study>)")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    t.add_argument("--force", action="store_true", help="overwrite a run folder that already holds a run")
-    t.add_argument("--verbose", action="store_true",
-                   help="print the whole config at the start (default: only the settings that differ from the "
-                        "defaults; config.yaml always holds all of them)")
-    t.set_defaults(func=cmd_train)
-
-    e = sub.add_parser("eval", help="re-score a run's best checkpoint, or score it on another labelled data set")
-    e.add_argument("run_dir", help="a run folder")
-    e.add_argument("overrides", nargs="*",
-                   help="data.key=value to score another labelled data set with the run's preprocessing, e.g. "
-                        "data.root=photos/ (its class names must be the run's); every image of it is scored")
-    e.add_argument("--split", help="comma-separated train,val,test of the run's data (default test); with data "
-                                   "overrides: all (default), train or test part of the other data set")
-    e.add_argument("--checkpoint", default="best.pt", help="best.pt (default) or last.pt")
-    e.add_argument("--json", action="store_true", help="print the scores as JSON")
-    e.set_defaults(func=cmd_eval)
-
-    pr = sub.add_parser("predict", help="classify image files with a trained run")
-    pr.add_argument("run_dir", help="a run folder (its best checkpoint and saved preprocessing are used)")
-    pr.add_argument("paths", nargs="+", help="image files, folders (searched recursively) or glob patterns")
-    pr.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
-    pr.add_argument("--out", help="also write the predictions to this .csv or .json file")
-    pr.add_argument("--tta", action="store_true",
-                    help="average over the run's test-time augmented views (only for runs trained with train.tta)")
-    pr.add_argument("--checkpoint", default="best.pt", help="best.pt (default) or last.pt")
-    pr.set_defaults(func=cmd_predict)
-
-    x = sub.add_parser("export", help="write a run's best checkpoint as ONNX or TorchScript, preprocessing included")
-    x.add_argument("run_dir", help="a run folder")
-    x.add_argument("--format", choices=["onnx", "torchscript"], required=True,
-                   help="onnx (needs the export extra: pip install 'cnnlab[export]') or torchscript")
-    x.add_argument("--out", required=True, help="file to write, e.g. model.onnx or model.pt")
-    x.add_argument("--checkpoint", default="best.pt", help="best.pt (default) or last.pt")
-    x.set_defaults(func=cmd_export)
-
-    s = sub.add_parser("summary", help="layer table, parameters and FLOPs of a model")
-    s.add_argument("model", help="a model name (see the model registry), e.g. lenet5 or resnet20")
-    s.add_argument("overrides", nargs="*", help="key=value, e.g. model.activation=relu")
-    s.add_argument("--dataset", default="mnist", help="the data set whose image size and classes to assume")
-    s.add_argument("--json", action="store_true", help="print the summary as JSON")
-    s.set_defaults(func=cmd_summary)
-
-    w = sub.add_parser("sweep", help="run a sweep file (settings × seeds)")
-    w.add_argument("sweep", help="sweep YAML file")
-    w.add_argument("--out", help="sweep folder (default sweeps/<sweep name>)")
-    w.add_argument("--workers", type=int, default=1, help="runs at the same time (default 1)")
-    w.add_argument("--executor", choices=["local", "ray"], default="local",
-                   help="local processes (default) or a Ray cluster")
-    w.add_argument("--address", help="Ray cluster address HOST:PORT, as `ray start --head` printed (default: "
-                   "$RAY_ADDRESS, else a private local Ray instance)")
-    w.add_argument("--cpus-per-run", type=float, help="Ray executor: CPUs each run asks for (fractions allowed; "
-                   "default: the sweep file's resources.cpu, else 1); the run's torch threads follow it")
-    w.add_argument("--gpus-per-run", type=float, help="Ray executor: GPUs each run asks for (0.5: two runs share "
-                   "a GPU; default: the sweep file's resources.gpu, else 1 when the cluster has GPUs and "
-                   "train.device is auto or cuda)")
-    w.add_argument("--dry-run", action="store_true", help="print the planned runs and write nothing")
-    w.add_argument("--wait", action="store_true",
-                   help="if another sweep command is writing the same --out, wait for it instead of refusing")
-    w.set_defaults(func=cmd_sweep)
-
-    c = sub.add_parser("compare", help="compare a sweep's runs: mean ± sd, CI, Welch's test")
-    c.add_argument("dir", help="a sweep folder")
-    c.add_argument("--by", help="key1[,key2]: rows, then columns (default: the keys the sweep varies; base: "
-                   "one row per base study, pooling a one-setting sweep's seeds)")
-    c.add_argument("--metric", default="test.accuracy", help="the metric to compare (default test.accuracy)")
-    c.set_defaults(func=cmd_compare)
-
-    cl = sub.add_parser("claims", help="judge a sweep's claims on its results: the verdict table")
-    cl.add_argument("dir", help="a sweep folder")
-    cl.add_argument("--sweep", help="the sweep file whose claims: to judge (default: those its plan.json recorded)")
-    cl.add_argument("--json", action="store_true", help="print the verdicts as JSON")
-    cl.set_defaults(func=cmd_claims)
-
-    r = sub.add_parser("report", help="write report.html for a run or a sweep folder (a sweep's plots also as "
-                                      "PNG files in its plots/ folder)")
-    r.add_argument("dir", help="a run folder or a sweep folder")
-    r.add_argument("--force", action="store_true",
-                   help="rebuild every run's report and redraw its curves (default: a sweep reuses the run reports "
-                        "and curves.png files that are newer than their run's files)")
-    r.set_defaults(func=cmd_report)
-
-    m = sub.add_parser("models", help="the models: parameters, input size, each family's options and defaults")
-    m.add_argument("--json", action="store_true", help="print the list as JSON")
-    m.set_defaults(func=cmd_models)
-
-    o = sub.add_parser("options", help="every config key a study file may set: type, default, range and help")
-    o.add_argument("section", nargs="?", help="one section (data, data.augment, model, optim, sched, loss, train, "
-                                              "train.early_stopping); default: all of them")
-    o.add_argument("--json", action="store_true", help="print the fields as JSON")
-    o.set_defaults(func=cmd_options)
-
-    d = sub.add_parser("data", help="which data sets are present, and their checksums")
-    d.add_argument("action", choices=["list", "check"], help="list: what is present; check: also verify checksums")
-    d.add_argument("--root", help="data root (default $CNNLAB_DATA or ~/.cache/cnnlab)")
-    d.add_argument("--json", action="store_true", help="print the result as JSON")
-    d.set_defaults(func=cmd_data)
+    subparsers = p.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(subparsers)
     return p
 
 
