@@ -196,6 +196,47 @@ def compare(sweep_dir: str | Path, by: list[str] | None = None, metric: str = "t
     if set(columns) - set(by):
         raise ConfigError(f"compare: columns {sorted(set(columns) - set(by))} must be among the --by keys {by}")
     row_keys = [k for k in by if k not in columns]
+    rows = _named_rows(sweep_dir, plan, rows, by)
+    available = sorted({k for r in rows for k in r.get("settings", {})} | {"seed"})
+    _check_by_and_metric(rows, by, metric, available)
+    if plan and plan.get("ofat"):
+        rows = _at_the_base_case(sweep_dir, plan, rows, by, available, notes)
+    planned = {r["run_id"] for r in plan["runs"]} if plan else None
+    unplanned = [r for r in rows if planned is not None and r["run_id"] not in planned]
+
+    order = _value_order(plan, rows, by)
+    grouped: dict[tuple[tuple, tuple], list[dict]] = {}
+    for r in rows:
+        grouped.setdefault((_key_of(r, row_keys), _key_of(r, columns)), []).append(r)
+    notes += _pooled_note(grouped, available, by)
+    percent = metric.endswith("accuracy")
+    higher_is_better = not ("loss" in metric or metric.startswith("time"))
+    classes = results.num_classes(sweep_dir, rows)
+    bounds = metric_range(metric)
+    cells = {key: _cell(members, metric, unplanned, classes, bounds, percent) for key, members in grouped.items()}
+    best = _mark_best(cells, higher_is_better)
+    result = CompareResult(sweep_dir, metric, row_keys, columns, _sort(order, row_keys, {k[0] for k in grouped}),
+                           _sort(order, columns, {k[1] for k in grouped}), cells, best, higher_is_better, percent)
+    result.notes = _head_notes(result) + notes + _legend(result, bounds, classes) \
+        + _plan_notes(plan, by, unplanned)
+    return result
+
+
+def _value(row: dict, key: str) -> Any:
+    """A row's value of a --by key: its seed, or one of its settings (None when it does not set the key)."""
+    return row["seed"] if key == "seed" else row.get("settings", {}).get(key)
+
+
+def _key_of(row: dict, keys: list[str]) -> tuple:
+    return tuple(label(_value(row, k)) for k in keys)
+
+
+def _sort(order: dict[str, dict[str, int]], keys: list[str], items: set[tuple]) -> list[tuple]:
+    return sorted(items, key=lambda t: [order[k][v] for k, v in zip(keys, t)])
+
+
+def _named_rows(sweep_dir: Path, plan: dict | None, rows: list[dict], by: list[str]) -> list[dict]:
+    """The rows with every key the folder's runs vary in their settings, and ``base`` where --by asks for it."""
     # Every finished run of the folder counts, also those a different sweep file (a subset, an older
     # version) wrote: each row names every key the folder's runs vary (read from its run's config where
     # its sweep file did not vary the key), so it joins the runs of the same settings.
@@ -204,9 +245,10 @@ def compare(sweep_dir: str | Path, by: list[str] | None = None, metric: str = "t
     if "base" in by and not any("base" in r["settings"] for r in rows):
         # a sweep of one base study names no base in its rows: each run's base is the study it was built from
         rows = [{**r, "settings": {**r["settings"], "base": study_name(sweep_dir, r)}} for r in rows]
-    planned = {r["run_id"] for r in plan["runs"]} if plan else None
+    return rows
 
-    available = sorted({k for r in rows for k in r.get("settings", {})} | {"seed"})
+
+def _check_by_and_metric(rows: list[dict], by: list[str], metric: str, available: list[str]) -> None:
     for k in by:
         if k not in available:
             choices = ", ".join(sorted({*available, "base"}))
@@ -214,125 +256,139 @@ def compare(sweep_dir: str | Path, by: list[str] | None = None, metric: str = "t
     if not any(metric_value(r, metric) is not None for r in rows) and metric not in KNOWN_METRICS:
         raise ConfigError(f"compare: --metric {metric} is not in the results rows; use one of {', '.join(KNOWN_METRICS)}")
 
-    def value(row: dict, key: str) -> Any:
-        return row["seed"] if key == "seed" else row.get("settings", {}).get(key)
 
-    if plan and plan.get("ofat"):
-        # Keep the runs whose other factors sit at the base case. Keys in the same zip group as a
-        # --by key change with it, so they belong to that factor rather than to the "others".
-        together = {k for group in plan.get("factors", []) if set(group) & set(by) for k in group}
-        base = results.base_settings(sweep_dir, plan, [k for k in available if k != "seed"], rows)
-        others = [k for k in available if k not in by and k not in together and k != "seed" and k in base]
-        kept = [r for r in rows if all(value(r, k) == base[k] for k in others)]
-        notes.append("One factor at a time: each cell holds the runs whose other factors are at the base case.")
-        groups = [set(g) for g in plan.get("factors", [])]
-        apart = [r for r in rows if len({next((i for i, g in enumerate(groups) if k in g), k) for k in others
-                                         if value(r, k) != base[k]}) > 1]
-        if apart:
-            who = ("1 run differs from the base case in more than one factor and is" if len(apart) == 1 else
-                   f"{len(apart)} runs differ from the base case in more than one factor and are")
-            notes.append(f"{who} in no one-factor table (an earlier sweep file's): give those factors together in "
-                         f"--by to see {'it' if len(apart) == 1 else 'them'}.")
-        rows = kept
-    unplanned = [r for r in rows if planned is not None and r["run_id"] not in planned]
+def _at_the_base_case(sweep_dir: Path, plan: dict, rows: list[dict], by: list[str], available: list[str],
+                      notes: list[str]) -> list[dict]:
+    """A one-factor-at-a-time sweep: the runs whose other factors sit at the base case (notes say so, and name
+    the runs that differ from it in more than one factor)."""
+    # Keys in the same zip group as a --by key change with it, so they belong to that factor rather than to
+    # the "others".
+    together = {k for group in plan.get("factors", []) if set(group) & set(by) for k in group}
+    base = results.base_settings(sweep_dir, plan, [k for k in available if k != "seed"], rows)
+    others = [k for k in available if k not in by and k not in together and k != "seed" and k in base]
+    kept = [r for r in rows if all(_value(r, k) == base[k] for k in others)]
+    notes.append("One factor at a time: each cell holds the runs whose other factors are at the base case.")
+    groups = [set(g) for g in plan.get("factors", [])]
+    apart = [r for r in rows if len({next((i for i, g in enumerate(groups) if k in g), k) for k in others
+                                     if _value(r, k) != base[k]}) > 1]
+    if apart:
+        who = ("1 run differs from the base case in more than one factor and is" if len(apart) == 1 else
+               f"{len(apart)} runs differ from the base case in more than one factor and are")
+        notes.append(f"{who} in no one-factor table (an earlier sweep file's): give those factors together in "
+                     f"--by to see {'it' if len(apart) == 1 else 'them'}.")
+    return kept
 
-    # Numbers are sorted; other values keep the order the sweep file gives them (its plan).
+
+def _value_order(plan: dict | None, rows: list[dict], by: list[str]) -> dict[str, dict[str, int]]:
+    """Each --by key's labels in display order: numbers sorted; other values in the order the sweep file gives
+    them (its plan)."""
     order_source = [{"settings": r["settings"], "seed": r["seed"]} for r in plan["runs"]] if plan else rows
-    order: dict[str, dict[str, Any]] = {}
+    order: dict[str, dict[str, int]] = {}
     for k in by:
         # (planned runs of a sweep file that does not vary k say nothing about its order; a row that cannot
         # name its value, null, reads "default" after the numbers)
-        values = [value(r, k) for r in order_source if k == "seed" or k in r["settings"]]
-        values += [value(r, k) for r in rows]
+        values = [_value(r, k) for r in order_source if k == "seed" or k in r["settings"]]
+        values += [_value(r, k) for r in rows]
         numbers = [v for v in values if v is not None]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
             values = sorted(numbers) + [None] * (len(values) - len(numbers))
         order[k] = {}
         for v in values:
             order[k].setdefault(label(v), len(order[k]))
+    return order
 
-    def key_of(row: dict, keys: list[str]) -> tuple:
-        return tuple(label(value(row, k)) for k in keys)
 
-    def sort(keys: list[str], items: set[tuple]) -> list[tuple]:
-        return sorted(items, key=lambda t: [order[k][v] for k, v in zip(keys, t)])
-
-    grouped: dict[tuple[tuple, tuple], list[dict]] = {}
-    for r in rows:
-        grouped.setdefault((key_of(r, row_keys), key_of(r, columns)), []).append(r)
+def _pooled_note(grouped: dict[tuple[tuple, tuple], list[dict]], available: list[str], by: list[str]) -> list[str]:
     pooled = [k for k in available if k not in by and k != "seed" and any(
-        len({json.dumps(value(r, k), sort_keys=True) for r in members}) > 1 for members in grouped.values())]
-    if pooled:
-        notes.append(f"Cells pool runs that differ in {', '.join(pooled)}: add {'it' if len(pooled) == 1 else 'them'} "
-                     "to --by to separate them.")
-    row_labels = sort(row_keys, {k[0] for k in grouped})
-    col_labels = sort(columns, {k[1] for k in grouped})
+        len({json.dumps(_value(r, k), sort_keys=True) for r in members}) > 1 for members in grouped.values())]
+    if not pooled:
+        return []
+    return [f"Cells pool runs that differ in {', '.join(pooled)}: add {'it' if len(pooled) == 1 else 'them'} "
+            "to --by to separate them."]
 
-    percent = metric.endswith("accuracy")
-    higher_is_better = not ("loss" in metric or metric.startswith("time"))
-    classes = results.num_classes(sweep_dir, rows)
-    bounds = metric_range(metric)
-    cells: dict[tuple[tuple, tuple], Cell] = {}
-    for key, members in grouped.items():
-        values = [metric_value(r, metric) for r in members if r.get("status") in FINISHED]
-        values = [v for v in values if v is not None]
-        diverged = sum(r.get("status") == Status.DIVERGED for r in members)
-        pruned = sum(r.get("status") == Status.PRUNED for r in members)
-        cell = Cell(values, len(members), diverged, len(members) - diverged - pruned - len(values), pruned=pruned,
-                    unplanned=sum(r in unplanned for r in members))
-        if values:
-            cell.summary = stats.describe(values, bounds=bounds)
-            cell.chance = percent and at_chance(cell.summary.mean, classes)
-            cell.collapsed = sum(at_chance(v, classes) for v in values) if percent else 0
-        cells[key] = cell
 
+def _cell(members: list[dict], metric: str, unplanned: list[dict], classes: int | None,
+          bounds: tuple[float | None, float | None], percent: bool) -> Cell:
+    """One cell: its finished runs' metric described, and its runs counted by status."""
+    values = [metric_value(r, metric) for r in members if r.get("status") in FINISHED]
+    values = [v for v in values if v is not None]
+    diverged = sum(r.get("status") == Status.DIVERGED for r in members)
+    pruned = sum(r.get("status") == Status.PRUNED for r in members)
+    cell = Cell(values, len(members), diverged, len(members) - diverged - pruned - len(values), pruned=pruned,
+                unplanned=sum(r in unplanned for r in members))
+    if values:
+        cell.summary = stats.describe(values, bounds=bounds)
+        cell.chance = percent and at_chance(cell.summary.mean, classes)
+        cell.collapsed = sum(at_chance(v, classes) for v in values) if percent else 0
+    return cell
+
+
+def _mark_best(cells: dict[tuple[tuple, tuple], Cell], higher_is_better: bool) -> tuple[tuple, tuple] | None:
+    """Star the best cell and test every other against it; returns the best cell's key."""
     # A chance-level cell is never the best, but it is tested against it like any other cell.
     best = stats.best_key({k: c.values for k, c in cells.items() if c.values and not c.chance}, higher_is_better)
-    if best is not None:
-        cells[best].is_best = True
-        with warnings.catch_warnings():
-            # A cell of one accuracy on every seed (11.35 % at chance) has a variance of float rounding
-            # noise: scipy warns of precision loss, yet the test is decided by the other cell's spread.
-            warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
-            versus_best = stats.against_best({k: c.values for k, c in cells.items() if c.values}, best)
-        for k, versus in versus_best.items():
-            cells[k].p, cells[k].same_as_best = versus.p, versus.same_as_best
+    if best is None:
+        return None
+    cells[best].is_best = True
+    with warnings.catch_warnings():
+        # A cell of one accuracy on every seed (11.35 % at chance) has a variance of float rounding
+        # noise: scipy warns of precision loss, yet the test is decided by the other cell's spread.
+        warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
+        versus_best = stats.against_best({k: c.values for k, c in cells.items() if c.values}, best)
+    for k, versus in versus_best.items():
+        cells[k].p, cells[k].same_as_best = versus.p, versus.same_as_best
+    return best
 
-    ns = [c.summary.n for c in cells.values() if c.summary]
-    what = "test accuracy" if metric == "test.accuracy" else metric
+
+def _head_notes(result: CompareResult) -> list[str]:
+    """What a cell shows, and what ★ and ≈ mean."""
+    what = "test accuracy" if result.metric == "test.accuracy" else result.metric
     head = [f"Cells: mean ± sample sd (number of runs) [95 % CI of the mean, Student t] of {what}"
-            + (" in %" if percent else "") + "."]
-    if best is not None:
-        head.append(f"★ best cell ({'highest' if higher_is_better else 'lowest'} mean).")
-    if any(c.p is not None for c in cells.values()):
+            + (" in %" if result.percent else "") + "."]
+    if result.best is not None:
+        head.append(f"★ best cell ({'highest' if result.higher_is_better else 'lowest'} mean).")
+    if any(c.p is not None for c in result.cells.values()):
         head.append(f"≈ not significantly different from the best: Welch's t-test (two-sided, unequal variances), "
                     f"p ≥ {stats.ALPHA}; unmarked cells with 2 or more runs differ from the best at p < {stats.ALPHA}.")
-    notes = head + notes
-    if any(c.summary and c.summary.clipped for c in cells.values()):
+    return head
+
+
+def _legend(result: CompareResult, bounds: tuple[float | None, float | None], classes: int | None) -> list[str]:
+    """A note for each mark that some cell of the table carries (cut interval, single runs, diverged...)."""
+    cells, percent = list(result.cells.values()), result.percent
+    notes = []
+    if any(c.summary and c.summary.clipped for c in cells):
         lo, hi = bounds
         limits = f"{_shown_limit(lo, percent)} … {_shown_limit(hi, percent)}" if hi is not None \
             else f"≥ {_shown_limit(lo, percent)}"
-        notes.append(f"An interval that reached past the values {metric} can take ({limits}) is cut there: with "
-                     "few runs a Student-t interval can, the true mean cannot.")
+        notes.append(f"An interval that reached past the values {result.metric} can take ({limits}) is cut there: "
+                     "with few runs a Student-t interval can, the true mean cannot.")
+    ns = [c.summary.n for c in cells if c.summary]
     if ns and max(ns) < 2:
         notes.append("One run per cell (a single seed): no confidence intervals, and the differences between cells "
                      "are untested; run the sweep with seeds: 3 or more before reading a difference as real.")
     elif ns and min(ns) < 2:
         notes.append("Cells with a single run have no interval and are not tested against the best.")
-    if any(c.diverged for c in cells.values()):
+    if any(c.diverged for c in cells):
         notes.append("diverged k/n: k of the cell's n runs diverged (the loss became non-finite); they are left out "
                      "of the numbers.")
-    if any(c.chance for c in cells.values()):
+    if any(c.chance for c in cells):
         notes.append(f"chance: mean accuracy within {100 * CHANCE_MARGIN:.0f} points of 1/classes "
                      f"({100 * results.chance_level(classes):.0f} % for {classes} classes): the network did not learn.")
-    if any(c.collapsed and not c.chance for c in cells.values()):
+    if any(c.collapsed and not c.chance for c in cells):
         notes.append("at chance k/n: k of the cell's n runs ended at chance level (they did not learn); they are in "
                      "the numbers, which is why the spread is wide: read the cell's runs, not only its mean.")
-    if any(c.pruned for c in cells.values()):
+    if any(c.pruned for c in cells):
         notes.append("pruned k/n: k of the cell's n runs were stopped early by the sweep's scheduler (Ray Tune); "
                      "they are left out of the numbers.")
-    if any(c.failed for c in cells.values()):
+    if any(c.failed for c in cells):
         notes.append("failed k/n: runs that crashed, were interrupted or have not run yet (re-run the sweep).")
+    return notes
+
+
+def _plan_notes(plan: dict | None, by: list[str], unplanned: list[dict]) -> list[str]:
+    """Notes from the sweep's plan: settings equal to a model's default, runs the current sweep file does not plan."""
+    notes = []
     for entry in (plan or {}).get("same_as_default") or []:
         if isinstance(entry, dict) and entry.get("key") in by:
             value = label(entry.get("value"))
@@ -345,8 +401,7 @@ def compare(sweep_dir: str | Path, by: list[str] | None = None, metric: str = "t
                      f"an earlier sweep file run into this folder wrote "
                      f"{'it, and it counts' if len(unplanned) == 1 else 'them, and they count'} like the others: "
                      f"{shown}{more}.")
-    return CompareResult(sweep_dir, metric, row_keys, columns, row_labels, col_labels, cells, best,
-                         higher_is_better, percent, notes)
+    return notes
 
 
 def default_by(plan: dict | None, rows: list[dict]) -> list[str]:
