@@ -579,7 +579,7 @@ def test_a_run_written_inside_the_data_root_is_never_read_as_data(tmp_path, caps
 
 
 def test_16_bit_pngs_decode_as_their_8_bit_twins_in_training_and_predict(tiny_run, tmp_path):
-    from cnnlab.data.sources.imagefolder import Decode, decode_file
+    from cnnlab.data.decode import Decode, decode_file
     from cnnlab.inference.predict import load_run
 
     rng = np.random.default_rng(3)

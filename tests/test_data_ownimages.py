@@ -15,7 +15,7 @@ from PIL import Image
 from cnnlab import data
 from cnnlab.cli import main
 from cnnlab.data import DataError
-from cnnlab.data.sources.imagefolder import Decode, decode_file, fit
+from cnnlab.data.decode import Decode, decode_file, fit
 from cnnlab.data.splits import stratified_split
 
 

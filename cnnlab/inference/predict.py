@@ -4,9 +4,9 @@
 network from its checkpoint (the EMA weights when the run kept an average) in eval mode, computing in the
 run's precision as resolved on this device, with the preprocessing the run saved beside the weights
 (``"preprocess"``: classes, input shape, channels, mean/std, resize policy; see
-:func:`cnnlab.data.augment.preprocess_record`). :func:`read_image` decodes one file the way
-predictions need it (Pillow, EXIF orientation applied, converted to the run's channels,
-resized to its input size); :class:`Transform` turns such uint8 images into the normalised
+:func:`cnnlab.data.augment.preprocess_record`). Images are decoded by :mod:`cnnlab.data.decode`, the
+decoding training used, with the run's resize policy and interpolation (:meth:`Transform.read`);
+:class:`Transform` turns such uint8 images into the normalised
 float input. ``cnnlab predict`` is :func:`predict_paths` + :func:`format_table`; ``cnnlab eval RUN`` is
 :func:`evaluate_run` (its own splits again); ``cnnlab eval RUN data.root=...`` is :func:`evaluate_on` (the whole other folder, scored
 with the run's own normalisation; its class names must be the run's).
@@ -33,6 +33,8 @@ from cnnlab.data.augment import Preprocess, preprocess_record, resize
 from cnnlab.config.schema import ConfigError, apply_overrides
 from cnnlab.data import DataError
 from cnnlab.data.check import IMAGE_SUFFIXES  # the suffixes an image folder is scanned for
+from cnnlab.data.decode import Decode, decode_as_trained, decode_image  # the one decoding training uses too
+from cnnlab.training.calibration import log_probs_of, scaled_probs
 from cnnlab.training.scoring import SPLITS, Evaluator
 from cnnlab.config.load import build_config
 from cnnlab.models import info_of
@@ -46,16 +48,16 @@ EVAL_OVERRIDES = ("train.device", "train.eval_batch_size", "train.tta", "train.p
 # ----------------------------------------------------------------------------- decoding and the transform
 
 
-def read_image(source: Any, channels: int, size: Sequence[int], mode: str = "stretch") -> torch.Tensor:
-    """One image as uint8 ``[channels, H, W]`` at ``size`` (H, W): a path or a PIL image, EXIF
-    orientation applied, grey / palette / RGBA converted (alpha dropped). ``mode``: ``crop``
-    (scale the shorter side, cut the centre), ``pad`` (letterbox on black), anything else
-    stretches (``bicubic`` with bicubic filtering, else bilinear). Raises OSError or ValueError
-    for a file that is not a readable image."""
-    from cnnlab.data.sources.imagefolder import Decode, decode_image  # the one decoding training uses too
-
+def read_image(source: Any, channels: int, size: Sequence[int], mode: str = "stretch",
+               interpolation: str = "bilinear") -> torch.Tensor:
+    """One image as uint8 ``[channels, H, W]`` at ``size`` (H, W) by :func:`cnnlab.data.decode.decode_image`
+    (training's decoding): a path or a PIL image, EXIF orientation applied, grey / palette / RGBA converted
+    (transparency over black). ``mode`` is the resize policy: ``crop`` (scale the shorter side, cut the
+    centre), ``pad`` (letterbox on black), anything else stretches (``bicubic``: stretch with bicubic
+    filtering, as older runs said it). Raises OSError or ValueError for a file that is not a readable image."""
     policy = mode if mode in ("crop", "pad") else "stretch"
-    decode = Decode((int(size[0]), int(size[1])), policy, "bicubic" if mode == "bicubic" else "bilinear")
+    interpolation = "bicubic" if mode == "bicubic" else interpolation
+    decode = Decode((int(size[0]), int(size[1])), policy, interpolation)
     return decode_image(source, decode, channels)
 
 
@@ -78,11 +80,10 @@ class Transform:
                 f"mean={[round(m, 4) for m in r['mean']]}, std={[round(s, 4) for s in r['std']]})")
 
     def read(self, source: Any) -> torch.Tensor:
-        """A path or PIL image as the uint8 ``[C, H, W]`` the model's input is made from."""
-        r = self.record  # resize_policy (stretch | crop | pad) + interpolation, or the older resize_mode
-        mode = r.get("resize_policy") or r.get("resize_mode", "")
-        mode = "bicubic" if mode == "stretch" and r.get("interpolation") == "bicubic" else mode
-        return read_image(source, self.channels, (self.height, self.width), mode)
+        """A path or PIL image as the uint8 ``[C, H, W]`` the model's input is made from: decoded as the run's
+        training decoded its images (:func:`cnnlab.data.decode.decode_as_trained`: its resize policy and
+        interpolation, from the saved record)."""
+        return decode_as_trained(source, self.record)
 
     def conform(self, x: torch.Tensor) -> torch.Tensor:
         """A uint8 batch in the run's channels and input size."""
@@ -133,16 +134,19 @@ class LoadedRun:
     device: torch.device
     compute: Compute  # the run's train.precision and channels_last resolved here by the rule training used
     step: int | None = None
+    temperature: float | None = None  # temperature scaling fitted on the validation split (summary.json calibration)
 
     def __repr__(self) -> str:
         return (f"LoadedRun({str(self.run_dir)!r}, model={self.config.model.name}, classes={len(self.classes)}, "
                 f"input_shape={self.input_shape})")
 
     def probabilities(self, x: torch.Tensor, tta: bool = False, batch_size: int = 256,
-                      transformed: bool = False) -> torch.Tensor:
+                      transformed: bool = False, calibrated: bool = False) -> torch.Tensor:
         """Class probabilities ``[N, classes]`` of a uint8 batch (any channels / size), or with ``transformed``
         of a float batch already in the model's input form ``[N, C, H, W]`` (normalised with the run's mean and
-        std); ``tta`` averages the run's test-time augmented views (``train.tta``)."""
+        std); ``tta`` averages the run's test-time augmented views (``train.tta``); ``calibrated`` divides the
+        log-probabilities by the run's fitted temperature before the softmax (the same argmax, softer or sharper)."""
+        t = self.calibration_temperature() if calibrated else None
         mode = self.preprocess.get("tta", "none") if tta else "none"
         if tta and mode == "none":
             raise ConfigError(f"tta: the run {self.run_dir} was trained with train.tta=none, so there is no "
@@ -152,8 +156,19 @@ class LoadedRun:
         with torch.inference_mode():
             for i in range(0, len(x), batch_size):
                 o = ev.outputs(self.model, x[i:i + batch_size].to(self.device))
-                out.append(o.exp() if mode != "none" else to_probs(o.float(), self.output_kind))
+                kind = "log_probs" if mode != "none" else self.output_kind
+                out.append(to_probs(o.float(), kind) if t is None else
+                           scaled_probs(log_probs_of(o, kind), t).float())
         return torch.cat(out).cpu() if out else torch.zeros(0, len(self.classes))
+
+    def calibration_temperature(self) -> float:
+        """The temperature fitted on the validation split at the end of training, or a ConfigError saying why
+        there is none (a run without validation split, one trained before calibration, another checkpoint)."""
+        if self.temperature is None:
+            raise ConfigError(f"calibrated: the run {self.run_dir} has no temperature fitted for this checkpoint "
+                              "(summary.json calibration.temperature: fitted on the validation split for best.pt "
+                              "at the end of training; none without a validation split or for other checkpoints)")
+        return self.temperature
 
     def evaluator(self, preprocess, batch_size: int, tta: str = "none") -> Evaluator:
         """What scores this run's network here: in its :attr:`compute` (the one precision policy of eval,
@@ -161,7 +176,8 @@ class LoadedRun:
         return Evaluator(preprocess, batch_size, self.compute.precision, self.device, self.output_kind,
                          len(self.classes), tta=tta, channels_last=self.compute.channels_last)
 
-    def predict(self, images: Any, top_k: int = 3, tta: bool = False, transformed: bool = False) -> list[dict]:
+    def predict(self, images: Any, top_k: int = 3, tta: bool = False, transformed: bool = False,
+                calibrated: bool = False) -> list[dict]:
         """Top-k classes of each image: a list of ``{"file", "class", "probability", "top": [(class, p), ...]}``.
 
         ``images`` is one image or a list of them. Raw images, decoded and resized as training decoded its
@@ -170,7 +186,10 @@ class LoadedRun:
         a batch of such images). A float tensor or array is taken as input already transformed (scaled to 0..1
         and normalised with the run's mean and std, shape ``[C, H, W]`` or ``[N, C, H, W]`` at the run's input
         shape) only with ``transformed=True``; otherwise it is refused, since normalising it again would
-        silently change every prediction. An unreadable file raises DataError naming it."""
+        silently change every prediction. ``calibrated``: probabilities after the run's temperature scaling
+        (:meth:`calibration_temperature`). An unreadable file raises DataError naming it."""
+        if calibrated:
+            self.calibration_temperature()  # refused before any image is read
         items = [images] if isinstance(images, (str, Path)) or not isinstance(images, (list, tuple)) else images
         raw, ready = [], []  # (position, name, uint8 [C, H, W]) and (position, float [C, H, W])
         for i, item in enumerate(items):
@@ -185,16 +204,17 @@ class LoadedRun:
                 except (OSError, ValueError, SyntaxError) as e:
                     raise DataError(f"{item if isinstance(item, (str, Path)) else where}: not a readable image "
                                     f"({_short(e)})") from None
-        rows = self._rows([n for _, n, _ in raw], [x for _, _, x in raw], top_k, tta)
-        rows += self._rows([None] * len(ready), [x for _, x in ready], top_k, tta, transformed=True)
+        rows = self._rows([n for _, n, _ in raw], [x for _, _, x in raw], top_k, tta, calibrated=calibrated)
+        rows += self._rows([None] * len(ready), [x for _, x in ready], top_k, tta, transformed=True,
+                           calibrated=calibrated)
         order = [pos for pos, _, _ in raw] + [pos for pos, _ in ready]
         return [row for _, row in sorted(zip(order, rows), key=lambda pair: pair[0])]
 
     def _rows(self, names: list, decoded: list[torch.Tensor], top_k: int, tta: bool,
-              transformed: bool = False) -> list[dict]:
+              transformed: bool = False, calibrated: bool = False) -> list[dict]:
         if not decoded:
             return []
-        probs = self.probabilities(torch.stack(decoded), tta=tta, transformed=transformed)
+        probs = self.probabilities(torch.stack(decoded), tta=tta, transformed=transformed, calibrated=calibrated)
         k = max(1, min(top_k, len(self.classes)))
         p, idx = probs.topk(k, dim=1)
         rows = []
@@ -309,7 +329,18 @@ def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str | tor
     return LoadedRun(run_dir=run_dir if run_dir.is_dir() else run_dir.parent, model=model,
                      classes=list(record["classes"]), input_shape=(c, h, w), transform=Transform(record),
                      preprocess=record, output_kind=info_of(model).output_kind, config=cfg, device=device,
-                     compute=compute, step=state.get("step"))
+                     compute=compute, step=state.get("step"), temperature=_temperature(path, state.get("step")))
+
+
+def _temperature(checkpoint: Path, step) -> float | None:
+    """The temperature summary.json records for this checkpoint (fitted on best.pt's weights: only a checkpoint of
+    the same step gets it), or None."""
+    summary = runs.read_summary(checkpoint.parent) or {}
+    cal, best = summary.get("calibration"), summary.get("best")
+    if not (isinstance(cal, dict) and isinstance(best, dict) and best.get("step") == step and step is not None):
+        return None
+    t = cal.get("temperature")
+    return float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < float("inf") else None
 
 
 def _record_from_data(cfg) -> dict:
@@ -349,9 +380,11 @@ def find_images(patterns: Iterable[str]) -> tuple[list[Path], list[str]]:
 
 
 def predict_paths(run: LoadedRun, patterns: Iterable[str], top_k: int = 3, tta: bool = False,
-                  batch_size: int = 256) -> tuple[list[dict], list[str]]:
+                  batch_size: int = 256, calibrated: bool = False) -> tuple[list[dict], list[str]]:
     """Predictions for every readable image the patterns name, and one line per unreadable input.
     Raises DataError when nothing at all was readable."""
+    if calibrated:
+        run.calibration_temperature()  # refused before any image is read
     files, problems = find_images(patterns)
     rows = []
     for i in range(0, len(files), batch_size):
@@ -362,7 +395,7 @@ def predict_paths(run: LoadedRun, patterns: Iterable[str], top_k: int = 3, tta: 
                 names.append(str(f))
             except (OSError, ValueError, SyntaxError) as e:  # PIL: UnidentifiedImageError, truncated, bombs
                 problems.append(f"{f}: not a readable image ({_short(e)})")
-        rows += run._rows(names, decoded, top_k, tta)
+        rows += run._rows(names, decoded, top_k, tta, calibrated=calibrated)
     if not rows:
         raise DataError("no readable image among the inputs:\n  " + "\n  ".join(problems or ["(none given)"]))
     return rows, problems

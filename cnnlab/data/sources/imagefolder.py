@@ -6,7 +6,8 @@ images of any size and colour mode.
 The tree is scanned (class folders may hold subfolders; hidden files and folders and
 files that are not images are skipped and counted) and fingerprinted: every image's
 path, size and mtime, plus the resize settings. Pillow then decodes the images in a
-thread pool (it releases the GIL while decoding): EXIF orientation applied, grey
+thread pool (it releases the GIL while decoding), each by :func:`cnnlab.data.decode.decode_file`,
+the one decoding predict uses too: EXIF orientation applied, grey
 kept grey and everything else (palette, RGBA, CMYK...) made RGB, transparency over
 black, and with ``data.resize`` each image is brought to that size by the
 ``data.resize_policy`` (stretch, crop or pad). :mod:`cnnlab.data.cache` keeps the
@@ -34,33 +35,14 @@ import torch
 from cnnlab.data.cache import load_cached, save_cached
 from cnnlab.data.check import IMAGE_SUFFIXES, count_tree
 from cnnlab.data.common import (DataError, DataSource, RawData, channel_stats, is_utf8, open_regular, short,
-                                shown_name, special_kind, to_grey)
+                                shown_name, special_kind)
+from cnnlab.data.decode import Decode, decode_file
 from cnnlab.outputs import is_cnnlab_output
 from cnnlab.registry import DATASETS, DatasetInfo
 
 IMAGEFOLDER = DatasetInfo(name="imagefolder", title="image folder")  # everything else comes from the files
 HOW = ("data.name=imagefolder needs data.root to hold one folder of images per class (root/<class>/...), "
        "or train/<class>/ and test/<class>/ (and optionally val/<class>/) folders")
-
-
-@dataclass(frozen=True)
-class Decode:
-    """What changes the decoded pixels (so it is part of the cache key): the target size
-    (height, width) or None, the resize policy and the interpolation."""
-
-    size: Optional[tuple[int, int]] = None
-    policy: str = "stretch"
-    interpolation: str = "bilinear"
-
-    @classmethod
-    def of(cls, resize: Any = None, policy: str = "stretch", interpolation: str = "bilinear") -> "Decode":
-        if resize is None:
-            return cls(None, policy, interpolation)
-        h, w = (resize, resize) if isinstance(resize, int) else tuple(resize)
-        return cls((int(h), int(w)), policy, interpolation)
-
-    def key(self) -> str:
-        return "" if self.size is None else f"{self.size[0]}x{self.size[1]}-{self.policy}-{self.interpolation}"
 
 
 @dataclass
@@ -267,106 +249,7 @@ def scan_tree(folder: Path, what: str, decode: Decode = Decode(), verify: str = 
     return Tree(folder, classes, files, h.hexdigest(), kinds, layout, sorted(scan.skipped), passed)
 
 
-# --------------------------------------------------------------------------- decoding
-
-
-def _resample(name: str):
-    from PIL import Image
-
-    return Image.Resampling.BICUBIC if name == "bicubic" else Image.Resampling.BILINEAR
-
-
-def _to_grey_or_rgb(im):
-    """A Pillow image as mode "L" (grey modes) or "RGB" (all others); transparency is
-    composited over black, 16-bit grey keeps its high byte."""
-    from PIL import Image
-
-    mode = im.mode
-    if mode in ("L", "RGB"):
-        return im
-    if mode.startswith("I;16") or mode == "I":
-        return Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8))
-    if mode == "F":
-        return Image.fromarray(np.asarray(im).clip(0, 255).astype(np.uint8))
-    if mode == "1":
-        return im.convert("L")
-    alpha = mode in ("LA", "La", "RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in im.info)
-    if alpha:
-        grey = mode in ("LA", "La")
-        rgba = im.convert("RGBA")
-        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        out = Image.alpha_composite(black, rgba).convert("RGB")
-        return out.convert("L") if grey else out
-    return im.convert("RGB")
-
-
-def fit(im, decode: Decode):
-    """Bring a Pillow image to ``decode.size`` (height, width) by the policy: ``stretch``
-    (aspect not kept), ``crop`` (shorter side to size, centre crop) or ``pad`` (longer
-    side to size, centred, black bars)."""
-    from PIL import ImageOps
-
-    h, w = decode.size
-    if im.size == (w, h):
-        return im
-    method = _resample(decode.interpolation)
-    if decode.policy == "crop":
-        return ImageOps.fit(im, (w, h), method=method)
-    if decode.policy == "pad":
-        return ImageOps.pad(im, (w, h), method=method, color=0)
-    return im.resize((w, h), method)
-
-
-class UnreadableImage(ValueError):
-    """A file (or image) that cannot be decoded: not an image, truncated, a decompression bomb, a named
-    pipe... The message says why, in one line."""
-
-
-def decode_file(path: Union[str, Path], decode: Decode = Decode()) -> np.ndarray:
-    """One image file as uint8 ``[H, W]`` (grey) or ``[H, W, 3]``; raises what Pillow raises, and
-    NotRegularFile (an OSError) for a named pipe, socket or device, which is never opened."""
-    from PIL import Image
-
-    with open_regular(path) as f, Image.open(f) as im:
-        return _pixels(im, decode)
-
-
-def _pixels(im, decode: Decode) -> np.ndarray:
-    from PIL import ImageOps
-
-    if im.getexif().get(0x0112, 1) != 1:  # EXIF orientation: turn the pixels as a viewer shows them
-        im = ImageOps.exif_transpose(im)
-    im = _to_grey_or_rgb(im)
-    if decode.size is not None:
-        im = fit(im, decode)
-    return np.asarray(im)
-
-
-def decode_image(source: Any, decode: Decode = Decode(), channels: Optional[int] = None) -> torch.Tensor:
-    """THE decoding of one image, for training and for predict alike: a path or a PIL image as uint8
-    ``[C, H, W]``, decoded as :func:`decode_file` decodes a training image (EXIF orientation, 16-bit
-    grey by its high byte, alpha over black, fitted to ``decode.size``), then brought to ``channels``
-    as ``data.channels`` does (grey repeated; RGB to grey by :func:`~cnnlab.data.common.to_grey`).
-    Anything that is no readable image raises :class:`UnreadableImage` (a ValueError) saying why."""
-    from PIL import Image
-
-    try:
-        if isinstance(source, (str, Path)):
-            a = decode_file(source, decode)
-        elif isinstance(source, Image.Image):
-            a = _pixels(source, decode)
-        else:
-            raise TypeError(f"expected a path or a PIL image, got {type(source).__name__}")
-    except (KeyboardInterrupt, SystemExit, MemoryError, TypeError):
-        raise
-    except Exception as e:  # UnidentifiedImageError, OSError (truncated, a pipe), DecompressionBombError...
-        raise UnreadableImage(short(e, 200) or type(e).__name__) from None
-    x = torch.from_numpy((a[None] if a.ndim == 2 else a.transpose(2, 0, 1)).copy())
-    if channels == 3 and x.shape[0] == 1:
-        x = x.expand(3, -1, -1).contiguous()
-    elif channels == 1 and x.shape[0] == 3:
-        x = to_grey(x[None])[0]
-    return x
+# --------------------------------------------------------------------------- decoding (one image: cnnlab.data.decode)
 
 
 def _decode_chunk(paths: list[str], decode: Decode, cancel: threading.Event) -> list[Union[np.ndarray, str]]:
