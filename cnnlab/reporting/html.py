@@ -225,6 +225,25 @@ def _layers(model: dict) -> tuple[list[str], list[list[str]]]:
     return cols, [[_fmt(r.get(c)) if c == "params" else str(r.get(c, "")) for c in cols] for r in layers]
 
 
+class _Problems:
+    """The report's warnings: each is logged and listed on the page."""
+
+    def __init__(self, log):
+        self.log, self.messages = log, []
+
+    def note(self, message: str) -> None:
+        self.messages.append(message)
+        self.log(message)
+
+    def guarded(self, what: str, fn, default):
+        """fn(), or ``default`` with a warning naming ``what`` when it raises."""
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - one bad part must not cost the whole report
+            self.note(f"{what} left out of the report: {one_line(e)}")
+            return default
+
+
 def run_context(run_dir: Path, log=results.warn, reuse: bool = True) -> dict:
     """Everything the run template shows, read from the run folder.
 
@@ -232,86 +251,23 @@ def run_context(run_dir: Path, log=results.warn, reuse: bool = True) -> dict:
     with a warning naming the file (through ``log`` and on the page). ``reuse``: embed curves.png when it
     is newer than the files it is drawn from, instead of drawing the curves again."""
     run_dir = Path(run_dir)
-    problems: list[str] = []
-
-    def note(message: str) -> None:
-        problems.append(message)
-        log(message)
-
-    def guarded(what: str, fn, default):
-        try:
-            return fn()
-        except Exception as e:  # noqa: BLE001 - one bad part must not cost the whole report
-            note(f"{what} left out of the report: {one_line(e)}")
-            return default
-
-    summary = runs.read_summary(run_dir)
-    if summary is None:
-        summary = {}
-        if (run_dir / "summary.json").exists():
-            note(f"{run_dir / 'summary.json'}: not a readable JSON object (truncated or damaged); "
-                 "the report shows what the other files hold")
+    problems = _Problems(log)
+    summary = _run_summary(run_dir, problems)
     history = runs.read_metrics(run_dir)
     raw_classes = summary.get("classes")
     classes = [str(c) for c in raw_classes] if isinstance(raw_classes, list) else []
     splits = [s for s in ("train", "val", "test") if isinstance(summary.get(s), dict)]
-
     metric_rows = [{"split": s, **{k: summary[s].get(k) for k in
                                    ("accuracy", "loss", "precision_macro", "recall_macro", "f1_macro")}}
                    for s in splits]
-    per_class = {}
-    for s in splits:
-        def rows_of(s=s):
-            pc = _mapping(summary[s].get("per_class"))
-            n = len(pc.get("support") or [])
-            return [{"cls": classes[i] if i < len(classes) else str(i),
-                     "precision": pc["precision"][i], "recall": pc["recall"][i], "f1": pc["f1"][i],
-                     "support": pc["support"][i]} for i in range(n)]
-        per_class[s] = guarded(f"{run_dir / 'summary.json'}: {s}.per_class", rows_of, [])
-
+    per_class = {s: problems.guarded(f"{run_dir / 'summary.json'}: {s}.per_class",
+                                     lambda s=s: _per_class_rows(summary[s], classes), []) for s in splits}
     best = _mapping(summary.get("best"))
-    images: dict[str, str] = {}
-    if history:
-        curves = guarded(f"{run_dir / 'metrics.jsonl'}: the learning curves",
-                         lambda: _b64(_curves_png(run_dir, history, best.get("step"), reuse)), None)
-        if curves:
-            images["curves"] = curves
-    confusion_split = next((s for s in ("test", "val") if _mapping(summary.get(s)).get("confusion")), None)
-    if confusion_split:
-        confusion = guarded(f"{run_dir / 'summary.json'}: the {confusion_split} confusion matrix",
-                            lambda: _b64(plots.png_bytes(plots.confusion_figure(
-                                summary[confusion_split]["confusion"], classes, f"{confusion_split} split"))), None)
-        if confusion:
-            images["confusion"] = confusion
-        else:
-            confusion_split = None
-    mis = guarded(f"{run_dir / 'misclassified.pt'}", lambda: _load_misclassified(run_dir), None)
-    if mis and mis["count"]:
-        grid = guarded(f"{run_dir / 'misclassified.pt'}: the misclassified images",
-                       lambda: _b64(plots.png_bytes(plots.misclassified_figure(
-                           mis["images"], mis["true"], mis["pred"], mis["confidence"], classes))), None)
-        if grid:
-            images["misclassified"] = grid
-
-    findings = summary.get("findings")
-    findings_source = "stored by the trainer"
-    if not isinstance(findings, list):
-        findings, findings_source = guarded(f"{run_dir}: the run doctor",
-                                            lambda: doctor.diagnose_run(run_dir), []), "computed now from the run folder"
-    findings = [f for f in findings if isinstance(f, dict)]
-
+    images, confusion_split, mis = _run_images(run_dir, summary, history, classes, reuse, problems)
+    findings, findings_source = _run_findings(run_dir, summary, problems)
     model = _mapping(summary.get("model"))
-    layer_cols, layer_rows = guarded(f"{run_dir / 'summary.json'}: model.layers", lambda: _layers(model), ([], []))
-    t = _mapping(summary.get("time"))
-    epoch_s = [x for x in (t.get("epoch_s") if isinstance(t.get("epoch_s"), list) else [])
-               if results.number(x, finite=False) is not None]
-    config_text = guarded(f"{run_dir / 'config.yaml'}", lambda: (run_dir / "config.yaml").read_text(errors="replace")
-                          if (run_dir / "config.yaml").exists() else None, None)
-    if config_text is None and summary.get("config"):
-        import yaml
-
-        config_text = guarded(f"{run_dir / 'summary.json'}: config",
-                              lambda: yaml.safe_dump(summary["config"], sort_keys=False), None)
+    layer_cols, layer_rows = problems.guarded(f"{run_dir / 'summary.json'}: model.layers", lambda: _layers(model),
+                                              ([], []))
     env = _mapping(summary.get("env"))
     warnings = summary.get("warnings") if isinstance(summary.get("warnings"), list) else []
     return {
@@ -322,7 +278,7 @@ def run_context(run_dir: Path, log=results.warn, reuse: bool = True) -> dict:
         "seed": summary.get("seed"),
         "data_source": summary.get("data_source"),
         "warnings": [str(w) for w in warnings],
-        "problems": problems,
+        "problems": problems.messages,
         "findings": findings,
         "findings_source": findings_source,
         "best": best,
@@ -334,18 +290,97 @@ def run_context(run_dir: Path, log=results.warn, reuse: bool = True) -> dict:
         "model": {k: model.get(k) for k in ("name", "params_total", "params_trainable", "flops_per_image")},
         "layer_cols": layer_cols,
         "layer_rows": layer_rows,
-        "time": {
-            "total_s": t.get("total_s"), "train_s": t.get("train_s"), "eval_s": t.get("eval_s"),
-            "data_s": t.get("data_s"), "images_per_s": t.get("train_images_per_s"),
-            "curve_eval_s": t.get("curve_eval_s"), "setup_s": t.get("setup_s"),  # none in runs of older versions
-            "epoch_mean_s": statistics.fmean(results.number(x, finite=False) for x in epoch_s) if epoch_s else None,
-            "epoch_s": epoch_s,
-        },
+        "time": _run_times(_mapping(summary.get("time"))),
         "n_evaluations": len(history),
         "last_eval": history[-1] if history else {},
-        "config_text": config_text,
+        "config_text": _config_text(run_dir, summary, problems),
         "env": [(str(k), v if isinstance(v, str) else ("" if v is None else str(v))) for k, v in env.items()],
     }
+
+
+def _run_summary(run_dir: Path, problems: _Problems) -> dict:
+    """summary.json, or {} (with a warning when the file is there but damaged)."""
+    summary = runs.read_summary(run_dir)
+    if summary is None:
+        summary = {}
+        if (run_dir / "summary.json").exists():
+            problems.note(f"{run_dir / 'summary.json'}: not a readable JSON object (truncated or damaged); "
+                          "the report shows what the other files hold")
+    return summary
+
+
+def _per_class_rows(split: dict, classes: list[str]) -> list[dict]:
+    pc = _mapping(split.get("per_class"))
+    n = len(pc.get("support") or [])
+    return [{"cls": classes[i] if i < len(classes) else str(i),
+             "precision": pc["precision"][i], "recall": pc["recall"][i], "f1": pc["f1"][i],
+             "support": pc["support"][i]} for i in range(n)]
+
+
+def _run_images(run_dir: Path, summary: dict, history: list[dict], classes: list[str], reuse: bool,
+                problems: _Problems) -> tuple[dict[str, str], Optional[str], Optional[dict]]:
+    """The run's figures as base64 PNG (curves, confusion, misclassified: each that can be drawn), the split
+    of the confusion matrix shown (None when none is), and misclassified.pt's contents."""
+    images: dict[str, str] = {}
+    if history:
+        best_step = _mapping(summary.get("best")).get("step")
+        curves = problems.guarded(f"{run_dir / 'metrics.jsonl'}: the learning curves",
+                                  lambda: _b64(_curves_png(run_dir, history, best_step, reuse)), None)
+        if curves:
+            images["curves"] = curves
+    confusion_split = next((s for s in ("test", "val") if _mapping(summary.get(s)).get("confusion")), None)
+    if confusion_split:
+        confusion = problems.guarded(f"{run_dir / 'summary.json'}: the {confusion_split} confusion matrix",
+                                     lambda: _b64(plots.png_bytes(plots.confusion_figure(
+                                         summary[confusion_split]["confusion"], classes,
+                                         f"{confusion_split} split"))), None)
+        if confusion:
+            images["confusion"] = confusion
+        else:
+            confusion_split = None
+    mis = problems.guarded(f"{run_dir / 'misclassified.pt'}", lambda: _load_misclassified(run_dir), None)
+    if mis and mis["count"]:
+        grid = problems.guarded(f"{run_dir / 'misclassified.pt'}: the misclassified images",
+                                lambda: _b64(plots.png_bytes(plots.misclassified_figure(
+                                    mis["images"], mis["true"], mis["pred"], mis["confidence"], classes))), None)
+        if grid:
+            images["misclassified"] = grid
+    return images, confusion_split, mis
+
+
+def _run_findings(run_dir: Path, summary: dict, problems: _Problems) -> tuple[list[dict], str]:
+    """The run doctor's findings (those the trainer stored, else computed now) and where they come from."""
+    findings = summary.get("findings")
+    findings_source = "stored by the trainer"
+    if not isinstance(findings, list):
+        findings, findings_source = problems.guarded(f"{run_dir}: the run doctor", lambda: doctor.diagnose_run(run_dir),
+                                                     []), "computed now from the run folder"
+    return [f for f in findings if isinstance(f, dict)], findings_source
+
+
+def _run_times(t: dict) -> dict:
+    epoch_s = [x for x in (t.get("epoch_s") if isinstance(t.get("epoch_s"), list) else [])
+               if results.number(x, finite=False) is not None]
+    return {
+        "total_s": t.get("total_s"), "train_s": t.get("train_s"), "eval_s": t.get("eval_s"),
+        "data_s": t.get("data_s"), "images_per_s": t.get("train_images_per_s"),
+        "curve_eval_s": t.get("curve_eval_s"), "setup_s": t.get("setup_s"),  # none in runs of older versions
+        "epoch_mean_s": statistics.fmean(results.number(x, finite=False) for x in epoch_s) if epoch_s else None,
+        "epoch_s": epoch_s,
+    }
+
+
+def _config_text(run_dir: Path, summary: dict, problems: _Problems) -> Optional[str]:
+    """config.yaml as text, else the config summary.json holds as YAML, else None."""
+    config_text = problems.guarded(f"{run_dir / 'config.yaml'}",
+                                   lambda: (run_dir / "config.yaml").read_text(errors="replace")
+                                   if (run_dir / "config.yaml").exists() else None, None)
+    if config_text is None and summary.get("config"):
+        import yaml
+
+        config_text = problems.guarded(f"{run_dir / 'summary.json'}: config",
+                                       lambda: yaml.safe_dump(summary["config"], sort_keys=False), None)
+    return config_text
 
 
 def write_run_report(run_dir, log=results.warn, reuse: bool = True) -> Path:
@@ -549,70 +584,27 @@ def sweep_context(sweep_dir: Path, metric: str = DEFAULT_SWEEP_METRIC, build_run
     """Everything the sweep template shows. Run reports that are missing or older than their run's files are
     (re)built when ``build_run_reports``; ``force`` rebuilds every one. ``run_reports`` counts them."""
     sweep_dir = Path(sweep_dir)
-    problems: list[str] = []
-
-    def note(message: str) -> None:
-        problems.append(message)
-        log(message)
-
-    rows, run_dirs = [], {}
-    for r in results.load_results(sweep_dir, log=note):
-        run_dir, problem = results.run_dir_of(sweep_dir, r)
-        if problem:  # never read, link or write outside the sweep folder
-            note(f"{sweep_dir / results.RESULTS}: run {r['run_id']!r}: {problem}; row skipped")
-            continue
-        rows.append(r)
-        run_dirs[r["run_id"]] = run_dir
+    problems = _Problems(log)
+    note = problems.note
+    rows, run_dirs = _sweep_rows(sweep_dir, note)
     plan = results.load_plan(sweep_dir, log=note) or {}
-    # The plan's keys first, then those that only runs of another sweep file run into this folder vary.
-    planned_keys = [k for k in plan.get("keys") or [] if k != "seed"]
-    rows = results.fill_settings(sweep_dir, rows, list(dict.fromkeys(
-        planned_keys + [k for r in rows for k in r.get("settings") or {}])))
-    keys = planned_keys + [k for k in _swept_keys(rows) if k not in planned_keys and len(
-        {repr((r.get("settings") or {}).get(k)) for r in rows}) > 1] if planned_keys else _swept_keys(rows)
+    rows, keys = _swept_settings(sweep_dir, plan, rows)
     if plan:
         plan = {**plan, "base_settings": results.base_settings(sweep_dir, plan, keys, rows)}
     groups: "OrderedDict[str, list[dict]]" = OrderedDict()
     for r in rows:
         groups.setdefault(_label(r.get("settings") or {}, keys), []).append(r)
-
-    settings_table = []
-    for label, members in groups.items():
-        vals = [m for m in (results.number(results.dig(r, metric), finite=False) for r in members
-                            if r.get("status") in FINISHED)
-                if m is not None and math.isfinite(m)]
-        mean, sd = _mean_sd(vals)
-        times = [t for t in (results.number(r.get("time_s"), finite=False) for r in members) if t is not None]
-        settings_table.append({"label": label, "n": len(members), "n_ok": len(vals), "mean": mean, "sd": sd,
-                               "min": min(vals) if vals else None, "max": max(vals) if vals else None,
-                               "time_s": statistics.fmean(times) if times else None})
-    # Best first; settings with no finished run (mean NaN) go last.
-    settings_table.sort(key=lambda s: -s["mean"] if s["n_ok"] else math.inf)
+    settings_table = _settings_table(groups, metric)
     best_label = settings_table[0]["label"] if settings_table and settings_table[0]["n_ok"] else None
-
-    run_rows = []
     built = {"built": 0, "current": 0}
+    run_rows = []
     for r in rows:
-        link = None
         run_dir = run_dirs.get(r["run_id"])
-        if run_dir is not None:
-            if build_run_reports and ((run_dir / "summary.json").exists() or (run_dir / "metrics.jsonl").exists()):
-                if not force and is_current(run_dir / REPORT_NAME, REPORT_SOURCES):
-                    built["current"] += 1
-                else:
-                    try:
-                        write_run_report(run_dir, log=note, reuse=not force)
-                        built["built"] += 1
-                    except Exception as e:  # noqa: BLE001 - a broken run keeps its row, just without a link
-                        note(f"could not write {run_dir / REPORT_NAME}: {one_line(e)}")
-            if (run_dir / REPORT_NAME).is_file():
-                link = run_link(sweep_dir, run_dir)
-        run_rows.append({"run_id": r.get("run_id"), "label": _label(r.get("settings") or {}, keys),
-                         "seed": r.get("seed"), "status": r.get("status"), "metric": results.dig(r, metric),
-                         "best_val": results.dig(r, "best.val_accuracy"), "best_epoch": results.dig(r, "best.epoch"),
-                         "time_s": r.get("time_s"), "link": link})
-    curves = _mean_curves(run_dirs, groups)
+        if build_run_reports and run_dir is not None:
+            _build_run_report(run_dir, force, built, note)
+        run_rows.append(_run_row(sweep_dir, r, run_dir, keys, metric))
     images, pngs = {}, {}
+    curves = _mean_curves(run_dirs, groups)
     if curves:
         try:
             pngs["curves"] = plots.png_bytes(plots.sweep_curves_figure(curves))
@@ -643,8 +635,72 @@ def sweep_context(sweep_dir: Path, metric: str = DEFAULT_SWEEP_METRIC, build_run
         "pngs": {**pngs, **{f"factor {f['key']}": f["png"] for f in factor_plots}},  # the plots' bytes, by name
         "run_rows": run_rows,
         "run_reports": built,
-        "problems": problems,
+        "problems": problems.messages,
     }
+
+
+def _sweep_rows(sweep_dir: Path, note) -> tuple[list[dict], dict[str, Path]]:
+    """results.jsonl's rows whose run folder lies inside the sweep folder, and those folders by run id."""
+    rows, run_dirs = [], {}
+    for r in results.load_results(sweep_dir, log=note):
+        run_dir, problem = results.run_dir_of(sweep_dir, r)
+        if problem:  # never read, link or write outside the sweep folder
+            note(f"{sweep_dir / results.RESULTS}: run {r['run_id']!r}: {problem}; row skipped")
+            continue
+        rows.append(r)
+        run_dirs[r["run_id"]] = run_dir
+    return rows, run_dirs
+
+
+def _swept_settings(sweep_dir: Path, plan: dict, rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """The rows with every swept key in their settings, and the swept keys: the plan's first, then those that
+    only runs of another sweep file run into this folder vary."""
+    planned_keys = [k for k in plan.get("keys") or [] if k != "seed"]
+    rows = results.fill_settings(sweep_dir, rows, list(dict.fromkeys(
+        planned_keys + [k for r in rows for k in r.get("settings") or {}])))
+    keys = planned_keys + [k for k in _swept_keys(rows) if k not in planned_keys and len(
+        {repr((r.get("settings") or {}).get(k)) for r in rows}) > 1] if planned_keys else _swept_keys(rows)
+    return rows, keys
+
+
+def _settings_table(groups: "OrderedDict[str, list[dict]]", metric: str) -> list[dict]:
+    """One row per setting: its runs, the metric's mean, sd, min and max over the finished ones, the mean time;
+    best first, settings with no finished run last."""
+    table = []
+    for label, members in groups.items():
+        vals = [m for m in (results.number(results.dig(r, metric), finite=False) for r in members
+                            if r.get("status") in FINISHED)
+                if m is not None and math.isfinite(m)]
+        mean, sd = _mean_sd(vals)
+        times = [t for t in (results.number(r.get("time_s"), finite=False) for r in members) if t is not None]
+        table.append({"label": label, "n": len(members), "n_ok": len(vals), "mean": mean, "sd": sd,
+                      "min": min(vals) if vals else None, "max": max(vals) if vals else None,
+                      "time_s": statistics.fmean(times) if times else None})
+    table.sort(key=lambda s: -s["mean"] if s["n_ok"] else math.inf)
+    return table
+
+
+def _build_run_report(run_dir: Path, force: bool, built: dict, note) -> None:
+    """(Re)build a run's report when missing or stale (always with ``force``), counting it in ``built``."""
+    if not ((run_dir / "summary.json").exists() or (run_dir / "metrics.jsonl").exists()):
+        return
+    if not force and is_current(run_dir / REPORT_NAME, REPORT_SOURCES):
+        built["current"] += 1
+        return
+    try:
+        write_run_report(run_dir, log=note, reuse=not force)
+        built["built"] += 1
+    except Exception as e:  # noqa: BLE001 - a broken run keeps its row, just without a link
+        note(f"could not write {run_dir / REPORT_NAME}: {one_line(e)}")
+
+
+def _run_row(sweep_dir: Path, r: dict, run_dir: Optional[Path], keys: list[str], metric: str) -> dict:
+    """A run's row of the sweep report, with the link to its report when it has one."""
+    link = run_link(sweep_dir, run_dir) if run_dir is not None and (run_dir / REPORT_NAME).is_file() else None
+    return {"run_id": r.get("run_id"), "label": _label(r.get("settings") or {}, keys),
+            "seed": r.get("seed"), "status": r.get("status"), "metric": results.dig(r, metric),
+            "best_val": results.dig(r, "best.val_accuracy"), "best_epoch": results.dig(r, "best.epoch"),
+            "time_s": r.get("time_s"), "link": link}
 
 
 def write_sweep_report(sweep_dir, metric: str = DEFAULT_SWEEP_METRIC, log=results.warn, force: bool = False,
