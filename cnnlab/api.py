@@ -128,9 +128,17 @@ class SweepResult:
 def sweep(sweep_file: str | Path, out: str | Path | None = None, *, workers: int = 1, executor: str = "local",
           address: str | None = None, dry_run: bool = False) -> SweepResult:
     """Run a sweep file (settings × seeds) into ``out`` (default ``sweeps/<name>``)."""
+    from cnnlab.sweeps.local import unguarded_script
     from cnnlab.sweeps.plan import load_sweep
     from cnnlab.sweeps.run import run_sweep
 
+    script = unguarded_script() if executor == "local" and isinstance(workers, int) and workers > 1 else None
+    if script is not None:
+        raise ConfigError(
+            f"workers={workers}: cnnlab.sweep is called at the top level of {script}, outside "
+            f"'if __name__ == \"__main__\":'. Its worker processes are started by Python's spawn, which imports "
+            f"{script} again in each of them, so every worker would start the sweep again and die. Put the call "
+            f"under 'if __name__ == \"__main__\":' (the code above it can stay), or use workers=1.")
     try:
         rows = run_sweep(sweep_file, out_dir=out, workers=workers, executor=executor, address=address,
                          dry_run=dry_run)

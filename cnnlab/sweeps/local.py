@@ -82,6 +82,47 @@ def run_inline(tasks: list[dict], on_row: Callable[[dict], None], on_start: Call
             raise KeyboardInterrupt
 
 
+def _is_main_test(test) -> bool:
+    """Whether an ``if`` test is ``__name__ == "__main__"`` (either way round)."""
+    import ast
+
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = [test.left, test.comparators[0]]
+    return any(isinstance(x, ast.Name) and x.id == "__name__" for x in sides) and any(
+        isinstance(x, ast.Constant) and x.value == "__main__" for x in sides)
+
+
+def unguarded_script() -> str | None:
+    """The script whose top-level code, outside ``if __name__ == "__main__":``, is what called us (its path),
+    else None. Worker processes are spawned: each imports the main script again (as ``__mp_main__``), so
+    such a call would start the sweep again in every worker, and the workers die. Seen from the sweep
+    process (the calling line is outside the guard) or from a worker (we run inside that re-import).
+    Notebooks and ``python -c`` have no script to import again: None."""
+    import ast
+
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    frame = sys._getframe(1)
+    while frame is not None and not (frame.f_code.co_name == "<module>"
+                                     and frame.f_globals.get("__name__") in ("__main__", "__mp_main__")):
+        frame = frame.f_back
+    if frame is None:
+        return None
+    path = frame.f_code.co_filename
+    if frame.f_globals["__name__"] == "__mp_main__":  # a worker importing the script again
+        return path
+    if not main_file or os.path.abspath(path) != os.path.abspath(main_file):
+        return None
+    try:
+        tree = ast.parse(Path(path).read_text())
+    except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
+        return None
+    line = frame.f_lineno
+    guarded = any(isinstance(node, ast.If) and _is_main_test(node.test) and node.lineno <= line <= node.end_lineno
+                  for node in tree.body)
+    return None if guarded else path
+
+
 def worker_pool(workers: int, gpus: tuple | None = None) -> ProcessPoolExecutor:
     """The pool of worker processes `cnnlab sweep --workers N` runs its runs on: spawned, cores // N
     threads each, tied to this process, and with two GPUs or more, each worker on its own GPU.
