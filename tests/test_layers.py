@@ -235,6 +235,18 @@ def test_no_function_takes_more_than_ten_parameters():
     assert not too_long, "functions over 10 parameters: " + ", ".join(too_long)
 
 
+def test_no_function_is_over_eighty_lines():
+    # A body that long holds several rules: give each its own function.
+    too_long = []
+    for name, path in module_names().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1  # from the def (not its decorators) to its last line
+                if lines > 80:
+                    too_long.append(f"{name}.{node.name} ({lines} lines, line {node.lineno})")
+    assert not too_long, "functions over 80 lines: " + ", ".join(too_long)
+
+
 def test_the_training_loop_fits_in_one_sitting():
     lines = (PACKAGE / "training" / "loop.py").read_text().count("\n")
     assert lines <= 400, f"cnnlab/training/loop.py has {lines} lines; keep it at most 400 (move helpers to their module)"

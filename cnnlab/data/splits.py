@@ -404,6 +404,20 @@ def split_indices(
     return train_index, val_index
 
 
+@dataclass
+class _Parts:
+    """Each split before placement: (the RawData tensor holding its images, their positions in it; None: all,
+    in order), its labels, its files; the train/val positions; the train statistics (None: of the train split,
+    computed after placement)."""
+    parts: dict[str, tuple[str, Optional[torch.Tensor]]]
+    ys: dict[str, torch.Tensor]
+    files: Optional[dict[str, list]]
+    train_index: torch.Tensor
+    val_index: torch.Tensor
+    mean: Optional[tuple] = None
+    std: Optional[tuple] = None
+
+
 def load_splits(data_cfg: DataSettings = None, device: Union[str, torch.device] = "cpu",
                 saved: Optional[dict] = None) -> Splits:
     """Load ``data.name`` and split it: the official training set into train and validation
@@ -420,91 +434,101 @@ def load_splits(data_cfg: DataSettings = None, device: Union[str, torch.device] 
     raw = load_raw(data_cfg)
     if saved is not None and raw.files is not None:
         check_record_against(saved, raw)
-    seed, limit = setting(data_cfg, "split_seed"), setting(data_cfg, "train_limit")
-    val_size = setting(data_cfg, "val_size")
     if setting(data_cfg, "test_size") is not None and raw.layout != "flat":
         raise DataError(f"data.test_size is set, but {name} ({raw.source}) has its own test images; data.test_size "
                         f"splits a flat root/<class>/ image folder only. Remove it.")
-    files = None
-    # each split as (the RawData tensor holding its images, their positions in it; None: all, in order):
     # nothing is gathered until the placement is known
-    parts: dict[str, tuple[str, Optional[torch.Tensor]]]
-    if raw.layout == "flat":
-        idx = _split_flat(raw, data_cfg, saved)
-        train_index, val_index = idx["train"], idx["val"]
-        parts = {s: ("train_x", i) for s, i in idx.items()}
-        y_all = raw.train_y
-        ys = {s: y_all[i] for s, i in idx.items()}
-        paths = raw.files["train"] if raw.files else []
-        files = {s: [(paths[j], int(y_all[j])) for j in i.tolist()] for s, i in idx.items()}
-        mean, std = None, None  # of the train split, below
-    else:
-        n = len(raw.train_x)
-        if raw.val_x is not None:
-            if val_size is not None:
-                raise DataError(f"data.val_size is set, but {raw.root}/val/ holds the validation images; remove "
-                                f"data.val_size or the val/ folder.")
-            val_index = torch.empty(0, dtype=torch.int64)
-            train_index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit] if limit \
-                else torch.arange(n)
-            val_part, val_y = ("val_x", None), raw.val_y
-        else:
-            if val_size is None:
-                default = dataset_info(name).default_val_size
-                val_size = default if default is not None else n // 10
-            val_size = count_of(val_size, n) if val_size else 0
-            if val_size >= n:
-                raise DataError(
-                    f"data.val_size={val_size} leaves no training images: {name} has {n} training images "
-                    f"({raw.source}). Set data.val_size below {n}."
-                )
-            train_index, val_index = split_indices(n, val_size, seed, limit)
-            val_part, val_y = ("train_x", val_index), raw.train_y[val_index]
-        parts = {"train": ("train_x", train_index), "val": val_part, "test": ("test_x", None)}
-        ys = {"train": raw.train_y[train_index], "val": val_y, "test": raw.test_y}
-        mean, std = raw.mean, raw.std
-        if raw.files is not None:
-            tr = raw.files["train"]
-            files = {"train": [(tr[j], int(raw.train_y[j])) for j in train_index.tolist()],
-                     "val": ([(tr[j], int(raw.train_y[j])) for j in val_index.tolist()] if raw.val_x is None else
-                             list(zip(raw.files.get("val", []), raw.val_y.tolist()))),
-                     "test": list(zip(raw.files.get("test", []), raw.test_y.tolist()))}
-
+    p = _flat_parts(raw, data_cfg, saved) if raw.layout == "flat" else _official_parts(raw, data_cfg)
     native = raw.train_x.shape[1]
     channels = setting(data_cfg, "channels") or native
     if channels != native and not (channels == 3 and native == 1) and not (channels == 1 and native == 3):
         raise DataError(f"data.channels={channels} cannot be made from {native}-channel images")
     grey = channels == 1 and native == 3  # converted once (or per streamed batch), not per training batch
     dev = torch.device(device)
-    xs, where = _place(raw, parts, grey, dev, setting(data_cfg, "max_memory"), name)
+    xs, where = _place(raw, p.parts, grey, dev, setting(data_cfg, "max_memory"), name)
+    mean, std = p.mean, p.std
     if mean is None or grey:  # statistics of the images as stored (a flat folder's train split, grey images)
         mean, std = placement.host_stats(xs["train"]) if isinstance(xs["train"], HostImages) \
             else channel_stats(xs["train"])
     if channels == 3 and native == 1:
         mean, std = tuple(mean) * 3, tuple(std) * 3  # Preprocess repeats the channel
-
-    h, w = raw.train_x.shape[-2:]
     resize = setting(data_cfg, "resize")
-    image_size: Union[int, tuple[int, int]] = resize if resize else (h if h == w else (h, w))
-    if isinstance(image_size, (list, tuple)):
-        image_size = tuple(image_size)  # type: ignore[assignment]
-        if image_size[0] == image_size[1]:
-            image_size = image_size[0]
     if not isinstance(xs["train"], HostImages):
         xs = {s: x.to(dev) for s, x in xs.items()}
+    ys = p.ys
     return Splits(
         train_x=xs["train"], train_y=ys["train"].to(dev),
         val_x=xs["val"], val_y=ys["val"].to(dev),
         test_x=xs["test"], test_y=ys["test"].to(dev),
         classes=list(raw.classes), mean=tuple(mean), std=tuple(std), num_classes=len(raw.classes),
-        in_channels=channels, image_size=image_size, source=raw.source, name=name,
-        train_index=train_index, val_index=val_index,
+        in_channels=channels, image_size=_image_size(raw, resize), source=raw.source, name=name,
+        train_index=p.train_index, val_index=p.val_index,
         resize=((resize, resize) if isinstance(resize, int) else tuple(resize)) if resize else None,
         resize_policy=setting(data_cfg, "resize_policy"), interpolation=setting(data_cfg, "resize_mode"),
         resized_on_decode=bool(resize) and "resize" in DATASETS.get(name).options,
-        root=str(raw.root) if raw.root is not None else None, files=files,
+        root=str(raw.root) if raw.root is not None else None, files=p.files,
         bad_images=list(raw.bad_images), skipped=list(raw.skipped), placement=where, layout=raw.layout,
     )  # fmt: skip
+
+
+def _flat_parts(raw: RawData, data_cfg: DataSettings, saved: Optional[dict]) -> _Parts:
+    """A flat root/<class>/ folder: train, val and test drawn from its one set of images, stratified by class
+    (or as ``saved`` says); the statistics are the train split's, computed once it is placed."""
+    idx = _split_flat(raw, data_cfg, saved)
+    y_all = raw.train_y
+    paths = raw.files["train"] if raw.files else []
+    return _Parts(parts={s: ("train_x", i) for s, i in idx.items()}, ys={s: y_all[i] for s, i in idx.items()},
+                  files={s: [(paths[j], int(y_all[j])) for j in i.tolist()] for s, i in idx.items()},
+                  train_index=idx["train"], val_index=idx["val"])
+
+
+def _official_parts(raw: RawData, data_cfg: DataSettings) -> _Parts:
+    """A data set with its own test images: validation from its val/ folder, else a seeded share of its
+    training images (data.val_size, the data set's default, else a tenth); data.train_limit cuts train."""
+    name, seed, limit = setting(data_cfg, "name"), setting(data_cfg, "split_seed"), setting(data_cfg, "train_limit")
+    val_size = setting(data_cfg, "val_size")
+    n = len(raw.train_x)
+    if raw.val_x is not None:
+        if val_size is not None:
+            raise DataError(f"data.val_size is set, but {raw.root}/val/ holds the validation images; remove "
+                            f"data.val_size or the val/ folder.")
+        val_index = torch.empty(0, dtype=torch.int64)
+        train_index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit] if limit \
+            else torch.arange(n)
+        val_part, val_y = ("val_x", None), raw.val_y
+    else:
+        if val_size is None:
+            default = dataset_info(name).default_val_size
+            val_size = default if default is not None else n // 10
+        val_size = count_of(val_size, n) if val_size else 0
+        if val_size >= n:
+            raise DataError(
+                f"data.val_size={val_size} leaves no training images: {name} has {n} training images "
+                f"({raw.source}). Set data.val_size below {n}."
+            )
+        train_index, val_index = split_indices(n, val_size, seed, limit)
+        val_part, val_y = ("train_x", val_index), raw.train_y[val_index]
+    files = None
+    if raw.files is not None:
+        tr = raw.files["train"]
+        files = {"train": [(tr[j], int(raw.train_y[j])) for j in train_index.tolist()],
+                 "val": ([(tr[j], int(raw.train_y[j])) for j in val_index.tolist()] if raw.val_x is None else
+                         list(zip(raw.files.get("val", []), raw.val_y.tolist()))),
+                 "test": list(zip(raw.files.get("test", []), raw.test_y.tolist()))}
+    return _Parts(parts={"train": ("train_x", train_index), "val": val_part, "test": ("test_x", None)},
+                  ys={"train": raw.train_y[train_index], "val": val_y, "test": raw.test_y}, files=files,
+                  train_index=train_index, val_index=val_index, mean=raw.mean, std=raw.std)
+
+
+def _image_size(raw: RawData, resize) -> Union[int, tuple[int, int]]:
+    """The images' size as the model sees them: data.resize, else the stored size (one number when square)."""
+    h, w = raw.train_x.shape[-2:]
+    image_size: Union[int, tuple[int, int]] = resize if resize else (h if h == w else (h, w))
+    if isinstance(image_size, (list, tuple)):
+        image_size = tuple(image_size)  # type: ignore[assignment]
+        if image_size[0] == image_size[1]:
+            image_size = image_size[0]
+    return image_size
 
 
 def _place(raw: RawData, parts: dict[str, tuple[str, Optional[torch.Tensor]]], grey: bool, dev: torch.device,
