@@ -85,7 +85,17 @@ def row_from_summary(run: dict, summary: dict, error: str | None = None, time_s:
         "time_s": number((summary.get("time") or {}).get("total_s")) if time_s is None else round(time_s, 3),
         "run_dir": run["run_dir"],
         "error": error or summary.get("error"),
+        "threads": cpu_threads(summary),
     }
+
+
+def cpu_threads(summary: dict) -> int | None:
+    """The CPU threads a run computed with (summary.json env), when it ran on the CPU: results there depend on it
+    (floating-point sums are split differently); None for a GPU run or when not recorded."""
+    env = summary.get("env") if isinstance(summary.get("env"), dict) else {}
+    threads = env.get("cpu_threads")
+    on_cpu = str(env.get("device", "")).startswith("cpu")
+    return threads if on_cpu and isinstance(threads, int) and not isinstance(threads, bool) else None
 
 
 def append_row(path: str | Path, row: dict) -> None:
@@ -101,7 +111,7 @@ def warn(message: str) -> None:
 # A results row: the fields every reader needs, with the types they must have; others are optional.
 ROW_FIELDS = {"run_id": (str,), "settings": (dict,), "seed": (int,), "status": (str,)}
 OPTIONAL_ROW_FIELDS = {"test": (dict,), "best": (dict,), "run_dir": (str,), "error": (str,),
-                       "time_s": (int, float), "final_train_loss": (int, float)}
+                       "time_s": (int, float), "final_train_loss": (int, float), "threads": (int,)}
 
 
 def row_problem(row: Any) -> str | None:
