@@ -117,9 +117,14 @@ AIRBENCH_STATE = ["train.lookahead=0.77", "data.augment.flip_mode=alternate", "d
 ACCUMULATE = ["train.batch_size=25", "train.accumulate=2", "optim.clip_grad_norm=0.5", "train.precision=fp32"]
 
 
+# every random augmentation draws from the checkpointed generator: a resume draws what the full run drew
+AUGMENT = ["data.augment.rotate=15", "data.augment.translate=0.1", "data.augment.auto=trivial",
+           "data.augment.mixup=0.2", "data.augment.cutmix=1.0", "loss.label_smoothing=0.1", "train.precision=fp32"]
+
+
 @pytest.mark.parametrize("extra", [[f"train.precision={p}"] for p in PRECISIONS]
-                         + [AIRBENCH_STATE + ["train.precision=fp32"], ACCUMULATE],
-                         ids=[*PRECISIONS, "lookahead_alternate_prepad", "accumulate_clip"])
+                         + [AIRBENCH_STATE + ["train.precision=fp32"], ACCUMULATE, AUGMENT],
+                         ids=[*PRECISIONS, "lookahead_alternate_prepad", "accumulate_clip", "affine_trivial_mix"])
 def test_sigint_then_resume_matches_an_uninterrupted_run(tmp_path, data_root, extra):
     full = _cli("train", "recipes/quickstart_lenet5_mnist.yaml", *TINY, *extra, "--out", str(tmp_path / "full"))
     assert full.wait(timeout=300) == 0, full.stdout.read()

@@ -105,6 +105,25 @@ class AugmentConfig(_Section):
     contrast: float = Field(0.0, ge=0)
     saturation: float = Field(0.0, ge=0)
     hue: float = Field(0.0, ge=0, le=0.5)
+    rotate: float = Field(0.0, ge=0, le=180, description=(
+        "random rotation: each image turned by its own angle, uniform in [-rotate, rotate] degrees (bilinear, "
+        "black outside); with translate, scale and shear one affine per image"))
+    translate: float = Field(0.0, ge=0, le=0.5, description=(
+        "random shift of each image, uniform in [-translate, translate] x its width (x) and height (y)"))
+    scale: float = Field(0.0, ge=0, lt=1, description="random zoom of each image, uniform in [1 - scale, 1 + scale]")
+    shear: float = Field(0.0, ge=0, le=60, description="random x-shear of each image, uniform in [-shear, shear] degrees")
+    auto: Literal["none", "trivial", "randaugment"] = Field("none", description=(
+        "automatic augmentation policy, torchvision's op space drawn per image: trivial = TrivialAugmentWide (one "
+        "op at a random strength); randaugment = RandAugment (auto_ops ops at strength auto_magnitude)"))
+    auto_ops: int = Field(2, ge=1, le=6, description="data.augment.auto=randaugment: ops applied to each image")
+    auto_magnitude: int = Field(9, ge=0, le=30, description=(
+        "data.augment.auto=randaugment: the ops' strength, bin 0..30 (torchvision's default 9)"))
+    mixup: float = Field(0.0, ge=0, le=10, description=(
+        "mixup's Beta(alpha, alpha) parameter (0 = off; 0.2 to 1 usual): each image blended with another of its "
+        "batch, the targets in the same shares (a soft-target loss)"))
+    cutmix: float = Field(0.0, ge=0, le=10, description=(
+        "cutmix's Beta(alpha, alpha) parameter (0 = off; 1 usual): a box of another image of the batch pasted in, "
+        "the targets by the box's area; with mixup too, each image takes one of the two with p 0.5"))
 
 
 class DataConfig(_Section):
@@ -446,6 +465,9 @@ class Config(_Section):
                              "focal or multi_margin, or class_weights: null")
         if self.loss.name == "focal" and self.loss.label_smoothing:
             raise ValueError("loss.label_smoothing: loss.name=focal has no label smoothing; set it to 0")
+        if (self.data.augment.mixup or self.data.augment.cutmix) and self.loss.name == "multi_margin":
+            raise ValueError("data.augment.mixup / cutmix: loss.name=multi_margin takes no soft targets; use "
+                             "cross_entropy, nll, focal or mse, or set mixup and cutmix to 0")
         if self.data.augment.flip_mode == "alternate" and not self.data.augment.flip:
             raise ValueError("data.augment.flip_mode=alternate needs data.augment.flip=true")
         if self.model.features_at is not None and self.model.name != "linear":

@@ -318,17 +318,285 @@ def repeat_channels(x: torch.Tensor, channels: int = 3) -> torch.Tensor:
     return x.expand(-1, channels, -1, -1)
 
 
+# --------------------------------------------------------------------------- affine (rotation, translation, scale, shear)
+
+
+def _vector(v: Factor, n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A scalar or an [N] tensor of per-image parameters as an [N] tensor."""
+    t = v.to(device, dtype) if isinstance(v, torch.Tensor) else torch.tensor(float(v), device=device, dtype=dtype)
+    return t.expand(n) if t.dim() == 0 else t
+
+
+AFFINE_KEYS = ("angle", "translate_x", "translate_y", "scale", "shear_x", "shear_y")
+
+
+def affine_theta(n: int, size: tuple[int, int], params: dict, center=None, device=None,
+                 dtype=torch.float32) -> torch.Tensor:
+    """[N, 2, 3]: for each image, the inverse of torchvision's affine matrix (output pixel -> input pixel, in pixels
+    from the image centre), the one ``torchvision.transforms.v2.functional.affine`` builds for one image.
+    ``params``: :data:`AFFINE_KEYS` (as :func:`affine` takes them), each a float or an [N] tensor."""
+    h, w = size
+    p = [_vector(params[k], n, device or torch.device("cpu"), dtype) for k in AFFINE_KEYS]
+    rot, tx, ty, s, sx, sy = p[0].deg2rad(), p[1], p[2], p[3], p[4].deg2rad(), p[5].deg2rad()
+    cx, cy = (0.0, 0.0) if center is None else (center[0] - w * 0.5, center[1] - h * 0.5)
+    # rotation x shear (torchvision's RSS without the scale, determinant 1), inverted, divided by the scale
+    a = torch.cos(rot - sy) / torch.cos(sy)
+    b = -torch.cos(rot - sy) * torch.tan(sx) / torch.cos(sy) - torch.sin(rot)
+    c = torch.sin(rot - sy) / torch.cos(sy)
+    d = -torch.sin(rot - sy) * torch.tan(sx) / torch.cos(sy) + torch.cos(rot)
+    m0, m1, m3, m4 = d / s, -b / s, -c / s, a / s
+    m2 = m0 * (-cx - tx) + m1 * (-cy - ty) + cx
+    m5 = m3 * (-cx - tx) + m4 * (-cy - ty) + cy
+    return torch.stack([torch.stack([m0, m1, m2], 1), torch.stack([m3, m4, m5], 1)], 1)
+
+
+def affine(x: torch.Tensor, angle: Factor, translate_x: Factor = 0.0, translate_y: Factor = 0.0,
+           scale: Factor = 1.0, shear_x: Factor = 0.0, shear_y: Factor = 0.0, center=None,
+           mode: str = "bilinear") -> torch.Tensor:
+    """torchvision's ``affine`` with a different transform per image, in one ``grid_sample``: ``angle`` clockwise in
+    degrees, translations in pixels, ``scale``, shears in degrees (each a float or an [N] tensor), about the image
+    centre or ``center`` = (x, y) in pixels; outside the image is 0. uint8 in gives uint8 out (rounded)."""
+    _check_batch(x)
+    n, _, h, w = x.shape
+    xf = x if x.is_floating_point() else x.float()
+    values = (angle, translate_x, translate_y, scale, shear_x, shear_y)
+    theta = affine_theta(n, (h, w), dict(zip(AFFINE_KEYS, values)), center, x.device, xf.dtype)
+    xs = torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, w, device=x.device, dtype=xf.dtype)
+    ys = torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, h, device=x.device, dtype=xf.dtype)
+    base = torch.stack([xs.expand(h, w), ys.view(h, 1).expand(h, w), torch.ones(h, w, device=x.device,
+                                                                                 dtype=xf.dtype)], -1)
+    half = torch.tensor([0.5 * w, 0.5 * h], device=x.device, dtype=xf.dtype)
+    grid = base.view(1, h * w, 3).matmul(theta.transpose(1, 2) / half).view(n, h, w, 2)
+    out = F.grid_sample(xf, grid, mode=mode, padding_mode="zeros", align_corners=False)
+    return out if x.is_floating_point() else out.round_().clamp_(0, 255).to(x.dtype)
+
+
+def affine_params(n: int, generator: Optional[torch.Generator], rotate: float = 0.0, translate: float = 0.0,
+                  scale: float = 0.0, shear: float = 0.0, size: tuple[int, int] = (1, 1),
+                  device: Optional[torch.device] = None) -> dict[str, torch.Tensor]:
+    """Per-image parameters of :func:`random_affine`, five uniform draws per image (angle, x and y translation,
+    scale, shear): angle in [-rotate, rotate] degrees, translation in [-translate, translate] x the image's
+    width / height (in pixels, not rounded), scale in [1 - scale, 1 + scale], x-shear in [-shear, shear] degrees."""
+    u = _uniform(5 * n, generator, device or torch.device("cpu")).view(5, n) * 2 - 1
+    h, w = size
+    return {"angle": u[0] * rotate, "translate_x": u[1] * translate * w, "translate_y": u[2] * translate * h,
+            "scale": 1 + u[3] * scale, "shear_x": u[4] * shear}
+
+
+def random_affine(x: torch.Tensor, generator: Optional[torch.Generator], rotate: float = 0.0,
+                  translate: float = 0.0, scale: float = 0.0, shear: float = 0.0,
+                  mode: str = "bilinear") -> torch.Tensor:
+    """torchvision's ``RandomAffine(rotate, (translate, translate), (1 - scale, 1 + scale), shear)`` drawn for
+    every image (torchvision's draws once per call), bilinear, zeros outside; translations are not rounded."""
+    _check_batch(x)
+    p = affine_params(x.shape[0], generator, rotate, translate, scale, shear, tuple(x.shape[-2:]), x.device)
+    return affine(x, mode=mode, **p)
+
+
+# --------------------------------------------------------------------------- TrivialAugment / RandAugment
+
+
+def adjust_sharpness(x: torch.Tensor, factor: Factor) -> torch.Tensor:
+    """Blend each image with its smoothed version (torchvision's 3x3 kernel, border pixels kept): 0 gives the
+    smoothed image, 1 the original, 2 a sharpened one."""
+    h, w = x.shape[-2:]
+    if h <= 2 or w <= 2:
+        return x
+    xf, was_uint8 = _as_unit_float(x)
+    c = xf.shape[1]
+    kernel = torch.ones(3, 3, device=xf.device, dtype=xf.dtype)
+    kernel[1, 1] = 5.0
+    kernel = (kernel / 13.0).expand(c, 1, 3, 3)
+    degenerate = xf.clone()
+    degenerate[..., 1:-1, 1:-1] = F.conv2d(xf, kernel, groups=c)
+    return _back(_blend(xf, degenerate, _per_sample(factor, xf)), was_uint8)
+
+
+def posterize(x: torch.Tensor, bits: Factor) -> torch.Tensor:
+    """Keep the ``bits`` (per image, 1..8) highest bits of each uint8 pixel."""
+    b = bits.to(x.device).long().view(-1, 1, 1, 1) if isinstance(bits, torch.Tensor) and bits.dim() else \
+        torch.tensor(int(bits), device=x.device)
+    return x & ((255 << (8 - b)) & 255).to(torch.uint8)
+
+
+def solarize(x: torch.Tensor, threshold: Factor) -> torch.Tensor:
+    """Invert every uint8 pixel at or above ``threshold`` (per image, 0..255)."""
+    return torch.where(x >= _per_sample(threshold, x.float()), 255 - x, x)
+
+
+AUTO_OPS = ("identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness", "color",
+            "contrast", "sharpness", "posterize", "solarize", "autocontrast", "equalize")
+SIGNED_OPS = frozenset(AUTO_OPS[1:10])  # their magnitude takes a random sign
+AUTO_BINS = 31  # torchvision's num_magnitude_bins
+
+
+def auto_magnitudes(policy: str, op: str, bins: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The unsigned magnitude of ``op`` at magnitude bin ``bins`` (0..30, per image): torchvision's
+    TrivialAugmentWide (``policy='trivial'``) or RandAugment (``'randaugment'``) augmentation space."""
+    t = bins.float() / (AUTO_BINS - 1)
+    wide = policy == "trivial"
+    if op in ("shear_x", "shear_y"):
+        return t * (0.99 if wide else 0.3)
+    if op in ("translate_x", "translate_y"):
+        return t * (32.0 if wide else 150.0 / 331.0 * (width if op == "translate_x" else height))
+    if op == "rotate":
+        return t * (135.0 if wide else 30.0)
+    if op in ("brightness", "color", "contrast", "sharpness"):
+        return t * (0.99 if wide else 0.9)
+    if op == "posterize":
+        return 8 - (bins.float() / ((AUTO_BINS - 1) / (6 if wide else 4))).round()
+    if op == "solarize":
+        return (1 - t) * 255.0
+    return torch.zeros_like(t)
+
+
+def auto_op(x: torch.Tensor, op: str, m: torch.Tensor) -> torch.Tensor:
+    """One augmentation op of the TrivialAugment / RandAugment space on a uint8 batch, with signed magnitude ``m``
+    per image, as torchvision's ``_apply_image_or_video_transform`` applies it to one image (nearest
+    interpolation, zeros outside; shears about the top-left corner, translations truncated to whole pixels)."""
+    from torchvision.transforms.v2 import functional as TV
+
+    if op in ("shear_x", "shear_y"):
+        shear = m.atan().rad2deg()
+        return affine(x, 0.0, shear_x=shear if op == "shear_x" else 0.0, shear_y=shear if op == "shear_y" else 0.0,
+                      center=(0.0, 0.0), mode="nearest")
+    if op in ("translate_x", "translate_y"):
+        shift = m.trunc()
+        return affine(x, 0.0, translate_x=shift if op == "translate_x" else 0.0,
+                      translate_y=shift if op == "translate_y" else 0.0, mode="nearest")
+    if op == "rotate":  # torchvision's rotate turns counter-clockwise: affine's angle is clockwise
+        return affine(x, -m, mode="nearest")
+    adjust = {"brightness": adjust_brightness, "color": adjust_saturation, "contrast": adjust_contrast,
+              "sharpness": adjust_sharpness}
+    if op in adjust:
+        return adjust[op](x, 1.0 + m)
+    if op == "posterize":
+        return posterize(x, m)
+    if op == "solarize":
+        return solarize(x, m)
+    if op == "autocontrast":  # torchvision's tensor kernels work per image over a batch: no random parameter
+        return TV.autocontrast(x)
+    if op == "equalize":
+        return TV.equalize(x)
+    return x
+
+
+def _randint(high: int, n: int, generator: Optional[torch.Generator], device: torch.device) -> torch.Tensor:
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randint(0, high, (n,), generator=generator, device=gen_device).to(device)
+
+
+def auto_augment(x: torch.Tensor, generator: Optional[torch.Generator], policy: str = "trivial",
+                 num_ops: int = 2, magnitude: int = 9) -> torch.Tensor:
+    """TrivialAugmentWide (``policy='trivial'``: one op per image at a uniform magnitude bin) or RandAugment
+    (``'randaugment'``: ``num_ops`` ops per image, each at bin ``magnitude``) on a uint8 batch, every image
+    drawing its own ops, bins and signs. The batch is split by op (one call per op, not per image)."""
+    _check_batch(x)
+    if x.dtype != torch.uint8:
+        raise TypeError(f"auto_augment takes a uint8 batch, got {x.dtype}")
+    n, h, w = x.shape[0], x.shape[2], x.shape[3]
+    for _ in range(1 if policy == "trivial" else num_ops):
+        ops = _randint(len(AUTO_OPS), n, generator, x.device)
+        bins = _randint(AUTO_BINS, n, generator, x.device) if policy == "trivial" else \
+            torch.full((n,), magnitude, device=x.device)
+        signs = torch.where(_uniform(n, generator, x.device) < 0.5, -1.0, 1.0)
+        out = x.clone()
+        for k, op in enumerate(AUTO_OPS[1:], start=1):
+            idx = (ops == k).nonzero().squeeze(1)
+            if len(idx) == 0:
+                continue
+            m = auto_magnitudes(policy, op, bins[idx], h, w) * (signs[idx] if op in SIGNED_OPS else 1.0)
+            out.index_copy_(0, idx, auto_op(x.index_select(0, idx), op, m))
+        x = out
+    return x
+
+
+# --------------------------------------------------------------------------- mixup and cutmix
+
+
+def beta_quantiles(alpha: float, points: int = 4097, device=None) -> torch.Tensor:
+    """Beta(alpha, alpha)'s quantile function at ``points`` evenly spaced probabilities (scipy's betaincinv), so
+    that a draw is a uniform number looked up in it, on the device, from the run's own generator."""
+    from scipy.special import betaincinv
+
+    u = torch.linspace(0.0, 1.0, points, dtype=torch.float64)
+    return torch.from_numpy(betaincinv(alpha, alpha, u.numpy())).float().to(device)
+
+
+def _quantile(table: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``table`` (evenly spaced in probability) at probabilities ``u``, interpolated linearly."""
+    pos = u * (len(table) - 1)
+    i = pos.floor().long().clamp_(0, len(table) - 2)
+    return torch.lerp(table[i], table[i + 1], (pos - i).clamp_(0, 1))
+
+
+def cutmix_boxes(lam: torch.Tensor, u_y: torch.Tensor, u_x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """[N, 4] (top, bottom, left, right) boxes: side ``sqrt(1 - lam)`` of the image's, centred at a uniform pixel
+    (``u_y``, ``u_x`` in [0, 1)) and cut by the image's edges, as timm's ``rand_bbox``."""
+    r = (1 - lam).clamp(0, 1).sqrt()
+    ch, cw = (h * r).long(), (w * r).long()
+    cy, cx = (u_y * h).long(), (u_x * w).long()
+    top, bottom = (cy - ch // 2).clamp(0, h), (cy + ch // 2).clamp(0, h)
+    left, right = (cx - cw // 2).clamp(0, w), (cx + cw // 2).clamp(0, w)
+    return torch.stack([top, bottom, left, right], 1)
+
+
+def mix(x: torch.Tensor, y: torch.Tensor, num_classes: int, lam: torch.Tensor, cut: torch.Tensor,
+        boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mix each image with its neighbour in the batch (``x.roll(1, 0)``): where ``cut``, the neighbour's pixels in
+    ``boxes`` (cutmix), else ``lam`` x image + (1 - lam) x neighbour (mixup). Returns the batch, the soft targets
+    (own class's share = the own image's share: ``lam``, or 1 - box area / image area) and those shares."""
+    n, _, h, w = x.shape
+    rows = torch.arange(h, device=x.device).view(1, h, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, w)
+    b = boxes.to(x.device).view(n, 4, 1, 1)
+    inside = (rows >= b[:, 0]) & (rows < b[:, 1]) & (cols >= b[:, 2]) & (cols < b[:, 3])  # [N, H, W]
+    area = (b[:, 1] - b[:, 0]) * (b[:, 3] - b[:, 2])
+    share = torch.where(cut, 1 - area.view(n).float() / (h * w), lam)
+    own = torch.where(cut.view(n, 1, 1), (~inside).float(), lam.view(n, 1, 1)).unsqueeze(1).to(x.dtype)
+    mixed = x * own + x.roll(1, 0) * (1 - own)
+    one_hot = F.one_hot(y.long(), num_classes).float()
+    targets = share.view(n, 1) * one_hot + (1 - share.view(n, 1)) * one_hot.roll(1, 0)
+    return mixed, targets, share
+
+
+class Mixer:
+    """``data.augment.mixup`` / ``cutmix`` (Beta parameters; 0 = off): every image of a batch is mixed with its
+    neighbour, each drawing its own lam from Beta(alpha, alpha), and, with both on, cutmix or mixup with p 0.5.
+    Four uniform draws per image (lam, the choice, the box centre) from the run's augmentation generator."""
+
+    def __init__(self, mixup: float, cutmix: float, num_classes: int, device=None):
+        self.num_classes = num_classes
+        self.mixup = beta_quantiles(mixup, device=device) if mixup > 0 else None
+        self.cutmix = beta_quantiles(cutmix, device=device) if cutmix > 0 else None
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, generator: Optional[torch.Generator]):
+        """``(mixed batch, soft targets [N, classes])``."""
+        n, h, w = x.shape[0], x.shape[2], x.shape[3]
+        u = _uniform(4 * n, generator, x.device).view(4, n)
+        if self.mixup is not None and self.cutmix is not None:
+            cut = u[1] < 0.5
+            lam = torch.where(cut, _quantile(self.cutmix, u[0]), _quantile(self.mixup, u[0]))
+        else:
+            cut = torch.full((n,), self.cutmix is not None, device=x.device)
+            lam = _quantile(self.cutmix if self.cutmix is not None else self.mixup, u[0])
+        mixed, targets, _ = mix(x, y, self.num_classes, lam, cut, cutmix_boxes(lam, u[2], u[3], h, w))
+        return mixed, targets
+
+
 # --------------------------------------------------------------------------- the per-batch pipeline
 
 
 class Preprocess:
     """Turns a uint8 batch into the model's float32 input, on the batch's device.
 
-    Training (``train=True``): random crop with padding, horizontal flip and colour
+    Training (``train=True``): random crop with padding, horizontal flip, TrivialAugment / RandAugment
+    (``data.augment.auto``), a random affine (rotate, translate, scale, shear) and colour
     jitter as set in ``data.augment``; then, for every split: resize to
     ``data.resize``, grey -> 3 channel repeat for ``data.channels=3``, and
     normalisation by the split's mean/std. Call as ``pre(x_uint8, generator)``;
-    the generator is only needed when :attr:`random` is true.
+    the generator is only needed when :attr:`random` is true. Mixup / cutmix change the labels too:
+    :attr:`mixer` (None when off) takes the normalised batch and its labels.
     """
 
     def __init__(self, splits: Splits, data_cfg: Optional[DataConfig] = None, train: bool = False):
@@ -346,6 +614,11 @@ class Preprocess:
         self.pre_pad = self.crop and aug.pre_pad  # batches arrive padded, see prepared()
         self.jitter = bool(train and aug is not None and any(v > 0 for v in (aug.brightness, aug.contrast,
                                                                               aug.saturation, aug.hue)))
+        self.affine = bool(train and aug is not None and any(v > 0 for v in (aug.rotate, aug.translate, aug.scale,
+                                                                             aug.shear)))
+        self.auto = bool(train and aug is not None and aug.auto != "none")
+        self.mixer = Mixer(aug.mixup, aug.cutmix, splits.num_classes, splits.train_x.device) \
+            if train and aug is not None and (aug.mixup > 0 or aug.cutmix > 0) else None
         if self.crop and aug.crop_mode == "reflect" and aug.crop_padding >= min(h, w):
             from cnnlab.config.schema import ConfigError  # only on this error path; config imports no data code
 
@@ -369,8 +642,8 @@ class Preprocess:
 
     @property
     def random(self) -> bool:
-        """Whether the training input changes between epochs (a training crop, flip or jitter is on)."""
-        return self.crop or self.flip or self.jitter
+        """Whether the training input changes between epochs (a training augmentation is on)."""
+        return self.crop or self.flip or self.jitter or self.affine or self.auto or self.mixer is not None
 
     def prepared(self, splits: Splits, seed: int) -> Splits:
         """The splits with the training images as the training batches are cut from: unchanged, or (same
@@ -404,8 +677,12 @@ class Preprocess:
             x = x.flip(-1) if epoch % 2 else x
         elif self.flip:
             x = random_hflip(x, generator)
-        if self.jitter or self.resize:  # else addcmul below takes the uint8 batch as it is (one pass less)
+        if self.auto:
+            x = auto_augment(x, generator, a.auto, a.auto_ops, a.auto_magnitude)
+        if self.jitter or self.resize or self.affine:  # else addcmul below takes the uint8 batch as it is
             x = x.float()
+        if self.affine:  # on the 0..255 scale, zeros outside
+            x = random_affine(x, generator, a.rotate, a.translate, a.scale, a.shear)
         if self.jitter:
             x = color_jitter(x.div_(255), generator, a.brightness, a.contrast, a.saturation, a.hue)
         if self.resize:

@@ -133,7 +133,8 @@ def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainStat
         loss_fn=build_loss(cfg.loss, splits.num_classes, weights),
         preprocess=preprocess_record(splits, cfg.data, tc.tta),
         scaler=scaler, compute=compute,
-        ema=ema, aug_gen=torch.Generator(device=device).manual_seed(cfg.seed + 1), evaluator=evaluator,
+        ema=ema, aug_gen=torch.Generator(device=device).manual_seed(cfg.seed + 1), mixer=train_pre.mixer,
+        evaluator=evaluator,
         scored=ema.module if ema is not None else model, eval_inputs=splits, steps_per_epoch=spe,
         total_steps=total_steps, log=log, model_info=model_info, warnings=warnings, data_seconds=data_seconds)
     if ema is None and not s.train_pre.random and tc.finetune != "all":
@@ -209,7 +210,7 @@ def train_loop(s: TrainState, stop: dict) -> str:
             if p.step == s.total_steps:  # a fraction of an epoch ends here
                 break
             n = sum(len(y) for _, y in group)
-            prepared = ((prepare(s, x, epoch), y) for x, y in group)  # augmented one batch at a time
+            prepared = (prepare(s, x, y, epoch) for x, y in group)  # augmented one batch at a time
             compile_s = s.train_step.accumulated(prepared, n, s.loss_sum, s.correct, p.step)  # > 0 once if compiled
             p.train_seconds, p.compile_seconds = p.train_seconds - compile_s, p.compile_seconds + compile_s
             s.schedule.after_step()
@@ -254,10 +255,13 @@ def step_groups(batches, k: int):
         yield group
 
 
-def prepare(s: TrainState, x: torch.Tensor, epoch: int) -> torch.Tensor:
-    """A stored training batch augmented and normalised (in the memory format the model runs in)."""
+def prepare(s: TrainState, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A stored training batch augmented and normalised (in the memory format the model runs in), and its
+    targets: the labels, or with mixup / cutmix (``s.mixer``) the mixed batch's class probabilities."""
     x = s.train_pre(x, s.aug_gen, epoch)
-    return x.contiguous(memory_format=torch.channels_last) if s.channels_last else x
+    if s.mixer is not None:
+        x, y = s.mixer(x, y, s.aug_gen)
+    return (x.contiguous(memory_format=torch.channels_last) if s.channels_last else x), y
 
 
 def evaluation_point(s: TrainState) -> str | None:

@@ -175,9 +175,43 @@ def build_schedule(opt, cfg, total_steps: int, epochs: float) -> Schedule:
 # output kinds it makes sense for; checks.py uses it to refuse impossible pairs.
 
 
+def soft_target_loss(logp: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None,
+                     smoothing: float = 0.0, gamma: float = 0.0) -> torch.Tensor:
+    """Cross-entropy (focal with ``gamma`` > 0) of log-probabilities ``logp`` against class probabilities
+    ``targets`` [N, C] (mixup / cutmix): Σ_c t_c · w_c · −log p_c per image, with the targets smoothed as
+    t = (1 − smoothing)·targets + smoothing / C, summed and divided by Σ_i Σ_c w_c · targets_ic (N unweighted).
+    For one-hot targets this is torch's cross-entropy of class indices with the same weights and label smoothing
+    (tests/test_optim.py), so mixing the one-hot targets and smoothing them commute."""
+    logp = logp.float()
+    t = targets.float()
+    smoothed = t if smoothing == 0 else t * (1 - smoothing) + smoothing / t.shape[1]
+    per_class = -logp if gamma == 0 else -(1 - logp.exp()).pow(gamma) * logp
+    if weight is None:
+        return (smoothed * per_class).sum() / len(t)
+    return (smoothed * per_class * weight).sum() / (t * weight).sum()
+
+
+class CrossEntropy(nn.Module):
+    """``loss.name: cross_entropy`` (``log_probs``: nll): class indices go to torch's loss; class probabilities
+    [N, C] (mixup / cutmix targets) to :func:`soft_target_loss` with the same weights and label smoothing."""
+
+    def __init__(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0, log_probs: bool = False):
+        super().__init__()
+        self.smoothing, self.log_probs = label_smoothing, log_probs
+        self.register_buffer("weight", weight)
+
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if targets.is_floating_point():
+            logp = outputs if self.log_probs else F.log_softmax(outputs.float(), dim=1)
+            return soft_target_loss(logp, targets, self.weight, self.smoothing)
+        if self.log_probs:
+            return F.nll_loss(outputs, targets, weight=self.weight)
+        return F.cross_entropy(outputs, targets, weight=self.weight, label_smoothing=self.smoothing)
+
+
 @LOSSES.register("cross_entropy")
 def cross_entropy(cfg, num_classes, weight=None):
-    return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+    return CrossEntropy(weight, cfg.label_smoothing)
 
 
 cross_entropy.accepts = ("logits", "probs")  # probs is allowed but warned about (double softmax)
@@ -185,7 +219,7 @@ cross_entropy.accepts = ("logits", "probs")  # probs is allowed but warned about
 
 @LOSSES.register("nll")
 def nll(cfg, num_classes, weight=None):
-    return nn.NLLLoss(weight=weight)
+    return CrossEntropy(weight, log_probs=True)
 
 
 nll.accepts = ("log_probs",)
@@ -193,8 +227,9 @@ nll.accepts = ("log_probs",)
 
 @LOSSES.register("mse")
 def mse(cfg, num_classes, weight=None):  # class weights are refused for mse at load (config.Config)
-    def mse_one_hot(outputs, targets):
-        return F.mse_loss(outputs.float(), F.one_hot(targets, num_classes).float())
+    def mse_one_hot(outputs, targets):  # class probabilities (mixup / cutmix) are the targets as they are
+        goal = targets.float() if targets.is_floating_point() else F.one_hot(targets, num_classes).float()
+        return F.mse_loss(outputs.float(), goal)
 
     return mse_one_hot
 
@@ -221,6 +256,8 @@ class FocalLoss(nn.Module):
         self.register_buffer("weight", weight)
 
     def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if targets.is_floating_point():  # class probabilities (mixup / cutmix): Σ_c t_c · focal term of c
+            return soft_target_loss(F.log_softmax(outputs.float(), dim=1), targets, self.weight, gamma=self.gamma)
         logp = F.log_softmax(outputs.float(), dim=1).gather(1, targets[:, None]).squeeze(1)
         loss = -logp if self.gamma == 0 else -(1 - logp.exp()).pow(self.gamma) * logp
         if self.weight is None:

@@ -76,6 +76,7 @@ class TrainState:
     scaler: torch.amp.GradScaler | None
     ema: EMA | None
     aug_gen: torch.Generator  # the augmentation's random numbers (checkpointed)
+    mixer: Any  # data.augment.mixup / cutmix (cnnlab.data.augment.Mixer), or None; draws from aug_gen
     evaluator: Evaluator
     scored: nn.Module  # what evaluation scores (the EMA, the model, or the head on cached features)
     eval_inputs: Any  # the splits evaluation scores on: images, or cached features
@@ -112,7 +113,7 @@ REBUILT = {
     "out_dir", "device", "splits", "net", "inputs", "train_pre", "channels_last", "compute", "loss_fn",
     "evaluator", "scored", "eval_inputs", "steps_per_epoch", "total_steps", "log", "history", "model_info",
     "warnings", "data_seconds", "t_start", "t_mark", "t_loop", "trackers", "loss_sum", "correct", "seen",
-    "drop_last", "tf32",
+    "drop_last", "tf32", "mixer",
 }
 
 

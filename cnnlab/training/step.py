@@ -144,8 +144,9 @@ class Step:
     @staticmethod
     def _hits(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The batch's correct predictions, summed on the device (the running training accuracy); argmax's
-        integer output carries no gradient, so ``out`` needs no detach (one op fewer)."""
-        return (out.argmax(1) == y).sum()
+        integer output carries no gradient, so ``out`` needs no detach (one op fewer). Soft targets (mixup,
+        cutmix): a prediction is correct when it is the class with the largest share."""
+        return (out.argmax(1) == (y.argmax(1) if y.dim() == 2 else y)).sum()
 
     def _backward(self, loss: torch.Tensor) -> None:
         (self.parts.scaler.scale(loss) if self.parts.scaler is not None else loss).backward()
