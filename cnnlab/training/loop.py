@@ -37,6 +37,7 @@ from cnnlab.data import splits as data_splits
 from cnnlab.data.augment import Preprocess, no_preprocessing, preprocess_record
 from cnnlab.data.batches import train_batches
 from cnnlab.config.schema import Config, config_diff_lines, dump_yaml
+from cnnlab.training.calibration import calibrate_run
 from cnnlab.training.scoring import Evaluator, final_splits, fmt, print_results, score_splits, time_record
 from cnnlab.models import info_of
 from cnnlab.training.optim import Schedule, build_loss, build_optimizer, build_schedule, class_weights, lrs_of
@@ -326,13 +327,14 @@ def track_best(cfg: Config, row: dict, progress: Progress) -> bool:
 def finish(s: TrainState, status: str, error: str | None, score: bool = True, resumed: bool = False) -> dict:
     """Score the best weights on every split and write summary.json (and misclassified.pt)."""
     t0 = time.perf_counter()
-    results = {}
+    results, calibration = {}, None
     if score:
         if (s.out_dir / "best.pt").exists():
             Checkpoint.load(s.out_dir / "best.pt").restore_weights(s, s.out_dir / "best.pt")
         results, mistakes = score_splits(s.evaluator, s.scored, s.eval_inputs, s.splits.test_x, s.cfg.train.progress,
                                          final_splits(s.cfg.train.score_train))
         runs.save_misclassified(s.out_dir, mistakes)
+        calibration = calibrate_run(s.evaluator, s.scored, s.eval_inputs)  # temperature scaling, fitted on val
     eval_seconds = time.perf_counter() - t0
     p, cfg = s.progress, s.cfg
     summary = {
@@ -340,7 +342,7 @@ def finish(s: TrainState, status: str, error: str | None, score: bool = True, re
         "classes": list(s.splits.classes), "data_source": s.splits.source, "data_placement": s.splits.placement,
         "preprocess": s.preprocess, "best": {"epoch": p.best_epoch, "step": p.best_step,
                                              "val_accuracy": p.best_val_accuracy, "val_loss": p.best_val_loss},
-        **results,
+        **results, "calibration": calibration,
         "final_train_loss": s.history[-1]["train_loss"] if s.history else None,
         "model": s.model_info,
         "step": {**s.train_step.record(s.drop_last), "tf32": s.tf32}, **s.compute.record(),

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from cnnlab.training import metrics
+from cnnlab.training.calibration import calibration_scores
 from cnnlab.models import transfer
 from cnnlab.data.batches import eval_batches
 from cnnlab.training.optim import nll_of
@@ -86,7 +87,7 @@ class Evaluator:
             empty = {"loss": None, "accuracy": None}
             if full:
                 cm = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long)
-                empty = {**metrics.scores(cm), **empty, "_mistakes": {
+                empty = {**metrics.scores(cm), **empty, "ece": None, "reliability": None, "_mistakes": {
                     "index": torch.zeros(0, dtype=torch.long), "true": torch.zeros(0, dtype=torch.long),
                     "pred": torch.zeros(0, dtype=torch.long), "confidence": torch.zeros(0)}}
             return empty
@@ -109,12 +110,14 @@ class Evaluator:
         n = max(1, len(x))
         result = {"loss": float(loss_sum) / n, "accuracy": float((pred == y).sum()) / n}
         if full:
-            result = {**metrics.scores(metrics.confusion_matrix(y, pred, self.num_classes)), "loss": result["loss"]}
+            all_conf = torch.cat(confs)
+            result = {**metrics.scores(metrics.confusion_matrix(y, pred, self.num_classes)), "loss": result["loss"],
+                      **calibration_scores(all_conf, pred == y)}  # ECE and the reliability diagram's bins
             wrong = (pred != y).nonzero().squeeze(1)
-            conf = torch.cat(confs)[wrong]
+            conf = all_conf[wrong]
             top = wrong[conf.argsort(descending=True)[:MISCLASSIFIED_KEPT]]
             result["_mistakes"] = {"index": top, "true": y[top].cpu(), "pred": pred[top].cpu(),
-                                   "confidence": torch.cat(confs)[top].float().cpu()}
+                                   "confidence": all_conf[top].float().cpu()}
         return result
 
     def _walk(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str, full: bool, bar=None):
