@@ -69,7 +69,7 @@ def test_ofat_varies_each_factor_alone_and_runs_the_base_once():
 
 def test_random_search_is_reproducible_from_its_seed():
     spec = {"base": TINY, "random": {"samples": 5, "seed": 7, "space": {
-        "optim.lr": {"log_uniform": [1e-4, 1e-1]}, "optim.momentum": {"uniform": [0.5, 0.9]},
+        "optim.lr": {"loguniform": [1e-4, 1e-1]}, "optim.momentum": {"uniform": [0.5, 0.9]},
         "model.activation": {"choice": ["tanh", "relu"]}}}}
     a, b = plan_sweep(spec), plan_sweep(spec)
     assert [r.settings for r in a.runs] == [r.settings for r in b.runs]
@@ -81,7 +81,38 @@ def test_random_search_is_reproducible_from_its_seed():
     other = plan_sweep({**spec, "random": {**spec["random"], "seed": 8}})
     assert [r.settings for r in other.runs] != [r.settings for r in a.runs]
     with pytest.raises(ConfigError, match="0 < lo < hi"):
-        plan_sweep({"base": TINY, "random": {"samples": 2, "space": {"optim.lr": {"log_uniform": [0, 1]}}}})
+        plan_sweep({"base": TINY, "random": {"samples": 2, "space": {"optim.lr": {"loguniform": [0, 1]}}}})
+
+
+SEARCH = {"search": {"name": "optuna", "trials": 2}}
+
+
+@pytest.mark.parametrize("spec, where", [
+    ({"log_uniform": [1e-4, 1e-1]}, "loguniform"), ({"randint": [16, 64]}, "int"),
+])
+def test_one_range_grammar_and_a_misspelled_range_names_the_right_spelling(spec, where):
+    # the random block's space and a search's axes read ranges alike, and refuse the same misspellings alike
+    key = "optim.lr" if where == "loguniform" else "train.batch_size"
+    for sweep, named in (({"random": {"samples": 2, "space": {key: spec}}}, f"random.space.{key}"),
+                         ({**SEARCH, "axes": {key: spec}}, f"axis {key}")):
+        with pytest.raises(ConfigError) as e:
+            plan_sweep({"base": TINY, **sweep})
+        assert named in str(e.value) and f"write {{{where}: " in str(e.value), str(e.value)
+    for bad in ({"normal": [0, 1]}, {"uniform": [1, 0]}, {"uniform": [True, 2]}, {"choice": []}):
+        messages = []
+        for sweep in ({"random": {"samples": 2, "space": {"optim.momentum": bad}}},
+                      {**SEARCH, "axes": {"optim.momentum": bad}}):
+            with pytest.raises(ConfigError) as e:
+                plan_sweep({"base": TINY, **sweep})
+            messages.append(str(e.value).split(": ", 2)[-1])  # what follows "<source>: <where>"
+        assert messages[0] == messages[1], messages
+
+
+def test_the_random_block_draws_integers_from_an_int_range():
+    s = plan_sweep({"base": TINY, "random": {"samples": 6, "seed": 1, "space": {
+        "train.batch_size": {"int": [16, 18]}, "optim.lr": {"loguniform": [1e-3, 1e-1]}}}})
+    sizes = [r.settings["train.batch_size"] for r in s.runs]
+    assert all(type(b) is int and 16 <= b <= 18 for b in sizes) and len(set(sizes)) > 1
 
 
 def test_run_ids_are_stable_and_depend_on_config_and_seed(tmp_path):

@@ -4,12 +4,14 @@ A sweep file names a ``base`` study (a path relative to the sweep file, an inlin
 mapping, or a list of either to compare whole studies), the ``axes`` to vary (each a
 dotted config key with a list of values), ``zip`` groups of keys whose values change
 together, an optional ``random`` search space, and ``seeds`` (a count or a list).
+A range, in a search's axes or the random space, is ``{loguniform|uniform|int: [lo, hi]}`` or
+``{choice: [values]}`` (:func:`check_range`, the one grammar of both).
 Axes form a grid by default; ``ofat: true`` varies one factor at a time from the base
 case instead. Every config is built and validated here, before anything runs, so a typo
 costs seconds, not the hours of the runs before it. Each run gets an id that is a
 hash of its resolved config and seed (:func:`cnnlab.sweeps.task.run_id`). A sweep file
-may also ask Ray for ``resources`` per run, a ``scheduler`` and a ``search`` (their
-grammar is :mod:`cnnlab.sweeps.tune`'s), carry the study's ``claims``
+may also ask Ray for ``resources`` per run, a ``scheduler`` and a ``search`` (checked
+here; :mod:`cnnlab.sweeps.tune` runs them on Ray), carry the study's ``claims``
 (:mod:`cnnlab.reporting.claims`, checked against the planned cells) and say in ``cut``
 how its schedule was shortened from the study's. Nothing here imports torch or runs anything.
 """
@@ -24,14 +26,134 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnnlab.config.load import build_config
+from cnnlab.config.load import anchor_paths, build_config
 from cnnlab.config.schema import Config, ConfigError, apply_overrides, name_problem, read_yaml
 from cnnlab.registry import MODELS
 from cnnlab.reporting.claims import Layout, check_cells, parse_claims
 from cnnlab.sweeps.task import run_id
-from cnnlab.sweeps.tune import check_range, check_resources, check_scheduler, check_search
+
 SWEEP_KEYS = ("description", "base", "axes", "zip", "ofat", "random", "seeds", "resources", "scheduler", "search",
               "claims", "cut")
+
+
+# ----------------------------------------------------------------------------- ranges and the Ray blocks
+
+# What a run's evaluation points report, and which way is better: what a scheduler or a search may follow.
+METRIC_MODES = {"val.accuracy": "max", "val.loss": "min", "train.loss": "min", "train.accuracy": "max"}
+SCHEDULERS = ("asha", "median")  # Ray Tune's ASHA and median stopping rule
+SEARCHERS = ("optuna",)
+# The one range grammar, of a search's axes and of the random block's space: {kind: argument}.
+RANGES = {"loguniform": "0 < lo < hi", "uniform": "lo < hi", "int": "integers lo < hi (both included)",
+          "choice": None}  # what [lo, hi] must hold
+MISSPELLED_RANGES = {"log_uniform": "loguniform", "log-uniform": "loguniform", "randint": "int"}
+
+
+def check_range(where: str, spec: Any, source: str, lists: bool = False) -> list:
+    """A range ``{loguniform|uniform|int: [lo, hi]}`` or ``{choice: [values]}`` (``where`` names it in errors:
+    "axis optim.lr", "random.space.optim.lr"; ``lists``: the error says a list of values is allowed there too);
+    returns the values to validate against the study: its ends, or its choices."""
+    kind, arg = next(iter(spec.items())) if isinstance(spec, dict) and len(spec) == 1 else (None, None)
+    if kind in MISSPELLED_RANGES:
+        right = MISSPELLED_RANGES[kind]
+        raise ConfigError(f"{source}: {where}: write {{{right}: {json.dumps(arg)}}}, not {{{kind}: ...}} (a sweep "
+                          f"file's ranges are {', '.join(RANGES)}, as Ray Tune spells them)")
+    if kind not in RANGES:
+        kinds = ", ".join(f"{{{k}: {'[values]' if k == 'choice' else '[lo, hi]'}}}" for k in RANGES)
+        either = "a list of values or a range" if lists else "a range"
+        raise ConfigError(f"{source}: {where} must be {either}, one of {kinds}; got {spec!r}")
+    if kind == "choice":
+        if not isinstance(arg, list) or not arg:
+            raise ConfigError(f"{source}: {where}: choice needs a non-empty list of values, got {arg!r}")
+        return list(arg)
+    numbers = isinstance(arg, list) and len(arg) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in arg)
+    ok = numbers and arg[0] < arg[1] and (kind != "loguniform" or arg[0] > 0) and (
+        kind != "int" or all(isinstance(v, int) for v in arg))
+    if not ok:
+        raise ConfigError(f"{source}: {where}: {kind} needs [lo, hi] with {RANGES[kind]}, got {arg!r}")
+    return list(arg)
+
+
+def draw(rng: random.Random, spec: dict) -> Any:
+    """One value of a range (checked by check_range) drawn with ``rng``: a choice, an integer, or a float rounded
+    to 4 significant digits."""
+    kind, arg = next(iter(spec.items()))
+    if kind == "choice":
+        return rng.choice(arg)
+    lo, hi = arg
+    if kind == "int":
+        return rng.randint(lo, hi)
+    x = math.exp(rng.uniform(math.log(lo), math.log(hi))) if kind == "loguniform" else rng.uniform(lo, hi)
+    return float(f"{x:.4g}")  # 4 significant digits: readable in tables, and more is noise for a search
+
+
+def check_resources(value: Any, source: str) -> dict:
+    """``resources: {cpu: N, gpu: G}``: numbers, fractions allowed; gpu above 1 must be whole (Ray's rule)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or set(value) - {"cpu", "gpu"}:
+        raise ConfigError(f"{source}: resources must be {{cpu: N, gpu: G}} (what one run asks Ray for), "
+                          f"got {value!r}")
+    for key, v in value.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ConfigError(f"{source}: resources.{key} must be a number ≥ 0 (fractions such as 0.5 share a "
+                              f"device between runs), got {v!r}")
+    if value.get("cpu") == 0:
+        raise ConfigError(f"{source}: resources.cpu must be above 0 (a run needs a CPU to feed it), got 0")
+    gpu = value.get("gpu", 0)
+    if gpu > 1 and gpu != int(gpu):
+        raise ConfigError(f"{source}: resources.gpu above 1 must be a whole number (Ray gives a run either a "
+                          f"share of one GPU or whole GPUs), got {gpu}")
+    return {k: float(v) for k, v in value.items()}
+
+
+def _check_metric(block: dict, what: str, source: str) -> str:
+    metric = block.get("metric", "val.accuracy")
+    if metric not in METRIC_MODES:
+        raise ConfigError(f"{source}: {what}.metric must be one of {', '.join(METRIC_MODES)} (what each evaluation "
+                          f"point reports to Tune), got {metric!r}")
+    return metric
+
+
+def check_scheduler(block: Any, source: str) -> dict | None:
+    """``scheduler: {name: asha|median, metric, grace_epochs, reduction_factor (asha), min_samples (median)}``."""
+    if block is None:
+        return None
+    allowed = {"name", "metric", "grace_epochs", "reduction_factor", "min_samples"}
+    if not isinstance(block, dict) or block.get("name") not in SCHEDULERS or set(block) - allowed:
+        raise ConfigError(f"{source}: scheduler must be {{name: asha, metric: val.accuracy, grace_epochs: 1, "
+                          f"reduction_factor: 3}} or {{name: median, metric: val.accuracy, grace_epochs: 1, "
+                          f"min_samples: 3}} (Ray Tune's ASHA or median stopping rule), got {block!r}")
+    out = {"name": block["name"], "metric": _check_metric(block, "scheduler", source)}
+    grace = block.get("grace_epochs", 1)
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace > 0:
+        raise ConfigError(f"{source}: scheduler.grace_epochs must be a number of epochs > 0 (no run is stopped "
+                          f"before it), got {grace!r}")
+    out["grace_epochs"] = grace
+    for key, low, default in (("reduction_factor", 2, 3), ("min_samples", 1, 3)):
+        v = block.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ConfigError(f"{source}: scheduler.{key} must be an integer ≥ {low}, got {v!r}")
+        out[key] = v
+    return out
+
+
+def check_search(block: Any, source: str) -> dict | None:
+    """``search: {name: optuna, trials: N, metric: val.accuracy, seed: S}`` (seed: the sweep's seed by default)."""
+    if block is None:
+        return None
+    if not isinstance(block, dict) or block.get("name") not in SEARCHERS or set(block) - {"name", "trials",
+                                                                                         "metric", "seed"}:
+        raise ConfigError(f"{source}: search must be {{name: optuna, trials: 20, metric: val.accuracy}} (Ray Tune's "
+                          f"Optuna searcher over the axes declared as ranges), got {block!r}")
+    trials = block.get("trials")
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ConfigError(f"{source}: search.trials must be a positive integer (how many settings to try), "
+                          f"got {trials!r}")
+    seed = block.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ConfigError(f"{source}: search.seed must be an integer, got {seed!r}")
+    return {"name": "optuna", "trials": trials, "metric": _check_metric(block, "search", source), "seed": seed}
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -63,8 +185,8 @@ class Sweep:
     base_settings: dict[str, Any]  # the base case's values of the swept keys
     runs: list[PlannedRun]  # a search's runs are not known in advance: empty (its plan.json lists the rows so far)
     resources: dict = field(default_factory=dict)  # what one run asks Ray for ({cpu: N, gpu: G})
-    scheduler: dict | None = None  # Ray Tune's ASHA or median stopping (cnnlab.sweeps.tune.check_scheduler)
-    search: dict | None = None  # Ray Tune's Optuna searcher (cnnlab.sweeps.tune.check_search)
+    scheduler: dict | None = None  # Ray Tune's ASHA or median stopping (check_scheduler)
+    search: dict | None = None  # Ray Tune's Optuna searcher (check_search)
     space: dict = field(default_factory=dict)  # a search's axes: {key: [values] | {loguniform: [lo, hi]} ...}
     base: dict = field(default_factory=dict)  # a search's study mapping, each sampled run built from it
     seed: int = 0  # a search's runs' seed
@@ -209,7 +331,7 @@ def _plan_search(spec: dict, bases: dict[str, dict], search: dict, tune_blocks: 
         _check_key(key, source)
         if isinstance(values, list) and not values:
             raise ConfigError(f"{source}: axis {key} needs a non-empty list of values")
-        for v in values if isinstance(values, list) else check_range(key, values, source):
+        for v in values if isinstance(values, list) else check_range(f"axis {key}", values, source, lists=True):
             try:
                 build_config(apply_overrides(base, {key: v}))
             except ConfigError as e:
@@ -229,12 +351,12 @@ def _read_bases(base: Any, base_dir: Path, sweep_name: str, source: str) -> dict
     for i, item in enumerate(items):
         if isinstance(item, str):
             path = Path(item) if Path(item).is_absolute() else base_dir / item
-            raw = read_yaml(path)
+            raw = anchor_paths(read_yaml(path), path.parent)  # its relative paths: from its own folder
             if "base" in raw or "axes" in raw:
                 raise ConfigError(_sweep_as_base(Path(source), path))
             label = path.stem
         elif isinstance(item, dict):
-            raw = dict(item)
+            raw = anchor_paths(item, base_dir)  # an inline study's relative paths: from the sweep file's folder
             fallback = sweep_name if len(items) == 1 and name_problem(sweep_name) is None else f"base{i}"
             label = str(raw.get("name") or fallback)
         else:
@@ -330,36 +452,13 @@ def _random_factor(block: Any, source: str) -> _Factor:
         raise ConfigError(f"{source}: random.space must map config keys to a distribution")
     for key, dist in space.items():
         _check_key(key, source)
-        _check_distribution(key, dist, source)
+        if isinstance(dist, list):
+            raise ConfigError(f"{source}: random.space.{key} must be a range; for a list of values write "
+                              f"{{choice: {json.dumps(dist)}}}")
+        check_range(f"random.space.{key}", dist, source)
     rng = random.Random(seed)
-    choices = [{key: _draw(rng, dist) for key, dist in space.items()} for _ in range(samples)]
+    choices = [{key: draw(rng, dist) for key, dist in space.items()} for _ in range(samples)]
     return _Factor("random", list(space), choices)
-
-
-def _check_distribution(key: str, dist: Any, source: str) -> None:
-    kinds = ("log_uniform", "uniform", "choice")
-    if not isinstance(dist, dict) or len(dist) != 1 or next(iter(dist)) not in kinds:
-        raise ConfigError(f"{source}: random.space.{key} must be one of {{log_uniform: [lo, hi]}}, "
-                          f"{{uniform: [lo, hi]}}, {{choice: [values]}}; got {dist!r}")
-    kind, arg = next(iter(dist.items()))
-    if kind == "choice":
-        if not isinstance(arg, list) or not arg:
-            raise ConfigError(f"{source}: random.space.{key}.choice needs a non-empty list")
-        return
-    ok = (isinstance(arg, list) and len(arg) == 2 and all(isinstance(v, (int, float)) for v in arg)
-          and arg[0] < arg[1] and (kind == "uniform" or arg[0] > 0))
-    if not ok:
-        need = "0 < lo < hi" if kind == "log_uniform" else "lo < hi"
-        raise ConfigError(f"{source}: random.space.{key}.{kind} needs [lo, hi] with {need}, got {arg!r}")
-
-
-def _draw(rng: random.Random, dist: dict) -> Any:
-    kind, arg = next(iter(dist.items()))
-    if kind == "choice":
-        return rng.choice(arg)
-    lo, hi = arg
-    x = math.exp(rng.uniform(math.log(lo), math.log(hi))) if kind == "log_uniform" else rng.uniform(lo, hi)
-    return float(f"{x:.4g}")  # 4 significant digits: readable in tables, and more is noise for a search
 
 
 def _seeds(value: Any, default: int, source: str) -> list[int]:

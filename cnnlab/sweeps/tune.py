@@ -41,112 +41,22 @@ from cnnlab import runs
 from cnnlab.config.schema import ConfigError
 from cnnlab.reporting.results import RESULTS, append_row, row_from_summary
 from cnnlab.runs import Status, read_metrics, read_summary
+from cnnlab.sweeps.plan import METRIC_MODES  # the sweep file's grammar is plan's; Tune only runs it
 from cnnlab.sweeps.task import execute_task, task_from_settings
 
-# What a trial reports at each evaluation point (Tune's name: the metrics.jsonl field) and which way is better.
+# What a trial reports at each evaluation point (Tune's name: the metrics.jsonl field); which way is better:
+# plan.METRIC_MODES.
 REPORTED = {"val.accuracy": "val_accuracy", "val.loss": "val_loss", "train.loss": "train_loss",
             "train.accuracy": "train_accuracy", "epoch": "epoch", "step": "step", "lr": "lr"}
-METRIC_MODES = {"val.accuracy": "max", "val.loss": "min", "train.loss": "min", "train.accuracy": "max"}
-SCHEDULERS = ("asha", "median")
-SEARCHERS = ("optuna",)
-DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
 CONNECT_TIMEOUT_S = 5.0  # a cluster address that does not answer within this is reported, not waited on
 SCRATCH_ENV = "CNNLAB_SCRATCH"
 
 
-# ----------------------------------------------------------------------------- sweep-file blocks
-
-
-def check_resources(value: Any, source: str) -> dict:
-    """``resources: {cpu: N, gpu: G}``: numbers, fractions allowed; gpu above 1 must be whole (Ray's rule)."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or set(value) - {"cpu", "gpu"}:
-        raise ConfigError(f"{source}: resources must be {{cpu: N, gpu: G}} (what one run asks Ray for), "
-                          f"got {value!r}")
-    for key, v in value.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise ConfigError(f"{source}: resources.{key} must be a number ≥ 0 (fractions such as 0.5 share a "
-                              f"device between runs), got {v!r}")
-    if value.get("cpu") == 0:
-        raise ConfigError(f"{source}: resources.cpu must be above 0 (a run needs a CPU to feed it), got 0")
-    gpu = value.get("gpu", 0)
-    if gpu > 1 and gpu != int(gpu):
-        raise ConfigError(f"{source}: resources.gpu above 1 must be a whole number (Ray gives a run either a "
-                          f"share of one GPU or whole GPUs), got {gpu}")
-    return {k: float(v) for k, v in value.items()}
-
-
-def _check_metric(block: dict, what: str, source: str) -> str:
-    metric = block.get("metric", "val.accuracy")
-    if metric not in METRIC_MODES:
-        raise ConfigError(f"{source}: {what}.metric must be one of {', '.join(METRIC_MODES)} (what each evaluation "
-                          f"point reports to Tune), got {metric!r}")
-    return metric
-
-
-def check_scheduler(block: Any, source: str) -> dict | None:
-    """``scheduler: {name: asha|median, metric, grace_epochs, reduction_factor (asha), min_samples (median)}``."""
-    if block is None:
-        return None
-    allowed = {"name", "metric", "grace_epochs", "reduction_factor", "min_samples"}
-    if not isinstance(block, dict) or block.get("name") not in SCHEDULERS or set(block) - allowed:
-        raise ConfigError(f"{source}: scheduler must be {{name: asha, metric: val.accuracy, grace_epochs: 1, "
-                          f"reduction_factor: 3}} or {{name: median, metric: val.accuracy, grace_epochs: 1, "
-                          f"min_samples: 3}} (Ray Tune's ASHA or median stopping rule), got {block!r}")
-    out = {"name": block["name"], "metric": _check_metric(block, "scheduler", source)}
-    grace = block.get("grace_epochs", 1)
-    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace > 0:
-        raise ConfigError(f"{source}: scheduler.grace_epochs must be a number of epochs > 0 (no run is stopped "
-                          f"before it), got {grace!r}")
-    out["grace_epochs"] = grace
-    for key, low, default in (("reduction_factor", 2, 3), ("min_samples", 1, 3)):
-        v = block.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise ConfigError(f"{source}: scheduler.{key} must be an integer ≥ {low}, got {v!r}")
-        out[key] = v
-    return out
-
-
-def check_search(block: Any, source: str) -> dict | None:
-    """``search: {name: optuna, trials: N, metric: val.accuracy, seed: S}`` (seed: the sweep's seed by default)."""
-    if block is None:
-        return None
-    if not isinstance(block, dict) or block.get("name") not in SEARCHERS or set(block) - {"name", "trials",
-                                                                                         "metric", "seed"}:
-        raise ConfigError(f"{source}: search must be {{name: optuna, trials: 20, metric: val.accuracy}} (Ray Tune's "
-                          f"Optuna searcher over the axes declared as ranges), got {block!r}")
-    trials = block.get("trials")
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-        raise ConfigError(f"{source}: search.trials must be a positive integer (how many settings to try), "
-                          f"got {trials!r}")
-    seed = block.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ConfigError(f"{source}: search.seed must be an integer, got {seed!r}")
-    return {"name": "optuna", "trials": trials, "metric": _check_metric(block, "search", source), "seed": seed}
-
-
-def check_range(key: str, spec: Any, source: str) -> list:
-    """An axis declared as a range for a search; returns values to validate against the study (its ends)."""
-    kind, arg = next(iter(spec.items())) if isinstance(spec, dict) and len(spec) == 1 else (None, None)
-    if kind not in DISTRIBUTIONS:
-        raise ConfigError(f"{source}: axis {key} must be a list of values or one of {{loguniform: [lo, hi]}}, "
-                          f"{{uniform: [lo, hi]}}, {{int: [lo, hi]}}, {{choice: [values]}}; got {spec!r}")
-    if kind == "choice":
-        if not isinstance(arg, list) or not arg:
-            raise ConfigError(f"{source}: axis {key}: choice needs a non-empty list of values, got {arg!r}")
-        return list(arg)
-    numbers = isinstance(arg, list) and len(arg) == 2 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in arg)
-    ok = numbers and arg[0] < arg[1] and (kind != "loguniform" or arg[0] > 0) and (
-        kind != "int" or all(isinstance(v, int) for v in arg))
-    if not ok:
-        need = {"loguniform": "0 < lo < hi", "uniform": "lo < hi", "int": "integers lo < hi (both included)"}[kind]
-        raise ConfigError(f"{source}: axis {key}: {kind} needs [lo, hi] with {need}, got {arg!r}")
-    return list(arg)
+# ----------------------------------------------------------------------------- search spaces
 
 
 def _tune_domain(spec: Any):
+    """A range (plan.check_range's grammar) or a list of values as Ray Tune's search domain."""
     from ray import tune
 
     if isinstance(spec, list):
