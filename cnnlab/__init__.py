@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 
 from cnnlab.version import __version__
 
-API = ("train", "sweep", "compare", "load")
+API = ("train", "sweep", "compare", "load", "lr_find", "explain")
 __all__ = [*API, "__version__"]
 
 if TYPE_CHECKING:
-    from cnnlab.api import compare, load, sweep, train
+    from cnnlab.api import compare, explain, load, lr_find, sweep, train
 
 
 def __getattr__(name: str):

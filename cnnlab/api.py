@@ -162,6 +162,48 @@ def load(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "cpu") 
     return load_run(run_dir, checkpoint, device)
 
 
+def lr_find(study: str | Path | dict | Config, overrides: Overrides = None, out: str | Path | None = None, *,
+            start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 200, smooth: float = 0.9,
+            diverge: float = 4.0, rule: str = "steepest"):
+    """The learning-rate range test of a study (:mod:`cnnlab.training.lr_find`): the lr grows geometrically from
+    ``start_lr`` to ``end_lr`` over at most ``steps`` steps; returns an LRFind (``.suggestion``, ``.rule``,
+    ``.line`` to paste into the study file, ``.lrs`` / ``.losses`` / ``.smoothed``) and writes ``lr_find.json``
+    and ``lr_find.png`` into ``out`` (default ``runs/<timestamp>-<name>-lr-find``), nothing else."""
+    from cnnlab.reporting import plots
+    from cnnlab.training.lr_find import RangeTest
+    from cnnlab.training.lr_find import lr_find as range_test
+
+    test = RangeTest(start_lr, end_lr, steps, smooth, diverge, rule).check()  # refused before any data is read
+    out, cfg = check_out(out), config_of(study, overrides)
+    out = out if out is not None else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}-lr-find"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out: {out} is a file; lr-find writes lr_find.json and lr_find.png into a folder")
+    result = range_test(cfg, out, test, log=lambda *_: None)
+    out.mkdir(parents=True, exist_ok=True)
+    result.out = str(out)
+    runs.write_json(out / "lr_find.json", result.record())
+    runs.write_bytes(out / "lr_find.png", plots.png_bytes(plots.lr_find_figure(result.record())))
+    return result
+
+
+def explain(run_dir: str | Path, files: str | Path | list, out: str | Path | None = None, *,
+            target: str | None = None, checkpoint: str = "best.pt") -> list[dict]:
+    """Grad-CAM heat maps of image files (paths, folders, glob patterns) by a trained run
+    (:mod:`cnnlab.inference.explain`): one ``<name>.gradcam.png`` per image in ``out`` (default
+    ``RUN_DIR/explain``), for the predicted class or the class named ``target``; returns a row per image (file,
+    class, probability, explained, png)."""
+    from cnnlab.inference.explain import explain_paths
+
+    out = check_out(out)
+    patterns = [str(files)] if isinstance(files, (str, Path)) else [str(f) for f in files]
+    run = load_run(run_dir, checkpoint, "cpu")
+    out = out if out is not None else run.run_dir / "explain"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out: {out} is a file; explain writes its pictures into a folder")
+    rows, _ = explain_paths(run, patterns, out, target)
+    return rows
+
+
 def summary(run_dir: str | Path) -> dict | None:
     """A run folder's summary.json (None when there is none yet)."""
     return read_summary(Path(run_dir))

@@ -135,12 +135,47 @@ def cmd_predict(args) -> int:
     if args.tta and run.preprocess.get("tta", "none") == "none":
         raise _config_error(f"--tta: {args.run_dir} was trained with train.tta=none; there is no test-time "
                             "augmentation to apply")
-    rows, problems = predict_paths(run, args.paths, top_k=args.top_k, tta=args.tta)
+    rows, problems = predict_paths(run, args.paths, top_k=args.top_k, tta=args.tta, calibrated=args.calibrated)
     for line in problems:
         print(f"cnnlab: skipped {line}", file=sys.stderr)
     print(format_table(rows))
     if args.out:
         print(f"wrote {write_predictions(args.out, rows)} ({len(rows)} images)")
+    return 0
+
+
+def cmd_lr_find(args) -> int:
+    from cnnlab.api import lr_find
+
+    if args.study is None:
+        raise _config_error("lr-find needs a study file: cnnlab lr-find STUDY.yaml [key=value ...] [--out DIR]")
+    print(f"lr-find: {args.study}, lr from {args.start_lr:g} to {args.end_lr:g} over at most {args.steps} steps",
+          flush=True)
+    t0 = time.perf_counter()
+    r = lr_find(args.study, args.overrides, args.out, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps,
+                smooth=args.smooth, diverge=args.diverge, rule=args.rule)
+    print(f"{len(r.lrs)} steps in {time.perf_counter() - t0:.1f} s; stopped: {r.stopped}")
+    print(f"suggested lr: {r.suggestion:.2g}" if r.suggestion is not None else "no lr suggested", f"({r.rule})")
+    print(f"paste into the study file:  {r.line}")
+    print(f"wrote {Path(r.out) / 'lr_find.png'} and lr_find.json")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from cnnlab.inference.explain import explain_paths
+    from cnnlab.inference.predict import load_run
+
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise _config_error(f"--out {args.out}: is a file; explain writes its pictures into a folder")
+    run = load_run(Path(args.run_dir), args.checkpoint)
+    out = Path(args.out) if args.out else run.run_dir / "explain"
+    rows, problems = explain_paths(run, args.paths, out, args.target)
+    for line in problems:
+        print(f"cnnlab: skipped {line}", file=sys.stderr)
+    for r in rows:
+        explained = "" if r["explained"] == r["class"] else f", explained: {r['explained']}"
+        print(f"{r['file']}: {r['class']} ({r['probability']:.4f}{explained}) -> {r['png']}")
+    print(f"wrote {len(rows)} Grad-CAM picture(s) to {out}")
     return 0
 
 
@@ -308,7 +343,43 @@ def add_predict(subparsers) -> None:
     p.add_argument("--tta", action="store_true",
                    help="average over the run's test-time augmented views (only for runs trained with train.tta)")
     p.add_argument("--checkpoint", default="best.pt", help="best.pt (default) or last.pt")
+    p.add_argument("--calibrated", action="store_true",
+                   help="probabilities after temperature scaling (the temperature fitted on the validation split "
+                        "at the end of training: summary.json calibration); the classes stay the same")
     p.set_defaults(func=cmd_predict)
+
+
+def add_lr_find(subparsers) -> None:
+    p = subparsers.add_parser("lr-find", help="learning-rate range test of a study: a suggested lr and a plot",
+                              epilog="The lr grows geometrically from --start-lr to --end-lr, one training step each "
+                                     "on the study's own data, network and optimizer; it stops when the smoothed "
+                                     "loss exceeds --diverge times its minimum. Writes lr_find.png and lr_find.json "
+                                     "(no checkpoint, no run).")
+    p.add_argument("study", nargs="?", help="study YAML file")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.name=sgd (the keys: cnnlab options)")
+    p.add_argument("--out", help="folder for lr_find.png and lr_find.json (default runs/<timestamp>-<study>-lr-find)")
+    p.add_argument("--start-lr", type=float, default=1e-7, help="the first step's lr (default 1e-7)")
+    p.add_argument("--end-lr", type=float, default=10.0, help="the last step's lr (default 10)")
+    p.add_argument("--steps", type=int, default=200, help="steps from --start-lr to --end-lr (default 200)")
+    p.add_argument("--smooth", type=float, default=0.9,
+                   help="the moving average's weight on the past, in [0, 1) (default 0.9)")
+    p.add_argument("--diverge", type=float, default=4.0,
+                   help="stop when the smoothed loss exceeds this many times its minimum (default 4)")
+    p.add_argument("--rule", default="steepest", choices=("steepest", "min10"),
+                   help="steepest: where the smoothed loss falls fastest before its minimum (default); "
+                        "min10: a tenth of the lr at the minimum")
+    p.set_defaults(func=cmd_lr_find)
+
+
+def add_explain(subparsers) -> None:
+    p = subparsers.add_parser("explain", help="Grad-CAM heat maps: where in each image a trained run looked")
+    p.add_argument("run_dir", help="a run folder of a convolutional network")
+    p.add_argument("paths", nargs="+", help="image files, folders (searched recursively) or glob patterns")
+    p.add_argument("--out", help="folder for the <name>.gradcam.png pictures (default RUN_DIR/explain)")
+    p.add_argument("--class", dest="target", metavar="CLASS",
+                   help="explain this class instead of the predicted one")
+    p.add_argument("--checkpoint", default="best.pt", help="best.pt (default) or last.pt")
+    p.set_defaults(func=cmd_explain)
 
 
 def add_export(subparsers) -> None:
@@ -403,8 +474,10 @@ def add_data(subparsers) -> None:
 
 
 COMMANDS = (add_train,
+            add_lr_find,
             add_eval,
             add_predict,
+            add_explain,
             add_export,
             add_summary,
             add_sweep,

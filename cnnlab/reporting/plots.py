@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import textwrap
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -190,6 +191,72 @@ def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str],
                 if cm[i, j]:
                     ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7,
                             color="white" if share[i, j] > 0.5 else "black")
+    return fig
+
+
+@literal_text
+def lr_find_figure(record: dict) -> Figure:
+    """The learning-rate range test (lr_find.json): the smoothed loss against the lr on a log axis, each step's
+    loss faint behind it, the suggested lr marked and the rule that chose it in the title."""
+    lrs, smoothed, losses = (np.array([_num(v) for v in record[k]], dtype=float) for k in ("lrs", "smoothed", "losses"))
+    fig = Figure(figsize=(7.5, 4.6))
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.12, top=0.86)
+    ax = fig.subplots()
+    ax.plot(lrs, losses, color=COLORS[0], alpha=0.25, linewidth=1, label="loss of each step")
+    ax.plot(lrs, smoothed, color=COLORS[0], linewidth=2, label="smoothed loss")
+    ax.set_xscale("log")
+    finite = np.isfinite(smoothed)
+    if finite.any():
+        i_min = int(np.nanargmin(np.where(finite, smoothed, np.nan)))
+        low, high = smoothed[i_min], np.nanmax(smoothed[:i_min + 1])
+        pad = 0.1 * max(high - low, 1e-3 * max(abs(low), 1e-12))
+        ax.set_ylim(low - pad, high + pad)  # a diverging tail leaves the plot at the top
+    if number(record.get("suggestion")) is not None:
+        ax.axvline(record["suggestion"], color=COLORS[3], linestyle="--", linewidth=1.2,
+                   label=f"suggested lr {record['suggestion']:.2g}")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    lines = [f"lr range test: {record.get('study', '')}", *textwrap.wrap(str(record.get("rule", "")), 100)]
+    ax.set_title("\n".join(as_text(line) for line in lines), fontsize=9)
+    return fig
+
+
+@literal_text
+def reliability_figure(reliability: dict, ece: Any = None, temperature: Any = None, title: str = "") -> Figure:
+    """The reliability diagram of a split (summary.json ``<split>.reliability``): each confidence bin's accuracy
+    as a bar against the diagonal of perfect calibration, the gap to the bin's mean confidence shaded, the
+    number of predictions per bin below."""
+    bins = int(reliability["bins"])
+    width = 1.0 / bins
+    left = np.arange(bins) * width
+    acc = np.array([_num(a) for a in reliability["accuracy"]], dtype=float)
+    conf = np.array([_num(c) for c in reliability["confidence"]], dtype=float)
+    count = np.array([_num(c) for c in reliability["count"]], dtype=float)
+    fig = Figure(figsize=(5.2, 5.6))
+    ax, ax_n = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (4, 1)})
+    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.1, top=0.92, hspace=0.08)
+    shown_bins = np.isfinite(acc)
+    ax.bar(left[shown_bins], acc[shown_bins], width=width, align="edge", color=COLORS[0], edgecolor="white",
+           label="accuracy")
+    gap_low, gap_high = np.fmin(acc, conf), np.fmax(acc, conf)
+    ax.bar(left[shown_bins], (gap_high - gap_low)[shown_bins], bottom=gap_low[shown_bins], width=width,
+           align="edge", color=COLORS[3], alpha=0.3, hatch="//", edgecolor=COLORS[3], label="gap to confidence")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="#555", linewidth=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    words = [f"ECE {100 * _num(ece):.2f} %"] if number(ece) is not None else []
+    if number(temperature) is not None:
+        words.append(f"temperature {_num(temperature):.3g} (fitted on val)")
+    ax.set_title(as_text(" · ".join(filter(None, [title, *words]))), fontsize=10)
+    ax_n.bar(left, count, width=width, align="edge", color="#999")
+    ax_n.set_yscale("log" if count.max(initial=0) > 0 else "linear")
+    ax_n.set_ylabel("count", fontsize=8)
+    ax_n.set_xlabel(f"confidence (top-class probability, {bins} bins)")
     return fig
 
 
