@@ -165,6 +165,8 @@ def _run_locked(sweep: Sweep, sweep_path: str | Path, out: Path, workers: int, e
               f"{len(todo)} to run) → {out}" + (f" [{executor}, {workers} workers]" if workers > 1 else ""), flush=True)
     quiet = workers > 1 or executor == "ray"  # progress bars of parallel runs would garble the terminal
     tasks = [_task(r, out, states[r.run_id], quiet) for r in todo]
+    if executor == "local" and (mixed := mixed_threads(rows, tasks, workers)):
+        warn(mixed)
     for task in tasks:  # which sweep run each is: trackers group the sweep's runs, named by their settings
         task["config"]["train"]["sweep"] = {"name": sweep.name, "run_id": task["run_id"], "settings": task["settings"]}
     done = [0]
@@ -210,6 +212,44 @@ def _run_locked(sweep: Sweep, sweep_path: str | Path, out: Path, workers: int, e
           + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
           + f"\nresults: {out / RESULTS}; table: cnnlab compare {out} --by {_compare_hint(sweep)}", flush=True)
     return result
+
+
+def planned_threads(task: dict, workers: int) -> int | None:
+    """The CPU threads a local run of ``task`` will compute with (None for a GPU run): its train.threads, else
+    a worker's share of the cores (``workers`` > 1), else this process's torch thread count."""
+    train = task["config"]["train"]
+    if train.get("device") not in ("cpu", "auto"):
+        return None
+    from cnnlab.training.runtime import visible_gpus  # here: planning a sweep does not import torch
+
+    if train.get("device") == "auto" and visible_gpus():
+        return None
+    if train.get("threads"):
+        return int(train["threads"])
+    if workers > 1:
+        return max(1, local.cores() // workers)
+    import torch
+
+    return torch.get_num_threads()
+
+
+def mixed_threads(rows: dict[str, dict], tasks: list[dict], workers: int) -> str | None:
+    """A warning when the sweep's finished CPU runs were trained with another thread count than the runs to go
+    will use: CPU results depend on it, so the results table would mix rows made both ways. None when they agree."""
+    made = [r["threads"] for r in rows.values() if isinstance(r.get("threads"), int)]
+    planned = [t for t in (planned_threads(task, workers) for task in tasks) if t is not None]
+    earlier, now = sorted(set(made)), sorted(set(planned))
+    if not earlier or not now or (earlier == now and len(now) == 1):
+        return None
+    cores = local.cores()
+    match = [w for w in range(2, cores + 1) if cores // w == earlier[0]]
+    how = (f"run with --workers {match[0]}" if match else "run one at a time (no --workers)" if workers > 1
+           else "run into a new --out")
+    return (f"{len(made)} runs in results.jsonl were trained with {' or '.join(map(str, earlier))} CPU threads, and "
+            f"the {len(planned)} to run now will use {' or '.join(map(str, now))} "
+            f"({'--workers ' + str(workers) if workers > 1 else 'one at a time'} on {cores} cores): on a CPU, "
+            f"results depend on the thread count (sums are split differently), so the table would mix rows made "
+            f"both ways. To match the earlier rows, {how}; each row records its thread count (threads).")
 
 
 def eta(done: list[tuple], left: list[tuple], elapsed: float) -> str:
