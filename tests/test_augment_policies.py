@@ -129,8 +129,9 @@ def test_auto_augment_is_seeded_and_per_image(policy):
 def test_mixup_targets_sum_to_one_and_carry_each_images_lambda():
     x, y = torch.rand(8, 3, 6, 5, generator=gen()), torch.arange(8) % 5
     lam = torch.linspace(0.05, 0.95, 8)
-    cut = torch.zeros(8, dtype=torch.bool)
-    mixed, targets, share = A.mix(x, y, 5, lam, cut, torch.zeros(8, 4, dtype=torch.long))
+    mixed, targets, share = A.mix(x, y, 5, lam)
+    no_cut = A.mix(x, y, 5, lam, torch.zeros(8, dtype=torch.bool), torch.zeros(8, 4, dtype=torch.long))
+    assert torch.equal(no_cut[0], mixed) and torch.equal(no_cut[1], targets)
     assert torch.allclose(targets.sum(1), torch.ones(8))
     assert torch.allclose(share, lam)
     partner = y.roll(1)

@@ -541,20 +541,25 @@ def cutmix_boxes(lam: torch.Tensor, u_y: torch.Tensor, u_x: torch.Tensor, h: int
     return torch.stack([top, bottom, left, right], 1)
 
 
-def mix(x: torch.Tensor, y: torch.Tensor, num_classes: int, lam: torch.Tensor, cut: torch.Tensor,
-        boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def mix(x: torch.Tensor, y: torch.Tensor, num_classes: int, lam: torch.Tensor, cut: Optional[torch.Tensor] = None,
+        boxes: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mix each image with its neighbour in the batch (``x.roll(1, 0)``): where ``cut``, the neighbour's pixels in
-    ``boxes`` (cutmix), else ``lam`` x image + (1 - lam) x neighbour (mixup). Returns the batch, the soft targets
-    (own class's share = the own image's share: ``lam``, or 1 - box area / image area) and those shares."""
+    ``boxes`` (cutmix), else ``lam`` x image + (1 - lam) x neighbour (mixup; ``cut`` None: mixup for all). Returns
+    the batch, the soft targets (own class's share = the own image's share: ``lam``, or 1 - box area / image
+    area) and those shares."""
     n, _, h, w = x.shape
-    rows = torch.arange(h, device=x.device).view(1, h, 1)
-    cols = torch.arange(w, device=x.device).view(1, 1, w)
-    b = boxes.to(x.device).view(n, 4, 1, 1)
-    inside = (rows >= b[:, 0]) & (rows < b[:, 1]) & (cols >= b[:, 2]) & (cols < b[:, 3])  # [N, H, W]
-    area = (b[:, 1] - b[:, 0]) * (b[:, 3] - b[:, 2])
-    share = torch.where(cut, 1 - area.view(n).float() / (h * w), lam)
-    own = torch.where(cut.view(n, 1, 1), (~inside).float(), lam.view(n, 1, 1)).unsqueeze(1).to(x.dtype)
-    mixed = x * own + x.roll(1, 0) * (1 - own)
+    partner = x.roll(1, 0)
+    share = lam
+    weight = lam if cut is None else torch.where(cut, 1.0, lam)  # cutmix images are not blended
+    mixed = torch.lerp(partner, x, weight.view(n, 1, 1, 1).to(x.dtype))  # exact at weights 0 and 1
+    if cut is not None:
+        rows = torch.arange(h, device=x.device).view(1, h, 1)
+        cols = torch.arange(w, device=x.device).view(1, 1, w)
+        b = boxes.to(x.device).view(n, 4, 1, 1)
+        inside = (rows >= b[:, 0]) & (rows < b[:, 1]) & (cols >= b[:, 2]) & (cols < b[:, 3])  # [N, H, W]
+        mixed = torch.where((inside & cut.view(n, 1, 1)).unsqueeze(1), partner, mixed)
+        area = ((b[:, 1] - b[:, 0]) * (b[:, 3] - b[:, 2])).view(n).float()
+        share = torch.where(cut, 1 - area / (h * w), lam)
     one_hot = F.one_hot(y.long(), num_classes).float()
     targets = share.view(n, 1) * one_hot + (1 - share.view(n, 1)) * one_hot.roll(1, 0)
     return mixed, targets, share
@@ -574,12 +579,13 @@ class Mixer:
         """``(mixed batch, soft targets [N, classes])``."""
         n, h, w = x.shape[0], x.shape[2], x.shape[3]
         u = _uniform(4 * n, generator, x.device).view(4, n)
-        if self.mixup is not None and self.cutmix is not None:
+        if self.cutmix is None:  # mixup only: no boxes
+            return mix(x, y, self.num_classes, _quantile(self.mixup, u[0]))[:2]
+        if self.mixup is not None:
             cut = u[1] < 0.5
             lam = torch.where(cut, _quantile(self.cutmix, u[0]), _quantile(self.mixup, u[0]))
         else:
-            cut = torch.full((n,), self.cutmix is not None, device=x.device)
-            lam = _quantile(self.cutmix if self.cutmix is not None else self.mixup, u[0])
+            cut, lam = torch.ones(n, dtype=torch.bool, device=x.device), _quantile(self.cutmix, u[0])
         mixed, targets, _ = mix(x, y, self.num_classes, lam, cut, cutmix_boxes(lam, u[2], u[3], h, w))
         return mixed, targets
 
