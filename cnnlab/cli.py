@@ -90,7 +90,7 @@ def cmd_train(args) -> int:
         run_dir = Path(args.resume)
         if run_dir.exists() and not run_dir.is_dir():
             raise _config_error(f"--resume {run_dir}: not a run folder (it is a file)")
-        cfg = load_config(run_dir / "config.yaml", args.overrides)
+        cfg = load_config(run_dir / "config.yaml", args.overrides, anchor=False)  # as its checkpoint has it
         out = run_dir
         if not (run_dir / "last.pt").exists() and not (run_dir / "summary.json").exists():
             print(f"{run_dir} has no last.pt (stopped before its first checkpoint): starting it afresh", flush=True)

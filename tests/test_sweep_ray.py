@@ -340,3 +340,31 @@ def test_two_node_cluster_without_a_shared_folder(tmp_path, data_root):
             except OSError:
                 pass
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_relative_data_root_is_the_study_files_on_every_trial(tmp_path, data_root, local_ray, monkeypatch, capfd):
+    """Issue 25, item 3: trials run in Ray's own working directory; a relative data.root is resolved from the
+    study file that names it before any trial starts. A folder that is not there fails each trial naming the
+    absolute folder, and ASHA is never handed a trial without results."""
+    from conftest import write_image_folder
+
+    project = tmp_path / "project"
+    write_image_folder(project / "photos", ["cat", "dog"], per_class=4, size=(10, 12))
+    study = {"data": {"name": "imagefolder", "root": "../photos", "resize": 8, "val_size": 0.25, "test_size": 0.25},
+             "model": {"name": "linear"}, "train": {"epochs": 1, "batch_size": 4, "progress": False}}
+    (project / "studies").mkdir()
+    (project / "studies" / "photos.yaml").write_text(yaml.safe_dump(study))
+    (project / "studies" / "typo.yaml").write_text(yaml.safe_dump({**study, "data": {**study["data"],
+                                                                                    "root": "../fotos"}}))
+    spec = {"axes": {"optim.lr": [0.01, 0.001]}, "resources": {"cpu": 1},
+            "scheduler": {"name": "asha", "metric": "val.accuracy", "grace_epochs": 1, "reduction_factor": 2}}
+    monkeypatch.chdir(tmp_path)  # neither the sweep's folder nor the study's
+    rows = run_sweep(sweep_file(project / "sweeps", {"base": "../studies/photos.yaml", **spec}), out_dir="out",
+                     executor="ray")
+    assert [r["status"] for r in rows] == ["completed", "completed"], rows
+    rows = run_sweep(sweep_file(project / "sweeps", {"base": "../studies/typo.yaml", **spec}, name="typo"),
+                     out_dir="typo", executor="ray")
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert all(f"{project / 'fotos'} is not a folder" in r["error"] for r in rows), rows
+    assert "unsupported operand" not in "".join(capfd.readouterr())

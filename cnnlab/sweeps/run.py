@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from cnnlab import runs
-from cnnlab.config.load import build_config
+from cnnlab.config.load import anchor_paths, build_config
 from cnnlab.config.schema import ConfigError, check_name
 from cnnlab.reporting.results import PLAN, RESULTS, append_row, at_chance, load_results, num_classes, row_from_summary, warn
 from cnnlab.runs import FINAL_STATUSES, Status, read_summary
@@ -164,7 +164,7 @@ def _run_locked(sweep: Sweep, sweep_path: str | Path, out: Path, workers: int, e
         print(f"sweep {sweep.name}: {len(sweep.runs)} runs ({len(sweep.runs) - len(todo)} already done, "
               f"{len(todo)} to run) → {out}" + (f" [{executor}, {workers} workers]" if workers > 1 else ""), flush=True)
     quiet = workers > 1 or executor == "ray"  # progress bars of parallel runs would garble the terminal
-    tasks = [_task(r, out, states[r.run_id], quiet) for r in todo]
+    tasks = [_task(r, out, states[r.run_id], quiet, Path(sweep_path).parent) for r in todo]
     if executor == "local" and (mixed := mixed_threads(rows, tasks, workers)):
         warn(mixed)
     for task in tasks:  # which sweep run each is: trackers group the sweep's runs, named by their settings
@@ -302,8 +302,9 @@ def planned_rows(sweep: Sweep, out: Path) -> list[dict]:
     return [rows.get(r.run_id) or {**r.info(), "status": Status.PENDING} for r in sweep.runs]
 
 
-def _task(r: PlannedRun, out: Path, state: str, quiet: bool) -> dict:
-    config = r.config.to_dict()
+def _task(r: PlannedRun, out: Path, state: str, quiet: bool, folder: Path = Path(".")) -> dict:
+    # the bases' paths are absolute already; an axis's relative data.root is the sweep file's (``folder``)
+    config = anchor_paths(r.config.to_dict(), folder)
     if quiet:
         config["train"]["progress"] = False  # display only: the run id (hash) was taken before
     return {**r.info(), "out_dir": str(out.resolve()), "config": config,
