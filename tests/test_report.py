@@ -164,7 +164,7 @@ def test_run_report_in_chromium(real_run, chromium, tmp_path):
     assert build_s < 30  # two CPU cores shared with others; normally 1-3 s
 
     got = browse(chromium, page, tmp_path)
-    assert_loaded_cleanly(got["probe"], {"img-curves", "img-confusion", "img-misclassified"})
+    assert_loaded_cleanly(got["probe"], {"img-curves", "img-confusion", "img-reliability", "img-misclassified"})
     sizes = {i["id"]: (i["naturalWidth"], i["naturalHeight"]) for i in got["probe"]["images"]}
     assert sizes["img-curves"] == (1500, 440)
     assert got["probe"]["title"].endswith("cnnlab run report")
@@ -186,7 +186,7 @@ def test_run_report_in_chromium(real_run, chromium, tmp_path):
     for split in ("train", "val", "test"):
         s = summary[split]
         assert metrics[split] == [f"{s[k]:.4f}" for k in ("accuracy", "loss", "precision_macro", "recall_macro",
-                                                          "f1_macro")]
+                                                          "f1_macro", "ece")]
     per_class = table_cells(dom, "per-class-test")[1:]
     assert [r[0] for r in per_class] == summary["classes"]
     assert [int(r[4].replace(",", "")) for r in per_class] == summary["test"]["per_class"]["support"]

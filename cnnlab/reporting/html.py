@@ -258,7 +258,7 @@ def run_context(run_dir: Path, log=results.warn, reuse: bool = True) -> dict:
     classes = [str(c) for c in raw_classes] if isinstance(raw_classes, list) else []
     splits = [s for s in ("train", "val", "test") if isinstance(summary.get(s), dict)]
     metric_rows = [{"split": s, **{k: summary[s].get(k) for k in
-                                   ("accuracy", "loss", "precision_macro", "recall_macro", "f1_macro")}}
+                                   ("accuracy", "loss", "precision_macro", "recall_macro", "f1_macro", "ece")}}
                    for s in splits]
     per_class = {s: problems.guarded(f"{run_dir / 'summary.json'}: {s}.per_class",
                                      lambda s=s: _per_class_rows(summary[s], classes), []) for s in splits}
@@ -283,6 +283,7 @@ def run_context(run_dir: Path, log=results.warn, reuse: bool = True) -> dict:
         "findings_source": findings_source,
         "best": best,
         "metric_rows": metric_rows,
+        "calibration": _mapping(summary.get("calibration")),
         "per_class": per_class,
         "confusion_split": confusion_split,
         "images": images,
@@ -319,7 +320,7 @@ def _per_class_rows(split: dict, classes: list[str]) -> list[dict]:
 
 def _run_images(run_dir: Path, summary: dict, history: list[dict], classes: list[str], reuse: bool,
                 problems: _Problems) -> tuple[dict[str, str], Optional[str], Optional[dict]]:
-    """The run's figures as base64 PNG (curves, confusion, misclassified: each that can be drawn), the split
+    """The run's figures as base64 PNG (curves, confusion, reliability, misclassified: each that can be drawn), the split
     of the confusion matrix shown (None when none is), and misclassified.pt's contents."""
     images: dict[str, str] = {}
     if history:
@@ -338,6 +339,14 @@ def _run_images(run_dir: Path, summary: dict, history: list[dict], classes: list
             images["confusion"] = confusion
         else:
             confusion_split = None
+    test = _mapping(summary.get("test"))
+    if isinstance(test.get("reliability"), dict):  # runs since calibration (issue 27): the test split's diagram
+        temperature = _mapping(summary.get("calibration")).get("temperature")
+        diagram = problems.guarded(f"{run_dir / 'summary.json'}: test.reliability",
+                                   lambda: _b64(plots.png_bytes(plots.reliability_figure(
+                                       test["reliability"], test.get("ece"), temperature, "test split"))), None)
+        if diagram:
+            images["reliability"] = diagram
     mis = problems.guarded(f"{run_dir / 'misclassified.pt'}", lambda: _load_misclassified(run_dir), None)
     if mis and mis["count"]:
         grid = problems.guarded(f"{run_dir / 'misclassified.pt'}: the misclassified images",
