@@ -103,3 +103,23 @@ def test_calibrated_refused_without_a_temperature(overconfident_run, tmp_path):
     assert len(run.predict(torch.zeros(1, 28, 28, dtype=torch.uint8))) == 1
     with pytest.raises(cnnlab.api.ConfigError, match="no temperature"):
         run.predict(torch.zeros(1, 28, 28, dtype=torch.uint8), calibrated=True)
+
+
+def test_predict_command_with_and_without_calibration(overconfident_run, tmp_path, capsys):
+    from PIL import Image
+
+    from cnnlab import data as datamod
+    from conftest import cnnlab_here
+
+    run = cnnlab.load(overconfident_run.dir)
+    for i, image in enumerate(datamod.load_splits(run.config.data, "cpu").test_x[:16]):
+        Image.fromarray(image[0].numpy()).save(tmp_path / f"{i}.png")
+    tables = {}
+    for flags in ((), ("--calibrated",)):
+        assert cnnlab_here("predict", overconfident_run.dir, tmp_path, "--top-k", "1", *flags) == 0
+        lines = capsys.readouterr().out.splitlines()[1:]
+        tables[flags] = [(line.split()[1], float(line.split()[2])) for line in lines]
+    plain, calibrated = tables[()], tables[("--calibrated",)]
+    assert [c for c, _ in plain] == [c for c, _ in calibrated]
+    assert all(q <= p for (_, p), (_, q) in zip(plain, calibrated))  # T > 1: softer (as printed, 4 decimals)
+    assert sum(q < p for (_, p), (_, q) in zip(plain, calibrated)) >= 4

@@ -176,6 +176,10 @@ def print_results(summary: dict, log: Callable) -> None:
         log(f"{split:<6} {fmt(r['accuracy']):>9} {fmt(r['loss']):>8} {r['precision_macro']:10.4f} "
             f"{r['recall_macro']:8.4f} {r['f1_macro']:8.4f}")
     log("test, per class:\n" + metrics.format_per_class(summary["test"], summary["classes"]))
+    if cal := summary.get("calibration"):
+        log(f"calibration: test ECE {fmt(cal.get('test_ece'))}, {fmt(cal.get('test_ece_calibrated'))} after temperature "
+            f"scaling (T = {cal['temperature']:.3f}, fitted on val: NLL {fmt(cal['val_nll'])} -> "
+            f"{fmt(cal['val_nll_calibrated'])}; cnnlab predict --calibrated)")
     log(time_line(summary["time"]))
 
 
