@@ -180,14 +180,17 @@ def _run_locked(sweep: Sweep, sweep_path: str | Path, out: Path, workers: int, e
               + (" (resuming)" if task["resume"] else ""), flush=True)
 
     kinds, finished = {task["run_id"]: _run_kind(task) for task in tasks}, []  # for the time-left estimate
+    ended: list[float] = []  # when each run ended (s since the start): when the runs in progress began
+    parallel = 1 if not (executor == "ray" or (tasks and workers > 1)) else workers
 
     def on_row(row: dict) -> None:
         done[0] += 1
         classes = num_classes(out, [row], default=0) or None
         finished.append((*kinds.pop(row["run_id"], (None, None)), row.get("time_s")))
         left = [*kinds.values(), *[(None, None)] * (total - done[0] - len(kinds))]  # a search's trials: unknown
+        ended.append(time.perf_counter() - t0)
         print(f"[{done[0]}/{total}] {format_row(row, shown_base, classes)}"
-              f"{eta(finished, left, time.perf_counter() - t0)}", flush=True)
+              f"{eta(finished, left, ended[-1], parallel, ended)}", flush=True)
 
     t0 = time.perf_counter()
     try:
@@ -252,22 +255,41 @@ def mixed_threads(rows: dict[str, dict], tasks: list[dict], workers: int) -> str
             f"both ways. To match the earlier rows, {how}; each row records its thread count (threads).")
 
 
-def eta(done: list[tuple], left: list[tuple], elapsed: float) -> str:
+def eta(done: list[tuple], left: list[tuple], elapsed: float, workers: int = 1,
+        ended: list[float] | None = None) -> str:
     """`` (12.3 s elapsed, about 1 min 5 s left)``. ``done``: (base, model, seconds) of each run finished so far
     (seconds None when unknown); ``left``: (base, model) of each run to go. Bases can differ in cost many times over
     (an MLP beside a LeNet), so each run to go is expected to take the mean of the finished runs of its base and
-    model, else of its base, else of its model, else of all; their sum is scaled by the elapsed time over the
-    finished runs' seconds, which accounts for parallel workers and the time between runs."""
+    model, else of its base, else of its model, else of all. One run at a time, their sum is scaled by the elapsed
+    time over the finished runs' seconds (the time between runs). With ``workers`` in parallel (``ended``: when each
+    finished run ended), :func:`_parallel_left`: the runs in progress are partly done, which matters most on the
+    first runs."""
     if not left or not done:
         return f" ({elapsed:.1f} s elapsed)"
     timed = [(b, m, s) for b, m, s in done if s is not None and s > 0]
     if not timed:  # no finished run says how long it took: all runs alike
         left_s = elapsed / len(done) * len(left)
     else:
-        left_s = elapsed * sum(_expected_seconds(timed, base, model) for base, model in left) / sum(
-            s for *_, s in timed)
+        expected = [_expected_seconds(timed, base, model) for base, model in left]
+        left_s = (_parallel_left(expected, elapsed, workers, ended or [elapsed]) if workers > 1
+                  else elapsed * sum(expected) / sum(s for *_, s in timed))
     text = f"{left_s:.0f} s" if left_s < 90 else f"{left_s // 60:.0f} min {left_s % 60:.0f} s"
     return f" ({elapsed:.1f} s elapsed, about {text} left)"
+
+
+def _parallel_left(expected: list[float], elapsed: float, workers: int, ended: list[float]) -> float:
+    """Seconds left for runs of ``expected`` seconds on ``workers`` slots, where each run that ended (at the times
+    ``ended``) freed its slot for the next run: the runs in progress began at the latest of the runs' starts and
+    have that much less to go; the runs waiting then take the slot that frees first. Scaling by the elapsed time
+    alone counts a run in progress as not begun: with 2 workers, the first run to end said twice the time left."""
+    busy = min(workers, len(expected))
+    started = sorted([0.0] * workers + list(ended))[:len(ended) + len(expected)]  # a slot starts a run if one is left
+    starts = started[-busy:]
+    slots = [max(0.0, e - (elapsed - t)) for e, t in zip(expected, starts)] + [0.0] * (workers - busy)
+    for e in expected[busy:]:
+        slots.sort()
+        slots[0] += e
+    return max(slots)
 
 
 def _expected_seconds(timed: list[tuple], base, model) -> float:
