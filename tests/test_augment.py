@@ -130,6 +130,35 @@ def test_jitter_factors_have_torchvision_ranges():
         A.jitter_factors(4, gen(), hue=0.6)
 
 
+def test_jitter_strengths_may_be_ranges_as_torchvision_takes_them():
+    # Study B's report: ColorJitter(brightness=[3, 10], contrast=[3, 10], saturation=[3, 10], hue=0.5)
+    from torchvision.transforms import ColorJitter
+
+    tv = ColorJitter(brightness=[3, 10], contrast=(3, 10), saturation=[0, 2.5], hue=[-0.2, 0.3])
+    for name, v in (("brightness", [3, 10]), ("contrast", (3, 10)), ("saturation", [0, 2.5]), ("hue", [-0.2, 0.3])):
+        assert A.jitter_range(name, v) == tuple(getattr(tv, name)), name
+    for v in (0.2, 1.5, 9.0):  # a number: the range torchvision makes of it
+        assert A.jitter_range("brightness", v) == tuple(ColorJitter(brightness=v).brightness)
+    assert A.jitter_range("hue", 0.5) == tuple(ColorJitter(hue=0.5).hue)
+    assert A.jitter_range("contrast", 0) is None and ColorJitter(contrast=0).contrast is None
+    assert A.jitter_range("saturation", [1, 1]) is None and ColorJitter(saturation=[1, 1]).saturation is None
+    assert A.jitter_range("hue", [0, 0]) is None and ColorJitter(hue=[0, 0]).hue is None
+    for name, bad in (("brightness", [10, 3]), ("contrast", [-1, 2]), ("hue", [-0.6, 0.1]), ("hue", 0.6),
+                      ("saturation", [1, 2, 3])):
+        with pytest.raises(ValueError, match=name):
+            A.jitter_range(name, bad)
+    f = A.jitter_factors(20000, gen(3), brightness=[3, 10], contrast=(3, 10), hue=[-0.2, 0.3])
+    b, c, h = f["brightness"], f["contrast"], f["hue"]
+    assert f["saturation"] is None
+    assert 3 <= b.min() < 3.01 and 9.99 < b.max() <= 10 and abs(b.mean().item() - 6.5) < 0.05
+    assert 3 <= c.min() < 3.01 and 9.99 < c.max() <= 10
+    assert -0.2 <= h.min() < -0.199 and 0.299 < h.max() <= 0.3 and abs(h.mean().item() - 0.05) < 0.005
+    # a number draws exactly what it drew before ranges existed
+    old = A.jitter_factors(50, gen(4), 0.4, 1.5, 0.2, 0.1)
+    new = A.jitter_factors(50, gen(4), [0.6, 1.4], [0.0, 2.5], [0.8, 1.2], 0.1)
+    assert all(torch.allclose(old[k], new[k]) for k in A.JITTER) and torch.equal(old["hue"], new["hue"])
+
+
 def test_color_jitter_applies_the_drawn_factors_in_order():
     x = batch(n=8, dtype=torch.float32)
     out = A.color_jitter(x, gen(9), brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)
@@ -222,7 +251,8 @@ def test_preprocess_says_whether_it_is_random(mnist_small):
     c, s = mnist_small
     aug = c.augment.model_copy
     for update, random in (({}, False), ({"crop_padding": 2}, True), ({"flip": True}, True),
-                           ({"hue": 0.1}, True), ({"crop_padding": 0, "flip": False}, False)):
+                           ({"hue": 0.1}, True), ({"brightness": (3.0, 10.0)}, True), ({"saturation": (1.0, 1.0)}, False),
+                           ({"crop_padding": 0, "flip": False}, False)):
         ca = c.model_copy(update={"augment": aug(update=update)})
         assert A.Preprocess(s, ca, train=True).random is random, update
         assert A.Preprocess(s, ca, train=False).random is False  # evaluation never is

@@ -100,6 +100,7 @@ REGISTRY_FIELDS = {"data.name": DATASETS, "model.name": MODELS, "optim.name": OP
 FINETUNE_WORDS = {"all", "head", "none", "layer1", "layer2", "layer3", "layer4"}
 POSITIVE_LISTS = {"model.widths", "model.hidden", "sched.milestones"}  # lists of sizes / epochs: each >= 1
 SEEDS = {"seed", "data.split_seed"}  # must fit every torch generator the run seeds from them
+JITTER_FIELDS = {f"data.augment.{k}" for k in ("brightness", "contrast", "saturation", "hue")}
 
 
 def test_the_walk_covers_the_whole_config():
@@ -195,6 +196,13 @@ def invalid_values(name: str, info) -> dict[str, st.SearchStrategy]:
         kinds["out of range"] = st.one_of(st.integers(max_value=7, min_value=-(10**6)),
                                           st.integers(min_value=4097, max_value=10**6),
                                           st.lists(st.integers(-10, 7), min_size=2, max_size=2))
+    elif name in JITTER_FIELDS:  # a number or a range [lo, hi], as torchvision's ColorJitter takes them
+        kinds["wrong type"] = st.one_of(words, small_dicts, st.just([]), st.lists(words, min_size=2, max_size=2),
+                                        st.lists(st.floats(0, 0.4), min_size=3, max_size=4))
+        reversed_range = st.tuples(st.floats(0.1, 0.5), st.floats(0, 0.09)).map(list)  # lo > hi
+        too_big = [st.floats(min_value=0.5, exclude_min=True, max_value=1e6)] if name.endswith("hue") else []
+        kinds["out of range"] = st.one_of(st.floats(max_value=-1e-9, min_value=-1e9), non_finite, reversed_range,
+                                          st.lists(non_finite, min_size=2, max_size=2), *too_big)
     elif ann is bool:
         kinds["wrong type"] = st.one_of(words, st.integers().filter(lambda i: i not in (0, 1)),
                                         fractional, small_lists, small_dicts)

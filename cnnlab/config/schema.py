@@ -101,10 +101,16 @@ class AugmentConfig(_Section):
         "pad the whole training set once, where training keeps it, and cut each batch's crops from that copy "
         "instead of padding every batch: the same crops from the same random numbers, one pass per batch fewer "
         "(costs a padded copy of the training images)"))
-    brightness: float = Field(0.0, ge=0)
-    contrast: float = Field(0.0, ge=0)
-    saturation: float = Field(0.0, ge=0)
-    hue: float = Field(0.0, ge=0, le=0.5)
+    brightness: Union[float, tuple[float, float]] = Field(0.0, description=(
+        "colour jitter, as torchvision's ColorJitter takes it: a number v (factor uniform in [max(0, 1 - v), "
+        "1 + v]) or the range [lo, hi] itself (0 <= lo <= hi); 0 = off"))
+    contrast: Union[float, tuple[float, float]] = Field(0.0, description=(
+        "colour jitter: a number v (factor in [max(0, 1 - v), 1 + v]) or a range [lo, hi] (0 <= lo <= hi); 0 = off"))
+    saturation: Union[float, tuple[float, float]] = Field(0.0, description=(
+        "colour jitter: a number v (factor in [max(0, 1 - v), 1 + v]) or a range [lo, hi] (0 <= lo <= hi); 0 = off"))
+    hue: Union[float, tuple[float, float]] = Field(0.0, description=(
+        "colour jitter: a number v in [0, 0.5] (hue shift in [-v, v] turns) or a range [lo, hi] "
+        "(-0.5 <= lo <= hi <= 0.5); 0 = off"))
     rotate: float = Field(0.0, ge=0, le=180, description=(
         "random rotation: each image turned by its own angle, uniform in [-rotate, rotate] degrees (bilinear, "
         "black outside); with translate, scale and shear one affine per image"))
@@ -124,6 +130,24 @@ class AugmentConfig(_Section):
     cutmix: float = Field(0.0, ge=0, le=10, description=(
         "cutmix's Beta(alpha, alpha) parameter (0 = off; 1 usual): a box of another image of the batch pasted in, "
         "the targets by the box's area; with mixup too, each image takes one of the two with p 0.5"))
+
+    @field_validator("brightness", "contrast", "saturation", "hue", mode="before")
+    @classmethod
+    def _jitter_strength(cls, v: Any, info: Any) -> Any:
+        hue = info.field_name == "hue"
+        allowed = ("a number in [0, 0.5] or a range [lo, hi] with -0.5 <= lo <= hi <= 0.5" if hue else
+                   "a number >= 0 or a range [lo, hi] with 0 <= lo <= hi")
+        pair = list(v) if isinstance(v, (list, tuple)) else None
+        numbers = [v] if pair is None else pair
+        finite = all(isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) < float("inf") for x in numbers)
+        lo, hi = 1, 0  # neither a number nor a pair: fails the check below
+        if finite and pair is None:
+            lo, hi = (-v, v) if hue else (0, v)
+        elif finite and len(pair) == 2:
+            lo, hi = pair
+        if not (-0.5 <= lo <= hi <= 0.5 if hue else 0 <= lo <= hi):
+            raise ValueError(f"must be {allowed} (as torchvision's ColorJitter takes them); got {v!r}")
+        return v if pair is None else (float(lo), float(hi))
 
 
 class DataConfig(_Section):

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from cnnlab.data.splits import Splits
 
 Factor = Union[float, torch.Tensor]
+Strength = Union[float, tuple, list]  # a ColorJitter strength: a number v or the range [lo, hi] itself
+JITTER = ("brightness", "contrast", "saturation", "hue")
 
 # ITU-R 601-2 luma weights, the ones torchvision's rgb_to_grayscale uses.
 _LUMA = (0.2989, 0.587, 0.114)
@@ -234,44 +236,61 @@ def adjust_hue(x: torch.Tensor, shift: Factor) -> torch.Tensor:
     return _back(_hsv_to_rgb(h, s, v), was_uint8)
 
 
+def jitter_range(name: str, v: Strength) -> Optional[tuple[float, float]]:
+    """The range one ColorJitter strength draws its factor from, as torchvision reads it: a number v gives
+    [max(0, 1 - v), 1 + v] (hue: [-v, v]); a pair [lo, hi] is the range itself (brightness, contrast,
+    saturation: 0 <= lo <= hi; hue: -0.5 <= lo <= hi <= 0.5). None when the operation is off (0, or the
+    range [1, 1]; hue [0, 0])."""
+    hue = name == "hue"
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{name} must be a number or a range [lo, hi], got {v}")
+        lo, hi = float(v[0]), float(v[1])
+    else:
+        if v < 0 or (hue and v > 0.5):
+            raise ValueError(f"{name} must be " + ("in [0, 0.5]" if hue else ">= 0") + f", got {v}")
+        lo, hi = (-float(v), float(v)) if hue else (max(0.0, 1.0 - v), 1.0 + v)
+    if not (-0.5 <= lo <= hi <= 0.5 if hue else 0 <= lo <= hi):
+        raise ValueError(f"{name} range must have " + ("-0.5 <= lo <= hi <= 0.5" if hue else "0 <= lo <= hi")
+                         + f", got [{lo}, {hi}]")
+    return None if (lo, hi) == ((0.0, 0.0) if hue else (1.0, 1.0)) else (lo, hi)
+
+
 def jitter_factors(
     n: int,
     generator: Optional[torch.Generator],
-    brightness: float = 0.0,
-    contrast: float = 0.0,
-    saturation: float = 0.0,
-    hue: float = 0.0,
+    brightness: Strength = 0.0,
+    contrast: Strength = 0.0,
+    saturation: Strength = 0.0,
+    hue: Strength = 0.0,
     device: Optional[torch.device] = None,
 ) -> dict[str, Optional[torch.Tensor]]:
-    """Per-image jitter factors with torchvision ColorJitter's ranges: brightness,
-    contrast and saturation uniform in [max(0, 1 - v), 1 + v], hue uniform in
-    [-hue, hue]. A strength of 0 gives None (the operation is skipped and draws
+    """Per-image jitter factors with torchvision ColorJitter's ranges (:func:`jitter_range`): each
+    factor uniform in its range. An operation that is off gives None (it is skipped and draws
     nothing). Draws happen in the order brightness, contrast, saturation, hue."""
     device = device or torch.device("cpu")
     out: dict[str, Optional[torch.Tensor]] = {}
-    for name, v in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
-        if v < 0:
-            raise ValueError(f"{name} must be >= 0, got {v}")
-        if v == 0:
+    for name, v in zip(JITTER, (brightness, contrast, saturation, hue)):
+        r = jitter_range(name, v)
+        if r is None:
             out[name] = None
-            continue
-        lo, hi = max(0.0, 1.0 - v), 1.0 + v
-        out[name] = lo + (hi - lo) * _uniform(n, generator, device)
-    if not 0 <= hue <= 0.5:
-        raise ValueError(f"hue must be in [0, 0.5], got {hue}")
-    out["hue"] = None if hue == 0 else (2.0 * _uniform(n, generator, device) - 1.0) * hue
+        elif name == "hue" and r[0] == -r[1]:  # the symmetric range of a number, drawn as it always was
+            out[name] = (2.0 * _uniform(n, generator, device) - 1.0) * r[1]
+        else:
+            out[name] = r[0] + (r[1] - r[0]) * _uniform(n, generator, device)
     return out
 
 
 def color_jitter(
     x: torch.Tensor,
     generator: Optional[torch.Generator],
-    brightness: float = 0.0,
-    contrast: float = 0.0,
-    saturation: float = 0.0,
-    hue: float = 0.0,
+    brightness: Strength = 0.0,
+    contrast: Strength = 0.0,
+    saturation: Strength = 0.0,
+    hue: Strength = 0.0,
 ) -> torch.Tensor:
-    """Random brightness, contrast, saturation and hue per image (fixed order)."""
+    """Random brightness, contrast, saturation and hue per image (fixed order); each strength a number or
+    a range [lo, hi], as torchvision's ColorJitter takes them."""
     _check_batch(x)
     f = jitter_factors(x.shape[0], generator, brightness, contrast, saturation, hue, device=x.device)
     if all(v is None for v in f.values()):
@@ -618,8 +637,7 @@ class Preprocess:
         self.flip = bool(train and aug is not None and aug.flip)
         self.alternate = self.flip and aug.flip_mode == "alternate"  # flips follow the epoch, see prepared()
         self.pre_pad = self.crop and aug.pre_pad  # batches arrive padded, see prepared()
-        self.jitter = bool(train and aug is not None and any(v > 0 for v in (aug.brightness, aug.contrast,
-                                                                              aug.saturation, aug.hue)))
+        self.jitter = bool(train and aug is not None and any(jitter_range(k, getattr(aug, k)) for k in JITTER))
         self.affine = bool(train and aug is not None and any(v > 0 for v in (aug.rotate, aug.translate, aug.scale,
                                                                              aug.shear)))
         self.auto = bool(train and aug is not None and aug.auto != "none")
