@@ -85,7 +85,8 @@ def test_the_readme_flow_from_a_folder_of_photos_to_onnx_and_python(newcomer, ca
     import cnnlab
 
     cmds = commands()
-    assert [c[0] for c in cmds] == ["train", "eval", "predict", "predict", "eval", "eval", "export", "export"]
+    assert [c[0] for c in cmds] == ["train", "eval", "predict", "predict", "predict", "explain", "eval", "eval",
+                                    "export", "export"]
     seen: dict[str, str] = {}
     for args in cmds:
         extra = FAST if args[0] == "train" else []
@@ -107,6 +108,11 @@ def test_the_readme_flow_from_a_folder_of_photos_to_onnx_and_python(newcomer, ca
     assert all(f in table for f in ("photo.jpg", "scans/page1.png", "more/2024/x.png"))
     rows = list(csv.reader(open("preds.csv")))
     assert rows[0] == ["file", "class_1", "p_1", "class_2", "p_2", "class_3", "p_3"] and rows[1][0] == "scans/page1.png"
+
+    # calibrated: the same classes; explain: one Grad-CAM picture per input image
+    calibrated = seen["predict runs/photos scans/ --calibrated"]
+    assert "scans/page1.png" in calibrated and summary["calibration"]["temperature"] > 0
+    assert sorted(p.name for p in Path("cams").iterdir()) == ["page1.gradcam.png", "photo.gradcam.png"]
 
     # eval on other folders: the whole flat new_photos/ (9 images), the test/ part of labelled/ (6) as JSON
     assert "accuracy" in seen["eval runs/photos data.name=imagefolder data.root=new_photos/"]
