@@ -633,6 +633,7 @@ def sweep_context(sweep_dir: Path, metric: str = DEFAULT_SWEEP_METRIC, build_run
         "sweep_dir": str(sweep_dir.resolve()),
         "metric": metric,
         "keys": keys,
+        "held_fixed": [(k, _value_label(v)) for k, v in results.held_fixed(sweep_dir, rows, keys)],
         "n_runs": len(rows),
         "statuses": statuses,
         "settings_table": settings_table,

@@ -421,17 +421,20 @@ def sweep_curves_figure(curves: dict[str, dict[str, np.ndarray]]) -> Figure:
 
     ``curves`` maps a setting label to ``{"step": [...], "val_loss": [...], "val_accuracy": [...]}``.
     """
-    fig = Figure(figsize=(14, 4.6), layout="constrained")
+    shown = min(len(curves), MAX_LEGEND_ENTRIES)
+    columns = max(1, min(shown, 3 if max((len(as_text(k, 80)) for k in curves), default=0) > 30 else 5))
+    rows = -(-shown // columns)  # the legend sits below the panels, in type as large as the axis labels
+    fig = Figure(figsize=(14, 4.6 + 0.3 * rows), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
     for i, (label, c) in enumerate(curves.items()):
         color = COLORS[i % len(COLORS)] if len(curves) <= len(COLORS) else None
         for ax, key in ((ax_loss, "val_loss"), (ax_acc, "val_accuracy")):
             ax.plot(c["step"], c[key], marker="o", markersize=2.5, color=color,
-                    label=as_text(label, 80) if i < MAX_LEGEND_ENTRIES else None)
+                    label=as_text(label, 80) if i < MAX_LEGEND_ENTRIES and ax is ax_acc else None)
     for ax, title in ((ax_loss, "validation loss"), (ax_acc, "validation accuracy")):
         ax.set_title(f"{title} (mean over seeds)")
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
-    if curves:
-        ax_acc.legend(fontsize=7, loc="lower right")
+    if curves:  # beside the panels, not over the curves of the accuracy panel
+        fig.legend(loc="outside lower center", ncols=columns, fontsize=10, frameon=False)
     return fig

@@ -253,6 +253,35 @@ def run_config(sweep_dir: str | Path, row: dict) -> dict | None:
     return config if isinstance(config, dict) else None
 
 
+# what a reader asks first of a sweep's runs besides the swept keys: shown whenever every run shares it
+ESSENTIAL_KEYS = ("data.name", "data.root", "data.train_limit", "data.resize", "model.name", "optim.name", "optim.lr",
+                  "sched.name", "train.epochs", "train.batch_size", "train.precision")
+# a run's identity or its display, not what it was trained with
+NOT_SETTINGS = ("name", "seed", "train.progress", "train.mlflow", "train.tensorboard", "train.sweep.", "train.device",
+                "train.threads", "train.eval_batch_size")
+
+
+def held_fixed(sweep_dir: str | Path, rows: list[dict], swept: list[str]) -> list[tuple[str, Any]]:
+    """The settings every run of the sweep shares, besides the ``swept`` keys: (dotted key, value) for each of
+    :data:`ESSENTIAL_KEYS` (the data, the model, the epochs...) and every other value that is not the default,
+    read from the runs' configs. Keys some runs lack or hold differently are left out, and unset ones (null: the
+    default, e.g. data.root from $CNNLAB_DATA); none without configs."""
+    from cnnlab.config.schema import Config, flatten  # the defaults, only for a report
+
+    configs = [flatten(c, keep_empty=False) for c in (run_config(sweep_dir, r) for r in rows) if c is not None]
+    if not configs:
+        return []
+    defaults = flatten(Config().to_dict(), keep_empty=False)
+    shared = {k: v for k, v in configs[0].items() if all(k in c and c[k] == v for c in configs[1:])}
+    keep = [k for k in ESSENTIAL_KEYS if k in shared] + sorted(
+        k for k, v in shared.items() if k not in ESSENTIAL_KEYS and defaults.get(k, _MISSING) != v)
+    def shown(v: Any) -> Any:  # 1.0 epochs as 1
+        return int(v) if isinstance(v, float) and v.is_integer() else v
+
+    return [(k, shown(shared[k])) for k in keep
+            if k not in swept and not k.startswith(NOT_SETTINGS) and shared[k] is not None]
+
+
 def fill_settings(sweep_dir: str | Path, rows: list[dict], keys: list[str]) -> list[dict]:
     """The rows, each naming every one of ``keys``: a key missing from a row's ``settings`` is read from its
     run's config (left missing when that cannot be read).
