@@ -45,11 +45,28 @@ def train_and_finish(cfg: Config, out_dir: str | Path, *, resume: bool = False, 
 
 
 def finish_folder(out_dir: str | Path, *, log: Callable[[str], None] = print, html: bool = True) -> dict | None:
-    """Steps 2 and 3 on a run folder that has a ``summary.json`` (else None): findings, curves, report, uploads."""
+    """Steps 2 and 3 on a run folder that has a ``summary.json`` (else None): findings, curves, report, uploads.
+    With ``html`` the report's mistakes also get their Grad-CAM pictures (:func:`explain_mistakes`)."""
+    if html:
+        explain_mistakes(Path(out_dir), log)
     summary = report.finish_run(Path(out_dir), log=log, html=html)
     if summary is not None:
         tracking.upload_run_files(Path(out_dir), log=log)
     return summary
+
+
+def explain_mistakes(out_dir: Path, log: Callable[[str], None]) -> None:
+    """misclassified.pt's images under the Grad-CAM of their predicted class (cnnlab.inference.explain), for
+    report.html; a problem is logged, never raised (the run is trained and scored already)."""
+    if not (out_dir / "misclassified.pt").exists() or not (out_dir / "best.pt").exists():
+        return
+    try:
+        from cnnlab.inference.explain import explain_mistakes as add_cams
+        from cnnlab.inference.predict import load_run
+
+        add_cams(load_run(out_dir, "best.pt", "cpu"))
+    except Exception as e:  # noqa: BLE001 - the pictures are extra; the run stands without them
+        log(f"warning: no Grad-CAM pictures of the mistakes in {out_dir / 'misclassified.pt'}: {type(e).__name__}: {e}")
 
 
 def _stamp(path: Path):

@@ -85,3 +85,17 @@ def test_explain_refuses_bad_input(planted, tmp_path, capsys):
     assert "--class (target) 'nope': not a class" in capsys.readouterr().err
     assert cnnlab_here("explain", tmp_path / "no_run", root / "new") == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_the_reports_mistakes_get_their_grad_cam_pictures(tmp_path, data_root):
+    from conftest import tiny_overrides
+
+    run = cnnlab.train({}, tiny_overrides(**{"train.epochs": 0.3, "train.threads": 1}), out=tmp_path / "run")
+    mistakes = torch.load(run.dir / "misclassified.pt", weights_only=True)
+    k = len(mistakes["images"])
+    assert k > 0 and mistakes["cam_images"].shape == (k, 3, 28, 28) and mistakes["cam_images"].dtype == torch.uint8
+    # the picture is the image under its heat map: not the grey image itself
+    grey = mistakes["images"].expand(-1, 3, -1, -1).int()
+    assert (mistakes["cam_images"].int() - grey).abs().float().mean() > 10
+    page = (run.dir / "report.html").read_text()
+    assert 'id="img-misclassified-cam"' in page and 'id="img-misclassified"' in page

@@ -172,7 +172,7 @@ MAY_IMPORT = {
     "reporting": {"config", "sweeps.plan"},  # the claims and study pages read a sweep file's plan
     "inference": {"config", "data", "models", "training"},
     "sweeps": {"config", "data", "models", "training", "reporting", "lifecycle"},
-    "lifecycle": {"config", "training", "reporting"},
+    "lifecycle": {"config", "training", "reporting", "inference"},  # inference: the report's Grad-CAM of mistakes
 }
 
 

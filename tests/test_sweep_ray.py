@@ -368,3 +368,19 @@ def test_a_relative_data_root_is_the_study_files_on_every_trial(tmp_path, data_r
     assert [r["status"] for r in rows] == ["failed", "failed"]
     assert all(f"{project / 'fotos'} is not a folder" in r["error"] for r in rows), rows
     assert "unsupported operand" not in "".join(capfd.readouterr())
+
+
+@pytest.mark.slow
+def test_a_private_local_instance_says_nothing_of_tokens_or_tensorboard(tmp_path, data_root):
+    """Issue 25, item 8: on a private local instance, Ray's note that token authentication is on, Tune's settings
+    box and its "run tensorboard --logdir <Ray's session folder>" are not shown; the sweep's own lines are."""
+    path = sweep_file(tmp_path, {"base": FAST, "axes": {"optim.lr": [0.01]}, "resources": {"cpu": 1}})
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AIR_NEW_OUTPUT")}
+    done = subprocess.run([sys.executable, "-m", "cnnlab.cli", "sweep", str(path), "--executor", "ray", "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=600,
+                          env={**env, "CNNLAB_NO_REEXEC": "1"})
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert "[1/1]" in out and "completed" in out
+    for noise in ("Token authentication is enabled", "tensorboard --logdir", "Configuration for experiment"):
+        assert noise not in out, out

@@ -144,3 +144,23 @@ def _write_one(run: LoadedRun, f: Path, image: torch.Tensor, cam: torch.Tensor, 
     runs.write_bytes(png, figure_png(image.numpy(), cam.numpy(), title))
     return {"file": str(f), "class": run.classes[pred], "probability": round(float(p[pred]), 6),
             "explained": run.classes[explained], "png": str(png)}
+
+
+def explain_mistakes(run: LoadedRun) -> bool:
+    """Add ``cam_images`` to the run folder's misclassified.pt: each of the test split's most confident mistakes
+    (uint8, at the run's input size, RGB) under the Grad-CAM of the class it was taken for, for the report's
+    second mistakes grid. False (nothing written) when there are no mistakes, they already have theirs, or the
+    network has no convolution."""
+    path = run.run_dir / "misclassified.pt"
+    if not path.exists():
+        return False
+    m = runs.load_checkpoint(path, map_location="cpu")
+    if not isinstance(m, dict) or "cam_images" in m or len(m.get("images", ())) == 0:
+        return False
+    if not any(isinstance(module, nn.Conv2d) for module in run.model.modules()):
+        return False
+    images = run.transform.conform(m["images"])  # the input's channels and size: the CAM's
+    cams, _ = grad_cam(run.model, run.transform.batch(images).to(run.device), m["pred"].long(), run.output_kind)
+    pictures = np.stack([overlay(i.numpy(), c.numpy()) for i, c in zip(images, cams)])
+    runs.save_checkpoint(path, {**m, "cam_images": torch.from_numpy(pictures).permute(0, 3, 1, 2).contiguous()})
+    return True

@@ -212,8 +212,10 @@ def _load_misclassified(run_dir: Path) -> Optional[dict]:
         return None
     if len(m["images"]) == 0:
         return {"count": 0}
+    cams = m.get("cam_images")  # the same images under the Grad-CAM of their predicted class (lifecycle)
     return {"count": len(m["images"]), "images": m["images"].numpy(), "true": m["true"].tolist(),
-            "pred": m["pred"].tolist(), "confidence": m["confidence"].float().tolist()}
+            "pred": m["pred"].tolist(), "confidence": m["confidence"].float().tolist(),
+            "cam_images": cams.numpy() if isinstance(cams, torch.Tensor) and len(cams) == len(m["images"]) else None}
 
 
 def _layers(model: dict) -> tuple[list[str], list[list[str]]]:
@@ -354,6 +356,13 @@ def _run_images(run_dir: Path, summary: dict, history: list[dict], classes: list
                                     mis["images"], mis["true"], mis["pred"], mis["confidence"], classes))), None)
         if grid:
             images["misclassified"] = grid
+        if mis.get("cam_images") is not None:
+            cams = problems.guarded(f"{run_dir / 'misclassified.pt'}: the Grad-CAM pictures",
+                                    lambda: _b64(plots.png_bytes(plots.misclassified_figure(
+                                        mis["cam_images"], mis["true"], mis["pred"], mis["confidence"], classes))),
+                                    None)
+            if cams:
+                images["misclassified_cam"] = cams
     return images, confusion_split, mis
 
 

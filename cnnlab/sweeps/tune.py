@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import queue
@@ -98,7 +99,13 @@ def connect(address: str | None) -> bool:
     env = {k: os.environ[k] for k in ("CNNLAB_DATA", "GLIBC_TUNABLES") if k in os.environ}
     runtime_env = {"env_vars": env} if env else None
     if address is None:
-        ray.init(address="local", include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
+        # a private instance: Ray's note that token authentication is on (nothing to do) is not shown
+        quiet = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        level, _ = quiet.level, quiet.setLevel(logging.ERROR)
+        try:
+            ray.init(address="local", include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
+        finally:
+            quiet.setLevel(level)
         return True
     probe(address)
     try:
@@ -202,6 +209,9 @@ def run_job(job: RayJob, on_row: Callable[[dict], None]) -> None:
         # Ctrl-C must leave the runs resumable (their last.pt is here), not let Tune stop them, which a trial
         # could not tell from a scheduler's stop and would record as pruned
         os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+        # Tune's own console (its settings box, "run tensorboard --logdir <Ray's session folder>"): the sweep's
+        # progress lines say what happens; the older output honours verbose=0
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         results = tuner.fit()
         done.collect()
         for r in results:
