@@ -76,3 +76,20 @@ def test_a_guarded_script_runs_its_sweep_on_two_workers(tmp_path, data_root):
     done = python(script(tmp_path, body), timeout=600)
     assert done.returncode == 0, done.stderr
     assert "statuses ['completed', 'completed']" in done.stdout
+
+
+def test_the_readmes_notebook_example_guards_its_sweep_as_a_script_must():
+    """The README's Python API block, saved as a .py file, runs its sweep with workers only under the guard."""
+    import ast
+    import re
+
+    from cnnlab.sweeps.local import _is_main_test
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "cnnlab.sweep(" in b)
+    tree = ast.parse(block)
+    guarded = {id(n) for top in tree.body if isinstance(top, ast.If) and _is_main_test(top.test)
+               for n in ast.walk(top)}
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and ast.unparse(n.func) == "cnnlab.sweep"
+             and any(k.arg == "workers" for k in n.keywords)]
+    assert calls and all(id(c) in guarded for c in calls)
