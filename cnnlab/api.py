@@ -3,7 +3,7 @@
 ``cnnlab.train(study, overrides, out)`` runs one study (a YAML path, a dict or a Config)
 and finishes its folder for reporting, returning a :class:`Run`; ``cnnlab.sweep`` and
 ``cnnlab.compare`` do what the commands of the same name do; ``cnnlab.load(run_dir)``
-gives the trained model ready to predict (:class:`cnnlab.inference.predict.LoadedRun`). Errors are
+gives the trained model ready to predict (:class:`cnnlab.inference.load.LoadedRun`). Errors are
 :class:`~cnnlab.config.schema.ConfigError` (or DataError / CheckpointError) naming the fields
 and arguments of these functions, not command-line flags.
 """
@@ -17,7 +17,7 @@ from typing import Any
 from cnnlab import runs
 from cnnlab.config.schema import Config, ConfigError, apply_overrides
 from cnnlab.config.load import build_config, load_config
-from cnnlab.inference.predict import LoadedRun, load_run
+from cnnlab.inference.load import LoadedRun, load_run
 from cnnlab.runs import read_metrics, read_summary
 
 Overrides = dict[str, Any] | list[str] | None

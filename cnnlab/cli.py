@@ -121,7 +121,8 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from cnnlab.inference.predict import format_table, load_run, predict_paths, write_predictions
+    from cnnlab.inference.load import load_run
+    from cnnlab.inference.predict import format_table, predict_paths, write_predictions
 
     if args.top_k < 1:
         raise _config_error(f"--top-k must be at least 1, got {args.top_k}")
@@ -163,7 +164,7 @@ def cmd_lr_find(args) -> int:
 
 def cmd_explain(args) -> int:
     from cnnlab.inference.explain import explain_paths
-    from cnnlab.inference.predict import load_run
+    from cnnlab.inference.load import load_run
 
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise _config_error(f"--out {args.out}: is a file; explain writes its pictures into a folder")
@@ -181,7 +182,7 @@ def cmd_explain(args) -> int:
 
 def cmd_export(args) -> int:
     from cnnlab.inference.export import export, max_difference
-    from cnnlab.inference.predict import load_run
+    from cnnlab.inference.load import load_run
 
     t0 = time.perf_counter()
     path = export(Path(args.run_dir), args.format, args.out, checkpoint=args.checkpoint)

@@ -62,7 +62,7 @@ def explain_mistakes(out_dir: Path, log: Callable[[str], None]) -> None:
         return
     try:
         from cnnlab.inference.explain import explain_mistakes as add_cams
-        from cnnlab.inference.predict import load_run
+        from cnnlab.inference.load import load_run
 
         add_cams(load_run(out_dir, "best.pt", "cpu"))
     except Exception as e:  # noqa: BLE001 - the pictures are extra; the run stands without them

@@ -180,7 +180,7 @@ def test_a_named_pipe_given_to_predict_is_skipped_and_the_good_images_predicted(
     hostile(r is not None and r.returncode == 0 and "named pipe" in r.stderr and "Traceback" not in r.stderr,
             r and r.stderr[-2000:])
     assert str(good) in out.read_text() and str(fifo) not in out.read_text()
-    from cnnlab.inference.predict import load_run
+    from cnnlab.inference.load import load_run
 
     with pytest.raises(DataError, match="named pipe"):  # the API names it too
         load_run(tiny_run.dir).predict([fifo])
@@ -580,7 +580,7 @@ def test_a_run_written_inside_the_data_root_is_never_read_as_data(tmp_path, caps
 
 def test_16_bit_pngs_decode_as_their_8_bit_twins_in_training_and_predict(tiny_run, tmp_path):
     from cnnlab.data.decode import Decode, decode_file
-    from cnnlab.inference.predict import load_run
+    from cnnlab.inference.load import load_run
 
     rng = np.random.default_rng(3)
     a8 = rng.integers(0, 256, (28, 28), dtype=np.uint8)

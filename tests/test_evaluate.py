@@ -98,7 +98,7 @@ def test_the_time_line_says_when_the_total_is_one_session_of_several():
 
 
 def test_one_loader_rebuilds_the_run_from_its_checkpoint_and_computes_as_training_did(tmp_path, tiny_config, data_root):
-    from cnnlab.inference.predict import load_run
+    from cnnlab.inference.load import load_run
 
     summary = train.run(tiny_config(**{"train.precision": "auto"}), tmp_path / "r", log=quiet)
     # config.yaml is a copy for people to read: an edit to it changes neither eval nor predict

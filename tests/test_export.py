@@ -10,7 +10,7 @@ import torch
 
 def test_torchscript_export_matches_and_carries_metadata(tiny_run, tmp_path):
     from cnnlab.inference.export import export, max_difference, read_metadata
-    from cnnlab.inference.predict import load_run
+    from cnnlab.inference.load import load_run
 
     path = export(tiny_run.dir, "torchscript", tmp_path / "m.pt")
     run = load_run(tiny_run.dir)
@@ -33,7 +33,7 @@ def test_onnx_export_matches_pytorch_through_onnxruntime(tiny_run, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "max |difference|" in r.stdout
     from cnnlab.inference.export import read_metadata
-    from cnnlab.inference.predict import load_run
+    from cnnlab.inference.load import load_run
 
     run = load_run(tiny_run.dir)
     meta = read_metadata(out)

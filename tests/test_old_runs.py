@@ -54,7 +54,7 @@ def test_an_old_run_exports_to_onnx_and_predicts_as_load_does(tmp_path):
     pytest.importorskip("onnx")
     import cnnlab
     from cnnlab.inference.export import export, read_metadata
-    from cnnlab.inference.predict import to_probs
+    from cnnlab.inference.load import to_probs
 
     run = tmp_path / "old"
     shutil.copytree(OLD_RUN, run)

@@ -14,7 +14,7 @@ from PIL import Image
 from cnnlab import data
 from cnnlab.config.schema import DataConfig
 from cnnlab.data.augment import preprocess_record
-from cnnlab.inference.predict import Transform
+from cnnlab.inference.load import Transform
 
 POLICIES = DataConfig.model_fields["resize_policy"].annotation.__args__
 MODES = DataConfig.model_fields["resize_mode"].annotation.__args__

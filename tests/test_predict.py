@@ -31,7 +31,7 @@ def test_checkpoint_and_summary_carry_the_preprocessing(tiny_run):
 def test_loaded_run_matches_the_evaluator_on_test_images(tiny_run):
     """predict's own decoding + transform gives the probabilities the run's evaluation gives."""
     from cnnlab import data as datamod
-    from cnnlab.inference.predict import load_run
+    from cnnlab.inference.load import load_run
 
     run = load_run(tiny_run.dir)
     assert not run.model.training and run.input_shape == (1, 28, 28)

@@ -24,7 +24,8 @@ from torch.nn import functional as F
 from cnnlab import runs
 from cnnlab.config.schema import ConfigError
 from cnnlab.data import DataError
-from cnnlab.inference.predict import LoadedRun, find_images, to_probs
+from cnnlab.inference.load import LoadedRun, to_probs
+from cnnlab.inference.predict import find_images
 
 BATCH = 32
 ALPHA = 0.45  # the heat map's opacity over the image

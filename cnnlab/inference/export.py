@@ -23,7 +23,7 @@ import torch
 from cnnlab import runs
 from cnnlab.config.schema import ConfigError
 from cnnlab.outputs import check_out_file
-from cnnlab.inference.predict import LoadedRun, load_run
+from cnnlab.inference.load import LoadedRun, load_run
 from cnnlab.version import __version__
 
 FORMATS = ("onnx", "torchscript")
