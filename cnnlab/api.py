@@ -93,13 +93,19 @@ def config_of(study: str | Path | dict | Config, overrides: Overrides = None) ->
 
 
 def train(study: str | Path | dict | Config, overrides: Overrides = None, out: str | Path | None = None, *,
-          resume: bool = False, force: bool = False, report: bool = True, verbose: bool = False) -> Run:
+          resume: bool = False, force: bool = False, report: bool = True, verbose: bool = False,
+          callbacks: list | None = None, resume_from: str | Path = "last") -> Run:
     """Train one study into ``out`` (default ``runs/<timestamp>-<name>``); with ``report`` also the
     doctor's findings, curves.png and report.html (``cnnlab.lifecycle``; also after a failure). ``resume=True``
-    continues the run in ``out`` (``study`` may then be None: its config.yaml is used)."""
+    continues the run in ``out`` (``study`` may then be None: its config.yaml is used) from ``resume_from``: its
+    ``"last"`` checkpoint, its ``"best"`` or a checkpoint file's path. ``callbacks``: objects with any of
+    ``on_eval(row)`` (each learning-curve point; True or a status stops the run), ``on_finish(summary)`` and
+    ``close()`` (:class:`cnnlab.training.tracking.Callback`)."""
     from cnnlab.lifecycle import train_and_finish
+    from cnnlab.training.tracking import callbacks_as_trackers
 
     out = check_out(out)
+    trackers = tuple(callbacks_as_trackers(callbacks))
     if resume:
         if out is None:
             raise ConfigError("resume=True needs out=RUN_DIR, the run folder to continue")
@@ -108,8 +114,9 @@ def train(study: str | Path | dict | Config, overrides: Overrides = None, out: s
         cfg = config_of(study, overrides)
     out = Path(out) if out is not None else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
     try:  # the one after-run path, as cnnlab train and a sweep take it (cnnlab.lifecycle)
-        summary = train_and_finish(cfg, out, resume=resume, force=force, verbose=verbose, finish=report)
-    except runs.RunExistsError as e:
+        summary = train_and_finish(cfg, out, resume=resume, force=force, verbose=verbose, finish=report,
+                                   trackers=trackers, resume_from=resume_from)
+    except (runs.RunExistsError, ConfigError) as e:  # --resume / --from refusals, in this function's words
         raise ConfigError(api_words(str(e))) from None
     return Run(out, summary)
 
@@ -211,7 +218,7 @@ def summary(run_dir: str | Path) -> dict | None:
 
 def api_words(message: str) -> str:
     """A message written for the command line, in this API's terms."""
-    for flag, arg in (("--resume", "resume=True"), ("--force", "force=True"), ("--out", "out"),
+    for flag, arg in (("--resume", "resume=True"), ("--force", "force=True"), ("--out", "out"), ("--from", "resume_from"),
                       ("--workers", "workers"), ("--address", "address")):
         message = message.replace(flag, arg)
     return message

@@ -83,6 +83,9 @@ def cmd_train(args) -> int:
     # there is the first override, never a study path.
     if args.study and "=" in args.study and (args.resume or not Path(args.study).exists()):
         args.study, args.overrides = None, [args.study, *args.overrides]
+    if args.resume_from is not None and not args.resume:
+        raise _config_error(f"--from {args.resume_from} chooses the checkpoint a resume continues from; use it with "
+                            "--resume RUN_DIR")
     if args.resume:
         if args.study:
             raise _config_error(f"--resume {args.resume} continues that run with its own config.yaml; give changes "
@@ -102,7 +105,8 @@ def cmd_train(args) -> int:
         cfg = load_config(args.study, args.overrides)
         out = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
     # the one after-run path (findings, curves, report, uploads), also after a failure that wrote a summary
-    summary = lifecycle.train_and_finish(cfg, out, resume=bool(args.resume), force=args.force, verbose=args.verbose)
+    summary = lifecycle.train_and_finish(cfg, out, resume=bool(args.resume), force=args.force, verbose=args.verbose,
+                                         resume_from=args.resume_from or "last")
     return 0 if succeeded(summary["status"]) else 1
 
 
@@ -314,6 +318,9 @@ def add_train(subparsers) -> None:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.01 (the keys: cnnlab options)")
     p.add_argument("--out", help="run folder (default runs/<timestamp>-<study>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--from", dest="resume_from", metavar="best|last|PATH", default=None,
+                   help="with --resume: the checkpoint to continue from: last (default), best, or a checkpoint file "
+                        "of the run; the curve points after it are dropped and last.pt becomes it")
     p.add_argument("--force", action="store_true", help="overwrite a run folder that already holds a run")
     p.add_argument("--verbose", action="store_true",
                    help="print the whole config at the start (default: only the settings that differ from the "

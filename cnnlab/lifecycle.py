@@ -27,13 +27,14 @@ SUMMARY = "summary.json"
 
 def train_and_finish(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool = False,
                      log: Callable[[str], None] = train.say, verbose: bool = False, finish: bool = True,
-                     html: bool = True, trackers: tuple = ()) -> dict:
+                     html: bool = True, trackers: tuple = (), resume_from: str | Path = "last") -> dict:
     """Train ``cfg`` into ``out_dir`` (:func:`cnnlab.training.loop.run`'s arguments), then :func:`finish_folder` it
     unless ``finish`` is False; returns the summary as the folder holds it."""
     out_dir = Path(out_dir)
     before = _stamp(out_dir / SUMMARY)
     try:
-        summary = train.run(cfg, out_dir, resume=resume, force=force, log=log, verbose=verbose, trackers=trackers)
+        summary = train.run(cfg, out_dir, resume=resume, force=force, log=log, verbose=verbose, trackers=trackers,
+                            resume_from=resume_from)
     except BaseException:  # Ctrl-C included: an interrupted set-up that wrote a summary is finished too
         if finish and _stamp(out_dir / SUMMARY) not in (before, None):
             try:

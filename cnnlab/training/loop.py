@@ -59,17 +59,19 @@ def say(message: str) -> None:
 
 
 def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool = False, log=say,
-        verbose: bool = False, trackers: tuple = ()) -> dict:
+        verbose: bool = False, trackers: tuple = (), resume_from: str | Path = "last") -> dict:
     """Train ``cfg`` into ``out_dir``; returns the summary (also summary.json). One process trains a run folder at
-    a time (its lock); a resume may change only what cnnlab.training.resuming allows. ``verbose``: log all the config.
+    a time (its lock); a resume may change only what cnnlab.training.resuming allows, and continues from
+    ``resume_from`` (last, best or a checkpoint file's path). ``verbose``: log all the config.
     ``trackers``: :mod:`cnnlab.training.tracking` objects told of each evaluation point, besides the config's own."""
     t_start, out_dir = time.perf_counter(), Path(out_dir)
     with runs.FolderLock(out_dir), run_flags(cfg.train), tf32_flags(cfg.train) as tf32:  # for this run only
         resume = runs.prepare_out_dir(out_dir, resume, force, finished=is_finished(out_dir))
-        changes = resuming.check(cfg, out_dir) if resume else None  # refused before any data is read
+        source = resuming.checkpoint_path(out_dir, resume_from) if resume else None
+        changes = resuming.check(cfg, out_dir, source) if resume else None  # refused before any data is read
         s = set_up(cfg, out_dir, resume, log)  # nothing is written until data and model are ready
         s.t_start, s.tf32 = t_start, tf32
-        open_run_folder(s, changes, verbose, trackers)
+        open_run_folder(s, changes, verbose, trackers, source)
         status, error, stop = "completed", None, {}
         try:
             with stop_on_signals(stop):
@@ -81,7 +83,7 @@ def run(cfg: Config, out_dir: str | Path, *, resume: bool = False, force: bool =
         except Exception as e:  # noqa: BLE001 - recorded in summary.json, then re-raised
             finish(s, "failed", failure_text(e, cfg.train), score=False, resumed=resume)
             raise
-        return finish(s, status, error, score=status != "interrupted", resumed=resume)
+        return finish(s, status, error or s.stopped_by, score=status != "interrupted", resumed=resume)
 
 
 def set_up(cfg: Config, out_dir: Path, resume: bool, log: Callable) -> TrainState:
@@ -163,17 +165,22 @@ def train_head_on_cached_features(s: TrainState) -> None:
                       f"({time.perf_counter() - t0:.1f} s); only the head trains")
 
 
-def open_run_folder(s: TrainState, changes: dict | None, verbose: bool = False, trackers: tuple = ()) -> None:
-    """Write config.yaml (or, resuming with these ``changes``, restore last.pt, record the changes and drop
-    the curve points after it) and say what runs."""
+def open_run_folder(s: TrainState, changes: dict | None, verbose: bool = False, trackers: tuple = (),
+                    source: Path | None = None) -> None:
+    """Write config.yaml (or, resuming with these ``changes``, restore the checkpoint ``source`` (last.pt by
+    default), record the changes and drop the curve points after it) and say what runs."""
     cfg, splits, log, info = s.cfg, s.splits, s.log, s.model_info
     metrics_file = s.out_dir / "metrics.jsonl"
     s.out_dir.mkdir(parents=True, exist_ok=True)
     if changes is not None:
-        Checkpoint.load(s.out_dir / "last.pt", map_location=s.device).restore(s, s.out_dir / "last.pt")
-        resuming.record(s, changes)
+        source = source or s.out_dir / "last.pt"
+        checkpoint = Checkpoint.load(source, map_location=s.device)
+        checkpoint.restore(s, source)
+        if source.resolve() != (s.out_dir / "last.pt").resolve():  # the run goes on from there: last.pt says so
+            checkpoint.save(s.out_dir / "last.pt")
+        resuming.record(s, changes, source)
         runs.write_jsonl(metrics_file, [r for r in runs.read_jsonl(metrics_file) if r["step"] <= s.progress.step])
-        log(f"resuming {s.out_dir} at step {s.progress.step}/{s.total_steps}")
+        log(f"resuming {s.out_dir} at step {s.progress.step}/{s.total_steps} from {source.name}")
     else:
         runs.write_text(s.out_dir / "config.yaml", dump_yaml(cfg))
         data_splits.save_record(s.out_dir, splits.record())  # image folders: each split's files
@@ -294,9 +301,14 @@ def evaluation_point(s: TrainState) -> str | None:
     if tc.early_stopping.patience and p.evals_since_best >= tc.early_stopping.patience:
         s.log(f"early stopping: no improvement in {p.evals_since_best} evaluations")
         return "early_stopped"
-    for tracker in s.trackers:  # a tracker may stop the run: a Ray Tune scheduler pruning a hopeless one
-        if status := tracker.on_eval(row):
-            return status
+    # every tracker is told of the point; one may stop the run (a Ray Tune scheduler pruning a hopeless one, a
+    # caller's callback): the first to ask names the status
+    stops = [(tracker, status) for tracker in s.trackers if (status := tracker.on_eval(row))]
+    if stops:
+        tracker, status = stops[0]
+        s.stopped_by = f"stopped by {getattr(tracker, 'name', type(tracker).__name__)} at step {p.step} ({status})"
+        s.log(s.stopped_by)
+        return status
     s.t_mark = time.perf_counter()
 
 

@@ -40,12 +40,24 @@ def differences(saved: dict, requested: dict) -> dict[str, tuple[Any, Any]]:
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
-def check(cfg: Config, out_dir: Path) -> dict[str, list]:
-    """The changes this resume makes to the run in ``out_dir`` ({field: [old, new]}); raises
-    ConfigError naming every field that may not change."""
-    saved = runs.load_checkpoint(Path(out_dir) / "last.pt").get("config")
+def checkpoint_path(out_dir: Path, choice: str | Path = "last") -> Path:
+    """The checkpoint a resume continues from (``--from``): ``last`` (default) or ``best`` of the run in
+    ``out_dir``, or a checkpoint file's path (one this run wrote: its config is checked as last.pt's is)."""
+    path = Path(out_dir) / f"{choice}.pt" if str(choice) in ("last", "best") else Path(choice)
+    if not path.is_file():
+        what = f"{choice}.pt of {out_dir}" if str(choice) in ("last", "best") else str(path)
+        raise ConfigError(f"--from {choice}: no checkpoint file {what}; use --from last, best or the path of a "
+                          "checkpoint (.pt) this run wrote")
+    return path
+
+
+def check(cfg: Config, out_dir: Path, checkpoint: Path | None = None) -> dict[str, list]:
+    """The changes this resume makes to the run in ``out_dir`` ({field: [old, new]}), continued from
+    ``checkpoint`` (default its last.pt); raises ConfigError naming every field that may not change."""
+    checkpoint = checkpoint or Path(out_dir) / "last.pt"
+    saved = runs.load_checkpoint(checkpoint).get("config")
     if not isinstance(saved, dict):
-        raise runs.CheckpointError(f"{Path(out_dir) / 'last.pt'} holds no config; it is not a cnnlab run checkpoint")
+        raise runs.CheckpointError(f"{checkpoint} holds no config; it is not a cnnlab run checkpoint")
     # Fields added to the schema since the checkpoint was written take their defaults there too.
     saved = _merge(Config().to_dict(), saved)
     diff = differences(saved, cfg.to_dict())
@@ -62,7 +74,7 @@ def check(cfg: Config, out_dir: Path) -> dict[str, list]:
             why.append("train.epochs may only grow, and not under sched.name=cosine or onecycle, whose schedule "
                        "spans the whole run")
         raise ConfigError(
-            f"--resume {out_dir}: its last.pt was trained with other settings; a resume continues the same run, so only "
+            f"--resume {out_dir}: its {checkpoint.name} was trained with other settings; a resume continues the same run, so only "
             f"{', '.join(RESUMABLE)} may change. Refused:\n" + "\n".join(lines)
             + ("\n" + "; ".join(why) if why else "")
             + f"\nPut these fields back in {Path(out_dir) / 'config.yaml'} (or drop the overrides), or start a new "
@@ -70,11 +82,14 @@ def check(cfg: Config, out_dir: Path) -> dict[str, list]:
     return {k: [old, new] for k, (old, new) in diff.items()}
 
 
-def record(s: TrainState, changes: dict[str, list]) -> None:
+def record(s: TrainState, changes: dict[str, list], source: Path | None = None) -> None:
     """After the checkpoint is restored: note the resume in the run's progress (summary.json's
-    ``resumed``) and write the config it now runs with."""
-    if changes:
-        s.progress.resumes.append({"step": s.progress.step, "changes": changes})
+    ``resumed``: its changes, and ``from`` when it continued from another checkpoint than last.pt) and write the
+    config it now runs with."""
+    other = source is not None and source.resolve() != (s.out_dir / "last.pt").resolve()
+    if changes or other:
+        s.progress.resumes.append({"step": s.progress.step, "changes": changes,
+                                   **({"from": str(source)} if other else {})})
         s.log("resume changes: " + ", ".join(f"{k} {_show(o)} → {_show(n)}" for k, (o, n) in changes.items()))
     runs.write_text(s.out_dir / "config.yaml", dump_yaml(s.cfg))
 

@@ -99,6 +99,7 @@ class TrainState:
     train_step: Any = None  # cnnlab.training.step.Step: forward, loss, backward, update, EMA, running sums
     drop_last: bool = False  # each epoch's short last batch dropped (static shapes for a compiled step)
     tf32: dict = field(default_factory=dict)  # runtime.tf32_flags' decision
+    stopped_by: str | None = None  # which tracker or callback stopped the run, and where (summary.json's error)
 
 
 # TrainState field -> the Checkpoint entry that carries it.
@@ -113,7 +114,7 @@ REBUILT = {
     "out_dir", "device", "splits", "net", "inputs", "train_pre", "channels_last", "compute", "loss_fn",
     "evaluator", "scored", "eval_inputs", "steps_per_epoch", "total_steps", "log", "history", "model_info",
     "warnings", "data_seconds", "t_start", "t_mark", "t_loop", "trackers", "loss_sum", "correct", "seen",
-    "drop_last", "tf32", "mixer",
+    "drop_last", "tf32", "mixer", "stopped_by",
 }
 
 

@@ -9,7 +9,8 @@ A tracker is any object with three methods, called by the training loop (:mod:`c
 - ``close()``: always called, also after a failure.
 
 :func:`trackers_for` builds the ones a config asks for (``train.tensorboard``, ``train.mlflow``); callers
-add their own (``train.run(..., trackers=[...])``). A sweep run (``train.sweep``, set by ``cnnlab sweep``)
+add their own (``train.run(..., trackers=[...])``; ``cnnlab.train(..., callbacks=[...])`` wraps a caller's objects
+in :class:`Callback`, so any of the three methods may be left out). A sweep run (``train.sweep``, set by ``cnnlab sweep``)
 is named by its settings (:func:`run_label`) in both, and grouped with its sweep's other runs.
 
 MLflow is a service shared across machines (or a database file shared by processes: ``sqlite:///``, MLflow
@@ -32,7 +33,7 @@ from typing import Any, Callable, Protocol
 
 from cnnlab import runs
 from cnnlab.config.schema import Config, flatten, mlflow_uri, sqlite_path
-from cnnlab.errors import one_line
+from cnnlab.errors import ConfigError, one_line
 
 MLFLOW_FILE = "mlflow.json"  # in the run folder: the tracking URI, MLflow run id and the last step sent
 ARTIFACTS = ("summary.json", "metrics.jsonl", "curves.png", "report.html")
@@ -381,3 +382,56 @@ def trackers_for(cfg: Config, out_dir: Path, log: Callable[[str], None] | None =
     if cfg.train.mlflow:
         out.append(MLflow(cfg, out_dir, log=log))
     return out
+
+
+# ----------------------------------------------------------------------------- callers' callbacks
+
+HOOKS = ("on_eval", "on_finish", "close")
+CALLBACK_STOPS = ("early_stopped", "pruned", "interrupted")  # what on_eval may answer to stop the run
+
+
+class Callback:
+    """A caller's callback (``cnnlab.train(..., callbacks=[...])``) as a tracker: any object with one or more of
+    :data:`HOOKS`, the others doing nothing. ``on_eval(row)`` gets a copy of each learning-curve row; its answer
+    None (or False) goes on, True or ``"early_stopped"`` ends the run as early-stopped (finished and scored, as early
+    stopping ends it), ``"pruned"`` as pruned, ``"interrupted"`` stops it resumably (this point's ``last.pt``, no
+    final scoring; ``resume=True`` continues it). Anything else fails the run with a message naming the callback."""
+
+    def __init__(self, obj: Any):
+        self.obj = obj
+        self.name = getattr(obj, "__name__", None) or type(obj).__name__
+
+    def on_eval(self, row: dict) -> str | None:
+        hook = getattr(self.obj, "on_eval", None)
+        answer = hook(dict(row)) if hook is not None else None
+        if answer is None or answer is False:
+            return None
+        if answer is True:
+            return "early_stopped"
+        if isinstance(answer, str) and answer in CALLBACK_STOPS:
+            return answer
+        raise ValueError(f"callback {self.name}: on_eval returned {answer!r}; return None to go on, or True, "
+                         f"{', '.join(repr(s) for s in CALLBACK_STOPS)} to stop the run")
+
+    def on_finish(self, summary: dict) -> None:
+        if (hook := getattr(self.obj, "on_finish", None)) is not None:
+            hook(summary)
+
+    def close(self) -> None:
+        if (hook := getattr(self.obj, "close", None)) is not None:
+            hook()
+
+
+def callbacks_as_trackers(callbacks: Any) -> list[Callback]:
+    """``callbacks`` as the API takes them (None, or a list of objects with :data:`HOOKS`) as trackers; a
+    ConfigError naming the argument for anything else, before the run starts."""
+    if callbacks is None:
+        return []
+    if not isinstance(callbacks, (list, tuple)):
+        raise ConfigError(f"callbacks: expected a list of objects with on_eval(row), on_finish(summary) or close() "
+                          f"methods, got {type(callbacks).__name__}")
+    for c in callbacks:
+        if not any(callable(getattr(c, h, None)) for h in HOOKS):
+            raise ConfigError(f"callbacks: {c!r:.80} has none of the methods {', '.join(HOOKS)}; a callback is an "
+                              "object with one or more of them (on_eval(row) may return True to stop the run)")
+    return [Callback(c) for c in callbacks]
