@@ -142,13 +142,15 @@ def test_a_run_predicts_its_own_training_files_as_it_scored_them(tmp_path):
         assert row["probability"] == round(float(p.max()), 6), name
 
 
-def test_a_batch_resized_set_is_decoded_at_its_own_size_then_resized_as_its_batches(tmp_path, data_root):
+@pytest.mark.parametrize("mode", MODES)
+def test_a_batch_resized_set_is_decoded_at_its_own_size_then_resized_as_its_batches(tmp_path, data_root, mode):
     """MNIST with data.resize is resized on the batch (not when decoded): predict decodes a file at its own
-    size and resizes it by the same antialiased function, so it differs from the training input by the final
-    rounding to uint8 at most (before: Pillow's resize, several levels off)."""
+    size and resizes it by the same antialiased function (bicubic's overshoot clipped to the pixel range in
+    both), so it differs from the training input by the final rounding to uint8 at most (before: Pillow's
+    resize, several levels off, and bicubic's overshoot kept by training only)."""
     from cnnlab.data.augment import Preprocess
 
-    cfg = DataConfig(name="mnist", resize=32, resize_mode="bicubic", train_limit=50)
+    cfg = DataConfig(name="mnist", resize=32, resize_mode=mode, train_limit=50)
     s = data.load_splits(cfg)
     record = preprocess_record(s, cfg)
     assert record["resized_on_decode"] is False and record["input_shape"] == [1, 32, 32]

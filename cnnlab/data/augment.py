@@ -711,6 +711,8 @@ class Preprocess:
             x = color_jitter(x.div_(255), generator, a.brightness, a.contrast, a.saturation, a.hue)
         if self.resize:
             x = resize(x, self.resize, self.resize_mode)
+            if self.resize_mode == "bicubic":  # its overshoot kept to the pixel range, as a decoded image's is
+                x = x.clamp_(0.0, 1.0 if self.jitter else 255.0)
         if self.repeat:
             x = repeat_channels(x, 3)
         return torch.addcmul(self._add, x, self._mul)
