@@ -407,11 +407,14 @@ ALSO_SHORTENED = {"study_a_cifar_resnet_depth_cpu": {"data": ("val_size",)},
                   "study_b_mnist_variants_cpu": {"data": ("val_size",)},
                   "study_a_mnist_alexnet_cpu": {"data": ("val_size",)},
                   # Study D's raw-pixel softmax first ran at lr 0.05 (its other models' rate); the report's is 0.1
-                  "study_d_softmax_raw_cpu": {"optim": ("lr",)}}
+                  "study_d_softmax_raw_cpu": {"optim": ("lr",)},
+                  "study_a_mnist_alexnet_adadelta_cpu": {"data": ("val_size",)},
+                  "study_a_cifar_resnet110_cpu": {"data": ("val_size",)}}
 # A cut that takes some settings of a differently named full sweep.
 FULL_SWEEP = {"study_b_cifar_multistep_cpu": "study_b_cifar", "study_b_mnist_dropout_cpu": "study_b_mnist_grid",
               "study_b_mnist_variants_cpu": "study_b_mnist_grid",
-              "study_a_mnist_alexnet_cpu": "study_a_mnist", "study_d_softmax_raw_lr01_cpu": "study_d_softmax_raw"}
+              "study_a_mnist_alexnet_cpu": "study_a_mnist", "study_d_softmax_raw_lr01_cpu": "study_d_softmax_raw",
+              "study_a_mnist_alexnet_adadelta_cpu": "study_a_mnist", "study_a_cifar_resnet110_cpu": "study_a_cifar_resnet_depth"}
 
 
 @pytest.mark.parametrize("path", [p for p in RECIPES if p.stem.endswith("_cpu")], ids=lambda p: p.stem)
