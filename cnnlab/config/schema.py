@@ -165,6 +165,12 @@ class DataConfig(_Section):
     test_size: Optional[Union[int, float]] = None
     split_seed: int = Field(0, ge=0, lt=2**32)  # torch generators take seeds below 2**64
     train_limit: Optional[int] = Field(None, ge=1)  # keep only the first N training images
+    folds: Optional[int] = Field(None, ge=2, le=20, description=(
+        "k-fold cross-validation: the training pool (every image but the test split) cut into this many folds, "
+        "stratified by class and drawn from data.split_seed; data.fold is the validation split, the others train "
+        "(a sweep file's folds: k runs every fold); null = off"))
+    fold: Optional[int] = Field(None, ge=0, le=19, description=(
+        "with data.folds: which fold (0 .. folds - 1) is the validation split"))
     # side in pixels, or [height, width]; image folders are resized when decoded, other sets on the device
     resize: Optional[Union[int, tuple[int, int]]] = None
     resize_mode: Literal["bilinear", "bicubic"] = "bilinear"  # the interpolation of any resize
@@ -492,6 +498,15 @@ class Config(_Section):
         if (self.data.augment.mixup or self.data.augment.cutmix) and self.loss.name == "multi_margin":
             raise ValueError("data.augment.mixup / cutmix: loss.name=multi_margin takes no soft targets; use "
                              "cross_entropy, nll, focal or mse, or set mixup and cutmix to 0")
+        if (self.data.folds is None) != (self.data.fold is None):
+            raise ValueError("data.folds and data.fold go together: data.folds = k cuts the training pool into k "
+                             "folds and data.fold (0 .. k - 1) names the validation fold; set both or neither")
+        if self.data.folds is not None and self.data.fold >= self.data.folds:
+            raise ValueError(f"data.fold: {self.data.fold} is not one of the {self.data.folds} folds "
+                             f"(0 .. {self.data.folds - 1})")
+        if self.data.folds is not None and self.data.val_size is not None:
+            raise ValueError("data.val_size: with data.folds the validation split is one fold of the training pool; "
+                             "leave data.val_size unset")
         if self.data.augment.flip_mode == "alternate" and not self.data.augment.flip:
             raise ValueError("data.augment.flip_mode=alternate needs data.augment.flip=true")
         if self.model.features_at is not None and self.model.name != "linear":

@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "name": "mnist", "root": None, "download": True, "val_size": None, "split_seed": 0, "train_limit": None,
     "resize": None, "channels": None, "test_size": None, "resize_mode": "bilinear", "resize_policy": "stretch",
     "skip_bad_images": False, "allow_modified": False, "max_memory": "auto", "verify": "stat",
+    "folds": None, "fold": None,
 }  # fmt: skip
 
 DataSettings = Union["DataConfig", dict, None]
@@ -377,17 +378,67 @@ def _split_flat(raw: RawData, data_cfg: DataSettings, saved: Optional[dict]) -> 
             raise DataError(f"{raw.root / raw.classes[k]} has {c} usable image(s): a flat folder is split into "
                             f"train, validation and test, so every class needs at least 3. Add images to it.")
     test_size, val_size = setting(data_cfg, "test_size"), setting(data_cfg, "val_size")
+    folds, seed = setting(data_cfg, "folds"), setting(data_cfg, "split_seed")
     n_test = count_of(0.2 if test_size is None else test_size, n)
-    n_val = count_of(0.1 if val_size is None else val_size, n) if val_size != 0 else 0
+    n_val = count_of(0.1 if val_size is None else val_size, n) if val_size != 0 and folds is None else 0
     if n_test + n_val > n - len(counts):
         raise DataError(
             f"data.test_size and data.val_size ask for {n_test} + {n_val} of the {n} images in {raw.root}, leaving "
             f"too few for training (each of the {len(counts)} classes needs one); make them smaller.")
-    train, val, test = stratified_split(raw.train_y, n_test, n_val, setting(data_cfg, "split_seed"))
+    train, val, test = stratified_split(raw.train_y, n_test, n_val, seed)
     limit = setting(data_cfg, "train_limit")
+    if folds is not None:  # the test split as without folds (same seed), the rest cut into folds
+        tr, va = fold_split(raw.train_y[train], folds, setting(data_cfg, "fold"), seed, limit,
+                            f"{raw.root} less its test split")
+        return {"train": train[tr], "val": train[va], "test": test}
     if limit is not None:  # a seeded shuffle of the train split, then its first N (as for the built-in sets)
         train = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(setting(data_cfg, "split_seed")))][:limit]
     return {"train": train, "val": val, "test": test}
+
+
+def stratified_folds(labels: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
+    """The fold (0 .. folds - 1) of every image, stratified by class: each class's images in a permutation drawn
+    from ``seed`` (one generator, class after class), then all of them dealt to the folds in turn, class after
+    class, so every fold holds each class's share to within one image and the folds' sizes differ by at most one."""
+    labels = labels.long().cpu()
+    g = torch.Generator().manual_seed(seed)
+    order = []
+    for k in range(int(labels.max()) + 1 if len(labels) else 0):
+        members = (labels == k).nonzero().flatten()
+        order.append(members[torch.randperm(len(members), generator=g)])
+    order_t = torch.cat(order) if order else torch.empty(0, dtype=torch.int64)
+    fold_of = torch.empty(len(labels), dtype=torch.int64)
+    fold_of[order_t] = torch.arange(len(order_t)) % folds
+    return fold_of
+
+
+def fold_split(labels: torch.Tensor, folds: int, fold: int, seed: int, train_limit: Optional[int] = None,
+               where: str = "the training pool") -> tuple[torch.Tensor, torch.Tensor]:
+    """(train_index, val_index) into ``labels`` for ``data.folds`` / ``data.fold``: validation is fold ``fold`` of
+    :func:`stratified_folds` (sorted), train the other folds in a permutation drawn from ``seed`` (so
+    ``train_limit`` keeps a random share of them)."""
+    fold_of = stratified_folds(labels, folds, seed)
+    val_index = (fold_of == fold).nonzero().flatten()
+    if len(val_index) == 0 or len(val_index) == len(labels):
+        raise DataError(f"data.folds={folds}: {where} has {len(labels)} image(s), too few to cut into {folds} folds "
+                        f"that each validate and train on something; use fewer folds")
+    rest = (fold_of != fold).nonzero().flatten()
+    train_index = rest[torch.randperm(len(rest), generator=torch.Generator().manual_seed(seed))]
+    return (train_index[:train_limit] if train_limit is not None else train_index), val_index
+
+
+def fold_record(splits: "Splits", data_cfg: DataSettings) -> Optional[dict[str, Any]]:
+    """What ``fold.json`` in a run folder holds for a ``data.folds`` run (None otherwise): the folds, this fold,
+    the split seed, and the positions of this run's training and validation images in the training pool (the
+    official training set; a flat folder's images in file order), with each class's count in both."""
+    folds = setting(data_cfg, "folds")
+    if folds is None:
+        return None
+    counts = {s: torch.bincount(y.long().cpu(), minlength=splits.num_classes).tolist()
+              for s, y in (("train", splits.train_y), ("val", splits.val_y))}
+    return {"version": 1, "folds": folds, "fold": setting(data_cfg, "fold"), "split_seed": setting(data_cfg, "split_seed"),
+            "classes": list(splits.classes), "counts": counts,
+            "train_index": splits.train_index.tolist(), "val_index": splits.val_index.tolist()}
 
 
 def split_indices(
@@ -488,7 +539,15 @@ def _official_parts(raw: RawData, data_cfg: DataSettings) -> _Parts:
     name, seed, limit = setting(data_cfg, "name"), setting(data_cfg, "split_seed"), setting(data_cfg, "train_limit")
     val_size = setting(data_cfg, "val_size")
     n = len(raw.train_x)
-    if raw.val_x is not None:
+    folds = setting(data_cfg, "folds")
+    if raw.val_x is not None and folds is not None:
+        raise DataError(f"data.folds is set, but {raw.root}/val/ holds the validation images; k-fold validation "
+                        f"takes its folds from the training images: remove data.folds or the val/ folder.")
+    if folds is not None:  # validation = one fold of the official training set; its test set untouched
+        train_index, val_index = fold_split(raw.train_y, folds, setting(data_cfg, "fold"), seed, limit,
+                                            f"{name}'s training set")
+        val_part, val_y = ("train_x", val_index), raw.train_y[val_index]
+    elif raw.val_x is not None:
         if val_size is not None:
             raise DataError(f"data.val_size is set, but {raw.root}/val/ holds the validation images; remove "
                             f"data.val_size or the val/ folder.")

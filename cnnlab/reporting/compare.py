@@ -389,6 +389,11 @@ def _legend(result: CompareResult, bounds: tuple[float | None, float | None], cl
 def _plan_notes(plan: dict | None, by: list[str], unplanned: list[dict]) -> list[str]:
     """Notes from the sweep's plan: settings equal to a model's default, runs the current sweep file does not plan."""
     notes = []
+    folds = (plan or {}).get("folds")
+    if isinstance(folds, int) and "seed" not in by:
+        notes.append(f"Cross-validation: each cell pools its runs over {folds} folds × seeds (a run validates on one "
+                     f"fold of the training pool and trains on the other {folds - 1}; every run is tested on the same, "
+                     "untouched test split), so its sd is the spread over folds and seeds.")
     for entry in (plan or {}).get("same_as_default") or []:
         if isinstance(entry, dict) and entry.get("key") in by:
             value = label(entry.get("value"))

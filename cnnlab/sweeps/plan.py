@@ -3,7 +3,9 @@
 A sweep file names a ``base`` study (a path relative to the sweep file, an inline
 mapping, or a list of either to compare whole studies), the ``axes`` to vary (each a
 dotted config key with a list of values), ``zip`` groups of keys whose values change
-together, an optional ``random`` search space, and ``seeds`` (a count or a list).
+together, an optional ``random`` search space, and ``seeds`` (a count or a list); ``folds: k`` runs every
+setting and seed once per fold of a k-fold cross-validation (``data.folds`` / ``data.fold``, not a setting: a
+compare cell pools folds × seeds).
 A range, in a search's axes or the random space, is ``{loguniform|uniform|int: [lo, hi]}`` or
 ``{choice: [values]}`` (:func:`check_range`, the one grammar of both).
 Axes form a grid by default; ``ofat: true`` varies one factor at a time from the base
@@ -32,8 +34,8 @@ from cnnlab.registry import MODELS
 from cnnlab.reporting.claims import Layout, check_cells, parse_claims
 from cnnlab.sweeps.task import run_id
 
-SWEEP_KEYS = ("description", "base", "axes", "zip", "ofat", "random", "seeds", "resources", "scheduler", "search",
-              "claims", "cut")
+SWEEP_KEYS = ("description", "base", "axes", "zip", "ofat", "random", "seeds", "folds", "resources", "scheduler",
+              "search", "claims", "cut")
 
 
 # ----------------------------------------------------------------------------- ranges and the Ray blocks
@@ -194,6 +196,7 @@ class Sweep:
     same_as_default: list[dict] = field(default_factory=list)
     claims: list[dict] = field(default_factory=list)  # the study's claims as the file gives them (cnnlab.reporting.claims)
     cut: str | None = None  # how the schedule was shortened from the study's, in words; None: the study's own
+    folds: int | None = None  # k-fold cross-validation: every setting and seed runs once per fold (data.fold)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "source": self.source, "keys": self.keys, "factors": self.factors,
@@ -204,7 +207,8 @@ class Sweep:
                 **({"scheduler": self.scheduler} if self.scheduler else {}),
                 **({"same_as_default": self.same_as_default} if self.same_as_default else {}),
                 **({"claims": self.claims} if self.claims else {}),
-                **({"cut": self.cut} if self.cut else {})}
+                **({"cut": self.cut} if self.cut else {}),
+                **({"folds": self.folds} if self.folds else {})}
 
 
 @dataclass
@@ -244,6 +248,9 @@ def plan_sweep(spec: dict, base_dir: str | Path = ".", name: str = "sweep", sour
         if claims:
             raise ConfigError(f"{source}: claims name cells of a grid or one-factor-at-a-time sweep; a search samples "
                               "its settings, so it has no cells to name (drop claims: or the search:)")
+        if spec.get("folds") is not None:
+            raise ConfigError(f"{source}: folds cross-validate the cells of a grid or one-factor-at-a-time sweep; a "
+                              "search samples its settings with one run each (drop folds: or the search:)")
         return _plan_search(spec, bases, search, tune_blocks, (name, source))
     factors = _factors(spec, source)
     if len(bases) > 1:
@@ -254,6 +261,7 @@ def plan_sweep(spec: dict, base_dir: str | Path = ".", name: str = "sweep", sour
         raise ConfigError(f"{source}: ofat must be true or false, got {ofat!r}")
     first_label = next(iter(bases))
     seeds = _seeds(spec.get("seeds"), bases[first_label].get("seed", 0), source)
+    folds = _folds(spec.get("folds"), source)
 
     if ofat:  # the base case once, then each factor's values alone
         combos = [()] + [(c,) for f in factors for c in f.choices]
@@ -267,8 +275,10 @@ def plan_sweep(spec: dict, base_dir: str | Path = ".", name: str = "sweep", sour
         settings_runs.append((_settings_of(cfg, keys, overrides.get("base", first_label)), cfg))
 
     planned, seen = [], set()
+    fold_runs = settings_runs if folds is None else \
+        [(st, _with_fold(cfg, folds, k, source)) for k in range(folds) for st, cfg in settings_runs]
     for seed in seeds:  # seeds outermost: a partial sweep already covers every cell once
-        for settings, cfg in settings_runs:
+        for settings, cfg in fold_runs:
             run_cfg = cfg.model_copy(update={"seed": seed})
             rid = run_id(run_cfg)
             if rid not in seen:  # e.g. an OFAT value equal to the base case's
@@ -280,7 +290,7 @@ def plan_sweep(spec: dict, base_dir: str | Path = ".", name: str = "sweep", sour
                 source)
     return Sweep(name, source, keys, [f.keys for f in factors], ofat, base_settings,
                  planned, **tune_blocks, same_as_default=same_as_default(settings_runs),
-                 claims=list(spec.get("claims") or []), cut=cut.strip() if cut else None)
+                 claims=list(spec.get("claims") or []), cut=cut.strip() if cut else None, folds=folds)
 
 
 def same_as_default(settings_runs: list[tuple[dict, Config]]) -> list[dict]:
@@ -477,6 +487,24 @@ def _seeds(value: Any, default: int, source: str) -> list[int]:
         raise ConfigError(f"{source}: seeds must be a non-empty list of distinct integers in [0, 2**32) "
                           f"(the range of a study's seed), got {value!r}")
     return list(value)
+
+
+def _folds(value: Any, source: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 20:
+        raise ConfigError(f"{source}: folds must be a number of folds from 2 to 20 (k-fold cross-validation: every "
+                          f"setting and seed runs once per fold), got {value!r}")
+    return value
+
+
+def _with_fold(cfg: Config, folds: int, fold: int, source: str) -> Config:
+    """``cfg`` validating on fold ``fold`` of ``folds`` (data.folds / data.fold), checked as any run's config."""
+    if cfg.data.folds is not None:
+        raise ConfigError(f"{source}: folds: {folds} and the study's own data.folds={cfg.data.folds} both set the "
+                          "folds; keep one (the sweep's folds runs every fold)")
+    return build_config(apply_overrides(cfg.to_dict(), {"data.folds": folds, "data.fold": fold}),
+                        f"{source} [folds: {folds}, fold {fold}]")
 
 
 def _build(bases: dict[str, dict], overrides: dict, combo: tuple, factors: list[_Factor], source: str) -> Config:

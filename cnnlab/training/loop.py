@@ -184,6 +184,8 @@ def open_run_folder(s: TrainState, changes: dict | None, verbose: bool = False, 
     else:
         runs.write_text(s.out_dir / "config.yaml", dump_yaml(cfg))
         data_splits.save_record(s.out_dir, splits.record())  # image folders: each split's files
+        if (folds := data_splits.fold_record(splits, cfg.data)) is not None:  # data.folds: this fold's images
+            runs.write_json(s.out_dir / "fold.json", folds)
     log(f"── cnnlab run → {s.out_dir}\n" + (dump_yaml(cfg) if verbose else "\n".join(config_diff_lines(cfg))))
     log(f"data: {splits.source}; train {len(splits.train_y):,} / val {len(splits.val_y):,} / test "
         f"{len(splits.test_y):,} images of {tuple(splits.train_x.shape[1:])} on {s.device}{splits.placement_note} "
