@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -28,18 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 from cnnlab.config.schema import DataConfig  # noqa: E402
 from cnnlab.data import augment as A  # noqa: E402
+from cnnlab.training.runtime import cpu_model  # noqa: E402
 
 BATCH, SHAPE, CLASSES = 256, (3, 32, 32), 10
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 class FakeSplits:
@@ -115,7 +105,7 @@ def main(argv=None) -> int:
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randint(0, 256, (BATCH, *SHAPE), dtype=torch.uint8, device=device, generator=g)
     y = torch.randint(0, CLASSES, (BATCH,), device=device, generator=g)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     print(f"device: {device} ({where}); torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
           f"batch {BATCH} x {SHAPE} uint8; {args.repeat} calls a row; load average {_load()}")
     rows = []
