@@ -520,10 +520,13 @@ def auto_augment(x: torch.Tensor, generator: Optional[torch.Generator], policy: 
             torch.full((n,), magnitude, device=x.device)
         signs = torch.where(_uniform(n, generator, x.device) < 0.5, -1.0, 1.0)
         out = x.clone()
+        # the images of each op, in index order: one sort and one host read of the counts for the whole batch
+        order, counts = torch.argsort(ops, stable=True), torch.bincount(ops, minlength=len(AUTO_OPS)).tolist()
+        starts = [sum(counts[:k]) for k in range(len(AUTO_OPS))]
         for k, op in enumerate(AUTO_OPS[1:], start=1):
-            idx = (ops == k).nonzero().squeeze(1)
-            if len(idx) == 0:
+            if counts[k] == 0:
                 continue
+            idx = order[starts[k]:starts[k] + counts[k]]
             m = auto_magnitudes(policy, op, bins[idx], h, w) * (signs[idx] if op in SIGNED_OPS else 1.0)
             out.index_copy_(0, idx, auto_op(x.index_select(0, idx), op, m))
         x = out
