@@ -74,8 +74,11 @@ def cnnlab_here(*args) -> int:
         torch.set_num_threads(threads)
 
 
-def print_summary_line(request, line: str) -> None:
-    """Print one line to the terminal past pytest's capture (tests that report figures they counted)."""
+def print_summary_line(request, line: str, cache_key: str | None = None, record: dict | None = None) -> None:
+    """Print one line to the terminal past pytest's capture (tests that report figures they counted); with
+    ``cache_key``, also keep ``record`` in pytest's cache under it (absent with -p no:cacheprovider)."""
+    if cache_key is not None and getattr(request.config, "cache", None) is not None:
+        request.config.cache.set(cache_key, record)
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     capture = request.config.pluginmanager.getplugin("capturemanager")
     if reporter is not None and capture is not None:

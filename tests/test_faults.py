@@ -56,10 +56,8 @@ COUNTS = {"kill_points_tried": 0, "kill_points_resumed_identically": 0, "concurr
 @pytest.fixture(scope="module", autouse=True)
 def _report_counts(request):
     yield
-    if getattr(request.config, "cache", None) is not None:  # absent with -p no:cacheprovider
-        request.config.cache.set("cnnlab/faults", COUNTS)
     line = ("faults: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in COUNTS.items()))
-    print_summary_line(request, line)
+    print_summary_line(request, line, "cnnlab/faults", COUNTS)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -62,11 +62,9 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, print_blob=True,
 def _report_counts(request):
     yield
     record = {**COUNTS, "by_kind": dict(sorted(BY_KIND.items()))}
-    if getattr(request.config, "cache", None) is not None:  # absent with -p no:cacheprovider
-        request.config.cache.set("cnnlab/invalid_input", record)
     line = (f"invalid inputs: {COUNTS['generated']} generated, {COUNTS['rejected']} rejected with exit code 2 "
             f"({', '.join(f'{k} {v}' for k, v in sorted(BY_KIND.items()))})")
-    print_summary_line(request, line)
+    print_summary_line(request, line, "cnnlab/invalid_input", record)
 
 
 # ----------------------------------------------------------------------------- the config's fields
